@@ -1,0 +1,3 @@
+from rmt_lab.cli import main
+
+raise SystemExit(main())

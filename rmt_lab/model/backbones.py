@@ -1,0 +1,107 @@
+"""Ready backbones by name: tiny random ones for tests and quick CPU runs, and the pretrained MiniLM.
+
+Every backbone uses the offline WordPiece tokenizer of `rmt_lab.assets` (vocab 30522), so one
+tokenizer serves all tasks. Weights are built from configs or loaded from the verified local file;
+nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig
+
+from rmt_lab import assets
+from rmt_lab.model.adapters import BackboneAdapter, adapter_for
+
+VOCAB_SIZE = 30522  # the MiniLM WordPiece vocabulary shared by every ready backbone
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    cls: int  # [CLS], first position of an encoder segment; its final state feeds the classifier
+    sep: int  # [SEP], closes the memory block and the segment
+    pad: int  # [PAD], filler for positions masked out
+
+
+@dataclass
+class Backbone:
+    """A HF model with the adapter and special token ids that the memory cell needs."""
+
+    name: str
+    model: nn.Module
+    adapter: BackboneAdapter
+    special: SpecialTokens
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.model.config
+
+
+def _tokenizer_specials() -> SpecialTokens:
+    tok = assets.load_tokenizer()
+    return SpecialTokens(cls=tok.cls_token_id, sep=tok.sep_token_id, pad=tok.pad_token_id)
+
+
+def _tiny_bert() -> PretrainedConfig:
+    # Small enough that a test builds and runs it in milliseconds; 512 positions like BERT.
+    return BertConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=512,
+    )
+
+
+def _tiny_gpt2() -> PretrainedConfig:
+    return GPT2Config(vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=1024)
+
+
+def _minilm_config() -> PretrainedConfig:
+    return AutoConfig.from_pretrained(str(assets.minilm_dir()), local_files_only=True)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    make_config: Callable[[], PretrainedConfig]
+    pretrained: bool  # load the verified MiniLM weights after building
+    description: str
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "tiny-bert": BackboneSpec(_tiny_bert, False, "BERT, 2 layers, hidden 64, random init (tests, quick runs)"),
+    "tiny-gpt2": BackboneSpec(_tiny_gpt2, False, "GPT-2, 2 layers, hidden 64, random init (tests, quick runs)"),
+    "minilm": BackboneSpec(_minilm_config, True, "all-MiniLM-L6-v2 BERT, 6 layers, hidden 384, pretrained, offline"),
+}
+
+
+def available_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def backbone_from_config(name: str, config: PretrainedConfig, special: SpecialTokens | None = None) -> Backbone:
+    """A randomly initialised backbone of `config` (used when loading a saved RMT)."""
+    adapter = adapter_for(config)
+    return Backbone(name, adapter.build(config), adapter, special or _tokenizer_specials())
+
+
+def load_backbone(name: str) -> Backbone:
+    """Build the ready backbone `name`; an unknown name lists the available ones."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; available backbones: {available_backbones()}")
+    spec = BACKBONES[name]
+    backbone = backbone_from_config(name, spec.make_config())
+    if spec.pretrained:
+        from safetensors.torch import load_file
+
+        state = load_file(str(assets.verified_minilm_weights()))
+        # The checkpoint was saved from a BertModel whose keys may carry no prefix; the pooler is unused.
+        body = backbone.adapter.body(backbone.model)
+        # The saved `embeddings.position_ids` buffer is a constant arange that newer HF rebuilds itself.
+        state = {
+            k.removeprefix("bert."): v for k, v in state.items() if "pooler" not in k and "position_ids" not in k
+        }
+        missing, unexpected = body.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"MiniLM weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    return backbone

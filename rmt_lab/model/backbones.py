@@ -54,7 +54,11 @@ def _tiny_bert() -> PretrainedConfig:
 
 
 def _tiny_gpt2() -> PretrainedConfig:
-    return GPT2Config(vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=1024)
+    # [SEP] (id 102) doubles as begin/end of text: the GPT-2 ids 50256 do not exist in this vocabulary.
+    return GPT2Config(
+        vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
+        bos_token_id=102, eos_token_id=102, pad_token_id=0,
+    )
 
 
 def _minilm_config() -> PretrainedConfig:

@@ -1,0 +1,159 @@
+"""The memory cell: one segment through the backbone, memory in, new memory out.
+
+Encoder layout (the report's BERT RMT), one row per sample, padding only at the end:
+
+    [CLS] [mem 0] ... [mem M-1] [SEP] t_0 ... t_{n-1} [SEP] [PAD] ...
+
+Memory is read and written at the same positions 1..M: the input embeddings there are the
+incoming memory, the final hidden states there are the new memory. Attention is bidirectional.
+With M = 0 the layout is `[CLS] tokens [SEP]`, exactly what the plain backbone sees.
+
+Decoder layout (GPT-2 style RMT):
+
+    [read 0] ... [read M-1] t_0 ... t_{n-1} [write 0] ... [write M-1] [PAD] ...
+
+Both read and write positions take the incoming memory as input embeddings; the new memory is the
+final hidden state at the write positions. Attention follows the backbone's causal mask, so:
+  * a read-memory slot sees the read slots before it and itself, and nothing of the segment;
+  * a content token sees every read slot and the content tokens up to itself, never a later
+    content token and never a write slot;
+  * a write slot sees every read slot, every content token and the write slots up to itself.
+Write slots sit right after each sample's last token, so positions stay contiguous under padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from rmt_lab.model.backbones import Backbone
+from rmt_lab.model.config import RMTConfig
+
+
+@dataclass
+class CellOutput:
+    memory: Tensor  # (batch, n_mem, d_model) new memory; unchanged for samples with no tokens
+    summary: Tensor  # (batch, d_model) [CLS] state (encoder) or last token state (decoder)
+    hidden: Tensor  # (batch, seg_len, d_model) final states of the content tokens
+    active: Tensor  # (batch,) bool, the sample had at least one token in this segment
+
+
+class MemoryCell(nn.Module):
+    """Runs one segment through a HF backbone with memory tokens (the RMT's recurrent step)."""
+
+    def __init__(self, backbone: Backbone, config: RMTConfig):
+        super().__init__()
+        self.config = config
+        self.backbone_name = backbone.name
+        self.adapter = backbone.adapter
+        self.special = backbone.special
+        self.model = backbone.model
+        self.layout: Literal["encoder", "decoder"] = backbone.adapter.layout
+        if config.layout not in ("auto", self.layout):
+            raise ValueError(
+                f"RMTConfig.layout={config.layout!r} does not fit backbone {backbone.name!r}, "
+                f"whose architecture {backbone.config.model_type!r} needs layout {self.layout!r}"
+            )
+        max_positions = self.adapter.max_positions(backbone.config)
+        if self.positions_per_segment > max_positions:
+            raise ValueError(
+                f"a segment needs {self.positions_per_segment} positions (segment_size={config.segment_size} + "
+                f"{self.positions_per_segment - config.segment_size} for memory and special tokens), but backbone "
+                f"{backbone.name!r} has {max_positions} positions; use segment_size <= "
+                f"{max_positions - (self.positions_per_segment - config.segment_size)}"
+            )
+        self.d_model = self.embeddings.embedding_dim
+        # Initial memory: learned, drawn like the token embeddings (the report adds memory tokens to the vocab).
+        std = float(self.embeddings.weight.detach().float().std())
+        self.memory = nn.Parameter(torch.randn(config.num_mem_tokens, self.d_model) * std)
+
+    @property
+    def embeddings(self) -> nn.Embedding:
+        return self.adapter.token_embeddings(self.model)
+
+    @property
+    def lm_head(self) -> nn.Module | None:
+        return self.adapter.lm_head(self.model)
+
+    @property
+    def prefix_len(self) -> int:
+        """Positions before the first content token."""
+        m = self.config.num_mem_tokens
+        if self.layout == "decoder":
+            return m
+        return 1 + m + 1 if m else 1
+
+    @property
+    def positions_per_segment(self) -> int:
+        m = self.config.num_mem_tokens
+        suffix = m if self.layout == "decoder" else 1
+        return self.prefix_len + self.config.segment_size + suffix
+
+    def init_memory(self, batch_size: int) -> Tensor:
+        return self.memory.unsqueeze(0).expand(batch_size, -1, -1)  # (batch, n_mem, d_model)
+
+    def check_memory(self, memory: Tensor, batch_size: int) -> None:
+        expected = (batch_size, self.config.num_mem_tokens, self.d_model)
+        if not isinstance(memory, Tensor) or tuple(memory.shape) != expected:
+            shape = tuple(memory.shape) if isinstance(memory, Tensor) else type(memory).__name__
+            raise ValueError(f"memory has shape {shape}; expected (batch, n_mem, d_model) = {expected}")
+        if memory.dtype != self.memory.dtype:
+            raise ValueError(f"memory has dtype {memory.dtype}; expected {self.memory.dtype}")
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, memory: Tensor) -> CellOutput:
+        """One segment: `input_ids` (batch, seg_len) left-packed, `attention_mask` its prefix mask."""
+        batch, seg_len = input_ids.shape
+        if seg_len > self.config.segment_size:
+            raise ValueError(f"segment of {seg_len} tokens is longer than segment_size={self.config.segment_size}")
+        self.check_memory(memory, batch)
+        mask = attention_mask.bool()
+        lengths = mask.sum(1)  # (batch,)
+        active = lengths > 0
+        tokens = self.embeddings(input_ids)  # (batch, seg_len, d_model)
+        build = self._encoder_inputs if self.layout == "encoder" else self._decoder_inputs
+        embeds, full_mask, write_pos, summary_pos = build(tokens, lengths, memory)
+        hidden = self.adapter.body(self.model)(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
+        rows = torch.arange(batch, device=hidden.device)
+        new_memory = hidden[rows[:, None], write_pos]  # (batch, n_mem, d_model)
+        new_memory = torch.where(active[:, None, None], new_memory, memory)
+        p = self.prefix_len
+        return CellOutput(
+            memory=new_memory,
+            summary=hidden[rows, summary_pos],  # (batch, d_model)
+            hidden=hidden[:, p : p + seg_len],
+            active=active,
+        )
+
+    def _special(self, token_id: int, batch: int, like: Tensor) -> Tensor:
+        ids = torch.full((batch, 1), token_id, dtype=torch.long, device=like.device)
+        return self.embeddings(ids)  # (batch, 1, d_model)
+
+    def _encoder_inputs(self, tokens: Tensor, lengths: Tensor, memory: Tensor):
+        batch, seg_len, _ = tokens.shape
+        m = self.config.num_mem_tokens
+        cls = self._special(self.special.cls, batch, tokens)
+        sep = self._special(self.special.sep, batch, tokens)
+        parts = [cls, memory, sep] if m else [cls]
+        embeds = torch.cat([*parts, tokens, sep], dim=1)  # (batch, prefix + seg_len + 1, d_model)
+        pos = torch.arange(embeds.shape[1], device=tokens.device)  # (positions,)
+        end = self.prefix_len + lengths  # (batch,) position of each row's closing [SEP]
+        embeds = torch.where((pos == end[:, None])[..., None], sep, embeds)
+        full_mask = (pos <= end[:, None]).long()  # (batch, positions)
+        write_pos = torch.arange(1, 1 + m, device=tokens.device).expand(batch, m)
+        summary_pos = torch.zeros_like(lengths)
+        return embeds, full_mask, write_pos, summary_pos
+
+    def _decoder_inputs(self, tokens: Tensor, lengths: Tensor, memory: Tensor):
+        batch, seg_len, d = tokens.shape
+        m = self.config.num_mem_tokens
+        embeds = torch.cat([memory, tokens, memory], dim=1)  # (batch, m + seg_len + m, d_model)
+        write_pos = (m + lengths)[:, None] + torch.arange(m, device=tokens.device)  # (batch, m)
+        if m:
+            embeds = embeds.scatter(1, write_pos[..., None].expand(-1, -1, d), memory)
+        pos = torch.arange(embeds.shape[1], device=tokens.device)
+        full_mask = (pos < (2 * m + lengths)[:, None]).long()
+        summary_pos = (m + lengths - 1).clamp(min=0)
+        return embeds, full_mask, write_pos, summary_pos

@@ -1,0 +1,48 @@
+"""The RMT's own configuration (the backbone's is the HF config it wraps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rmt_lab.config import ConfigError
+
+KEEPABLE = ("memory", "summary", "hidden", "lm_logits", "class_logits")
+
+
+@dataclass(frozen=True)
+class RMTConfig:
+    """How memory is laid out and carried across segments (Bulatov et al. 2023, section 2)."""
+
+    num_mem_tokens: int = 10  # the report's 10 memory tokens; 0 disables the memory path (plain backbone)
+    segment_size: int = 499  # content tokens per segment: 512 positions - 10 memory - [CLS] [SEP] [SEP]
+    bptt_depth: int = -1  # k2: gradients flow through the memory of the last k2 segments; -1 = full BPTT (report)
+    align: Literal["left", "right"] = "left"  # left: segments start at token 0; right: every sample's last segment is full
+    keep: tuple[str, ...] = ()  # per-segment outputs returned by default; subset of KEEPABLE (costs memory)
+    num_classes: int = 0  # classifier over the last segment's summary state (6 places in the report); 0 = none
+    layout: Literal["auto", "encoder", "decoder"] = "auto"  # auto: the backbone adapter's layout
+
+    def __post_init__(self) -> None:
+        for name in ("num_mem_tokens", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"RMTConfig.{name}={value!r} must be an integer >= 0")
+        if not isinstance(self.segment_size, int) or isinstance(self.segment_size, bool) or self.segment_size < 1:
+            raise ConfigError(f"RMTConfig.segment_size={self.segment_size!r} must be an integer >= 1")
+        if not isinstance(self.bptt_depth, int) or not (self.bptt_depth == -1 or self.bptt_depth >= 1):
+            raise ConfigError(f"RMTConfig.bptt_depth={self.bptt_depth!r} must be -1 (full BPTT) or an integer >= 1")
+        if self.align not in ("left", "right"):
+            raise ConfigError(f"RMTConfig.align={self.align!r} is not allowed; allowed values: ['left', 'right']")
+        if self.layout not in ("auto", "encoder", "decoder"):
+            raise ConfigError(
+                f"RMTConfig.layout={self.layout!r} is not allowed; allowed values: ['auto', 'encoder', 'decoder']"
+            )
+        check_keep(tuple(self.keep))
+        object.__setattr__(self, "keep", tuple(self.keep))
+
+
+def check_keep(keep: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [k for k in keep if k not in KEEPABLE]
+    if unknown:
+        raise ConfigError(f"cannot keep {unknown} per segment; allowed values: {list(KEEPABLE)}")
+    return keep

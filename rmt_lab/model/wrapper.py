@@ -1,0 +1,279 @@
+"""The recurrent wrapper: cuts a long input into segments and runs the memory cell over them.
+
+Memory is explicit state. `RecurrentWrapper.forward` takes a whole (batch, length) input;
+`RecurrentWrapper.stream` takes any iterable of segments (a generator over ten million tokens,
+say), so memory use does not grow with the input length: nothing is kept per segment unless asked.
+BPTT truncation (k2 = `bptt_depth`) detaches the memory that enters all but the last k2 segments.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+from transformers import AutoConfig
+
+import rmt_lab
+from rmt_lab.config import ConfigError, from_dict, to_dict
+from rmt_lab.io import atomic_path, write_json
+from rmt_lab.model.backbones import SpecialTokens, backbone_from_config, load_backbone
+from rmt_lab.model.cell import MemoryCell
+from rmt_lab.model.config import RMTConfig, check_keep
+from rmt_lab.model.segments import IGNORE_INDEX, Segment, count_segments, iter_segments
+
+CONFIG_FILE = "rmt_config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RMTOutput:
+    memory: Tensor  # (batch, n_mem, d_model) memory after the last segment
+    summary: Tensor  # (batch, d_model) each sample's summary state from its last non-empty segment
+    logits: Tensor | None  # (batch, num_classes) classifier over `summary`, if the model has one
+    loss: Tensor | None  # classification or LM loss, if labels were given
+    n_segments: int
+    segments: list[dict[str, Tensor]] = field(default_factory=list)  # per segment, only the kept fields
+
+
+class RecurrentWrapper(nn.Module):
+    """A Recurrent Memory Transformer: memory cell + optional classifier + segment loop."""
+
+    def __init__(self, cell: MemoryCell):
+        super().__init__()
+        self.cell = cell
+        self.config = cell.config
+        n = self.config.num_classes
+        self.classifier = nn.Linear(cell.d_model, n) if n else None
+
+    @classmethod
+    def from_backbone(cls, name: str, config: RMTConfig) -> RecurrentWrapper:
+        """An RMT over the ready backbone `name` (see `available_backbones()`)."""
+        return cls(MemoryCell(load_backbone(name), config))
+
+    # ------------------------------------------------------------------ running
+    def init_memory(self, batch_size: int) -> Tensor:
+        return self.cell.init_memory(batch_size)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        memory: Tensor | None = None,
+        keep: Iterable[str] | None = None,
+        carry_memory: bool = True,
+    ) -> RMTOutput:
+        """Run a whole input. `labels`: (batch,) class ids, or (batch, length) token ids for the LM loss."""
+        input_ids = _check_ids(input_ids)
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
+        mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        lengths = mask.sum(1)
+        if input_ids.shape[1] == 0 or bool((lengths == 0).any()):
+            empty = [] if input_ids.shape[1] == 0 else (lengths == 0).nonzero().flatten().tolist()
+            raise ValueError(f"empty input: sample(s) {empty or 'all'} have no tokens")
+        token_labels = labels if labels is not None and labels.dim() == 2 else None
+        if token_labels is not None and token_labels.shape != input_ids.shape:
+            raise ValueError(f"token labels shape {tuple(token_labels.shape)} != input_ids {tuple(input_ids.shape)}")
+        segments = iter_segments(input_ids, mask, self.config.segment_size, self.config.align, token_labels)
+        return self.stream(
+            segments,
+            n_segments=count_segments(lengths, self.config.segment_size),
+            labels=labels if token_labels is None else None,
+            memory=memory,
+            keep=keep,
+            carry_memory=carry_memory,
+        )
+
+    def stream(
+        self,
+        segments: Iterable[Tensor | Segment],
+        n_segments: int | None = None,
+        labels: Tensor | None = None,
+        memory: Tensor | None = None,
+        keep: Iterable[str] | None = None,
+        carry_memory: bool = True,
+    ) -> RMTOutput:
+        """Run segments in order. Each item: a (batch, seg_len) or (seg_len,) LongTensor, or a `Segment`.
+
+        `labels` (batch,) are class ids scored on the final summary; token labels travel inside
+        `Segment.labels`. `n_segments` is needed only for truncated BPTT with gradients, where the
+        last k2 segments must be known in advance (taken from `len(segments)` when it has one).
+        `carry_memory=False` feeds the initial memory to every segment (the no-recurrence ablation).
+        """
+        keep = check_keep(tuple(self.config.keep if keep is None else keep))
+        if n_segments is None and hasattr(segments, "__len__"):
+            n_segments = len(segments)
+        k2 = self.config.bptt_depth
+        truncate = k2 != -1 and torch.is_grad_enabled()
+        if truncate and n_segments is None:
+            raise ValueError("truncated BPTT (bptt_depth != -1) with gradients needs n_segments for a stream")
+        init = None
+        summary = None
+        lm_loss_sum, lm_count = None, 0
+        kept: list[dict[str, Tensor]] = []
+        seen = 0
+        for seg in segments:
+            seg = _as_segment(seg, self.config.segment_size)
+            batch = seg.input_ids.shape[0]
+            if init is None:
+                init = self.init_memory(batch)
+                if memory is None:
+                    memory = init
+                else:
+                    self.cell.check_memory(memory, batch)
+            elif batch != init.shape[0]:
+                raise ValueError(f"segment {seen} has batch {batch}, earlier segments had {init.shape[0]}")
+            if not carry_memory:
+                memory = init
+            elif truncate and 0 < seen <= n_segments - k2:
+                memory = memory.detach()  # cut the graph: gradients reach only the last k2 segments
+            out = self.cell(seg.input_ids, seg.attention_mask, memory)
+            memory = out.memory
+            summary = out.summary if summary is None else torch.where(out.active[:, None], out.summary, summary)
+            lm_logits = None
+            if seg.labels is not None or "lm_logits" in keep:
+                lm_logits = self._lm_logits(out.hidden)
+            if seg.labels is not None:
+                s, n = _lm_loss(lm_logits, seg.labels)
+                lm_loss_sum = s if lm_loss_sum is None else lm_loss_sum + s
+                lm_count += n
+            if keep:
+                record = {"memory": out.memory, "summary": out.summary, "hidden": out.hidden}
+                if "lm_logits" in keep:
+                    record["lm_logits"] = lm_logits
+                if "class_logits" in keep:
+                    record["class_logits"] = self._classify(out.summary)
+                record = {k: v for k, v in record.items() if k in keep}
+                record["attention_mask"] = seg.attention_mask
+                kept.append(record)
+            seen += 1
+        if seen == 0:
+            raise ValueError("empty input: the stream yielded no segments")
+        if n_segments is not None and seen != n_segments:
+            raise ValueError(f"the stream yielded {seen} segments but n_segments={n_segments}")
+        logits = self._classify(summary) if self.classifier is not None else None
+        loss = None
+        if labels is not None:
+            if logits is None:
+                raise ValueError("class labels given but the model has no classifier (RMTConfig.num_classes=0)")
+            if labels.shape != (summary.shape[0],):
+                raise ValueError(f"class labels have shape {tuple(labels.shape)}; expected ({summary.shape[0]},)")
+            loss = F.cross_entropy(logits, labels)
+        elif lm_loss_sum is not None:
+            loss = lm_loss_sum / max(lm_count, 1)
+        return RMTOutput(memory=memory, summary=summary, logits=logits, loss=loss, n_segments=seen, segments=kept)
+
+    def _classify(self, summary: Tensor) -> Tensor:
+        if self.classifier is None:
+            raise ValueError("class logits need a classifier: set RMTConfig.num_classes > 0")
+        return self.classifier(summary)  # (batch, num_classes)
+
+    def _lm_logits(self, hidden: Tensor) -> Tensor:
+        head = self.cell.lm_head
+        if head is None:
+            raise ValueError(f"token labels need an LM head; the {self.cell.layout} backbone has none")
+        return head(hidden)  # (batch, seg_len, vocab)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Weights (safetensors) and configs (JSON), each written atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            save_model(self, str(tmp))
+        write_json(directory / CONFIG_FILE, self.describe())
+        return directory
+
+    def describe(self) -> dict:
+        """Everything needed to rebuild this model without its weights."""
+        cell = self.cell
+        return {
+            "format_version": FORMAT_VERSION,
+            "rmt_lab_version": rmt_lab.__version__,
+            "backbone": cell.backbone_name,
+            "backbone_config": cell.model.config.to_dict(),
+            "special_tokens": vars(cell.special),
+            "rmt": to_dict(self.config),
+        }
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> RecurrentWrapper:
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: not an RMT checkpoint folder (see save_pretrained)")
+        try:
+            meta = json.loads(config_path.read_text(encoding="utf-8"))
+            version = meta["format_version"]
+            backbone_config = dict(meta["backbone_config"])
+            model_type = backbone_config.pop("model_type")
+            special = SpecialTokens(**meta["special_tokens"])
+            name = meta["backbone"]
+            rmt = meta["rmt"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{config_path} is corrupt or not an RMT config: {err!r}") from err
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{config_path} has format_version {version}; this rmt_lab reads {FORMAT_VERSION}")
+        try:
+            config = from_dict(RMTConfig, rmt)
+        except ConfigError as err:
+            raise ValueError(f"{config_path}: {err}") from err
+        hf_config = AutoConfig.for_model(model_type, **backbone_config)
+        model = cls(MemoryCell(backbone_from_config(name, hf_config, special), config))
+        try:
+            missing, unexpected = load_model(model, str(weights_path), strict=False)
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise ValueError(f"{weights_path} cannot be loaded into backbone {name!r}: {err}") from err
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights_path} does not match backbone {name!r} with {config}: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        return model
+
+
+def _check_ids(input_ids: Tensor) -> Tensor:
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be an integer tensor (int64 or int32), got {input_ids.dtype}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (batch, length) or (length,), got {tuple(input_ids.shape)}")
+    return input_ids.long()
+
+
+def _as_segment(item: Tensor | Segment, segment_size: int) -> Segment:
+    if isinstance(item, Segment):
+        seg = Segment(_check_ids(item.input_ids), item.attention_mask.bool(), item.labels)
+        if seg.attention_mask.shape != seg.input_ids.shape:
+            raise ValueError("segment attention_mask and input_ids differ in shape")
+        if bool((seg.attention_mask[:, 1:] & ~seg.attention_mask[:, :-1]).any()):
+            raise ValueError("segment tokens must be left-packed: padding only at the end of each row")
+    else:
+        ids = _check_ids(item)
+        seg = Segment(ids, torch.ones_like(ids, dtype=torch.bool))
+    if seg.input_ids.shape[1] > segment_size:
+        raise ValueError(f"segment of {seg.input_ids.shape[1]} tokens is longer than segment_size={segment_size}")
+    return seg
+
+
+def _lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
+    """Summed next-token loss inside one segment (position t predicts label t+1) and its token count."""
+    target = labels[:, 1:]
+    n = int((target != IGNORE_INDEX).sum())
+    loss = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return loss, n

@@ -1,0 +1,184 @@
+"""The recurrent wrapper: memory across segments, BPTT truncation, streaming, persistence, errors."""
+
+import json
+
+import pytest
+import torch
+
+from rmt_lab.config import ConfigError
+from rmt_lab.model import RecurrentWrapper, RMTConfig, Segment
+from tests.model.helpers import tiny, tokens
+
+
+def _grad_of_first_segment(bptt_depth, name="tiny-bert"):
+    torch.manual_seed(0)  # the same weights for every depth
+    model = tiny(name, bptt_depth=bptt_depth, num_classes=6 if name == "tiny-bert" else 0)
+    ids = tokens(2, 48)  # 3 segments of 16
+    captured = []
+
+    def hook(module, args, output):
+        if not captured:
+            output.retain_grad()
+            captured.append(output)
+
+    handle = model.cell.embeddings.register_forward_hook(hook)
+    try:
+        if name == "tiny-bert":
+            out = model(ids, labels=torch.tensor([1, 4]))
+            out.loss.backward()
+        else:
+            labels = torch.full_like(ids, -100)
+            labels[:, -4:] = ids[:, -4:]  # loss only inside the last segment
+            model(ids, labels=labels).loss.backward()
+    finally:
+        handle.remove()
+    return captured[0].grad
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2"])
+def test_full_bptt_reaches_first_segment_and_k2_1_cuts_it(name):
+    full = _grad_of_first_segment(-1, name)
+    assert full is not None and full.abs().sum() > 0
+    truncated = _grad_of_first_segment(1, name)
+    assert truncated is None or torch.count_nonzero(truncated) == 0
+    two = _grad_of_first_segment(2, name)  # 3 segments, k2=2: the first one is still cut off
+    assert two is None or torch.count_nonzero(two) == 0
+    three = _grad_of_first_segment(3, name)  # k2 = number of segments: same as full BPTT
+    assert torch.allclose(three, full)
+
+
+def test_memory_changes_the_output_and_ablation_removes_it():
+    model = tiny()
+    last = tokens(1, 16, seed=5)
+    a = torch.cat([tokens(1, 16, seed=1), last], 1)
+    b = torch.cat([tokens(1, 16, seed=2), last], 1)
+    with torch.no_grad():
+        assert (model(a).logits - model(b).logits).abs().max() > 1e-5
+        ablated_a = model(a, carry_memory=False).logits
+        ablated_b = model(b, carry_memory=False).logits
+        alone = model(last).logits
+    assert torch.equal(ablated_a, ablated_b)
+    assert torch.allclose(ablated_a, alone, atol=1e-6)
+
+
+def test_stream_equals_forward_and_keeps_only_what_is_asked():
+    model = tiny()
+    ids = tokens(2, 80)
+    with torch.no_grad():
+        whole = model(ids)
+        streamed = model.stream(ids.split(16, dim=1))
+        kept = model(ids, keep=["memory", "summary"])
+    assert whole.segments == [] and whole.n_segments == 5
+    assert torch.equal(whole.memory, streamed.memory) and torch.equal(whole.logits, streamed.logits)
+    assert len(kept.segments) == 5 and set(kept.segments[0]) == {"memory", "summary", "attention_mask"}
+    assert torch.equal(kept.segments[-1]["memory"], whole.memory)
+
+
+def test_stream_from_a_generator_of_one_dimensional_segments():
+    model = tiny()
+    gen = (tokens(1, 16, seed=s)[0] for s in range(50))
+    with torch.no_grad():
+        out = model.stream(gen)
+    assert out.n_segments == 50 and out.memory.shape == (1, 4, 64)
+
+
+def test_given_memory_continues_a_run():
+    model = tiny()
+    ids = tokens(1, 64)
+    with torch.no_grad():
+        whole = model(ids)
+        first = model(ids[:, :32])
+        rest = model(ids[:, 32:], memory=first.memory)
+    assert torch.allclose(whole.memory, rest.memory, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2"])
+def test_save_load_round_trip_is_exact(tmp_path, name):
+    model = tiny(name)
+    ids = tokens(2, 40)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = RecurrentWrapper.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config == model.config
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_corrupt_or_mismatched_checkpoint_fails_clearly(tmp_path):
+    tiny().save_pretrained(tmp_path / "a")
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        RecurrentWrapper.from_pretrained(tmp_path / "a")
+    tiny().save_pretrained(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "rmt_config.json").read_text())
+    meta["rmt"]["num_mem_tokens"] = 5
+    (tmp_path / "b" / "rmt_config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="(?s)cannot be loaded.*size mismatch for cell.memory"):
+        RecurrentWrapper.from_pretrained(tmp_path / "b")
+    (tmp_path / "b" / "rmt_config.json").write_text("{broken")
+    with pytest.raises(ValueError, match="corrupt"):
+        RecurrentWrapper.from_pretrained(tmp_path / "b")
+    with pytest.raises(FileNotFoundError, match="rmt_config.json is missing"):
+        RecurrentWrapper.from_pretrained(tmp_path / "nothing")
+
+
+def test_bad_input_is_named():
+    model = tiny()
+    with pytest.raises(ValueError, match="unknown backbone 'bert-huge'.*tiny-bert"):
+        RecurrentWrapper.from_backbone("bert-huge", RMTConfig())
+    for bad, pattern in [
+        (dict(segment_size=0), "segment_size=0"),
+        (dict(num_mem_tokens=-1), "num_mem_tokens=-1"),
+        (dict(bptt_depth=0), "bptt_depth=0"),
+        (dict(align="center"), r"allowed values: \['left', 'right'\]"),
+        (dict(keep=("attn",)), "allowed values"),
+    ]:
+        with pytest.raises(ConfigError, match=pattern):
+            RMTConfig(**bad)
+    with pytest.raises(ValueError, match="empty input"):
+        model(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"empty input: sample\(s\) \[1\]"):
+        model(tokens(2, 8), torch.tensor([[1] * 8, [0] * 8]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        model(torch.rand(1, 8))
+    with pytest.raises(ValueError, match=r"memory has shape \(1, 4, 64\); expected .* \(2, 4, 64\)"):
+        model(tokens(2, 8), memory=torch.zeros(1, 4, 64))
+    with pytest.raises(ValueError, match="longer than segment_size=16"):
+        model.stream([tokens(1, 17)])
+    with pytest.raises(ValueError, match="no segments"):
+        model.stream([])
+    with pytest.raises(ValueError, match="layout"):
+        RecurrentWrapper.from_backbone("tiny-gpt2", RMTConfig(layout="encoder"))
+
+
+def test_unknown_architecture_lists_supported():
+    from transformers import T5Config
+
+    from rmt_lab.model import adapter_for
+
+    with pytest.raises(ValueError, match=r"unsupported backbone architecture 't5'.*'bert'.*'gpt2'"):
+        adapter_for(T5Config())
+
+
+def test_roberta_family_runs():
+    from transformers import RobertaConfig
+
+    from rmt_lab.model import MemoryCell
+    from rmt_lab.model.backbones import backbone_from_config
+
+    config = RobertaConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    model = RecurrentWrapper(MemoryCell(backbone_from_config("roberta", config), RMTConfig(segment_size=497))).eval()
+    with pytest.raises(ValueError, match="has 510 positions"):
+        MemoryCell(backbone_from_config("roberta", config), RMTConfig(segment_size=498))
+    with torch.no_grad():
+        out = model(tokens(1, 1000))
+    assert out.n_segments == 3
+
+
+def test_truncated_stream_with_gradients_needs_a_length():
+    model = tiny(bptt_depth=1).train()
+    with pytest.raises(ValueError, match="needs n_segments"):
+        model.stream(iter([tokens(1, 16)]))

@@ -1,0 +1,1 @@
+"""Benchmarks: FLOPs, memory and speed of the RMT against full attention."""

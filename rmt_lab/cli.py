@@ -74,9 +74,79 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_flops(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.bench.flops_sweep import FlopsSweepConfig
+
+    d = FlopsSweepConfig()
+    p.add_argument("--models", nargs="+", default=list(d.models), help="known model names (default: the OPT family)")
+    p.add_argument("--lengths", nargs="+", type=int, default=list(d.lengths), help="input lengths in tokens")
+    p.add_argument("--segment-len", type=int, default=d.segment_len, help="RMT content tokens per segment")
+    p.add_argument("--num-mem", type=int, default=d.num_mem, help="RMT memory tokens")
+    p.add_argument("--head", choices=["none", "lm", "cls"], default=d.head, help="what sits on top of the stack")
+    p.add_argument("--mode", choices=["forward", "train"], default=d.mode, help="forward pass, or forward + backward")
+    p.add_argument("--ratio-tokens", type=int, default=d.ratio_tokens, help="length of the full / RMT ratio table")
+    p.add_argument("--measure", action="store_true", help="also count every point with FlopCounterMode (meta device)")
+    p.add_argument("--out", default="data/results/bench", help="folder for flops.parquet and flops_ratio.parquet")
+
+
+def _run_bench_flops(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from rmt_lab.bench.flops_sweep import FlopsSweepConfig, flops_ratio_table, flops_sweep
+    from rmt_lab.config import ConfigError, from_dict
+    from rmt_lab.io import write_parquet
+
+    try:
+        config = from_dict(FlopsSweepConfig, {
+            "models": args.models, "lengths": args.lengths, "segment_len": args.segment_len, "num_mem": args.num_mem,
+            "head": args.head, "mode": args.mode, "ratio_tokens": args.ratio_tokens, "measure": args.measure,
+        })
+    except ConfigError as err:
+        print(f"rmt-lab bench flops: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    previous = pd.read_parquet(out / "flops.parquet") if (out / "flops.parquet").exists() else None
+    frame = flops_sweep(config, previous=previous, progress=args.measure)
+    ratio = flops_ratio_table(frame, config.ratio_tokens)
+    write_parquet(out / "flops.parquet", frame)
+    write_parquet(out / "flops_ratio.parquet", ratio)
+    print(f"{config.mode} FLOPs, full attention / RMT (segment {config.segment_len}, {config.num_mem} memory tokens, "
+          f"head {config.head}) at {config.ratio_tokens:,} tokens:")
+    shown = ratio[["model", "full_flops", "rmt_flops", "full_over_rmt"]]
+    print(shown.to_string(index=False, formatters={
+        "full_flops": "{:.3e}".format, "rmt_flops": "{:.3e}".format, "full_over_rmt": "{:,.1f}".format,
+    }))
+    if config.measure:
+        worst = (frame["measured_flops"] / frame["flops"] - 1).abs().max()
+        print(f"measured (FlopCounterMode, meta device) vs analytic: largest relative difference {worst:.2e}")
+    print(f"wrote {out / 'flops.parquet'} ({len(frame)} rows) and {out / 'flops_ratio.parquet'}")
+    return 0
+
+
+# `rmt-lab bench ACTION`: each action is a pair like the commands; memory, speed and all come later.
+BENCH_ACTIONS = {
+    "flops": (_add_bench_flops, _run_bench_flops, "FLOPs versus length, full attention vs RMT (Figure 3 data)"),
+}
+
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, (add, run, help_text) in BENCH_ACTIONS.items():
+        a = actions.add_parser(name, help=help_text, description=help_text)
+        add(a)
+        a.set_defaults(_bench_run=run)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    return args._bench_run(args)
+
+
 COMMANDS = {
     "info": (_add_info, _run_info, "versions, device, threads and available backbones"),
     "demo": (_add_demo, _run_demo, "stream a long random input through a pretrained RMT and print tokens/s"),
+    "bench": (_add_bench, _run_bench, "benchmarks: FLOPs of full attention against the RMT"),
 }
 
 

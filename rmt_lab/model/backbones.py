@@ -53,6 +53,14 @@ def _tiny_bert() -> PretrainedConfig:
     )
 
 
+def _small_bert() -> PretrainedConfig:
+    # The `quick` curriculum's backbone: big enough to learn the report's tasks, small enough for a 2-core CPU.
+    return BertConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=512, max_position_embeddings=512,
+    )
+
+
 def _tiny_gpt2() -> PretrainedConfig:
     # [SEP] (id 102) doubles as begin/end of text: the GPT-2 ids 50256 do not exist in this vocabulary.
     return GPT2Config(
@@ -74,6 +82,7 @@ class BackboneSpec:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "tiny-bert": BackboneSpec(_tiny_bert, False, "BERT, 2 layers, hidden 64, random init (tests, quick runs)"),
+    "small-bert": BackboneSpec(_small_bert, False, "BERT, 2 layers, hidden 128, random init (the quick curriculum)"),
     "tiny-gpt2": BackboneSpec(_tiny_gpt2, False, "GPT-2, 2 layers, hidden 64, random init (tests, quick runs)"),
     "minilm": BackboneSpec(_minilm_config, True, "all-MiniLM-L6-v2 BERT, 6 layers, hidden 384, pretrained, offline"),
 }
@@ -89,12 +98,27 @@ def backbone_from_config(name: str, config: PretrainedConfig, special: SpecialTo
     return Backbone(name, adapter.build(config), adapter, special or _tokenizer_specials())
 
 
-def load_backbone(name: str) -> Backbone:
-    """Build the ready backbone `name`; an unknown name lists the available ones."""
+DROPOUT_KEYS = (  # every dropout probability of the supported HF configs
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+)
+
+
+def load_backbone(name: str, dropout: float | None = None) -> Backbone:
+    """Build the ready backbone `name`; an unknown name lists the available ones.
+
+    `dropout` replaces every dropout probability of the backbone (None keeps its own).
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; available backbones: {available_backbones()}")
     spec = BACKBONES[name]
-    backbone = backbone_from_config(name, spec.make_config())
+    config = spec.make_config()
+    if dropout is not None:
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout} must be in [0, 1)")
+        for key in DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    backbone = backbone_from_config(name, config)
     if spec.pretrained:
         from safetensors.torch import load_file
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig
 
 import rmt_lab
@@ -52,11 +53,14 @@ class RecurrentWrapper(nn.Module):
         self.config = cell.config
         n = self.config.num_classes
         self.classifier = nn.Linear(cell.d_model, n) if n else None
+        # Recompute each segment's forward during backward instead of storing its activations:
+        # training memory then holds one segment's activations plus the memory states between segments.
+        self.checkpoint_segments = False
 
     @classmethod
-    def from_backbone(cls, name: str, config: RMTConfig) -> RecurrentWrapper:
-        """An RMT over the ready backbone `name` (see `available_backbones()`)."""
-        return cls(MemoryCell(load_backbone(name), config))
+    def from_backbone(cls, name: str, config: RMTConfig, dropout: float | None = None) -> RecurrentWrapper:
+        """An RMT over the ready backbone `name` (see `available_backbones()`); `dropout` overrides its own."""
+        return cls(MemoryCell(load_backbone(name, dropout), config))
 
     # ------------------------------------------------------------------ running
     def init_memory(self, batch_size: int) -> Tensor:
@@ -136,7 +140,10 @@ class RecurrentWrapper(nn.Module):
                 memory = init
             elif truncate and 0 < seen <= n_segments - k2:
                 memory = memory.detach()  # cut the graph: gradients reach only the last k2 segments
-            out = self.cell(seg.input_ids, seg.attention_mask, memory)
+            if self.checkpoint_segments and torch.is_grad_enabled():
+                out = checkpoint(self.cell, seg.input_ids, seg.attention_mask, memory, use_reentrant=False)
+            else:
+                out = self.cell(seg.input_ids, seg.attention_mask, memory)
             memory = out.memory
             summary = out.summary if summary is None else torch.where(out.active[:, None], out.summary, summary)
             lm_logits = None

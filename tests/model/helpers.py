@@ -3,10 +3,10 @@ import torch
 from rmt_lab.model import RecurrentWrapper, RMTConfig
 
 
-def tiny(name="tiny-bert", **overrides):
+def tiny(name="tiny-bert", dropout=None, **overrides):
     config = dict(num_mem_tokens=4, segment_size=16, num_classes=6)
     config.update(overrides)
-    return RecurrentWrapper.from_backbone(name, RMTConfig(**config)).eval()
+    return RecurrentWrapper.from_backbone(name, RMTConfig(**config), dropout=dropout).eval()
 
 
 def tokens(batch, length, seed=0):

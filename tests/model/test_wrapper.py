@@ -182,3 +182,22 @@ def test_truncated_stream_with_gradients_needs_a_length():
     model = tiny(bptt_depth=1).train()
     with pytest.raises(ValueError, match="needs n_segments"):
         model.stream(iter([tokens(1, 16)]))
+
+
+def test_segment_checkpointing_gives_the_same_gradients():
+    model = tiny(dropout=0.0).train()  # no dropout: both passes must see identical activations
+    ids, labels = tokens(2, 48), torch.tensor([0, 3])
+    model(ids, labels=labels).loss.backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.checkpoint_segments = True
+    model(ids, labels=labels).loss.backward()
+    for a, p in zip(plain, model.parameters(), strict=True):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+def test_dropout_override_reaches_the_backbone():
+    model = RecurrentWrapper.from_backbone("tiny-bert", RMTConfig(segment_size=16), dropout=0.0)
+    assert model.cell.model.config.hidden_dropout_prob == 0.0
+    with pytest.raises(ValueError, match=r"dropout=1.5 must be in \[0, 1\)"):
+        RecurrentWrapper.from_backbone("tiny-bert", RMTConfig(segment_size=16), dropout=1.5)

@@ -96,7 +96,7 @@ def _run_data(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "info": (_add_info, _run_info, "versions, device, threads and available backbones"),
-    "data": (_add_data, _run_data, "synthetic long-context tasks: preview a sample, export a split, benchmark streaming"),
+    "data": (_add_data, _run_data, "synthetic tasks: preview a sample, export a split, benchmark streaming"),
 }
 
 

@@ -86,6 +86,5 @@ class Reasoning(TaskSpec):
         )
 
     def question_texts(self) -> tuple[str, ...]:
-        return tuple(
-            q for p, d in itertools.product(PLACES, DIRECTIONS) for q in (f"What is {d} of the {p}?", f"What is the {p} {d} of?")
-        )
+        pairs = itertools.product(PLACES, DIRECTIONS)
+        return tuple(q for p, d in pairs for q in (f"What is {d} of the {p}?", f"What is the {p} {d} of?"))

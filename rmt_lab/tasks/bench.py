@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
+import rmt_lab
 from rmt_lab.tasks.config import TaskConfig
 from rmt_lab.tasks.sample import TaskGenerator
 
@@ -58,28 +60,37 @@ def measure(config: TaskConfig, repeats: int = 3, split: str = "test") -> dict:
 
 
 def run(
-    token_counts=DEFAULT_TOKENS, task: str = "reasoning", placement: str = "segment", segment_size: int = 499, repeats: int = 3
+    token_counts=DEFAULT_TOKENS,
+    task: str = "reasoning",
+    placement: str = "segment",
+    segment_size: int = 499,
+    repeats: int = 3,
 ) -> list[dict]:
     """Measure each length in a fresh Python process; returns one result dict per length."""
+    root = os.path.dirname(os.path.dirname(rmt_lab.__file__))  # the child imports this same rmt_lab
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     results = []
     for n in token_counts:
         cmd = [sys.executable, "-m", "rmt_lab.tasks.bench", "--child", "--tokens", str(n), "--task", task,
                "--placement", placement, "--segment-size", str(segment_size), "--repeats", str(repeats)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
 
 
 def format_results(results: list[dict]) -> str:
-    head = f"{'tokens':>12} {'task':>10} {'placement':>9} {'stream s (median, min-max)':>28} {'tokens/s':>12} {'peak RSS MB':>12} {'(before)':>9}"
-    lines = [head]
+    lines = [
+        f"{'tokens':>12} {'task':>10} {'placement':>9} {'stream s (median, min-max)':>28} {'tokens/s':>12} "
+        f"{'peak RSS MB':>12} {'(before)':>9}"
+    ]
     for r in results:
         spread = f"{r['stream_s_median']:.3f} ({r['stream_s_min']:.3f}-{r['stream_s_max']:.3f})"
         lines.append(
             f"{r['n_tokens']:>12,} {r['task']:>10} {r['placement']:>9} {spread:>28} {r['tokens_per_s']:>12,} "
             f"{r['peak_rss_mb']:>12.1f} {r['peak_rss_mb_before_streaming']:>9.1f}"
         )
-    lines.append("setup (tokenizer + noise bank, once per process): " + ", ".join(f"{r['setup_s']:.2f} s" for r in results))
+    setups = ", ".join(f"{r['setup_s']:.2f} s" for r in results)
+    lines.append(f"setup (tokenizer + noise bank, once per process): {setups}")
     return "\n".join(lines)
 
 

@@ -110,9 +110,10 @@ def _read_utf8(path: Path) -> str:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    def hidden(p: Path) -> bool:
+        return any(part.startswith(".") for part in p.relative_to(folder).parts)
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not hidden(p))
     if not files:
         raise NoiseError(f"noise folder {folder} holds no files")
     return files
@@ -124,7 +125,9 @@ def _is_saved_dataset(folder: Path) -> bool:
 
 def _dataset_texts(dataset: Any, field: str, where: str) -> list[str]:
     if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):
-        raise NoiseError(f"{where} is a DatasetDict with splits {list(dataset.keys())}; pass one split, e.g. ds['train']")
+        raise NoiseError(
+            f"{where} is a DatasetDict with splits {list(dataset.keys())}; pass one split, e.g. ds['train']"
+        )
     columns = list(getattr(dataset, "column_names", []))
     if field not in columns:
         raise NoiseError(f"{where} has no text column {field!r}; columns: {columns}")
@@ -157,7 +160,9 @@ def source_texts(source: str | os.PathLike | Any, field: str = "text") -> tuple[
         try:
             import datasets
         except ImportError as err:
-            raise NoiseError(f"{path} is a saved HuggingFace dataset but the `datasets` package is not installed") from err
+            raise NoiseError(
+                f"{path} is a saved HuggingFace dataset but the `datasets` package is not installed"
+            ) from err
         return str(path), _dataset_texts(datasets.load_from_disk(str(path)), field, str(path))
     return str(path), [_read_utf8(p) for p in _folder_files(path)]
 

@@ -200,7 +200,8 @@ class TaskGenerator:
         last = total - (c.n_segments - 1) * size
         if last < question:
             raise ConfigError(
-                f"length={c.length} tokens leaves a last segment of {last} tokens ({c.n_segments - 1} x {size} + {last}), "
+                f"length={c.length} tokens leaves a last segment of {last} tokens "
+                f"({c.n_segments - 1} x {size} + {last}), "
                 f"too short for the question (up to {question} tokens): use a multiple of {size} tokens or leave at "
                 f"least {question} tokens in the last segment"
             )

@@ -1,0 +1,116 @@
+"""Streaming speed and memory of long samples: tokens/s and peak RSS, one fresh process per length.
+
+Peak RSS is the process's ru_maxrss, so each length runs in its own subprocess (tracemalloc would
+not see numpy/torch buffers). Setup (tokenizer, noise bank) is timed apart from generation;
+streaming is warmed up, then repeated, and the median and spread are reported.
+
+    python -m rmt_lab.tasks.bench            # 2,048,000 and 10,000,000 tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import rmt_lab
+from rmt_lab.tasks.config import TaskConfig
+from rmt_lab.tasks.sample import TaskGenerator
+
+DEFAULT_TOKENS = (2_048_000, 10_000_000)  # the report's ~2M-token evaluation, and 5x beyond
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(config: TaskConfig, repeats: int = 3, split: str = "test") -> dict:
+    """Stream samples 0..repeats of `config` in this process; time each and read the peak RSS."""
+    t0 = time.perf_counter()
+    generator = TaskGenerator(config)
+    setup_s = time.perf_counter() - t0
+    for _ in generator.iter_segments(split, repeats):  # warm-up, also counted in rss_before
+        pass
+    rss_before = _peak_rss_mb()
+    seconds = []
+    for index in range(repeats):
+        t0 = time.perf_counter()
+        n = sum(len(segment) for segment in generator.iter_segments(split, index))
+        seconds.append(time.perf_counter() - t0)
+        assert n == config.n_tokens
+    median = statistics.median(seconds)
+    return {
+        "n_tokens": config.n_tokens,
+        "task": config.task,
+        "placement": config.placement,
+        "segment_size": config.segment_size,
+        "setup_s": round(setup_s, 3),
+        "stream_s_median": round(median, 4),
+        "stream_s_min": round(min(seconds), 4),
+        "stream_s_max": round(max(seconds), 4),
+        "tokens_per_s": round(config.n_tokens / median),
+        "peak_rss_mb_before_streaming": round(rss_before, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+def run(
+    token_counts=DEFAULT_TOKENS,
+    task: str = "reasoning",
+    placement: str = "segment",
+    segment_size: int = 499,
+    repeats: int = 3,
+) -> list[dict]:
+    """Measure each length in a fresh Python process; returns one result dict per length."""
+    root = os.path.dirname(os.path.dirname(rmt_lab.__file__))  # the child imports this same rmt_lab
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    results = []
+    for n in token_counts:
+        cmd = [sys.executable, "-m", "rmt_lab.tasks.bench", "--child", "--tokens", str(n), "--task", task,
+               "--placement", placement, "--segment-size", str(segment_size), "--repeats", str(repeats)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def format_results(results: list[dict]) -> str:
+    lines = [
+        f"{'tokens':>12} {'task':>10} {'placement':>9} {'stream s (median, min-max)':>28} {'tokens/s':>12} "
+        f"{'peak RSS MB':>12} {'(before)':>9}"
+    ]
+    for r in results:
+        spread = f"{r['stream_s_median']:.3f} ({r['stream_s_min']:.3f}-{r['stream_s_max']:.3f})"
+        lines.append(
+            f"{r['n_tokens']:>12,} {r['task']:>10} {r['placement']:>9} {spread:>28} {r['tokens_per_s']:>12,} "
+            f"{r['peak_rss_mb']:>12.1f} {r['peak_rss_mb_before_streaming']:>9.1f}"
+        )
+    setups = ", ".join(f"{r['setup_s']:.2f} s" for r in results)
+    lines.append(f"setup (tokenizer + noise bank, once per process): {setups}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS))
+    p.add_argument("--task", default="reasoning")
+    p.add_argument("--placement", default="segment")
+    p.add_argument("--segment-size", type=int, default=499)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        config = TaskConfig(task=args.task, placement=args.placement, segment_size=args.segment_size,
+                            length=args.tokens[0], unit="tokens")
+        print(json.dumps(measure(config, args.repeats)))
+        return 0
+    print(format_results(run(args.tokens, args.task, args.placement, args.segment_size, args.repeats)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

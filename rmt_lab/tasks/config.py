@@ -1,0 +1,67 @@
+"""TaskConfig: one frozen dataclass saying which samples a task generator makes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import rmt_lab.tasks.babi  # noqa: F401  (registers the report's tasks)
+from rmt_lab.config import ConfigError, from_dict, to_dict
+from rmt_lab.tasks.registry import available_tasks, get_task
+
+Placement = Literal["segment", "sentence"]
+Unit = Literal["segments", "tokens"]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    task: str = "memorize"  # the report's first task; see available_tasks()
+    segment_size: int = 499  # report: 512 positions minus [CLS], 10 memory tokens and 2 [SEP]
+    length: int = 1  # the report's curriculum starts at 1 segment
+    unit: Unit = "segments"  # the report counts length in segments; "tokens" for an exact token count
+    # "segment": facts open segments, as in the report; "sentence": facts sit between noise
+    # sentences at random positions anywhere, as in BABILong.
+    placement: Placement = "segment"
+    seed: int = 0  # with the split and the sample index, fixes every sample
+    noise: str = "pydoc"  # Python's own prose (never downloaded), or a local UTF-8 file/folder/saved dataset
+    noise_field: str = "text"  # text column when `noise` is a saved HuggingFace dataset
+
+    def __post_init__(self) -> None:
+        get_task(self.task)  # unknown names fail listing the available tasks
+        for name in ("segment_size", "length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"TaskConfig.{name}={value!r} must be a positive integer")
+        if self.unit not in ("segments", "tokens"):
+            raise ConfigError(f"TaskConfig.unit={self.unit!r} is not allowed; allowed values: ['segments', 'tokens']")
+        if self.placement not in ("segment", "sentence"):
+            raise ConfigError(
+                f"TaskConfig.placement={self.placement!r} is not allowed; allowed values: ['segment', 'sentence']"
+            )
+        if self.placement == "sentence" and get_task(self.task).fact_segment == "first":
+            raise ConfigError(
+                f"TaskConfig.placement='sentence' does not apply to task {self.task!r}, whose fact opens the input; "
+                "use task 'detect_memorize' for one fact anywhere"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"TaskConfig.seed={self.seed!r} must be a non-negative integer")
+
+    @property
+    def n_tokens(self) -> int:
+        """Content tokens per sample (no special tokens: the model adds those per segment)."""
+        return self.length * self.segment_size if self.unit == "segments" else self.length
+
+    @property
+    def n_segments(self) -> int:
+        return math.ceil(self.n_tokens / self.segment_size)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TaskConfig:
+        return from_dict(cls, data)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+__all__ = ["TaskConfig", "available_tasks"]

@@ -1,0 +1,81 @@
+"""Registry of synthetic tasks: `@register_task("memorize")`, `get_task(name)`, `available_tasks()`.
+
+A task says what a sample states (its facts, question and answer, drawn from a numpy Generator)
+and where its facts go; `rmt_lab.tasks.sample` lays that out over noise text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from rmt_lab.config import ConfigError
+
+# bAbI vocabulary (Weston et al. 2015), as used by the RMT report's tasks.
+NAMES = ("Mary", "John", "Daniel", "Sandra")
+ACTIONS = ("moved", "went", "went back", "journeyed", "travelled")
+PLACES = ("bathroom", "hallway", "garden", "office", "bedroom", "kitchen")  # class label = index here
+DIRECTIONS = ("north", "east", "south", "west")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """What one sample states: its facts in order, the question and the answer (one of PLACES)."""
+
+    facts: tuple[str, ...]
+    question: str
+    answer: str
+
+    @property
+    def label(self) -> int:
+        return PLACES.index(self.answer)
+
+
+class TaskSpec:
+    """Base of registered tasks. Subclasses set the class attributes and implement `episode`."""
+
+    name: ClassVar[str]
+    n_facts: ClassVar[int]
+    # "first": the fact opens the input (memorize); "random": each fact opens an independently
+    # chosen segment (detect & memorize, reasoning).
+    fact_segment: ClassVar[Literal["first", "random"]]
+
+    def episode(self, rng: np.random.Generator) -> Episode:
+        raise NotImplementedError
+
+    def fact_texts(self) -> tuple[str, ...]:
+        """Every fact this task can state (used to tokenize them all once and to size segments)."""
+        raise NotImplementedError
+
+    def question_texts(self) -> tuple[str, ...]:
+        """Every question this task can ask."""
+        raise NotImplementedError
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(name: str) -> Callable[[type[TaskSpec]], type[TaskSpec]]:
+    """Class decorator: register an instance of the TaskSpec subclass under `name`."""
+
+    def add(cls: type[TaskSpec]) -> type[TaskSpec]:
+        if name in _TASKS:
+            raise ValueError(f"task {name!r} is already registered")
+        cls.name = name
+        _TASKS[name] = cls()
+        return cls
+
+    return add
+
+
+def available_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in _TASKS:
+        raise ConfigError(f"unknown task {name!r}; available tasks: {available_tasks()}")
+    return _TASKS[name]

@@ -198,10 +198,132 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_overrides(data: dict, pairs: list[str]) -> dict:
+    """Apply `a.b=value` overrides (value parsed as JSON when it parses) to a nested config dict."""
+    import json
+
+    from rmt_lab.config import ConfigError
+
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"override {pair!r} must look like key.subkey=value")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a config section; sections: "
+                                  f"{sorted(k for k, v in node.items() if isinstance(v, dict))}")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"override {key!r}: unknown key {leaf!r}; allowed keys: {sorted(node)}")
+        node[leaf] = value
+    return data
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="quick", help="named configuration: quick (CPU, minutes) or paper (GPU)")
+    p.add_argument("--task", default="memorize", help="memorize, detect_memorize or reasoning")
+    p.add_argument("--run-dir", help="run folder (default runs/<config>-<task>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config fields, e.g. curriculum.max_steps=200 optim.lr=3e-4")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from rmt_lab.config import ConfigError
+    from rmt_lab.train import CheckpointError, ExperimentConfig, TrainingDiverged, preset, run_experiment
+
+    try:
+        config = ExperimentConfig.from_dict(_apply_overrides(preset(args.config, args.task).to_dict(), args.set))
+    except (ConfigError, ValueError) as err:
+        print(f"rmt-lab train: error: {err}", file=sys.stderr)
+        return 2
+    run_dir = args.run_dir or f"runs/{config.name}"
+    try:
+        metrics = run_experiment(config, run_dir, resume=args.resume)
+    except (CheckpointError, TrainingDiverged) as err:
+        print(f"rmt-lab train: error: {err}", file=sys.stderr)
+        return 1
+    val = metrics[metrics["kind"] == "val"].groupby("n_segments")["accuracy"].last()
+    print(f"run folder {run_dir}; validation accuracy at the end of each stage:")
+    for n, acc in val.items():
+        print(f"  {n:>3} segments: {acc:.3f}")
+    return 0
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
+    gen = sub.add_parser("generalization", help="every stage checkpoint on 1..M segments (report Figure 5)")
+    gen.add_argument("--run", required=True, help="run folder made by rmt-lab train")
+    gen.add_argument("--max-segments", type=int, help="M (default 2 x the largest trained length)")
+    gen.add_argument("--samples", type=int, default=256, help="test samples per point")
+    gen.add_argument("--out", help="parquet path (default <run>/generalization.parquet)")
+    long = sub.add_parser("long", help="one checkpoint streamed at lengths up to millions of tokens (report Figure 1)")
+    long.add_argument("--run", required=True, help="run folder made by rmt-lab train")
+    long.add_argument("--stage", type=int, help="segments of the stage checkpoint to use (default: the largest)")
+    long.add_argument("--min-tokens", type=int, default=16_000, help="first length; lengths double up to the max")
+    long.add_argument("--max-tokens", type=int, default=2_048_000, help="last length in tokens (e.g. 10000000)")
+    long.add_argument("--samples", type=int, default=16, help="test samples per length")
+    long.add_argument("--batch-size", type=int, default=16)
+    long.add_argument("--out", help="parquet path (default <run>/long_eval.parquet); existing points are kept")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+    import math
+    from pathlib import Path
+
+    import pandas as pd
+
+    from rmt_lab.io import write_parquet
+    from rmt_lab.tasks import TaskConfig
+    from rmt_lab.train import generalization_matrix, long_evaluation, stage_checkpoints
+
+    run = Path(args.run)
+    if not (run / "config.json").is_file():
+        print(f"rmt-lab eval: error: {run} is not a run folder (no config.json); make one with rmt-lab train",
+              file=sys.stderr)
+        return 2
+    if args.eval_command == "generalization":
+        lengths = range(1, args.max_segments + 1) if args.max_segments else None
+        frame = generalization_matrix(run, lengths, n_samples=args.samples)
+        out = Path(args.out or run / "generalization.parquet")
+        write_parquet(out, frame)
+        print(frame.pivot(index="trained_segments", columns="eval_segments", values="accuracy").round(2).to_string())
+        print(f"wrote {out}")
+        return 0
+    checkpoints = stage_checkpoints(run)
+    stage = args.stage or max(checkpoints)
+    if stage not in checkpoints:
+        print(f"rmt-lab eval: error: no stage-{stage} checkpoint; available: {sorted(checkpoints)}", file=sys.stderr)
+        return 2
+    task = TaskConfig.from_dict(json.loads((run / "config.json").read_text())["task"])
+    tokens, lengths = args.min_tokens, []
+    while tokens < args.max_tokens:
+        lengths.append(math.ceil(tokens / task.segment_size))
+        tokens *= 2
+    lengths.append(math.ceil(args.max_tokens / task.segment_size))
+    out = Path(args.out or run / "long_eval.parquet")
+    previous = pd.read_parquet(out) if out.exists() else None
+    frame = long_evaluation(checkpoints[stage], task, lengths, args.samples, args.batch_size, previous=previous)
+    frame["trained_segments"] = stage
+    write_parquet(out, frame)
+    print(frame[["tokens", "n_segments", "accuracy", "peak_mib", "tokens_per_s"]].to_string(index=False))
+    print(f"wrote {out}")
+    return 0
+
+
 COMMANDS = {
     "info": (_add_info, _run_info, "versions, device, threads and available backbones"),
     "demo": (_add_demo, _run_demo, "stream a long random input through a pretrained RMT and print tokens/s"),
     "data": (_add_data, _run_data, "synthetic tasks: preview a sample, export a split, benchmark streaming"),
+    "train": (_add_train, _run_train, "train an RMT with the report's curriculum"),
+    "eval": (_add_eval, _run_eval, "generalization matrix and long evaluation to millions of tokens"),
     "bench": (_add_bench, _run_bench, "benchmarks: FLOPs of full attention against the RMT"),
 }
 

@@ -201,16 +201,16 @@ class RecurrentWrapper(nn.Module):
         return directory
 
     def describe(self) -> dict:
-        """Everything needed to rebuild this model without its weights."""
+        """Everything needed to rebuild this model without its weights, as JSON-ready data."""
         cell = self.cell
-        return {
+        return json.loads(json.dumps({
             "format_version": FORMAT_VERSION,
             "rmt_lab_version": rmt_lab.__version__,
             "backbone": cell.backbone_name,
             "backbone_config": cell.model.config.to_dict(),
             "special_tokens": vars(cell.special),
             "rmt": to_dict(self.config),
-        }
+        }))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> RecurrentWrapper:

@@ -1,0 +1,129 @@
+"""Resumable checkpoints: weights, optimizer and loop state, published by one atomic pointer flip.
+
+A checkpoint is a folder `checkpoints/step-XXXXXXX/` holding the RMT (`save_pretrained`),
+`optimizer.safetensors` (every optimizer tensor), and `state.json` (loop counters, optimizer
+hyper-parameters, RNG states). It becomes the run's latest checkpoint only when `checkpoints/LATEST`
+(written atomically) names it, so a run killed at any moment resumes from a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rmt_lab.io import atomic_path, write_json
+from rmt_lab.model import RecurrentWrapper
+
+LATEST = "LATEST"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or does not fit this run."""
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-ready rest."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, entry in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(entry)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    states = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"rng.cuda.{i}"] = s
+    return states
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(
+    root: Path, step: int, model: RecurrentWrapper, optimizer: torch.optim.Optimizer, state: dict, keep_last: int = 1
+) -> Path:
+    """Write checkpoint `step` under `root`, point LATEST at it, then drop older step folders."""
+    folder = root / f"step-{step:07d}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save_pretrained(folder)
+    tensors, meta = optimizer_tensors(optimizer)
+    tensors.update({k: v.contiguous() for k, v in rng_state().items()})
+    with atomic_path(folder / "optimizer.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(folder / "state.json", {"loop": state, "optimizer": meta})
+    write_json(root / LATEST, {"checkpoint": folder.name})
+    old = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != folder.name)
+    for stale in old[: max(0, len(old) - keep_last + 1)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    try:
+        folder = root / json.loads(pointer.read_text())["checkpoint"]
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{pointer} is corrupt: {err!r}") from err
+    if not folder.is_dir():
+        raise CheckpointError(f"{pointer} names {folder.name}, which does not exist")
+    return folder
+
+
+def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.optim.Optimizer) -> dict:
+    """Load weights, optimizer and RNG state from `folder` into this run's objects; returns loop state."""
+    try:
+        theirs = json.loads((folder / "rmt_config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {folder} has no readable rmt_config.json: {err!r}") from err
+    mine = model.describe()
+    for key in ("backbone", "backbone_config", "rmt"):
+        if mine[key] != theirs.get(key):
+            diff = _first_difference(mine[key], theirs.get(key))
+            raise CheckpointError(f"checkpoint {folder} was made with another {key}: {diff}")
+    model.load_state_dict(RecurrentWrapper.from_pretrained(folder).state_dict())
+    try:
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+        meta = json.loads((folder / "state.json").read_text())
+        restore_optimizer(optimizer, {k: v for k, v in tensors.items() if not k.startswith("rng.")}, meta["optimizer"])
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {folder} has a corrupt optimizer state: {err!r}") from err
+    set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")})
+    return meta["loop"]
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return f"{path or 'value'}: this run has {a!r}, the checkpoint has {b!r}"

@@ -1,0 +1,150 @@
+"""Experiment configuration: one frozen dataclass per component, composed into `ExperimentConfig`.
+
+Two named configurations ship with rmt_lab: `quick` (a small BERT that runs the whole curriculum
+on a 2-core CPU in minutes) and `paper` (the report's setup on the pretrained MiniLM; meant for a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rmt_lab.config import ConfigError, from_dict, to_dict
+from rmt_lab.model import RMTConfig, available_backbones
+from rmt_lab.tasks import TaskConfig
+
+
+@dataclass(frozen=True)
+class CurriculumConfig:
+    """The report's curriculum: train on 1 segment, then 2, 3, ... each stage from the last one's weights."""
+
+    stages: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)  # segments per stage; report: 1..7
+    max_steps: int = 3000  # optimizer steps per stage at most (the public scripts run 3000 iterations)
+    min_steps: int = 0  # steps before a stage may end early
+    advance_accuracy: float = 1.0  # end a stage once validation accuracy reaches this (1.0 = only a perfect score)
+    patience: int = 0  # also end it after this many evaluations without improvement; 0 = never
+
+    def __post_init__(self) -> None:
+        stages = tuple(self.stages)
+        if not stages or any(not isinstance(s, int) or s < 1 for s in stages):
+            raise ConfigError(f"CurriculumConfig.stages={list(stages)} must be a non-empty list of positive integers")
+        if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
+            raise ConfigError(f"CurriculumConfig.stages={list(stages)} must be strictly increasing")
+        if self.max_steps < 1 or self.min_steps < 0 or self.min_steps > self.max_steps:
+            raise ConfigError(
+                f"CurriculumConfig needs 0 <= min_steps <= max_steps and max_steps >= 1, "
+                f"got min_steps={self.min_steps}, max_steps={self.max_steps}"
+            )
+        if not 0.0 < self.advance_accuracy <= 1.0:
+            raise ConfigError(f"CurriculumConfig.advance_accuracy={self.advance_accuracy} must be in (0, 1]")
+        if self.patience < 0:
+            raise ConfigError(f"CurriculumConfig.patience={self.patience} must be >= 0")
+        object.__setattr__(self, "stages", stages)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup and linear decay, restarted at each stage (the report's setup)."""
+
+    lr: float = 1e-5  # report: 1e-5 for bert-base
+    weight_decay: float = 0.001  # report
+    warmup_steps: int = 100  # linear warmup at the start of each stage
+    decay: bool = True  # linear decay to 0 at max_steps after warmup
+    clip_value: float = 5.0  # report: gradient value clipping at 5.0; 0 disables
+    batch_size: int = 32  # global batch, split across processes; report: 32
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.clip_value < 0:
+            raise ConfigError(f"OptimConfig values out of range: {self}")
+        if self.batch_size < 1:
+            raise ConfigError(f"OptimConfig.batch_size={self.batch_size} must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How the loop runs: evaluation, logging, checkpoints, precision, seeds."""
+
+    eval_every: int = 100  # steps between validation evaluations
+    eval_samples: int = 256  # validation samples per evaluation
+    eval_batch_size: int = 64
+    log_every: int = 10  # steps between metric rows
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 on a GPU; fp32 on CPU
+    gradient_checkpointing: bool = False  # recompute each segment in backward: less memory, more time
+
+    def __post_init__(self) -> None:
+        for name in ("eval_every", "eval_samples", "eval_batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"RunConfig.{name}={getattr(self, name)} must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    backbone: str = "minilm"  # see available_backbones()
+    dropout: float | None = None  # replaces the backbone's dropout probabilities; None keeps them
+    rmt: RMTConfig = field(default_factory=lambda: RMTConfig(num_classes=6))
+    task: TaskConfig = field(default_factory=TaskConfig)  # its length is set per curriculum stage
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in available_backbones():
+            raise ConfigError(f"unknown backbone {self.backbone!r}; available backbones: {available_backbones()}")
+        if self.task.segment_size != self.rmt.segment_size:
+            raise ConfigError(
+                f"task.segment_size={self.task.segment_size} must equal rmt.segment_size={self.rmt.segment_size}"
+            )
+        if self.rmt.num_classes < 1:
+            raise ConfigError("rmt.num_classes must be the number of answer classes (6 places), got 0")
+
+    def task_at(self, n_segments: int, **changes: Any) -> TaskConfig:
+        """The task config for inputs of `n_segments` segments."""
+        return dataclasses.replace(self.task, length=n_segments, unit="segments", **changes)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExperimentConfig:
+        return from_dict(cls, data)
+
+
+def _quick(task: str) -> ExperimentConfig:
+    segment = 32
+    return ExperimentConfig(
+        name=f"quick-{task}",
+        backbone="small-bert",
+        rmt=RMTConfig(num_mem_tokens=4, segment_size=segment, num_classes=6),
+        task=TaskConfig(task=task, segment_size=segment),
+        curriculum=CurriculumConfig(stages=(1, 2, 3, 4, 5, 6, 7), max_steps=400, min_steps=50,
+                                    advance_accuracy=0.99, patience=4),
+        optim=OptimConfig(lr=1e-3, weight_decay=0.001, warmup_steps=20, batch_size=32),
+        run=RunConfig(eval_every=25, eval_samples=128, log_every=5, checkpoint_every=50),
+    )
+
+
+def _paper(task: str) -> ExperimentConfig:
+    return ExperimentConfig(
+        name=f"paper-{task}",
+        backbone="minilm",
+        rmt=RMTConfig(num_mem_tokens=10, segment_size=499, num_classes=6),
+        task=TaskConfig(task=task, segment_size=499),
+        curriculum=CurriculumConfig(stages=(1, 2, 3, 4, 5, 6, 7), max_steps=3000, advance_accuracy=1.0),
+        optim=OptimConfig(lr=1e-5, weight_decay=0.001, warmup_steps=100, batch_size=32),
+        run=RunConfig(eval_every=250, eval_samples=512, mixed_precision="bf16"),
+    )
+
+
+PRESETS = {"quick": _quick, "paper": _paper}
+
+
+def preset(name: str, task: str = "memorize", **overrides: Any) -> ExperimentConfig:
+    """A named configuration for `task`; `overrides` replace top-level fields."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown configuration {name!r}; available configurations: {sorted(PRESETS)}")
+    config = PRESETS[name](task)
+    return dataclasses.replace(config, **overrides) if overrides else config

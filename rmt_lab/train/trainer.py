@@ -1,0 +1,352 @@
+"""The curriculum trainer: an explicit loop of setup / train / save_checkpoint / cleanup.
+
+Stages follow the report: train on `stages[0]` segments, then `stages[1]`, ... each stage starting
+from the previous stage's weights with a fresh AdamW and a linear warmup/decay schedule. A stage
+ends after `max_steps`, or earlier (after `min_steps`) once validation accuracy reaches
+`advance_accuracy` or stops improving for `patience` evaluations.
+
+Accelerate supplies devices, mixed precision and processes: under `torchrun` or `accelerate launch`
+every process takes its share (rows rank::world) of the same global batch, so the loss curve is that
+of one process on the whole batch. Batches are a pure function of (stage, step): sample indices
+step*B .. step*B+B-1 of the task's train split, which makes resumed runs identical to uninterrupted ones.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+from rmt_lab.io import write_json, write_parquet
+from rmt_lab.model import RecurrentWrapper
+from rmt_lab.tasks import TaskGenerator, collate
+from rmt_lab.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from rmt_lab.train.config import ExperimentConfig
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.parquet"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Callback:
+    """Hooks into the loop; every method is optional."""
+
+    def on_stage_start(self, trainer: Trainer, n_segments: int) -> None: ...
+    def on_log(self, trainer: Trainer, row: dict) -> None: ...
+    def on_eval(self, trainer: Trainer, row: dict) -> None: ...
+    def on_stage_end(self, trainer: Trainer, n_segments: int) -> None: ...
+    def on_end(self, trainer: Trainer) -> None: ...
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per stage (notebook-friendly via tqdm.auto) with loss, accuracy, stage and tokens/s."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_stage_start(self, trainer: Trainer, n_segments: int) -> None:
+        from tqdm.auto import tqdm
+
+        if trainer.accelerator.is_main_process:
+            stage = trainer.state["stage"]
+            self.bar = tqdm(
+                total=trainer.config.curriculum.max_steps, initial=trainer.state["step"],
+                desc=f"stage {stage + 1}/{len(trainer.stages)} ({n_segments} seg)", leave=True,
+            )
+
+    def on_log(self, trainer: Trainer, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.n = row["step"]
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}",
+                                 tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
+            self.bar.refresh()
+
+    def on_eval(self, trainer: Trainer, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(val_acc=f"{row['accuracy']:.3f}", refresh=True)
+
+    def on_stage_end(self, trainer: Trainer, n_segments: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    on_end = on_stage_end
+
+
+def lr_at(step: int, config: ExperimentConfig) -> float:
+    """Linear warmup over warmup_steps, then linear decay to 0 at max_steps (or constant)."""
+    o, total = config.optim, config.curriculum.max_steps
+    if o.warmup_steps and step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if not o.decay:
+        return o.lr
+    return o.lr * max(0.0, (total - step) / max(1, total - o.warmup_steps))
+
+
+class Trainer:
+    """Runs one experiment's curriculum into `run_dir`."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: str | Path,
+        callbacks: list[Callback] | None = None,
+        resume: bool = False,
+    ):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.callbacks = [ProgressBar()] if callbacks is None else list(callbacks)
+        self.resume = resume
+        self.stages = config.curriculum.stages
+        self.rows: list[dict] = []
+        self.state: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        c = self.config
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=c.rmt.bptt_depth != -1)
+        self.accelerator = Accelerator(mixed_precision=c.run.mixed_precision, kwargs_handlers=[ddp])
+        set_seed(c.run.seed)
+        self._check_run_dir()
+        model = RecurrentWrapper.from_backbone(c.backbone, c.rmt, dropout=c.dropout)
+        model.checkpoint_segments = c.run.gradient_checkpointing
+        self.model = model.to(self.accelerator.device)
+        self.state = {"stage": 0, "step": 0, "global_step": 0, "best": -1.0, "bad_evals": 0, "wall": 0.0, "done": [],
+                      "window": []}
+        self._new_stage_optimizer()
+        latest = latest_checkpoint(self.checkpoint_root) if self.resume else None
+        if latest is not None:
+            self.state = load_checkpoint(latest, self.model, self.optimizer)
+            self._load_metrics(upto=self.state["global_step"])
+        self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _check_run_dir(self) -> None:
+        path = self.run_dir / CONFIG_FILE
+        mine = self.config.to_dict()
+        if path.exists():
+            import json
+
+            saved = json.loads(path.read_text())
+            if saved != mine:
+                from rmt_lab.train.checkpoint import _first_difference
+
+                raise CheckpointError(
+                    f"{self.run_dir} holds a run of another config ({_first_difference(mine, saved)}); "
+                    "use a new run folder"
+                )
+            if not self.resume and latest_checkpoint(self.checkpoint_root) is not None:
+                raise CheckpointError(f"{self.run_dir} already holds a run: pass resume=True (--resume) or a new folder")
+        if self.accelerator.is_main_process:
+            write_json(path, mine)
+
+    def _new_stage_optimizer(self) -> None:
+        c = self.config.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+
+    def _load_metrics(self, upto: int) -> None:
+        path = self.run_dir / METRICS_FILE
+        if path.exists():
+            frame = pd.read_parquet(path)
+            self.rows = frame[frame["global_step"] <= upto].to_dict("records")
+
+    def generator(self, n_segments: int) -> TaskGenerator:
+        return TaskGenerator(self.config.task_at(n_segments))
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> pd.DataFrame:
+        if not self.state:
+            self.setup()
+        acc = self.accelerator
+        while self.state["stage"] < len(self.stages):
+            n_seg = self.stages[self.state["stage"]]
+            gen = self.generator(n_seg)
+            for cb in self.callbacks:
+                cb.on_stage_start(self, n_seg)
+            while True:
+                started = time.perf_counter()
+                loss, accuracy, tokens, seconds = self._train_step(gen)
+                self.state["step"] += 1
+                self.state["global_step"] += 1
+                # steps since the last metric row; in the state so that a resumed run logs the same rows
+                self.state["window"].append((loss, accuracy, tokens, seconds))
+                step = self.state["step"]
+                if step % self.config.run.log_every == 0:
+                    self._log_train(self.state["window"], n_seg)
+                    self.state["window"] = []
+                stage_over = step >= self.config.curriculum.max_steps
+                if step % self.config.run.eval_every == 0 or stage_over:
+                    stage_over = self._evaluate_and_decide(n_seg) or stage_over
+                self.state["wall"] += time.perf_counter() - started  # training + evaluation, not checkpoints
+                if stage_over:
+                    self._end_stage(n_seg)
+                    break
+                if step % self.config.run.checkpoint_every == 0:
+                    self.save_checkpoint()
+        for cb in self.callbacks:
+            cb.on_end(self)
+        acc.wait_for_everyone()
+        return self.metrics()
+
+    def _train_step(self, gen: TaskGenerator) -> tuple[float, float, int, float]:
+        acc, c = self.accelerator, self.config
+        start = time.perf_counter()
+        lr = lr_at(self.state["step"], c)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self._batch(gen, "train", self.state["step"] * c.optim.batch_size, c.optim.batch_size)
+        self.ddp_model.train()
+        with acc.autocast():
+            out = self.ddp_model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+        loss = out.loss
+        if not torch.isfinite(loss.detach()).all():
+            self._diverged(float(loss.detach()))
+        acc.backward(loss)
+        if c.optim.clip_value:
+            acc.clip_grad_value_(self.model.parameters(), c.optim.clip_value)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        correct = (out.logits.argmax(-1) == batch["labels"]).float().mean()
+        stats = acc.reduce(torch.stack([loss.detach().float(), correct]), reduction="mean")
+        tokens = int(batch["attention_mask"].sum()) * acc.num_processes
+        return float(stats[0]), float(stats[1]), tokens, time.perf_counter() - start
+
+    def _batch(self, gen: TaskGenerator, split: str, first: int, size: int) -> dict:
+        """Rows rank::world of the global batch [first, first + size) of `split`."""
+        acc = self.accelerator
+        indices = range(first + acc.process_index, first + size, acc.num_processes)
+        items = []
+        for i in indices:
+            s = gen.sample(split, i)
+            items.append({"input_ids": s.tokens(), "label": s.label, "answer": s.answer, "index": i})
+        batch = collate(items)
+        return {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _log_train(self, window: list, n_seg: int) -> None:
+        loss = sum(w[0] for w in window) / len(window)
+        accuracy = sum(w[1] for w in window) / len(window)
+        tokens_per_s = sum(w[2] for w in window) / max(sum(w[3] for w in window), 1e-9)
+        row = self._row("train", n_seg, loss=loss, accuracy=accuracy, tokens_per_s=tokens_per_s)
+        for cb in self.callbacks:
+            cb.on_log(self, row)
+
+    def _row(self, kind: str, n_seg: int, **values: float) -> dict:
+        row = {
+            "kind": kind,
+            "stage": self.state["stage"] + 1,
+            "n_segments": n_seg,
+            "step": self.state["step"],
+            "global_step": self.state["global_step"],
+            "loss": math.nan,
+            "accuracy": math.nan,
+            "lr": lr_at(max(self.state["step"] - 1, 0), self.config),
+            "tokens_per_s": math.nan,
+            "wall_time": self.state["wall"],
+            **values,
+        }
+        self.rows.append(row)
+        return row
+
+    def evaluate(self, n_segments: int, split: str = "validation", n_samples: int | None = None) -> float:
+        """Accuracy on `n_samples` of `split` at `n_segments`, sharded over processes."""
+        from rmt_lab.train.evaluate import accuracy
+
+        n = n_samples or self.config.run.eval_samples
+        return accuracy(
+            self.model, self.config.task_at(n_segments), split, n, self.config.run.eval_batch_size, self.accelerator
+        )
+
+    def _evaluate_and_decide(self, n_seg: int) -> bool:
+        value = self.evaluate(n_seg)
+        row = self._row("val", n_seg, accuracy=value)
+        for cb in self.callbacks:
+            cb.on_eval(self, row)
+        cur = self.config.curriculum
+        if value > self.state["best"]:
+            self.state["best"], self.state["bad_evals"] = value, 0
+        else:
+            self.state["bad_evals"] += 1
+        if self.state["step"] < cur.min_steps:
+            return False
+        return value >= cur.advance_accuracy or bool(cur.patience and self.state["bad_evals"] >= cur.patience)
+
+    def _end_stage(self, n_seg: int) -> None:
+        if self.accelerator.is_main_process:
+            self.model.save_pretrained(self.stage_dir(n_seg))
+        self.state["done"].append({"n_segments": n_seg, "steps": self.state["step"], "best": self.state["best"]})
+        for cb in self.callbacks:
+            cb.on_stage_end(self, n_seg)
+        self.state.update(stage=self.state["stage"] + 1, step=0, best=-1.0, bad_evals=0, window=[])
+        self._new_stage_optimizer()
+        self.optimizer = self.accelerator.prepare(self.optimizer)
+        self.save_checkpoint()
+
+    def stage_dir(self, n_segments: int) -> Path:
+        return self.checkpoint_root / f"stage-{n_segments}"
+
+    def _diverged(self, value: float) -> None:
+        self.write_metrics()
+        latest = latest_checkpoint(self.checkpoint_root)
+        raise TrainingDiverged(
+            f"loss is {value} at stage {self.state['stage'] + 1}, step {self.state['step']}: stopping. "
+            f"Last good checkpoint: {latest or 'none yet'} (resume from it with a lower lr or clip value)"
+        )
+
+    # ------------------------------------------------------------------ saving
+    def save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.checkpoint_root, self.state["global_step"], self.model, self.optimizer, self.state)
+            self.write_metrics()
+            self.write_summary()
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def write_metrics(self) -> None:
+        if self.rows:
+            write_parquet(self.run_dir / METRICS_FILE, self.metrics())
+
+    def write_summary(self) -> None:
+        c = self.config
+        lines = [
+            f"# Run {c.name}", "",
+            f"Task `{c.task.task}`, backbone `{c.backbone}`, {c.rmt.num_mem_tokens} memory tokens, "
+            f"{c.rmt.segment_size} content tokens per segment, curriculum {list(self.stages)}.", "",
+            "| stage | segments | steps | best validation accuracy |", "|---|---|---|---|",
+        ]
+        for i, done in enumerate(self.state["done"], 1):
+            lines.append(f"| {i} | {done['n_segments']} | {done['steps']} | {done['best']:.3f} |")
+        lines += ["", f"Training wall time: {self.state['wall']:.0f} s. Files: `config.json`, `metrics.parquet`, "
+                  "`checkpoints/stage-N/` (weights after each stage), `checkpoints/LATEST` (resume point)."]
+        from rmt_lab.io import atomic_path
+
+        with atomic_path(self.run_dir / "README.md") as tmp:
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def cleanup(self) -> None:
+        self.accelerator.wait_for_everyone()
+        self.accelerator.free_memory()
+
+
+def run_experiment(config: ExperimentConfig, run_dir: str | Path, resume: bool = False,
+                   callbacks: list[Callback] | None = None) -> pd.DataFrame:
+    """setup, train, cleanup: the whole curriculum into `run_dir`; returns the metrics table."""
+    trainer = Trainer(config, run_dir, callbacks=callbacks, resume=resume)
+    trainer.setup()
+    try:
+        return trainer.train()
+    finally:
+        trainer.cleanup()

@@ -1,0 +1,117 @@
+"""The curriculum trainer on tiny settings: learning, resume, stage hand-over, failures."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rmt_lab.config import ConfigError
+from rmt_lab.model import RecurrentWrapper
+from rmt_lab.train import (
+    Callback, CheckpointError, CurriculumConfig, Trainer, TrainingDiverged, generalization_matrix, run_experiment,
+)
+from tests.train.helpers import tiny_experiment
+
+
+def test_tiny_run_learns_memorize_above_chance(tmp_path):
+    config = tiny_experiment(max_steps=60, optim=dataclasses.replace(tiny_experiment().optim, batch_size=16))
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, eval_every=30, eval_samples=64,
+                                                                 checkpoint_every=100))
+    metrics = run_experiment(config, tmp_path / "run", callbacks=[])
+    val = metrics[metrics["kind"] == "val"]["accuracy"]
+    assert val.iloc[-1] > 0.5, f"validation accuracy {val.tolist()} (chance is 1/6)"
+    assert set(metrics.columns) >= {"step", "stage", "n_segments", "loss", "accuracy", "lr", "tokens_per_s",
+                                    "wall_time"}
+    assert (tmp_path / "run" / "checkpoints" / "stage-1" / "model.safetensors").is_file()
+    assert "| 1 | 1 |" in (tmp_path / "run" / "README.md").read_text()
+
+
+class _Interrupt(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_log(self, trainer, row):
+        if row["global_step"] == self.at:
+            raise KeyboardInterrupt
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    config = tiny_experiment(stages=(1, 2), max_steps=8)
+    whole = run_experiment(config, tmp_path / "whole", callbacks=[])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "cut", callbacks=[_Interrupt(at=12)])  # mid stage 2
+    assert json.loads((tmp_path / "cut" / "checkpoints" / "LATEST").read_text())["checkpoint"] == "step-0000011"
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        run_experiment(config, tmp_path / "cut", callbacks=[])
+    resumed = run_experiment(config, tmp_path / "cut", resume=True, callbacks=[])
+    a = load_file(str(tmp_path / "whole" / "checkpoints" / "stage-2" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "checkpoints" / "stage-2" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cols = ["kind", "stage", "step", "global_step", "loss", "accuracy", "lr"]
+    assert whole[cols].equals(resumed[cols])
+
+
+class _StageStart(Callback):
+    def __init__(self):
+        self.weights = {}
+
+    def on_stage_start(self, trainer, n_segments):
+        self.weights[n_segments] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_each_stage_starts_from_the_previous_stage_weights(tmp_path):
+    probe = _StageStart()
+    run_experiment(tiny_experiment(stages=(1, 3), max_steps=4), tmp_path / "run", callbacks=[probe])
+    stage1 = RecurrentWrapper.from_pretrained(tmp_path / "run" / "checkpoints" / "stage-1").state_dict()
+    assert all(torch.equal(probe.weights[3][k], v) for k, v in stage1.items())
+    assert not all(torch.equal(probe.weights[1][k], v) for k, v in stage1.items())
+
+
+def test_generalization_table_shape_and_values(tmp_path):
+    run_experiment(tiny_experiment(stages=(1, 2), max_steps=4), tmp_path / "run", callbacks=[])
+    table = generalization_matrix(tmp_path / "run", n_samples=8)
+    assert len(table) == 2 * 4  # 2 checkpoints x eval lengths 1..4
+    assert sorted(table["trained_segments"].unique()) == [1, 2]
+    assert sorted(table["eval_segments"].unique()) == [1, 2, 3, 4]
+    assert table["accuracy"].between(0, 1).all()
+
+
+class _Poison(Callback):
+    def on_log(self, trainer, row):
+        if row["global_step"] == 4:
+            with torch.no_grad():
+                trainer.model.classifier.weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"loss is nan .* Last good checkpoint: .*step-0000003"):
+        run_experiment(tiny_experiment(max_steps=8), tmp_path / "run", callbacks=[_Poison()])
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-0000003" / "state.json").read_text())
+    assert state["loop"]["global_step"] == 3
+
+
+def test_bad_input_fails_clearly(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'sorting'.*memorize"):
+        tiny_experiment(task="sorting")
+    with pytest.raises(ConfigError, match=r"stages=\[1, 3, 2\] must be strictly increasing"):
+        CurriculumConfig(stages=(1, 3, 2))
+    run_experiment(tiny_experiment(max_steps=3), tmp_path / "run", callbacks=[])
+    other = tiny_experiment(max_steps=3, backbone="tiny-gpt2")
+    with pytest.raises(CheckpointError, match=r"another config \(backbone: this run has 'tiny-gpt2'"):
+        Trainer(other, tmp_path / "run", callbacks=[], resume=True).setup()
+    # a checkpoint folder from another backbone, under this run's config
+    (tmp_path / "run2").mkdir()
+    trainer = Trainer(tiny_experiment(max_steps=3), tmp_path / "run2", callbacks=[], resume=True)
+    (tmp_path / "run2" / "checkpoints").mkdir()
+    import shutil
+
+    shutil.copytree(tmp_path / "run" / "checkpoints" / "stage-1", tmp_path / "run2" / "checkpoints" / "step-0000001")
+    meta_path = tmp_path / "run2" / "checkpoints" / "step-0000001" / "rmt_config.json"
+    meta = json.loads(meta_path.read_text())
+    meta["backbone_config"]["num_hidden_layers"] = 1
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "run2" / "checkpoints" / "LATEST").write_text('{"checkpoint": "step-0000001"}')
+    with pytest.raises(CheckpointError, match="another backbone_config: num_hidden_layers: this run has 2, the checkpoint has 1"):
+        trainer.setup()

@@ -114,7 +114,10 @@ class Trainer:
     def setup(self) -> None:
         c = self.config
         ddp = DistributedDataParallelKwargs(find_unused_parameters=c.rmt.bptt_depth != -1)
-        self.accelerator = Accelerator(mixed_precision=c.run.mixed_precision, kwargs_handlers=[ddp])
+        # Without CUDA, accelerate forms a multi-process (gloo) group from torchrun's variables only when cpu=True.
+        self.accelerator = Accelerator(
+            mixed_precision=c.run.mixed_precision, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available()
+        )
         set_seed(c.run.seed)
         self._check_run_dir()
         model = RecurrentWrapper.from_backbone(c.backbone, c.rmt, dropout=c.dropout)
@@ -254,6 +257,7 @@ class Trainer:
             "lr": lr_at(max(self.state["step"] - 1, 0), self.config),
             "tokens_per_s": math.nan,
             "wall_time": self.state["wall"],
+            "processes": self.accelerator.num_processes,
             **values,
         }
         self.rows.append(row)

@@ -1,0 +1,11 @@
+"""Run by test_multiprocess under torchrun: a tiny curriculum, metrics written to argv[1]."""
+
+import dataclasses
+import sys
+
+from rmt_lab.train import run_experiment
+from tests.train.helpers import tiny_experiment
+
+config = tiny_experiment(stages=(1, 2), max_steps=6, dropout=0.0)
+config = dataclasses.replace(config, run=dataclasses.replace(config.run, log_every=1))
+run_experiment(config, sys.argv[1], callbacks=[])

@@ -75,11 +75,12 @@ class ProgressBar(Callback):
             self.bar.set_postfix(val_acc=f"{row['accuracy']:.3f}", refresh=True)
 
     def on_stage_end(self, trainer: Trainer, n_segments: int) -> None:
+        self.on_end(trainer)
+
+    def on_end(self, trainer: Trainer) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-    on_end = on_stage_end
 
 
 def lr_at(step: int, config: ExperimentConfig) -> float:

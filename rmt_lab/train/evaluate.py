@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -98,8 +99,6 @@ def long_accuracy(
     checkpoint: str | Path, task: TaskConfig, n_samples: int, batch_size: int, split: str = "test"
 ) -> dict:
     """Streaming evaluation of one length in this process: accuracy, time and peak memory."""
-    from rmt_lab.bench.inference import peak_memory_mib
-
     model = RecurrentWrapper.from_pretrained(checkpoint).eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -116,9 +115,16 @@ def long_accuracy(
     return {
         "task": task.task, "tokens": task.n_tokens, "n_segments": task.n_segments, "accuracy": correct / n_samples,
         "n_samples": n_samples, "seconds": seconds, "tokens_per_s": task.n_tokens * n_samples / seconds,
-        "peak_mib": peak_memory_mib(device), "device": str(device), "memory_source":
+        "peak_mib": _peak_mib(device), "device": str(device), "memory_source":
         "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (fresh process)",
     }
+
+
+def _peak_mib(device: torch.device) -> float:
+    """This process's peak memory: CUDA allocations on a GPU, peak resident set (ru_maxrss, KiB) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def long_evaluation(

@@ -27,7 +27,7 @@ def test_bench_all_quick_writes_every_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sweep, "run_point", FakeRunner())  # the wiring, not the processes (tested above)
     assert main(["bench", "all", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "full attention / RMT" in out and "Peak memory" in out and "RMT forward speed" in out
+    assert "full attention / RMT" in out and "Peak memory" in out and "RMT forward, 1,996 tokens per sample" in out
     for name in ("flops", "flops_ratio", "memory", "speed"):
         assert (tmp_path / f"{name}.parquet").exists()
     assert set(pd.read_parquet(tmp_path / "memory.parquet")["backbone"]) == {"tiny-bert"}

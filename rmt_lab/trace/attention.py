@@ -1,0 +1,188 @@
+"""The attention function the recorder registers with transformers, and the per-layer summary math.
+
+Recording goes through transformers' own dispatch: `AttentionInterface.register("rmt_trace", ...)`
+plus an `AttentionMaskInterface` entry (without it transformers would build no mask at all for an
+unknown implementation and silently drop GPT-2's causal mask and every padding mask). The recorder
+sets the backbone config's `_attn_implementation` to "rmt_trace" only while it records.
+
+Per layer the big attention stays fused (sdpa); the summaries need only:
+  * the 1 + M query rows that matter for memory (answer position, memory writers), whose softmax is
+    computed explicitly against every key: (batch, heads, 1 + M, L), cheap;
+  * the attention mass each content query puts on the memory keys. On CPU the fused flash kernel
+    also returns each row's log-sum-exp, and mass = sum_j exp(q.k_j * scale - lse) over the M memory
+    keys: an (L x M) product. Elsewhere one extra value channel does it: V gets an indicator
+    column (1 on memory keys), Q and K a zero column so head sizes still match the fused kernels,
+    and that output channel is exactly the attention mass on memory.
+The model's own output is the fused kernel's, so recording leaves the outputs unchanged (bitwise on
+the CPU path; tested within 1e-6 on the extra-channel path).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from rmt_lab.trace.layout import CONTENT, MEM, SLOT0, SegmentLayout
+
+TRACE_IMPL = "rmt_trace"
+
+# Per (batch, layer, head): computed from the explicit rows and the read mass. `write_precision` is
+# derived when tables are built (write_span / write_content).
+METRICS = (
+    "read_content",  # mean over content queries of their attention mass on the incoming memory
+    "read_answer",  # the answer position's mass on the incoming memory ([CLS] encoder, last token decoder)
+    "retain",  # mean over memory writers of their mass on the incoming memory (Figure 6 "retain")
+    "write_content",  # mean over memory writers of their mass on content tokens
+    "write_span",  # ... on the reference span: the places inside a segment where the facts sit
+    "write_fact",  # ... on fact tokens (0 where the segment holds none)
+    "retain_diag",  # mean over slots of slot i's mass on its own incoming state (the diagonal)
+)
+
+_SESSIONS: dict[int, object] = {}  # id(backbone config) -> recording session, only while recording
+
+
+def traced_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """Registered as "rmt_trace": plain sdpa unless a recorder is recording this backbone."""
+    session = _SESSIONS.get(id(module.config))
+    if session is None or session.layout is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    return session.attend(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
+
+
+AttentionInterface.register(TRACE_IMPL, traced_attention)
+# The same masks sdpa gets (None where sdpa relies on is_causal or needs no mask), so the fused call is unchanged.
+AttentionMaskInterface.register(TRACE_IMPL, sdpa_mask)
+
+
+def lse_path_ok(query: Tensor, key: Tensor, value: Tensor, kwargs: dict) -> bool:
+    """Whether the CPU flash kernel (the one F.scaled_dot_product_attention picks here) can be called directly."""
+    return (
+        query.device.type == "cpu"
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+        and torch.backends.cuda.flash_sdp_enabled()  # the switch also governs the CPU flash kernel
+        and query.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        and query.shape[-1] == key.shape[-1] == value.shape[-1]
+        and query.shape[1] == key.shape[1]  # no grouped KV heads
+        and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1
+        and not any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "sliding_window"))
+    )
+
+
+class FloatMask:
+    """Caches the additive float form of the (shared, per forward) boolean mask, as sdpa builds it itself."""
+
+    def __init__(self) -> None:
+        self.source: Tensor | None = None
+        self.value: Tensor | None = None
+
+    def __call__(self, mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+        if mask is None or mask.dtype != torch.bool:
+            return mask
+        if mask is not self.source:
+            self.source = mask
+            self.value = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+        return self.value
+
+
+def fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
+                    read_keys: slice, float_mask: FloatMask, use_lse: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The layer's attention output (batch, L, heads, d) exactly as sdpa computes it, plus what gives every
+    query's attention mass on the keys `read_keys`: either (scores on those keys (batch, heads, L, M),
+    log-sum-exp (batch, heads, L)), or (the mass itself (batch, heads, L), None). See `read_mass`."""
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if use_lse:
+        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        causal = bool(query.shape[2] > 1 and attention_mask is None and causal)  # sdpa_attention_forward's rule
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, dropout, causal, attn_mask=float_mask(attention_mask, query.dtype), scale=scale
+        )  # out (batch, heads, L, d); lse (batch, heads, L)
+        with torch.no_grad():
+            scores = torch.matmul(query, key[:, :, read_keys].transpose(-1, -2)).mul_(scale)  # (batch, heads, L, M)
+        return out.transpose(1, 2).contiguous(), scores, lse.detach()
+    d = query.shape[-1]
+    indicator = torch.zeros(*value.shape[:-1], 1, dtype=value.dtype, device=value.device)  # (batch, heads, L, 1)
+    indicator[:, :, read_keys] = 1
+    out, _ = sdpa_attention_forward(
+        module,
+        torch.cat([query, torch.zeros_like(query[..., :1])], -1),
+        torch.cat([key, torch.zeros_like(key[..., :1])], -1),
+        torch.cat([value, indicator], -1),
+        attention_mask, dropout=dropout, scaling=scale, is_causal=is_causal, **kwargs,
+    )  # (batch, L, heads, d + 1)
+    return out[..., :d].contiguous(), out[..., d].transpose(1, 2).detach(), None
+
+
+def read_mass(scores_or_mass: Tensor, lse: Tensor | None) -> Tensor:
+    """Per-query attention mass on the memory keys (..., heads, L) from what `fused_attention` returned."""
+    if lse is None:
+        return scores_or_mass.float()
+    return (scores_or_mass.float() - lse.float().unsqueeze(-1)).exp_().sum(-1)
+
+
+def row_scores(query: Tensor, key: Tensor, scale: float, lay: SegmentLayout) -> Tensor:
+    """Scaled scores of the answer row and the memory writers against every key: (batch, heads, 1 + M, L).
+    Add `lay.row_bias` and take the softmax to get their attention rows."""
+    r = lay.n_mem + 1
+    if lay.rows_contiguous:
+        q = query[:, :, :r]
+    else:
+        q = query.gather(2, lay.rows[:, None, :, None].expand(query.shape[0], query.shape[1], r, query.shape[-1]))
+    return torch.matmul(q * scale, key.transpose(-1, -2))
+
+
+def row_metrics(probs: Tensor, read_content: Tensor, lay: SegmentLayout, top_k: int):
+    """Summary statistics from the answer and writer rows' probabilities (..., batch, heads, 1 + M, L),
+    any leading dims (e.g. layers), and the mean read mass of content queries (..., batch, heads).
+
+    Returns stats (..., batch, heads, len(METRICS)) and, if top_k, the head-mean write attention's
+    top-k content keys per slot: values and backbone positions, each (..., batch, M, k)."""
+    mass = torch.matmul(probs, lay.keys.unsqueeze(1))  # (..., batch, heads, 1 + M, K)
+    writers = mass[..., 1:, :]  # (..., batch, heads, M, K)
+    diag = writers[..., SLOT0:].diagonal(dim1=-2, dim2=-1)  # (..., batch, heads, M)
+    stats = torch.cat(
+        [
+            read_content.unsqueeze(-1),
+            mass[..., 0, MEM : MEM + 1],
+            writers[..., :SLOT0].mean(-2),  # retain, write_content, write_span, write_fact (key-group order)
+            diag.mean(-1, keepdim=True),
+        ],
+        dim=-1,
+    )
+    if not top_k:
+        return stats, None, None
+    written = probs[..., 1:, :].mean(-3) * lay.keys[..., CONTENT].unsqueeze(-2)  # (..., batch, M, L)
+    values, positions = written.topk(min(top_k, written.shape[-1]), dim=-1)
+    return stats, values, positions
+
+
+def mean_over_content(read: Tensor, lay: SegmentLayout) -> Tensor:
+    """(..., batch, heads, L) per-query mass -> (..., batch, heads) mean over each row's content queries."""
+    return torch.nansum(read * lay.content_weight.unsqueeze(-2), dim=-1)
+
+
+def full_probs(query: Tensor, key: Tensor, attention_mask: Tensor | None, scale: float, causal: bool) -> Tensor:
+    """Eager attention probabilities (batch, heads, L, L) under the mask the backbone actually used."""
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
+    if attention_mask is None:
+        if causal:
+            n = scores.shape[-1]
+            scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1), float("-inf"))
+    elif attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    else:
+        scores = scores + attention_mask
+    return scores.softmax(-1)
+
+
+def summaries_from_maps(probs: Tensor, lay: SegmentLayout, top_k: int = 0):
+    """The same summaries as the recorder's on-the-fly path, computed from full maps (batch, heads, L, L)
+    of every head. The reference the fast path is tested against."""
+    b, h, n, _ = probs.shape
+    rows = lay.rows[:, None, :, None].expand(b, h, lay.n_mem + 1, n)
+    read = probs[..., lay.read_keys].sum(-1)  # (batch, heads, L)
+    return row_metrics(probs.gather(2, rows).float(), mean_over_content(read.float(), lay), lay, top_k)

@@ -1,0 +1,135 @@
+"""Benchmarks of the recorder: its overhead against recording off, and a million-token trace's memory.
+
+Overhead is a ratio measured in one process: untraced and traced runs of the same segments
+alternate (the order flips every repeat, so drift in machine load falls on both), and the median of
+the per-pair ratios is reported with its spread. Wall time and process CPU time are both given; on a
+shared machine the CPU-time ratio is the steadier one.
+
+The million-token trace runs in a fresh process (peak RSS is a process-wide high-water mark):
+a detect_memorize sample streamed from the task generator, summaries for every segment, full maps
+for 4 segments (the fact's segment among them) spilled to a trace folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from rmt_lab.model import RecurrentWrapper, RMTConfig
+from rmt_lab.trace.config import TraceConfig
+from rmt_lab.trace.recorder import Recorder, fact_positions
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def overhead_ratio(backbone: str = "minilm", n_segments: int = 10, repeats: int = 7, segment_size: int = 499,
+                   num_mem_tokens: int = 10, batch: int = 1, config: TraceConfig | None = None,
+                   seed: int = 0) -> dict:
+    """Time of `n_segments` segments with summaries for every segment, over the same run untraced."""
+    torch.manual_seed(seed)
+    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
+                                                               segment_size=segment_size)).eval()
+    g = torch.Generator().manual_seed(seed)
+    segments = [torch.randint(1000, 29000, (batch, segment_size), generator=g) for _ in range(n_segments)]
+    config = config or TraceConfig()
+
+    def plain():
+        model.stream(iter(segments))
+
+    def traced():
+        with Recorder(model, config):
+            model.stream(iter(segments))
+
+    times = {"plain": [], "traced": [], "plain_cpu": [], "traced_cpu": []}
+    with torch.inference_mode():
+        plain(), traced()  # warm-up: allocator, kernels, the weights digest
+        for r in range(repeats):
+            for name, run in (("plain", plain), ("traced", traced))[:: 1 if r % 2 == 0 else -1]:
+                wall, cpu = time.perf_counter(), time.process_time()
+                run()
+                times[name].append(time.perf_counter() - wall)
+                times[name + "_cpu"].append(time.process_time() - cpu)
+    ratios = [t / p for p, t in zip(times["plain"], times["traced"])]
+    cpu_ratios = [t / p for p, t in zip(times["plain_cpu"], times["traced_cpu"])]
+    return {
+        "backbone": backbone, "segment_size": segment_size, "num_mem_tokens": num_mem_tokens, "batch": batch,
+        "n_segments": n_segments, "repeats": repeats, "threads": torch.get_num_threads(),
+        "plain_ms_per_segment": statistics.median(times["plain"]) / n_segments * 1e3,
+        "traced_ms_per_segment": statistics.median(times["traced"]) / n_segments * 1e3,
+        "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "cpu_ratio": statistics.median(cpu_ratios), "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios),
+    }
+
+
+def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_size: int = 499,
+                  num_mem_tokens: int = 10, budget_mib: float = 256.0, out: str | None = None) -> dict:
+    """Trace one long detect_memorize sample: summaries everywhere, full maps of 4 segments; peak memory."""
+    from rmt_lab.tasks import TaskConfig, TaskGenerator
+
+    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
+                                                               segment_size=segment_size, num_classes=6)).eval()
+    sample = TaskGenerator(TaskConfig(task="detect_memorize", segment_size=segment_size, length=n_tokens,
+                                      unit="tokens")).sample("test", 0)
+    n_seg = sample.n_segments
+    fact_segment = sample.facts[0].segments[0]
+    chosen = {fact_segment}
+    for s in (0, n_seg // 2, n_seg - 1, 1, n_seg // 4):
+        if len(chosen) < 4:
+            chosen.add(s)
+    config = TraceConfig(segments=",".join(str(s) for s in sorted(chosen)), budget_mib=budget_mib)
+    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="rmt-trace-"))
+    rss_before = _rss_mib()
+    start = time.perf_counter()
+    with torch.inference_mode(), Recorder(model, config, out=folder, facts=[sample], n_segments=n_seg,
+                                          overwrite=True) as rec:
+        model.stream((seg.unsqueeze(0) for seg in sample.iter_segments()), n_segments=n_seg)
+    seconds = time.perf_counter() - start
+    trace = rec.trace
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return {
+        "backbone": backbone, "tokens": n_tokens, "n_segments": n_seg, "seconds": seconds,
+        "tokens_per_s": n_tokens / seconds, "map_segments": trace.map_segments, "fact_segment": fact_segment,
+        "summary_rows": len(trace.summaries), "peak_rss_mib": _rss_mib(), "rss_before_mib": rss_before,
+        "peak_held_mib": rec.peak_held_mib, "budget_mib": budget_mib, "trace_folder_mib": size / 2**20,
+        "folder": str(folder), "threads": torch.get_num_threads(),
+    }
+
+
+def million_in_subprocess(**kwargs) -> dict:
+    """`million_trace` in a fresh process, so its peak RSS is the trace's alone."""
+    args = [sys.executable, "-m", "rmt_lab.trace.bench"]
+    for key, value in kwargs.items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"million-token trace failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="million-token trace, for million_in_subprocess")
+    parser.add_argument("--n-tokens", type=int, default=1_000_000)
+    parser.add_argument("--backbone", default="minilm")
+    parser.add_argument("--segment-size", type=int, default=499)
+    parser.add_argument("--num-mem-tokens", type=int, default=10)
+    parser.add_argument("--budget-mib", type=float, default=256.0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    print(json.dumps(million_trace(args.n_tokens, args.backbone, args.segment_size, args.num_mem_tokens,
+                                   args.budget_mib, args.out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""The recorder: a context manager that traces an RMT's memory while it runs, segment by segment.
+
+    with Recorder(model, TraceConfig(segments="facts,last"), out="runs/trace", facts=samples) as rec:
+        model.stream(segments)
+    rec.trace.summaries        # tidy DataFrame, every segment
+    rec.trace.pattern(3, 0)    # (batch, heads, L, L) full map of segment 3, layer 0 (read lazily)
+
+It hooks from outside the model: a forward pre-hook and a forward hook on `model.cell` (one call
+per segment, in order) and, for the duration only, the backbone's attention implementation set to
+"rmt_trace" (see rmt_lab/trace/attention.py). Both are undone in `finally`, whatever happens. The
+cell calls inside one `with` block form one recording: segment indices count up across them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import rmt_lab
+from rmt_lab.config import to_dict
+from rmt_lab.trace import attention
+from rmt_lab.trace.attention import (
+    TRACE_IMPL, FloatMask, full_probs, fused_attention, lse_path_ok, mean_over_content, read_mass, row_metrics,
+    row_scores,
+)
+from rmt_lab.trace.config import MIB, TraceConfig
+from rmt_lab.trace.layout import LayoutCache, position_labels
+from rmt_lab.trace.names import hook_name
+from rmt_lab.trace.store import (
+    FORMAT_VERSION, INDEX_FILE, SUMMARIES_FILE, WRITTEN_FILE, Trace, TraceBudgetError, TraceWriter, model_fingerprint,
+)
+from rmt_lab.trace.summaries import empty_summaries, memory_dynamics, summary_frame, written_frame
+
+CHUNK_SEGMENTS = 256  # summaries are turned into table rows (and streamed to disk) this many segments at a time
+
+
+def fact_positions(samples: Sequence) -> list[list[int]]:
+    """Content positions of every fact token of each sample (objects with `.facts` Spans, e.g. task Samples)."""
+    return [[p for span in s.facts for p in span.positions] for s in samples]
+
+
+class Recorder:
+    """Records memory read/write/retain summaries for every segment and full maps for selected ones.
+
+    model: a RecurrentWrapper. out: trace folder (maps and memory states spill there; None keeps the
+    trace in RAM within the budget). facts: per batch row, the content positions of fact tokens (or
+    task Samples), enabling fact alignment and the "facts" segment selection. n_segments: the stream's
+    length, needed only for the "last" selection.
+    """
+
+    def __init__(self, model, config: TraceConfig | None = None, out: str | Path | None = None,
+                 facts: Sequence | None = None, n_segments: int | None = None, overwrite: bool = False,
+                 fused: str = "auto"):
+        self.model = model
+        self.config = config if config is not None else TraceConfig()
+        self.out = Path(out) if out is not None else None
+        self.overwrite = overwrite
+        self.n_segments = n_segments
+        if fused not in ("auto", "lse", "channel"):
+            raise ValueError(f"fused={fused!r} is not allowed; allowed values: ['auto', 'lse', 'channel']")
+        self.fused = fused  # how the read mass leaves the fused kernel: lse (CPU), an extra channel, auto
+        if facts is not None and len(facts) and hasattr(facts[0], "facts"):
+            facts = fact_positions(facts)
+        self.facts = facts
+        self.trace: Trace | None = None
+        self.seconds = 0.0
+        self._handles: list = []
+        self._hf_config = None
+        self._old_impl = None
+        self.layout = None  # the current segment's SegmentLayout, while a cell call runs
+
+    # ------------------------------------------------------------------ setup
+    def _check(self) -> None:
+        model, c = self.model, self.config
+        if not hasattr(model, "cell") or not hasattr(model.cell, "layout"):
+            raise TypeError(f"Recorder needs an rmt_lab RecurrentWrapper, got {type(model).__name__}")
+        cell = model.cell
+        hf = cell.model.config
+        self.n_layers, self.n_heads = int(hf.num_hidden_layers), int(hf.num_attention_heads)
+        self.n_mem = int(cell.config.num_mem_tokens)
+        if self.n_mem < 1:
+            raise ValueError("the model has no memory tokens (RMTConfig.num_mem_tokens=0): there is no memory to trace")
+        for name, n in (("layers", self.n_layers), ("heads", self.n_heads)):
+            chosen = getattr(c, name)
+            bad = [i for i in (chosen or ()) if not 0 <= i < n]
+            if bad:
+                raise ValueError(
+                    f"TraceConfig.{name}={list(chosen)}: {name[:-1]} {bad} does not exist; backbone "
+                    f"{cell.backbone_name!r} has {n} {name} (0..{n - 1})"
+                )
+        self.map_layers = tuple(c.layers) if c.layers is not None else tuple(range(self.n_layers))
+        self.map_heads = list(c.heads) if c.heads is not None else list(range(self.n_heads))
+        self.selection = c.selection
+        if self.selection.last and self.n_segments is None:
+            raise ValueError("TraceConfig.segments includes 'last', which needs Recorder(n_segments=...): "
+                             "a stream does not say where it ends")
+        if self.selection.facts and self.facts is None:
+            raise ValueError("TraceConfig.segments includes 'facts', which needs Recorder(facts=...)")
+        if getattr(model, "checkpoint_segments", False) and torch.is_grad_enabled():
+            raise ValueError("recording with checkpoint_segments and gradients would count every recomputed segment "
+                             "twice; record under torch.no_grad() or turn checkpoint_segments off")
+        if id(hf) in attention._SESSIONS:
+            raise RuntimeError("this model is already being recorded by another Recorder")
+        self.attn_modules = [m for m in cell.model.modules() if hasattr(m, "layer_idx") and getattr(m, "config", None)
+                             is hf]
+        if len(self.attn_modules) != self.n_layers:
+            raise RuntimeError(f"found {len(self.attn_modules)} attention modules in backbone "
+                               f"{cell.backbone_name!r}, expected {self.n_layers} (one per layer)")
+        if self.out is not None and (self.out / INDEX_FILE).exists():
+            if not self.overwrite:
+                raise FileExistsError(f"{self.out} already holds a trace; pass overwrite=True or another folder")
+            for part in ("maps", "memory"):
+                shutil.rmtree(self.out / part, ignore_errors=True)
+            for part in (INDEX_FILE, SUMMARIES_FILE, WRITTEN_FILE):
+                (self.out / part).unlink(missing_ok=True)
+
+    def __enter__(self) -> Recorder:
+        self._check()
+        cell = self.model.cell
+        c = self.config
+        index = {
+            "format_version": FORMAT_VERSION,
+            "rmt_lab_version": rmt_lab.__version__,
+            "model": model_fingerprint(self.model),
+            "config": to_dict(c),
+            "layout": cell.layout,
+            "num_mem_tokens": self.n_mem,
+            "prefix_len": int(cell.prefix_len),
+            "segment_size": int(cell.config.segment_size),
+            "facts": [list(map(int, f)) for f in self.facts] if self.facts is not None else None,
+            "tensors": {},
+            "segments": {},
+        }
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.writer = TraceWriter(self.out, c.budget_bytes, index)
+        self.segment = 0
+        self.batch = None
+        self.starts = None
+        self._buffer: list[dict] = []
+        # Summaries wait in RAM this many segments (their memory states included) before becoming table rows.
+        self._chunk = CHUNK_SEGMENTS
+        self._float_mask = FloatMask()
+        self._map_dtype = getattr(torch, c.map_dtype)
+        self._tokenizer = None
+        self._layer_of = {id(m): i for i, m in enumerate(self.attn_modules)}
+        self._started = time.perf_counter()
+        try:
+            self._handles.append(cell.register_forward_pre_hook(self._before, with_kwargs=True))
+            self._handles.append(cell.register_forward_hook(self._after, with_kwargs=True))
+            self._hf_config = cell.model.config
+            self._old_impl = self._hf_config._attn_implementation
+            attention._SESSIONS[id(self._hf_config)] = self
+            self._hf_config._attn_implementation = TRACE_IMPL
+        except BaseException:
+            self._detach()
+            raise
+        return self
+
+    def _detach(self) -> None:
+        """Undo every change to the model; safe to call twice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._hf_config is not None:
+            attention._SESSIONS.pop(id(self._hf_config), None)
+            if self._old_impl is not None:
+                self._hf_config._attn_implementation = self._old_impl
+            self._hf_config = None
+        self.layout = None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._detach()
+        finally:
+            if exc_type is None:
+                self._flush_tables()
+                self.writer.index["n_segments"] = self.segment
+                self.writer.index["batch"] = self.batch or 0
+                self.writer.index["peak_held_mib"] = self.writer.peak_held / MIB
+                self.trace = self.writer.finish({SUMMARIES_FILE: empty_summaries(), WRITTEN_FILE: _empty_written()})
+            else:
+                self.writer.abort()
+            self.seconds = time.perf_counter() - self._started
+        return False
+
+    @property
+    def peak_held_mib(self) -> float:
+        """Most trace data held in RAM at once during the recording."""
+        return self.writer.peak_held / MIB
+
+    # ------------------------------------------------------------------ per segment
+    def _before(self, cell, args, kwargs):
+        input_ids, attention_mask, memory = _cell_args(args, kwargs)
+        batch = input_ids.shape[0]
+        if self.batch is None:
+            self._first_segment(cell, batch, input_ids.device)
+        elif batch != self.batch:
+            raise ValueError(f"segment {self.segment} has batch {batch}; this recording started with {self.batch}")
+        self.layout = self._layouts.get(attention_mask, self.starts)
+        want = self.selection.wants(self.segment, self.n_segments, self.layout.any_fact)
+        self.capture_layers = self.map_layers if want else ()
+        if want:
+            self._check_map_budget(self.layout.n_positions)
+        self._ids = input_ids
+        self._memory_in = memory
+        self._rows: list = [None] * self.n_layers
+        self._reads: list = [None] * self.n_layers
+        self._maps: dict[str, Tensor] = {}
+
+    def _first_segment(self, cell, batch: int, device: torch.device) -> None:
+        self.batch = batch
+        self.starts = [0] * batch
+        if self.facts is not None and len(self.facts) != batch:
+            raise ValueError(f"facts were given for {len(self.facts)} samples but the input has batch {batch}")
+        self._layouts = LayoutCache(cell.layout, self.n_mem, cell.prefix_len, cell.config.segment_size, self.facts,
+                                    device)
+        self._use_lse = {"auto": None, "lse": True, "channel": False}[self.fused]
+        per_segment = batch * self.n_mem * cell.d_model * 4  # the memory state each buffered segment keeps
+        self._chunk = int(max(1, min(CHUNK_SEGMENTS, self.config.budget_bytes // 8 // per_segment)))
+
+    def _check_map_budget(self, n_positions: int) -> None:
+        per = (self.batch * len(self.map_heads) * n_positions**2 * len(self.map_layers)
+               * torch.tensor([], dtype=self._map_dtype).element_size())
+        how = (f"batch {self.batch} x {len(self.map_heads)} heads x {n_positions}^2 positions x "
+               f"{len(self.map_layers)} layers x {torch.tensor([], dtype=self._map_dtype).element_size()} bytes")
+        budget = self.config.budget_mib
+        if per > self.config.budget_bytes:
+            raise TraceBudgetError(
+                f"the full maps of one selected segment need {per / MIB:.1f} MiB ({how}), over the trace budget of "
+                f"{budget:.1f} MiB (TraceConfig.budget_mib); select fewer layers or heads, or raise budget_mib"
+            )
+        if self.out is None and self.segment == self._first_map_segment():
+            count = self.selection.count(self.n_segments)
+            if count is not None and count * per > self.config.budget_bytes:
+                raise TraceBudgetError(
+                    f"the selection keeps full maps of {count} segments, {count * per / MIB:.1f} MiB in all "
+                    f"({per / MIB:.1f} MiB each: {how}), over the trace budget of {budget:.1f} MiB; give the recorder "
+                    "a folder (out=...) to spill maps to disk, select fewer segments, layers or heads, or raise "
+                    "budget_mib"
+                )
+
+    def _first_map_segment(self) -> int:
+        if not hasattr(self, "_first_map"):
+            self._first_map = self.segment
+        return self._first_map
+
+    def attend(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
+        """Called by the registered attention function for every layer of a recorded segment."""
+        lay, c = self.layout, self.config
+        layer = self._layer_of[id(module)]
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        capture = layer in self.capture_layers
+        if not c.summaries and not capture:
+            return attention.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                                    scaling=scaling, is_causal=is_causal, **kwargs)
+        use_lse = self._use_lse if self._use_lse is not None else lse_path_ok(query, key, value, kwargs)
+        out, read_a, read_b = fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal,
+                                              kwargs, lay.read_keys, self._float_mask, use_lse)
+        with torch.no_grad():
+            q, k = query.detach(), key.detach()
+            if c.summaries:
+                self._rows[layer] = row_scores(q, k, scale, lay)
+                self._reads[layer] = (read_a, read_b)
+            if capture:
+                causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+                maps = full_probs(q, k, attention_mask, scale, bool(causal))
+                self._maps[hook_name(self.segment, layer)] = maps[:, self.map_heads].to(self._map_dtype).cpu()
+        return out, None
+
+    def _after(self, cell, args, kwargs, output):
+        lay, c, seg = self.layout, self.config, self.segment
+        missing = [i for i, r in enumerate(self._rows) if r is None]
+        if c.summaries and missing:
+            raise RuntimeError(f"segment {seg}: layers {missing} never called the recorded attention function")
+        with torch.no_grad():
+            if c.summaries:
+                self._buffer.append(self._segment_summary(output))
+            if c.keep_memory:
+                self.writer.add_memory(seg, output.memory.detach().float().cpu().clone())
+            if self._maps:
+                self.writer.add_maps(seg, self._maps, self._map_meta())
+        self.starts = [s + n for s, n in zip(self.starts, lay.lengths_list)]
+        self.segment += 1
+        self.layout = None
+        self._maps, self._rows, self._reads = {}, [], []
+        if len(self._buffer) >= self._chunk:
+            self._flush_tables()
+
+    def _segment_summary(self, output) -> dict:
+        """All layers at once: the answer/writer rows' softmax, read mass, stats and top-k written tokens."""
+        lay = self.layout
+        probs = (torch.stack(self._rows).float() + lay.row_bias).softmax(-1)  # (layers, batch, heads, 1 + M, L)
+        a, b = zip(*self._reads)
+        read = read_mass(torch.stack(a), torch.stack(b) if b[0] is not None else None)  # (layers, batch, heads, L)
+        stats, values, pos = row_metrics(probs, mean_over_content(read, lay), lay, self.config.top_k)
+        # Only references here; turning them into rows waits for the chunk (see _flush_tables).
+        return {"segment": self.segment, "stats": stats, "lay": lay, "ids": self._ids, "top_values": values,
+                "top_pos": pos, "memory_in": self._memory_in.detach(), "memory_out": output.memory.detach()}
+
+    def _map_meta(self) -> dict:
+        lay = self.layout
+        if self._tokenizer is None:
+            from rmt_lab.assets import load_tokenizer
+
+            self._tokenizer = load_tokenizer()
+        labels = []
+        for b in range(self.batch):
+            n = int(lay.lengths[b])
+            tokens = self._tokenizer.convert_ids_to_tokens(self._ids[b, :n].tolist())
+            labels.append(position_labels(lay, tokens, b))
+        return {
+            "layers": list(self.map_layers),
+            "heads": list(self.map_heads),
+            "n_positions": lay.n_positions,
+            "lengths": lay.lengths.tolist(),
+            "starts": lay.starts.tolist(),
+            "has_fact": lay.has_fact.tolist(),
+            "labels": labels,
+        }
+
+    def _flush_tables(self) -> None:
+        if not self._buffer:
+            return
+        rows, self._buffer = self._buffer, []
+
+        def stack(key):
+            return torch.stack([r[key] for r in rows])
+
+        def stack_lay(field):
+            return torch.stack([getattr(r["lay"], field) for r in rows]).cpu().numpy()
+
+        dyn, eff_rank = memory_dynamics(stack("memory_out"), stack("memory_in"))  # (S, batch, M, 3), (S, batch)
+        segments = np.array([r["segment"] for r in rows])
+        frame = summary_frame(segments, stack("stats").cpu().numpy(), dyn.cpu().numpy(), eff_rank.cpu().numpy(),
+                              stack_lay("active"), stack_lay("has_fact"))
+        self.writer.add_table(SUMMARIES_FILE, frame)
+        if self.config.top_k:
+            values, pos = stack("top_values").cpu().numpy(), stack("top_pos").cpu().numpy()  # (S, layers, batch, M, k)
+            offsets = pos - rows[0]["lay"].prefix_len
+            lengths = stack_lay("lengths")  # (S, batch)
+            valid = (offsets >= 0) & (offsets < lengths[:, None, :, None, None]) & (values > 0)
+            width = max(r["ids"].shape[1] for r in rows)
+            ids = np.zeros((len(rows), self.batch, max(width, 1)), dtype=np.int64)
+            for i, r in enumerate(rows):
+                ids[i, :, : r["ids"].shape[1]] = r["ids"].cpu().numpy()
+            s_i, b_i = np.arange(len(rows))[:, None, None, None, None], np.arange(self.batch)[None, None, :, None, None]
+            token_ids = ids[s_i, b_i, np.clip(offsets, 0, ids.shape[-1] - 1)]
+            written = written_frame(segments, values, offsets, stack_lay("starts"), token_ids, valid, self.facts)
+            self.writer.add_table(WRITTEN_FILE, written)
+
+
+def _empty_written():
+    z = np.zeros((0, 1, 1, 1, 1))
+    return written_frame(np.zeros(0, np.int64), z, z.astype(int), np.zeros((0, 1), int), z.astype(int), z.astype(bool))
+
+
+def _cell_args(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor]:
+    names = ("input_ids", "attention_mask", "memory")
+    values = list(args) + [kwargs[n] for n in names[len(args):]]
+    return values[0], values[1], values[2]
+
+
+def _is_sample(x) -> bool:
+    return hasattr(x, "iter_segments") and hasattr(x, "facts")
+
+
+def record(model, inputs, config: TraceConfig | None = None, out: str | Path | None = None,
+           facts: Sequence | None = None, labels: Tensor | None = None, overwrite: bool = False):
+    """Run `inputs` through `model` under torch.no_grad() while recording; returns (RMTOutput, Trace).
+
+    inputs: a (batch, length) or (length,) token tensor, a task Sample or list of Samples (facts and
+    length are then taken from them), or an iterable of (batch, <= segment_size) segments.
+    """
+    n_segments = None
+    if _is_sample(inputs):
+        inputs = [inputs]
+    if isinstance(inputs, (list, tuple)) and inputs and all(_is_sample(s) for s in inputs):
+        samples = list(inputs)
+        facts = facts if facts is not None else fact_positions(samples)
+        n_segments = samples[0].n_segments
+        if {(s.n_tokens, s.segment_size) for s in samples} != {(samples[0].n_tokens, samples[0].segment_size)}:
+            raise ValueError("samples recorded together must share their length and segment size")
+        segments: Iterable = (torch.stack(seg) for seg in zip(*(s.iter_segments() for s in samples)))
+        run = lambda: model.stream(segments, n_segments=n_segments, labels=labels)  # noqa: E731
+    elif isinstance(inputs, Tensor):
+        ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
+        n_segments = -(-ids.shape[1] // model.config.segment_size)
+        run = lambda: model(ids, labels=labels)  # noqa: E731
+    else:
+        run = lambda: model.stream(inputs, labels=labels)  # noqa: E731
+    with torch.no_grad(), Recorder(model, config, out=out, facts=facts, n_segments=n_segments,
+                                   overwrite=overwrite) as rec:
+        output = run()
+    return output, rec.trace

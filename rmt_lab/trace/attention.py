@@ -90,10 +90,12 @@ class FloatMask:
 
 
 def fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
-                    read_keys: slice, float_mask: FloatMask, use_lse: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+                    read_keys: slice, float_mask: FloatMask, use_lse: bool,
+                    read_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """The layer's attention output (batch, L, heads, d) exactly as sdpa computes it, plus what gives every
-    query's attention mass on the keys `read_keys`: either (scores on those keys (batch, heads, L, M),
-    log-sum-exp (batch, heads, L)), or (the mass itself (batch, heads, L), None). See `read_mass`."""
+    query's attention mass on the keys `read_keys`: either (unscaled scores on those keys (batch, heads, L, M),
+    log-sum-exp (batch, heads, L)), or (the mass itself (batch, heads, L), None). See `read_mass`.
+    `read_out` receives the scores (saves a copy when the caller gathers layers)."""
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if use_lse:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
@@ -101,8 +103,8 @@ def fused_attention(module, query, key, value, attention_mask, dropout, scaling,
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout, causal, attn_mask=float_mask(attention_mask, query.dtype), scale=scale
         )  # out (batch, heads, L, d); lse (batch, heads, L)
-        with torch.no_grad():
-            scores = torch.matmul(query, key[:, :, read_keys].transpose(-1, -2)).mul_(scale)  # (batch, heads, L, M)
+        with torch.no_grad():  # (batch, heads, L, M)
+            scores = torch.matmul(query.detach(), key.detach()[:, :, read_keys].transpose(-1, -2), out=read_out)
         return out.transpose(1, 2).contiguous(), scores, lse.detach()
     d = query.shape[-1]
     indicator = torch.zeros(*value.shape[:-1], 1, dtype=value.dtype, device=value.device)  # (batch, heads, L, 1)
@@ -117,14 +119,16 @@ def fused_attention(module, query, key, value, attention_mask, dropout, scaling,
     return out[..., :d].contiguous(), out[..., d].transpose(1, 2).detach(), None
 
 
-def read_mass(scores_or_mass: Tensor, lse: Tensor | None) -> Tensor:
-    """Per-query attention mass on the memory keys (..., heads, L) from what `fused_attention` returned."""
+def read_mass(scores_or_mass: Tensor, lse: Tensor | None, scale: float) -> Tensor:
+    """Per-query attention mass on the memory keys (..., heads, L) from what `fused_attention` returned
+    (the scores are consumed: they are overwritten in place)."""
     if lse is None:
         return scores_or_mass.float()
-    return (scores_or_mass.float() - lse.float().unsqueeze(-1)).exp_().sum(-1)
+    scores = scores_or_mass if scores_or_mass.dtype == torch.float32 else scores_or_mass.float()
+    return scores.mul_(scale).sub_(lse.float().unsqueeze(-1)).exp_().sum(-1)
 
 
-def row_scores(query: Tensor, key: Tensor, scale: float, lay: SegmentLayout) -> Tensor:
+def row_scores(query: Tensor, key: Tensor, scale: float, lay: SegmentLayout, out: Tensor | None = None) -> Tensor:
     """Scaled scores of the answer row and the memory writers against every key: (batch, heads, 1 + M, L).
     Add `lay.row_bias` and take the softmax to get their attention rows."""
     r = lay.n_mem + 1
@@ -132,7 +136,7 @@ def row_scores(query: Tensor, key: Tensor, scale: float, lay: SegmentLayout) -> 
         q = query[:, :, :r]
     else:
         q = query.gather(2, lay.rows[:, None, :, None].expand(query.shape[0], query.shape[1], r, query.shape[-1]))
-    return torch.matmul(q * scale, key.transpose(-1, -2))
+    return torch.matmul(q * scale, key.transpose(-1, -2), out=out)
 
 
 def row_metrics(probs: Tensor, read_content: Tensor, lay: SegmentLayout, top_k: int):

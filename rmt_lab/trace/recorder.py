@@ -144,6 +144,7 @@ class Recorder:
         self.batch = None
         self.starts = None
         self._buffer: list[dict] = []
+        self._scratch = None
         # Summaries wait in RAM this many segments (their memory states included) before becoming table rows.
         self._chunk = CHUNK_SEGMENTS
         self._float_mask = FloatMask()
@@ -184,7 +185,7 @@ class Recorder:
                 self.writer.index["n_segments"] = self.segment
                 self.writer.index["batch"] = self.batch or 0
                 self.writer.index["peak_held_mib"] = self.writer.peak_held / MIB
-                self.trace = self.writer.finish({SUMMARIES_FILE: empty_summaries(), WRITTEN_FILE: _empty_written()})
+                self.trace = self.writer.finish({SUMMARIES_FILE: empty_summaries, WRITTEN_FILE: _empty_written})
             else:
                 self.writer.abort()
             self.seconds = time.perf_counter() - self._started
@@ -210,8 +211,8 @@ class Recorder:
             self._check_map_budget(self.layout.n_positions)
         self._ids = input_ids
         self._memory_in = memory
-        self._rows: list = [None] * self.n_layers
-        self._reads: list = [None] * self.n_layers
+        self._seen = [False] * self.n_layers
+        self._lse: list = [None] * self.n_layers
         self._maps: dict[str, Tensor] = {}
 
     def _first_segment(self, cell, batch: int, device: torch.device) -> None:
@@ -256,27 +257,48 @@ class Recorder:
         lay, c = self.layout, self.config
         layer = self._layer_of[id(module)]
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        self._scale = scale
         capture = layer in self.capture_layers
-        if not c.summaries and not capture:
-            return attention.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                                    scaling=scaling, is_causal=is_causal, **kwargs)
-        use_lse = self._use_lse if self._use_lse is not None else lse_path_ok(query, key, value, kwargs)
-        out, read_a, read_b = fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal,
-                                              kwargs, lay.read_keys, self._float_mask, use_lse)
-        with torch.no_grad():
-            q, k = query.detach(), key.detach()
-            if c.summaries:
-                self._rows[layer] = row_scores(q, k, scale, lay)
-                self._reads[layer] = (read_a, read_b)
+        if not c.summaries:  # full maps only: the model's own sdpa call, maps computed beside it
+            out, _ = attention.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                                      scaling=scaling, is_causal=is_causal, **kwargs)
             if capture:
-                causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-                maps = full_probs(q, k, attention_mask, scale, bool(causal))
-                self._maps[hook_name(self.segment, layer)] = maps[:, self.map_heads].to(self._map_dtype).cpu()
+                self._capture(module, query, key, attention_mask, scale, is_causal, layer)
+            return out, None
+        use_lse = self._use_lse if self._use_lse is not None else lse_path_ok(query, key, value, kwargs)
+        rows, reads = self._buffers(query, lay)
+        out, read, lse = fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal,
+                                         kwargs, lay.read_keys, self._float_mask, use_lse, read_out=reads[layer])
+        with torch.no_grad():
+            row_scores(query.detach(), key.detach(), scale, lay, out=rows[layer])
+            if lse is None:
+                reads[layer, ..., 0] = read  # the mass itself (extra-channel path)
+            self._lse[layer] = lse
+            self._seen[layer] = True
+        if capture:
+            self._capture(module, query, key, attention_mask, scale, is_causal, layer)
         return out, None
+
+    def _capture(self, module, query, key, attention_mask, scale, is_causal, layer) -> None:
+        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        with torch.no_grad():
+            maps = full_probs(query.detach(), key.detach(), attention_mask, scale, bool(causal))
+        self._maps[hook_name(self.segment, layer)] = maps[:, self.map_heads].to(self._map_dtype).cpu()
+
+    def _buffers(self, query: Tensor, lay) -> tuple[Tensor, Tensor]:
+        """Per-segment scratch, every layer writing its slice in place: answer/writer row scores
+        (layers, batch, heads, 1 + M, L) and content queries' scores on memory (layers, batch, heads, L, M)."""
+        b, h, n, _ = query.shape
+        shape = (self.n_layers, b, h, self.n_mem + 1, n)
+        if self._scratch is None or self._scratch[0].shape != shape or self._scratch[0].dtype != query.dtype:
+            rows = torch.empty(shape, dtype=query.dtype, device=query.device)
+            reads = torch.empty(self.n_layers, b, h, n, self.n_mem, dtype=query.dtype, device=query.device)
+            self._scratch = (rows, reads)
+        return self._scratch
 
     def _after(self, cell, args, kwargs, output):
         lay, c, seg = self.layout, self.config, self.segment
-        missing = [i for i, r in enumerate(self._rows) if r is None]
+        missing = [i for i, seen in enumerate(self._seen) if not seen]
         if c.summaries and missing:
             raise RuntimeError(f"segment {seg}: layers {missing} never called the recorded attention function")
         with torch.no_grad():
@@ -289,16 +311,20 @@ class Recorder:
         self.starts = [s + n for s, n in zip(self.starts, lay.lengths_list)]
         self.segment += 1
         self.layout = None
-        self._maps, self._rows, self._reads = {}, [], []
+        self._maps, self._lse = {}, []
         if len(self._buffer) >= self._chunk:
             self._flush_tables()
 
     def _segment_summary(self, output) -> dict:
         """All layers at once: the answer/writer rows' softmax, read mass, stats and top-k written tokens."""
         lay = self.layout
-        probs = (torch.stack(self._rows).float() + lay.row_bias).softmax(-1)  # (layers, batch, heads, 1 + M, L)
-        a, b = zip(*self._reads)
-        read = read_mass(torch.stack(a), torch.stack(b) if b[0] is not None else None)  # (layers, batch, heads, L)
+        rows, reads = self._scratch
+        probs = (rows.float() + lay.row_bias).softmax(-1)  # (layers, batch, heads, 1 + M, L)
+        if all(lse is not None for lse in self._lse):  # (layers, batch, heads, L)
+            read = read_mass(reads, torch.stack(self._lse), self._scale)
+        else:
+            read = torch.stack([read_mass(reads[i], lse, self._scale) if lse is not None else reads[i, ..., 0].float()
+                                for i, lse in enumerate(self._lse)])
         stats, values, pos = row_metrics(probs, mean_over_content(read, lay), lay, self.config.top_k)
         # Only references here; turning them into rows waits for the chunk (see _flush_tables).
         return {"segment": self.segment, "stats": stats, "lay": lay, "ids": self._ids, "top_values": values,

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -181,7 +182,7 @@ class TraceWriter:
         if frame.empty:
             return
         if self.root is None:
-            self._hold(int(frame.memory_usage(deep=True).sum()), f"{len(frame):,} rows of {file}")
+            self._hold(int(frame.memory_usage(index=False).sum()), f"{len(frame):,} rows of {file}")
             self.tables[file].append(frame)
             return
         table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -192,12 +193,17 @@ class TraceWriter:
         self._sinks[file][1].write_table(table)
 
     # --------------------------------------------------------------- end
-    def finish(self, empty_tables: dict[str, pd.DataFrame]) -> Trace:
-        """Close the files and write the index; returns the trace (lazy when on disk)."""
+    def finish(self, empty_tables: dict[str, Callable[[], pd.DataFrame]]) -> Trace:
+        """Close the files and write the index; returns the trace (lazy when on disk). `empty_tables` make
+        the tables that received no rows."""
         self.flush_memory()
         if self.root is None:
-            tables = {f: (pd.concat(parts, ignore_index=True) if parts else empty_tables[f])
-                      for f, parts in self.tables.items()}
+            tables = {}
+            for file, parts in self.tables.items():
+                if not parts:
+                    tables[file] = empty_tables[file]()
+                else:
+                    tables[file] = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
             return Trace(self.index, tensors=self.tensors, tables=tables)
         for file, empty in empty_tables.items():
             if file in self._sinks:
@@ -208,7 +214,7 @@ class TraceWriter:
             else:
                 from rmt_lab.io import write_parquet
 
-                write_parquet(self.root / file, empty)
+                write_parquet(self.root / file, empty())
         write_json(self.root / INDEX_FILE, self.index)
         return Trace.load(self.root)
 
@@ -310,7 +316,11 @@ class Trace:
         return self._table(WRITTEN_FILE)
 
     def names(self) -> list[str]:
-        return sorted(self.index["tensors"], key=parse_name)
+        def order(name):
+            segment, layer, kind = parse_name(name)
+            return segment, kind, -1 if layer is None else layer
+
+        return sorted(self.index["tensors"], key=order)
 
     def __contains__(self, name: str) -> bool:
         return name in self.index["tensors"]

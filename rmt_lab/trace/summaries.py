@@ -39,8 +39,11 @@ def memory_dynamics(new: Tensor, old: Tensor) -> Tensor:
     return torch.stack([norm, delta, cos], -1), eff_rank
 
 
+METRIC_DTYPE = pd.CategoricalDtype(list(ALL_METRICS))
+
+
 def _metric_column(codes: np.ndarray) -> pd.Categorical:
-    return pd.Categorical.from_codes(codes, categories=list(ALL_METRICS))
+    return pd.Categorical.from_codes(codes, dtype=METRIC_DTYPE)
 
 
 def summary_frame(

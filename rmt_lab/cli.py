@@ -279,7 +279,8 @@ def _run_trace(args: argparse.Namespace) -> int:
           f"{sorted({seg for s in samples for span in s.facts for seg in span.segments})}")
     profile = fact_alignment(trace.summaries).groupby(["segment", "has_fact"]).mean(numeric_only=True)
     profile = profile.drop(columns=["sample"]).reset_index()
-    shown = profile if len(profile) <= 12 else profile.iloc[list(range(6)) + list(range(len(profile) - 6, len(profile)))]
+    shown = profile if len(profile) <= 12 else profile.iloc[list(range(6)) + list(range(len(profile) - 6,
+                                                                                           len(profile)))]
     print("per segment, mean over samples, layers and heads:")
     print(shown.to_string(index=False, float_format="{:.3f}".format))
     print(f"wrote {args.out}: trace.json, summaries.parquet ({len(trace.summaries):,} rows), written.parquet, "
@@ -304,9 +305,9 @@ def _run_trace_bench(args: argparse.Namespace) -> int:
         print(f"\n{r['tokens']:,}-token detect_memorize trace on {r['backbone']!r} ({r['n_segments']:,} segments): "
               f"{r['seconds']:.0f} s, {r['tokens_per_s']:,.0f} tokens/s; summaries for every segment "
               f"({r['summary_rows']:,} rows), full maps for segments {r['map_segments']} (fact in {r['fact_segment']})")
-        print(f"peak RSS {r['peak_rss_mib']:.0f} MiB (model and task loaded: {r['rss_before_mib']:.0f} MiB); trace data "
-              f"held in RAM at most {r['peak_held_mib']:.1f} MiB of the {r['budget_mib']:.0f} MiB budget; trace folder "
-              f"{r['trace_folder_mib']:.1f} MiB at {r['folder']}")
+        print(f"peak RSS {r['peak_rss_mib']:.0f} MiB (model and task loaded: {r['rss_before_mib']:.0f} MiB); "
+              f"trace data held in RAM at most {r['peak_held_mib']:.1f} MiB of the {r['budget_mib']:.0f} MiB budget; "
+              f"trace folder {r['trace_folder_mib']:.1f} MiB at {r['folder']}")
     return 0
 
 

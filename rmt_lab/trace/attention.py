@@ -90,12 +90,12 @@ class FloatMask:
 
 
 def fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
-                    read_keys: slice, float_mask: FloatMask, use_lse: bool,
+                    read_keys: slice, read_rows: slice, float_mask: FloatMask, use_lse: bool,
                     read_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The layer's attention output (batch, L, heads, d) exactly as sdpa computes it, plus what gives every
-    query's attention mass on the keys `read_keys`: either (unscaled scores on those keys (batch, heads, L, M),
-    log-sum-exp (batch, heads, L)), or (the mass itself (batch, heads, L), None). See `read_mass`.
-    `read_out` receives the scores (saves a copy when the caller gathers layers)."""
+    """The layer's attention output (batch, L, heads, d) exactly as sdpa computes it, plus what gives the
+    attention mass of the queries `read_rows` (R of them) on the keys `read_keys`: either (unscaled scores on
+    those keys (batch, heads, R, M), log-sum-exp (batch, heads, R)), or (the mass itself (batch, heads, R),
+    None). See `read_mass`. `read_out` receives the scores (saves a copy when the caller gathers layers)."""
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if use_lse:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
@@ -104,8 +104,9 @@ def fused_attention(module, query, key, value, attention_mask, dropout, scaling,
             query, key, value, dropout, causal, attn_mask=float_mask(attention_mask, query.dtype), scale=scale
         )  # out (batch, heads, L, d); lse (batch, heads, L)
         with torch.no_grad():  # (batch, heads, L, M)
-            scores = torch.matmul(query.detach(), key.detach()[:, :, read_keys].transpose(-1, -2), out=read_out)
-        return out.transpose(1, 2).contiguous(), scores, lse.detach()
+            q = query.detach()[:, :, read_rows]
+            scores = torch.matmul(q, key.detach()[:, :, read_keys].transpose(-1, -2), out=read_out)
+        return out.transpose(1, 2).contiguous(), scores, lse.detach()[:, :, read_rows]
     d = query.shape[-1]
     indicator = torch.zeros(*value.shape[:-1], 1, dtype=value.dtype, device=value.device)  # (batch, heads, L, 1)
     indicator[:, :, read_keys] = 1
@@ -116,7 +117,7 @@ def fused_attention(module, query, key, value, attention_mask, dropout, scaling,
         torch.cat([value, indicator], -1),
         attention_mask, dropout=dropout, scaling=scale, is_causal=is_causal, **kwargs,
     )  # (batch, L, heads, d + 1)
-    return out[..., :d].contiguous(), out[..., d].transpose(1, 2).detach(), None
+    return out[..., :d].contiguous(), out[:, read_rows, :, d].transpose(1, 2).detach(), None
 
 
 def read_mass(scores_or_mass: Tensor, lse: Tensor | None, scale: float) -> Tensor:
@@ -125,18 +126,18 @@ def read_mass(scores_or_mass: Tensor, lse: Tensor | None, scale: float) -> Tenso
     if lse is None:
         return scores_or_mass.float()
     scores = scores_or_mass if scores_or_mass.dtype == torch.float32 else scores_or_mass.float()
-    return scores.mul_(scale).sub_(lse.float().unsqueeze(-1)).exp_().sum(-1)
+    return torch.add(lse.float().unsqueeze(-1).neg(), scores, alpha=scale).exp_().sum(-1)
 
 
-def row_scores(query: Tensor, key: Tensor, scale: float, lay: SegmentLayout, out: Tensor | None = None) -> Tensor:
-    """Scaled scores of the answer row and the memory writers against every key: (batch, heads, 1 + M, L).
-    Add `lay.row_bias` and take the softmax to get their attention rows."""
+def row_scores(query: Tensor, key: Tensor, lay: SegmentLayout, out: Tensor | None = None) -> Tensor:
+    """Unscaled scores of the answer row and the memory writers against every key: (batch, heads, 1 + M, L).
+    softmax(scores * scale + lay.row_bias) are their attention rows."""
     r = lay.n_mem + 1
     if lay.rows_contiguous:
         q = query[:, :, :r]
     else:
         q = query.gather(2, lay.rows[:, None, :, None].expand(query.shape[0], query.shape[1], r, query.shape[-1]))
-    return torch.matmul(q * scale, key.transpose(-1, -2), out=out)
+    return torch.matmul(q, key.transpose(-1, -2), out=out)
 
 
 def row_metrics(probs: Tensor, read_content: Tensor, lay: SegmentLayout, top_k: int):
@@ -165,8 +166,9 @@ def row_metrics(probs: Tensor, read_content: Tensor, lay: SegmentLayout, top_k: 
 
 
 def mean_over_content(read: Tensor, lay: SegmentLayout) -> Tensor:
-    """(..., batch, heads, L) per-query mass -> (..., batch, heads) mean over each row's content queries."""
-    return torch.nansum(read * lay.content_weight.unsqueeze(-2), dim=-1)
+    """(..., batch, heads, seg_len) mass of the content_rows queries -> (..., batch, heads), the mean over
+    each row's content queries."""
+    return torch.matmul(read, lay.content_weight.unsqueeze(-1)).squeeze(-1)
 
 
 def full_probs(query: Tensor, key: Tensor, attention_mask: Tensor | None, scale: float, causal: bool) -> Tensor:
@@ -188,5 +190,5 @@ def summaries_from_maps(probs: Tensor, lay: SegmentLayout, top_k: int = 0):
     of every head. The reference the fast path is tested against."""
     b, h, n, _ = probs.shape
     rows = lay.rows[:, None, :, None].expand(b, h, lay.n_mem + 1, n)
-    read = probs[..., lay.read_keys].sum(-1)  # (batch, heads, L)
+    read = probs[:, :, lay.content_rows, lay.read_keys].sum(-1)  # (batch, heads, seg_len)
     return row_metrics(probs.gather(2, rows).float(), mean_over_content(read.float(), lay), lay, top_k)

@@ -14,7 +14,7 @@ the batch, so the per-layer work stays a handful of tensor ops.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,11 +30,11 @@ class SegmentLayout:
     n_positions: int  # L, backbone positions of the segment
     prefix_len: int  # positions before the first content token
     lengths: Tensor  # (batch,) content tokens per row
-    starts: Tensor  # (batch,) content position (in the whole input) of each row's first token here
     rows: Tensor  # (batch, 1 + M) query rows: the answer position, then the memory-writing positions
     row_bias: Tensor  # (batch, 1, 1 + M, L) 0 where that row may attend, -inf where it may not
     keys: Tensor  # (batch, L, 4 + M) key groups MEM, CONTENT, SPAN, FACT, then slot i's own incoming key(s)
-    content_weight: Tensor  # (batch, L) 1/length on content positions: the mean over content queries
+    content_rows: slice  # positions that may hold content (prefix_len .. prefix_len + seg_len), every row
+    content_weight: Tensor  # (batch, seg_len) over content_rows: 1/length on content, 0 on padding
     read_keys: slice  # contiguous incoming-memory keys that content queries see
     has_fact: Tensor  # (batch,) bool, a fact token lies in this segment
     active: Tensor  # (batch,) bool, the row has at least one token here
@@ -101,10 +101,12 @@ def build_layout(
         [mem_keys[..., None], content[..., None], span[..., None], fact[..., None], own.transpose(1, 2)], dim=-1
     ).float()  # (batch, L, 4 + M)
     row_bias = torch.zeros(batch, 1, m + 1, n_pos, device=device).masked_fill(~row_ok[:, None], float("-inf"))
-    content_weight = content.float() / lengths.clamp(min=1)[:, None].float()
+    content_rows = slice(prefix_len, prefix_len + seg_len)
+    content_weight = content[:, content_rows].float() / lengths.clamp(min=1)[:, None].float()
     return SegmentLayout(
-        layout=layout, n_mem=m, n_positions=n_pos, prefix_len=prefix_len, lengths=lengths, starts=starts,
-        rows=rows, row_bias=row_bias, keys=keys, content_weight=content_weight, read_keys=read_keys,
+        layout=layout, n_mem=m, n_positions=n_pos, prefix_len=prefix_len, lengths=lengths,
+        rows=rows, row_bias=row_bias, keys=keys, content_rows=content_rows, content_weight=content_weight,
+        read_keys=read_keys,
         has_fact=fact.any(1), active=lengths > 0, any_fact=bool(fact.any()),
         lengths_list=tuple(lengths.tolist()),
     )
@@ -152,11 +154,11 @@ class LayoutCache:
         if self.facts is not None:
             hits = tuple(tuple(p - s for p in f if s <= p < s + n) for f, s, n in zip(self.facts, starts, lengths))
         key = (attention_mask.shape[1], tuple(lengths), hits)
-        starts_t = torch.tensor(starts, dtype=torch.long, device=attention_mask.device)
         lay = self._cache.get(key)
         if lay is None:
             if len(self._cache) >= self.size:
                 self._cache.clear()
+            starts_t = torch.tensor(starts, dtype=torch.long, device=attention_mask.device)
             lay = build_layout(*self.args, attention_mask, starts_t, self.facts_tensor)
             self._cache[key] = lay
-        return replace(lay, starts=starts_t)
+        return lay

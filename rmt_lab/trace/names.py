@@ -33,6 +33,7 @@ def parse_name(name: str) -> tuple[int, int | None, str]:
     """(segment, layer or None, kind) of a name made by `hook_name`."""
     match = _PATTERN.match(name)
     if not match or match.group(3) not in KINDS:
-        raise ValueError(f"{name!r} is not a trace tensor name (e.g. {hook_name(0, 0)!r}, {hook_name(0, kind='memory.state')!r})")
+        examples = f"{hook_name(0, 0)!r}, {hook_name(0, kind='memory.state')!r}"
+        raise ValueError(f"{name!r} is not a trace tensor name (e.g. {examples})")
     segment, layer, kind = match.groups()
     return int(segment), (int(layer) if layer is not None else None), kind

@@ -144,7 +144,7 @@ class Recorder:
         self.batch = None
         self.starts = None
         self._buffer: list[dict] = []
-        self._scratch = None
+        self._scratch, self._scratch_key = None, None
         # Summaries wait in RAM this many segments (their memory states included) before becoming table rows.
         self._chunk = CHUNK_SEGMENTS
         self._float_mask = FloatMask()
@@ -265,12 +265,15 @@ class Recorder:
             if capture:
                 self._capture(module, query, key, attention_mask, scale, is_causal, layer)
             return out, None
-        use_lse = self._use_lse if self._use_lse is not None else lse_path_ok(query, key, value, kwargs)
+        if self._use_lse is None:  # "auto": decided once, on the first layer of the recording
+            self._use_lse = lse_path_ok(query, key, value, kwargs)
+        use_lse = self._use_lse
         rows, reads = self._buffers(query, lay)
         out, read, lse = fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal,
-                                         kwargs, lay.read_keys, self._float_mask, use_lse, read_out=reads[layer])
+                                         kwargs, lay.read_keys, lay.content_rows, self._float_mask, use_lse,
+                                         read_out=reads[layer])
         with torch.no_grad():
-            row_scores(query.detach(), key.detach(), scale, lay, out=rows[layer])
+            row_scores(query.detach(), key.detach(), lay, out=rows[layer])
             if lse is None:
                 reads[layer, ..., 0] = read  # the mass itself (extra-channel path)
             self._lse[layer] = lse
@@ -288,12 +291,13 @@ class Recorder:
     def _buffers(self, query: Tensor, lay) -> tuple[Tensor, Tensor]:
         """Per-segment scratch, every layer writing its slice in place: answer/writer row scores
         (layers, batch, heads, 1 + M, L) and content queries' scores on memory (layers, batch, heads, L, M)."""
-        b, h, n, _ = query.shape
-        shape = (self.n_layers, b, h, self.n_mem + 1, n)
-        if self._scratch is None or self._scratch[0].shape != shape or self._scratch[0].dtype != query.dtype:
-            rows = torch.empty(shape, dtype=query.dtype, device=query.device)
-            reads = torch.empty(self.n_layers, b, h, n, self.n_mem, dtype=query.dtype, device=query.device)
-            self._scratch = (rows, reads)
+        key = (query.shape, lay.content_rows, query.dtype)
+        if key != self._scratch_key:
+            b, h, n, _ = query.shape
+            n_read = lay.content_rows.stop - lay.content_rows.start
+            rows = torch.empty(self.n_layers, b, h, self.n_mem + 1, n, dtype=query.dtype, device=query.device)
+            reads = torch.empty(self.n_layers, b, h, n_read, self.n_mem, dtype=query.dtype, device=query.device)
+            self._scratch, self._scratch_key = (rows, reads), key
         return self._scratch
 
     def _after(self, cell, args, kwargs, output):
@@ -319,7 +323,7 @@ class Recorder:
         """All layers at once: the answer/writer rows' softmax, read mass, stats and top-k written tokens."""
         lay = self.layout
         rows, reads = self._scratch
-        probs = (rows.float() + lay.row_bias).softmax(-1)  # (layers, batch, heads, 1 + M, L)
+        probs = torch.add(lay.row_bias, rows.float(), alpha=self._scale).softmax(-1)  # (layers, batch, heads, 1+M, L)
         if all(lse is not None for lse in self._lse):  # (layers, batch, heads, L)
             read = read_mass(reads, torch.stack(self._lse), self._scale)
         else:
@@ -327,7 +331,8 @@ class Recorder:
                                 for i, lse in enumerate(self._lse)])
         stats, values, pos = row_metrics(probs, mean_over_content(read, lay), lay, self.config.top_k)
         # Only references here; turning them into rows waits for the chunk (see _flush_tables).
-        return {"segment": self.segment, "stats": stats, "lay": lay, "ids": self._ids, "top_values": values,
+        return {"segment": self.segment, "stats": stats, "lay": lay, "starts": self.starts, "ids": self._ids,
+                "top_values": values,
                 "top_pos": pos, "memory_in": self._memory_in.detach(), "memory_out": output.memory.detach()}
 
     def _map_meta(self) -> dict:
@@ -346,7 +351,7 @@ class Recorder:
             "heads": list(self.map_heads),
             "n_positions": lay.n_positions,
             "lengths": lay.lengths.tolist(),
-            "starts": lay.starts.tolist(),
+            "starts": list(self.starts),
             "has_fact": lay.has_fact.tolist(),
             "labels": labels,
         }
@@ -376,9 +381,11 @@ class Recorder:
             ids = np.zeros((len(rows), self.batch, max(width, 1)), dtype=np.int64)
             for i, r in enumerate(rows):
                 ids[i, :, : r["ids"].shape[1]] = r["ids"].cpu().numpy()
-            s_i, b_i = np.arange(len(rows))[:, None, None, None, None], np.arange(self.batch)[None, None, :, None, None]
-            token_ids = ids[s_i, b_i, np.clip(offsets, 0, ids.shape[-1] - 1)]
-            written = written_frame(segments, values, offsets, stack_lay("starts"), token_ids, valid, self.facts)
+            s_i = np.arange(len(rows))[:, None, None, None, None]
+            b_i = np.arange(self.batch)[None, None, :, None, None]
+            token_ids = ids[s_i, b_i, np.clip(offsets, 0, ids.shape[-1] - 1)]  # (S, layers, batch, M, k)
+            starts = np.array([r["starts"] for r in rows])  # (S, batch)
+            written = written_frame(segments, values, offsets, starts, token_ids, valid, self.facts)
             self.writer.add_table(WRITTEN_FILE, written)
 
 

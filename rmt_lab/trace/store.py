@@ -364,7 +364,8 @@ class Trace:
         names = [hook_name(s, kind="memory.state") for s in range(self.n_segments)]
         missing = [n for n in names if n not in self]
         if missing:
-            raise KeyError(f"this trace kept no memory states ({missing[0]!r} is missing): record with keep_memory=True")
+            raise KeyError(f"this trace kept no memory states ({missing[0]!r} is missing): record with "
+                           "keep_memory=True")
         return torch.stack([self[n] for n in names])
 
     def __repr__(self) -> str:

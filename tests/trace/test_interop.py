@@ -2,7 +2,9 @@
 
 import torch
 
-from rmt_lab.trace import TraceConfig, collect_memory_states, hook_name, probe_memory, record, run_with_cache, to_bertviz
+from rmt_lab.trace import (
+    TraceConfig, collect_memory_states, hook_name, probe_memory, record, run_with_cache, to_bertviz,
+)
 from tests.trace.helpers import tiny, tokens
 
 

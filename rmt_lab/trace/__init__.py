@@ -24,11 +24,11 @@ from rmt_lab.trace.names import hook_name, parse_name
 from rmt_lab.trace.probe import collect_memory_states, probe_memory
 from rmt_lab.trace.recorder import Recorder, fact_positions, record
 from rmt_lab.trace.store import Trace, TraceBudgetError, TraceMismatchError, model_fingerprint
-from rmt_lab.trace.summaries import ALL_METRICS, ATTENTION_METRICS, MEMORY_METRICS, fact_alignment
+from rmt_lab.trace.summaries import ALL_METRICS, ATTENTION_METRICS, MEMORY_METRICS, fact_alignment, where_written
 
 __all__ = [
     "ALL_METRICS", "ATTENTION_METRICS", "MEMORY_METRICS", "METRICS", "TRACE_IMPL",
     "Recorder", "SegmentLayout", "SegmentSelection", "Trace", "TraceBudgetError", "TraceConfig", "TraceMismatchError",
     "build_layout", "collect_memory_states", "fact_alignment", "fact_positions", "hook_name", "model_fingerprint",
-    "parse_name", "probe_memory", "record", "run_with_cache", "summaries_from_maps", "to_bertviz",
+    "parse_name", "probe_memory", "record", "run_with_cache", "summaries_from_maps", "to_bertviz", "where_written",
 ]

@@ -145,6 +145,7 @@ class Recorder:
         self.starts = None
         self._buffer: list[dict] = []
         self._scratch, self._scratch_key = None, None
+        self._row_bytes = None
         # Summaries wait in RAM this many segments (their memory states included) before becoming table rows.
         self._chunk = CHUNK_SEGMENTS
         self._float_mask = FloatMask()
@@ -171,7 +172,7 @@ class Recorder:
         self._handles = []
         if self._hf_config is not None:
             attention._SESSIONS.pop(id(self._hf_config), None)
-            if self._old_impl is not None:
+            if self._hf_config._attn_implementation == TRACE_IMPL:
                 self._hf_config._attn_implementation = self._old_impl
             self._hf_config = None
         self.layout = None
@@ -223,8 +224,6 @@ class Recorder:
         self._layouts = LayoutCache(cell.layout, self.n_mem, cell.prefix_len, cell.config.segment_size, self.facts,
                                     device)
         self._use_lse = {"auto": None, "lse": True, "channel": False}[self.fused]
-        per_segment = batch * self.n_mem * cell.d_model * 4  # the memory state each buffered segment keeps
-        self._chunk = int(max(1, min(CHUNK_SEGMENTS, self.config.budget_bytes // 8 // per_segment)))
 
     def _check_map_budget(self, n_positions: int) -> None:
         per = (self.batch * len(self.map_heads) * n_positions**2 * len(self.map_layers)
@@ -307,7 +306,12 @@ class Recorder:
             raise RuntimeError(f"segment {seg}: layers {missing} never called the recorded attention function")
         with torch.no_grad():
             if c.summaries:
-                self._buffer.append(self._segment_summary(output))
+                row = self._segment_summary(output)
+                if self._row_bytes is None:  # what one buffered segment holds; the same for every segment
+                    self._row_bytes = sum(t.numel() * t.element_size() for t in row.values() if isinstance(t, Tensor))
+                    self._chunk = int(max(1, min(CHUNK_SEGMENTS, self.config.budget_bytes // 8 // self._row_bytes)))
+                self.writer.hold(self._row_bytes, f"the summaries of segment {seg}")
+                self._buffer.append(row)
             if c.keep_memory:
                 self.writer.add_memory(seg, output.memory.detach().float().cpu().clone())
             if self._maps:
@@ -360,6 +364,7 @@ class Recorder:
         if not self._buffer:
             return
         rows, self._buffer = self._buffer, []
+        self.writer.release(self._row_bytes * len(rows))
 
         def stack(key):
             return torch.stack([r[key] for r in rows])

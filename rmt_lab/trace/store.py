@@ -120,6 +120,13 @@ class TraceWriter:
         self._shards = 0
 
     # --------------------------------------------------------------- accounting
+    def hold(self, nbytes: int, what: str) -> None:
+        """Count `nbytes` of trace data the caller keeps in RAM (refused past the budget)."""
+        self._hold(nbytes, what)
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
+
     def _hold(self, nbytes: int, what: str) -> None:
         if self.held + nbytes > self.budget:
             raise TraceBudgetError(

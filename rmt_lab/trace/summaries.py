@@ -142,3 +142,17 @@ def fact_alignment(summaries: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in ("write_precision", "write_fact", "write_content", "read_content", "read_answer", "retain")
             if c in table.columns]
     return table[cols].reset_index()
+
+
+def where_written(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per sample: the segment where memory writes most from fact tokens (write_fact, mean over layers and
+    heads) and the segments that hold facts. A memory that stores the fact writes it where it sits."""
+    fact = summaries[(summaries.metric == "write_fact") & (summaries["layer"] >= 0)]
+    per = fact.groupby(["sample", "segment"], observed=True).agg(write_fact=("value", "mean"),
+                                                                 has_fact=("has_fact", "first")).reset_index()
+    rows = []
+    for sample, group in per.groupby("sample"):
+        best = group.loc[group.write_fact.idxmax()]
+        rows.append({"sample": int(sample), "written_segment": int(best.segment), "write_fact": float(best.write_fact),
+                     "fact_segments": sorted(int(s) for s in group.segment[group.has_fact])})
+    return pd.DataFrame(rows, columns=["sample", "written_segment", "write_fact", "fact_segments"])

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from rmt_lab.trace import METRICS, Recorder, TraceConfig, build_layout, record, summaries_from_maps
+from rmt_lab.trace import (
+    METRICS, Recorder, TraceConfig, build_layout, record, summaries_from_maps, where_written,
+)
 from rmt_lab.trace import attention
 from tests.trace.helpers import FACTS, force_attention_onto, padded_batch, tiny, tokens
 
@@ -169,6 +171,9 @@ def test_stream_with_task_samples_and_fact_selection(tmp_path):
         for seg in range(6):
             assert has_fact[(seg, i)] == (seg in sample.facts[0].segments)
     assert out.n_segments == trace.n_segments == 6
+    events = where_written(s)
+    assert events.fact_segments.tolist() == [list(sample.facts[0].segments[:1]) for sample in samples]
+    assert all(w in f for w, f in zip(events.written_segment, events.fact_segments))  # write_fact is 0 elsewhere
 
 
 def test_memory_dynamics():

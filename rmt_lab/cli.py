@@ -229,6 +229,7 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     bench.add_argument("--bench-segments", type=int, default=10, help="segments per timed run")
     bench.add_argument("--bench-repeats", type=int, default=7, help="alternating untraced/traced runs")
     bench.add_argument("--bench-threads", type=int, nargs="+", default=[1, 2], help="torch threads to measure with")
+    bench.add_argument("--bench-pairs", type=int, default=30, help="paired segments for the per-segment cost")
     bench.add_argument("--bench-tokens", type=int, default=1_000_000, help="length of the long trace (0: skip)")
     bench.add_argument("--bench-long-backbone", default="minilm", help="backbone of the long trace")
 
@@ -290,7 +291,7 @@ def _run_trace(args: argparse.Namespace) -> int:
 
 
 def _run_trace_bench(args: argparse.Namespace) -> int:
-    from rmt_lab.trace.bench import million_in_subprocess, overhead_ratio
+    from rmt_lab.trace.bench import million_in_subprocess, overhead_ratio, segment_overhead
 
     print(f"recorder overhead: summaries for every segment vs recording off ({args.bench_segments} segments per "
           f"run, {args.bench_repeats} alternating pairs; batch 1, 10 memory tokens, segment 499). Ratios: median of "
@@ -305,6 +306,15 @@ def _run_trace_bench(args: argparse.Namespace) -> int:
             print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['plain_ms_per_segment']:>12.1f} "
                   f"{r['traced_ms_per_segment']:>13.1f} {wall:>23} {r['best_ratio']:>6.3f} {cpu:>23} "
                   f"{r['best_cpu_ratio']:>6.3f}")
+    print(f"\nper segment, paired inside one recording (CPU time, {args.bench_pairs} pairs, median and quartiles):")
+    print(f"{'backbone':<11} {'threads':>7} {'load':>5} {'plain ms':>9} {'traced ms':>9} {'extra ms':>8} "
+          f"{'ratio (q1-q3)':>20}")
+    for threads in args.bench_threads:
+        for backbone in args.bench_backbones:
+            r = segment_overhead(backbone, n_pairs=args.bench_pairs, threads=threads)
+            ratio = f"{r['ratio']:.3f} ({r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})"
+            print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['plain_ms']:>9.1f} "
+                  f"{r['traced_ms']:>9.1f} {r['extra_ms']:>8.2f} {ratio:>20}")
     if args.bench_tokens:
         r = million_in_subprocess(n_tokens=args.bench_tokens, backbone=args.bench_long_backbone)
         print(f"\n{r['tokens']:,}-token detect_memorize trace on {r['backbone']!r} ({r['n_segments']:,} segments): "

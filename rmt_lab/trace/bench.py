@@ -87,6 +87,50 @@ def _overhead_ratio(backbone, n_segments, repeats, segment_size, num_mem_tokens,
     }
 
 
+def segment_overhead(backbone: str = "minilm", n_pairs: int = 30, segment_size: int = 499, num_mem_tokens: int = 10,
+                     batch: int = 1, threads: int | None = 1, seed: int = 0) -> dict:
+    """Per-segment cost of recording, paired segment by segment inside one recording: each segment runs
+    once through the hooked cell with the recorded attention and once through `cell.forward` (no hooks)
+    with sdpa restored, in alternating order. Drift in machine load then hits both halves of a pair
+    alike; the median pair ratio is reported. Per-recording costs (entering, writing tables) are left
+    out: they do not grow with the input."""
+    from rmt_lab.trace.attention import TRACE_IMPL
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
+                                                               segment_size=segment_size)).eval()
+    seg = torch.randint(1000, 29000, (batch, segment_size), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(seg, dtype=torch.bool)
+    hf = model.cell.model.config
+    plain, traced = [], []
+    try:
+        with torch.inference_mode(), Recorder(model, TraceConfig()):
+            memory = model.init_memory(batch)
+            for i in range(n_pairs + 2):
+                for mode in ("traced", "plain")[:: 1 if i % 2 == 0 else -1]:
+                    hf._attn_implementation = TRACE_IMPL if mode == "traced" else "sdpa"
+                    start = time.process_time()
+                    out = model.cell(seg, mask, memory) if mode == "traced" else model.cell.forward(seg, mask, memory)
+                    (traced if mode == "traced" else plain).append(time.process_time() - start)
+                    if mode == "traced":
+                        memory = out.memory
+                hf._attn_implementation = TRACE_IMPL
+    finally:
+        torch.set_num_threads(previous)
+    plain, traced = plain[2:], traced[2:]  # warm-up pairs
+    ratios = [t / p for p, t in zip(plain, traced)]
+    return {
+        "backbone": backbone, "threads": threads or previous, "n_pairs": n_pairs,
+        "plain_ms": statistics.median(plain) * 1e3, "traced_ms": statistics.median(traced) * 1e3,
+        "ratio": statistics.median(ratios), "ratio_q1": statistics.quantiles(ratios, n=4)[0],
+        "ratio_q3": statistics.quantiles(ratios, n=4)[2], "extra_ms": statistics.median(
+            [t - p for p, t in zip(plain, traced)]) * 1e3, "load_average": os.getloadavg()[0],
+    }
+
+
 def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_size: int = 499,
                   num_mem_tokens: int = 10, budget_mib: float = 256.0, out: str | None = None) -> dict:
     """Trace one long detect_memorize sample: summaries everywhere, full maps of 4 segments; peak memory."""

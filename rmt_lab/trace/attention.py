@@ -90,12 +90,12 @@ class FloatMask:
 
 
 def fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
-                    read_keys: slice, read_rows: slice, float_mask: FloatMask, use_lse: bool,
-                    read_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The layer's attention output (batch, L, heads, d) exactly as sdpa computes it, plus what gives the
-    attention mass of the queries `read_rows` (R of them) on the keys `read_keys`: either (unscaled scores on
-    those keys (batch, heads, R, M), log-sum-exp (batch, heads, R)), or (the mass itself (batch, heads, R),
-    None). See `read_mass`. `read_out` receives the scores (saves a copy when the caller gathers layers)."""
+                    read_keys: slice, read_rows: slice, float_mask: FloatMask,
+                    use_lse: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The layer's attention output (batch, L, heads, d) exactly as sdpa computes it, and for the queries
+    `read_rows` (R of them) either their log-sum-exp (batch, heads, R) (lse path: with `read_scores` this
+    gives their mass on the keys `read_keys`, see `read_mass`) or that mass itself (batch, heads, R)
+    (extra-channel path). Returns (output, mass or None, lse or None)."""
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if use_lse:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
@@ -103,10 +103,7 @@ def fused_attention(module, query, key, value, attention_mask, dropout, scaling,
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout, causal, attn_mask=float_mask(attention_mask, query.dtype), scale=scale
         )  # out (batch, heads, L, d); lse (batch, heads, L)
-        with torch.no_grad():  # (batch, heads, L, M)
-            q = query.detach()[:, :, read_rows]
-            scores = torch.matmul(q, key.detach()[:, :, read_keys].transpose(-1, -2), out=read_out)
-        return out.transpose(1, 2).contiguous(), scores, lse.detach()[:, :, read_rows]
+        return out.transpose(1, 2).contiguous(), None, lse.detach()[:, :, read_rows]
     d = query.shape[-1]
     indicator = torch.zeros(*value.shape[:-1], 1, dtype=value.dtype, device=value.device)  # (batch, heads, L, 1)
     indicator[:, :, read_keys] = 1
@@ -120,9 +117,14 @@ def fused_attention(module, query, key, value, attention_mask, dropout, scaling,
     return out[..., :d].contiguous(), out[:, read_rows, :, d].transpose(1, 2).detach(), None
 
 
+def read_scores(query: Tensor, key: Tensor, read_rows: slice, read_keys: slice, out: Tensor | None = None) -> Tensor:
+    """Unscaled scores of the queries `read_rows` on the keys `read_keys`: (batch, heads, R, M)."""
+    return torch.matmul(query[:, :, read_rows], key[:, :, read_keys].transpose(-1, -2), out=out)
+
+
 def read_mass(scores_or_mass: Tensor, lse: Tensor | None, scale: float) -> Tensor:
-    """Per-query attention mass on the memory keys (..., heads, L) from what `fused_attention` returned
-    (the scores are consumed: they are overwritten in place)."""
+    """Per-query attention mass on the memory keys (..., heads, R) from `read_scores` and the lse that
+    `fused_attention` returned, or the mass itself (lse None)."""
     if lse is None:
         return scores_or_mass.float()
     scores = scores_or_mass if scores_or_mass.dtype == torch.float32 else scores_or_mass.float()

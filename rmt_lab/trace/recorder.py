@@ -13,6 +13,7 @@ cell calls inside one `with` block form one recording: segment indices count up 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -26,8 +27,8 @@ import rmt_lab
 from rmt_lab.config import to_dict
 from rmt_lab.trace import attention
 from rmt_lab.trace.attention import (
-    TRACE_IMPL, FloatMask, full_probs, fused_attention, lse_path_ok, mean_over_content, read_mass, row_metrics,
-    row_scores,
+    TRACE_IMPL, FloatMask, full_probs, fused_attention, lse_path_ok, mean_over_content, read_mass, read_scores,
+    row_metrics, row_scores,
 )
 from rmt_lab.trace.config import MIB, TraceConfig
 from rmt_lab.trace.layout import LayoutCache, position_labels
@@ -38,6 +39,23 @@ from rmt_lab.trace.store import (
 from rmt_lab.trace.summaries import empty_summaries, memory_dynamics, summary_frame, written_frame
 
 CHUNK_SEGMENTS = 256  # summaries are turned into table rows (and streamed to disk) this many segments at a time
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the recorder's own small tensor ops on one thread. Each parallel region costs a thread handoff,
+    which outweighs the work on these sizes and, on a busy machine, costs far more (a softmax over the
+    summary rows: 0.3 ms alone, 1.7 ms on two threads, measured with other jobs running). The model's
+    own ops keep every thread: the setting is restored before it continues."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def fact_positions(samples: Sequence) -> list[list[int]]:
@@ -269,12 +287,14 @@ class Recorder:
         use_lse = self._use_lse
         rows, reads = self._buffers(query, lay)
         out, read, lse = fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal,
-                                         kwargs, lay.read_keys, lay.content_rows, self._float_mask, use_lse,
-                                         read_out=reads[layer])
-        with torch.no_grad():
-            row_scores(query.detach(), key.detach(), lay, out=rows[layer])
+                                         kwargs, lay.read_keys, lay.content_rows, self._float_mask, use_lse)
+        with torch.no_grad(), one_thread():
+            q, k = query.detach(), key.detach()
+            row_scores(q, k, lay, out=rows[layer])
             if lse is None:
                 reads[layer, ..., 0] = read  # the mass itself (extra-channel path)
+            else:
+                read_scores(q, k, lay.content_rows, lay.read_keys, out=reads[layer])
             self._lse[layer] = lse
             self._seen[layer] = True
         if capture:
@@ -306,7 +326,8 @@ class Recorder:
             raise RuntimeError(f"segment {seg}: layers {missing} never called the recorded attention function")
         with torch.no_grad():
             if c.summaries:
-                row = self._segment_summary(output)
+                with one_thread():
+                    row = self._segment_summary(output)
                 if self._row_bytes is None:  # what one buffered segment holds; the same for every segment
                     self._row_bytes = sum(t.numel() * t.element_size() for t in row.values() if isinstance(t, Tensor))
                     self._chunk = int(max(1, min(CHUNK_SEGMENTS, self.config.budget_bytes // 8 // self._row_bytes)))
@@ -410,11 +431,13 @@ def _is_sample(x) -> bool:
 
 
 def record(model, inputs, config: TraceConfig | None = None, out: str | Path | None = None,
-           facts: Sequence | None = None, labels: Tensor | None = None, overwrite: bool = False):
+           facts: Sequence | None = None, labels: Tensor | None = None, overwrite: bool = False,
+           attention_mask: Tensor | None = None):
     """Run `inputs` through `model` under torch.no_grad() while recording; returns (RMTOutput, Trace).
 
-    inputs: a (batch, length) or (length,) token tensor, a task Sample or list of Samples (facts and
-    length are then taken from them), or an iterable of (batch, <= segment_size) segments.
+    inputs: a (batch, length) or (length,) token tensor (with its `attention_mask`, if padded), a task
+    Sample or list of Samples (facts and length are then taken from them), or an iterable of
+    (batch, <= segment_size) segments.
     """
     n_segments = None
     if _is_sample(inputs):
@@ -429,8 +452,9 @@ def record(model, inputs, config: TraceConfig | None = None, out: str | Path | N
         run = lambda: model.stream(segments, n_segments=n_segments, labels=labels)  # noqa: E731
     elif isinstance(inputs, Tensor):
         ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
-        n_segments = -(-ids.shape[1] // model.config.segment_size)
-        run = lambda: model(ids, labels=labels)  # noqa: E731
+        longest = ids.shape[1] if attention_mask is None else int(attention_mask.sum(-1).max())
+        n_segments = -(-longest // model.config.segment_size)
+        run = lambda: model(ids, attention_mask=attention_mask, labels=labels)  # noqa: E731
     else:
         run = lambda: model.stream(inputs, labels=labels)  # noqa: E731
     with torch.no_grad(), Recorder(model, config, out=out, facts=facts, n_segments=n_segments,

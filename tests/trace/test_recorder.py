@@ -15,6 +15,8 @@ MODELS = ["tiny-bert", "tiny-gpt2"]
 def _record(model, fused="auto", **config):
     ids, mask = padded_batch()
     config.setdefault("segments", "all")
+    if fused == "auto":
+        return record(model, ids, TraceConfig(**config), facts=FACTS, attention_mask=mask)
     with torch.no_grad(), Recorder(model, TraceConfig(**config), facts=FACTS, fused=fused) as rec:
         out = model(ids, attention_mask=mask)
     return out, rec.trace

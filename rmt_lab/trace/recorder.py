@@ -164,6 +164,7 @@ class Recorder:
         self._buffer: list[dict] = []
         self._scratch, self._scratch_key = None, None
         self._row_bytes = None
+        self._total_checked = False
         # Summaries wait in RAM this many segments (their memory states included) before becoming table rows.
         self._chunk = CHUNK_SEGMENTS
         self._float_mask = FloatMask()
@@ -244,17 +245,20 @@ class Recorder:
         self._use_lse = {"auto": None, "lse": True, "channel": False}[self.fused]
 
     def _check_map_budget(self, n_positions: int) -> None:
-        per = (self.batch * len(self.map_heads) * n_positions**2 * len(self.map_layers)
-               * torch.tensor([], dtype=self._map_dtype).element_size())
+        """Refuse, before computing them, maps that cannot fit: one segment's over the budget, or (in RAM,
+        when the selection's size is known) all of them."""
+        itemsize = torch.finfo(self._map_dtype).bits // 8
+        per = self.batch * len(self.map_heads) * n_positions**2 * len(self.map_layers) * itemsize
         how = (f"batch {self.batch} x {len(self.map_heads)} heads x {n_positions}^2 positions x "
-               f"{len(self.map_layers)} layers x {torch.tensor([], dtype=self._map_dtype).element_size()} bytes")
+               f"{len(self.map_layers)} layers x {itemsize} bytes")
         budget = self.config.budget_mib
         if per > self.config.budget_bytes:
             raise TraceBudgetError(
                 f"the full maps of one selected segment need {per / MIB:.1f} MiB ({how}), over the trace budget of "
                 f"{budget:.1f} MiB (TraceConfig.budget_mib); select fewer layers or heads, or raise budget_mib"
             )
-        if self.out is None and self.segment == self._first_map_segment():
+        if self.out is None and not self._total_checked:
+            self._total_checked = True
             count = self.selection.count(self.n_segments)
             if count is not None and count * per > self.config.budget_bytes:
                 raise TraceBudgetError(
@@ -263,11 +267,6 @@ class Recorder:
                     "a folder (out=...) to spill maps to disk, select fewer segments, layers or heads, or raise "
                     "budget_mib"
                 )
-
-    def _first_map_segment(self) -> int:
-        if not hasattr(self, "_first_map"):
-            self._first_map = self.segment
-        return self._first_map
 
     def attend(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
         """Called by the registered attention function for every layer of a recorded segment."""

@@ -226,7 +226,7 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     bench.add_argument("--bench", action="store_true",
                        help="print the recorder's overhead vs recording off, and a 1M-token trace's peak memory")
     bench.add_argument("--bench-backbones", nargs="+", default=["minilm", "small-bert"])
-    bench.add_argument("--bench-segments", type=int, default=10, help="segments per timed run")
+    bench.add_argument("--bench-segments", type=int, default=20, help="segments per timed run")
     bench.add_argument("--bench-repeats", type=int, default=7, help="alternating untraced/traced runs")
     bench.add_argument("--bench-threads", type=int, nargs="+", default=[1, 2], help="torch threads to measure with")
     bench.add_argument("--bench-pairs", type=int, default=30, help="paired segments for the per-segment cost")

@@ -125,7 +125,8 @@ class Recorder:
                              "twice; record under torch.no_grad() or turn checkpoint_segments off")
         if id(hf) in attention._SESSIONS:
             raise RuntimeError("this model is already being recorded by another Recorder")
-        self.attn_modules = [m for m in cell.model.modules() if hasattr(m, "layer_idx") and getattr(m, "config", None)
+        # The attention modules: they carry their layer index and share the backbone config (BERT, GPT-2).
+        self.attn_modules = [m for m in cell.model.modules() if "layer_idx" in m.__dict__ and m.__dict__.get("config")
                              is hf]
         if len(self.attn_modules) != self.n_layers:
             raise RuntimeError(f"found {len(self.attn_modules)} attention modules in backbone "

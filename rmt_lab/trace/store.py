@@ -57,11 +57,12 @@ _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def weights_digest(model) -> str:
     """sha256 over the state dict; cached while no tensor is replaced or modified in place (`_version`)."""
-    state = sorted(model.state_dict().items())
-    identity = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in state)
+    tensors = [*model.parameters(), *model.buffers()]
+    identity = tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors)
     cached = _DIGESTS.get(model)
     if cached is not None and cached[0] == identity:
         return cached[1]
+    state = sorted(model.state_dict().items())
     digest = hashlib.sha256()
     for name, tensor in state:
         digest.update(name.encode())

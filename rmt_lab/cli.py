@@ -322,7 +322,7 @@ def _run_trace_bench(args: argparse.Namespace) -> int:
               f"({r['summary_rows']:,} rows), full maps for segments {r['map_segments']} (fact in {r['fact_segment']})")
         print(f"peak RSS {r['peak_rss_mib']:.0f} MiB (model and task loaded: {r['rss_before_mib']:.0f} MiB); "
               f"trace data held in RAM at most {r['peak_held_mib']:.1f} MiB of the {r['budget_mib']:.0f} MiB budget; "
-              f"trace folder {r['trace_folder_mib']:.1f} MiB at {r['folder']}")
+              f"trace folder {r['trace_folder_mib']:.1f} MiB (temporary, removed)")
     return 0
 
 

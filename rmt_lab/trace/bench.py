@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,11 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 
 from rmt_lab.model import RecurrentWrapper, RMTConfig
 from rmt_lab.trace.config import TraceConfig
-from rmt_lab.trace.recorder import Recorder, fact_positions
+from rmt_lab.trace.recorder import Recorder
+from rmt_lab.trace.store import SUMMARIES_FILE
 
 
 def _rss_mib() -> float:
@@ -133,7 +136,8 @@ def segment_overhead(backbone: str = "minilm", n_pairs: int = 30, segment_size: 
 
 def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_size: int = 499,
                   num_mem_tokens: int = 10, budget_mib: float = 256.0, out: str | None = None) -> dict:
-    """Trace one long detect_memorize sample: summaries everywhere, full maps of 4 segments; peak memory."""
+    """Trace one long detect_memorize sample: summaries everywhere, full maps of 4 segments; peak memory.
+    Without `out` the trace goes to a temporary folder, removed once measured."""
     from rmt_lab.tasks import TaskConfig, TaskGenerator
 
     model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
@@ -154,14 +158,18 @@ def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_s
                                           overwrite=True) as rec:
         model.stream((seg.unsqueeze(0) for seg in sample.iter_segments()), n_segments=n_seg)
     seconds = time.perf_counter() - start
+    peak_rss = _rss_mib()  # before anything is read back
     trace = rec.trace
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    summary_rows = pq.ParquetFile(folder / SUMMARIES_FILE).metadata.num_rows
+    if out is None:
+        shutil.rmtree(folder, ignore_errors=True)
     return {
         "backbone": backbone, "tokens": n_tokens, "n_segments": n_seg, "seconds": seconds,
         "tokens_per_s": n_tokens / seconds, "map_segments": trace.map_segments, "fact_segment": fact_segment,
-        "summary_rows": len(trace.summaries), "peak_rss_mib": _rss_mib(), "rss_before_mib": rss_before,
+        "summary_rows": summary_rows, "peak_rss_mib": peak_rss, "rss_before_mib": rss_before,
         "peak_held_mib": rec.peak_held_mib, "budget_mib": budget_mib, "trace_folder_mib": size / 2**20,
-        "folder": str(folder), "threads": torch.get_num_threads(),
+        "folder": str(folder) if out else None, "threads": torch.get_num_threads(),
     }
 
 

@@ -234,7 +234,7 @@ class Recorder:
         self._memory_in = memory
         self._seen = [False] * self.n_layers
         self._lse: list = [None] * self.n_layers
-        self._maps: dict[str, Tensor] = {}
+        self._kept_maps = False
 
     def _first_segment(self, cell, batch: int, device: torch.device) -> None:
         self.batch = batch
@@ -249,14 +249,22 @@ class Recorder:
         """Refuse, before computing them, maps that cannot fit: one segment's over the budget, or (in RAM,
         when the selection's size is known) all of them."""
         itemsize = torch.finfo(self._map_dtype).bits // 8
-        per = self.batch * len(self.map_heads) * n_positions**2 * len(self.map_layers) * itemsize
+        per_layer = self.batch * len(self.map_heads) * n_positions**2 * itemsize
+        per = per_layer * len(self.map_layers)
         how = (f"batch {self.batch} x {len(self.map_heads)} heads x {n_positions}^2 positions x "
                f"{len(self.map_layers)} layers x {itemsize} bytes")
         budget = self.config.budget_mib
-        if per > self.config.budget_bytes:
+        if self.out is not None and per_layer > self.config.budget_bytes:  # spilled layer by layer
+            raise TraceBudgetError(
+                f"the full map of one selected layer needs {per_layer / MIB:.1f} MiB (batch {self.batch} x "
+                f"{len(self.map_heads)} heads x {n_positions}^2 positions x {itemsize} bytes), over the trace budget "
+                f"of {budget:.1f} MiB (TraceConfig.budget_mib); select fewer heads or raise budget_mib"
+            )
+        if self.out is None and per > self.config.budget_bytes:
             raise TraceBudgetError(
                 f"the full maps of one selected segment need {per / MIB:.1f} MiB ({how}), over the trace budget of "
-                f"{budget:.1f} MiB (TraceConfig.budget_mib); select fewer layers or heads, or raise budget_mib"
+                f"{budget:.1f} MiB (TraceConfig.budget_mib); give the recorder a folder (out=...) to spill them layer "
+                "by layer, select fewer layers or heads, or raise budget_mib"
             )
         if self.out is None and not self._total_checked:
             self._total_checked = True
@@ -305,7 +313,8 @@ class Recorder:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         with torch.no_grad():
             maps = full_probs(query.detach(), key.detach(), attention_mask, scale, bool(causal))
-        self._maps[hook_name(self.segment, layer)] = maps[:, self.map_heads].to(self._map_dtype).cpu()
+        self.writer.add_map(self.segment, layer, maps[:, self.map_heads].to(self._map_dtype).cpu())
+        self._kept_maps = True
 
     def _buffers(self, query: Tensor, lay) -> tuple[Tensor, Tensor]:
         """Per-segment scratch, every layer writing its slice in place: answer/writer row scores
@@ -335,12 +344,12 @@ class Recorder:
                 self._buffer.append(row)
             if c.keep_memory:
                 self.writer.add_memory(seg, output.memory.detach().float().cpu().clone())
-            if self._maps:
-                self.writer.add_maps(seg, self._maps, self._map_meta())
+            if self._kept_maps:
+                self.writer.add_segment(seg, self._map_meta())
         self.starts = [s + n for s, n in zip(self.starts, lay.lengths_list)]
         self.segment += 1
         self.layout = None
-        self._maps, self._lse = {}, []
+        self._kept_maps, self._lse = False, []
         if len(self._buffer) >= self._chunk:
             self._flush_tables()
 

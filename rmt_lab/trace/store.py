@@ -4,7 +4,7 @@
       trace.json            index: model fingerprint, config, layout, every tensor's file/shape, labels
       summaries.parquet     per-segment summaries (tidy), streamed to disk in row groups
       written.parquet       top-k tokens written per memory slot
-      maps/seg-00003.safetensors      full attention maps of one selected segment (all kept layers)
+      maps/seg-00003.layer-001.safetensors   full attention map of one selected segment and layer
       memory/part-00000.safetensors   memory states, several segments per shard
 
 Never pickle: tensors go through safetensors, tables through parquet, the index through JSON.
@@ -139,19 +139,23 @@ class TraceWriter:
         self.peak_held = max(self.peak_held, self.held)
 
     # --------------------------------------------------------------- tensors
-    def add_maps(self, segment: int, maps: dict[str, Tensor], meta: dict) -> None:
-        """One selected segment's maps; with a folder they go straight to their own shard."""
-        nbytes = sum(t.numel() * t.element_size() for t in maps.values())
-        self._hold(nbytes, f"the full maps of segment {segment}")
-        rel = f"maps/seg-{segment:05d}.safetensors"
+    def add_map(self, segment: int, layer: int, tensor: Tensor) -> None:
+        """One layer's full map; with a folder it goes straight to its own file, so RAM holds one layer's."""
+        name = hook_name(segment, layer)
+        nbytes = tensor.numel() * tensor.element_size()
+        self._hold(nbytes, f"the full map of segment {segment}, layer {layer}")
+        rel = None
         if self.root is not None:
-            self._save(rel, maps)
+            rel = f"maps/seg-{segment:05d}.layer-{layer:03d}.safetensors"
+            self._save(rel, {name: tensor})
             self.held -= nbytes
         else:
-            self.tensors.update(maps)
-        for name, t in maps.items():
-            self.index["tensors"][name] = {"file": rel if self.root else None, "shape": list(t.shape),
-                                           "dtype": str(t.dtype).removeprefix("torch.")}
+            self.tensors[name] = tensor
+        self.index["tensors"][name] = {"file": rel, "shape": list(tensor.shape),
+                                       "dtype": str(tensor.dtype).removeprefix("torch.")}
+
+    def add_segment(self, segment: int, meta: dict) -> None:
+        """What a segment with full maps needs to read them: kept layers and heads, lengths, labels."""
         self.index.setdefault("segments", {})[str(segment)] = meta
 
     def add_memory(self, segment: int, state: Tensor) -> None:
@@ -282,7 +286,10 @@ class Trace:
         by_file: dict[str, dict[str, Tensor]] = {}
         for name in self.names():
             seg, layer, kind = parse_name(name)
-            rel = f"maps/seg-{seg:05d}.safetensors" if kind == "attn.pattern" else "memory/part-00000.safetensors"
+            if kind == "attn.pattern":
+                rel = f"maps/seg-{seg:05d}.layer-{layer:03d}.safetensors"
+            else:
+                rel = "memory/part-00000.safetensors"
             by_file.setdefault(rel, {})[name] = self[name]
             index["tensors"][name]["file"] = rel
         writer = TraceWriter(root, 1 << 62, index)

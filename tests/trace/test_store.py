@@ -72,8 +72,8 @@ def test_folder_trace_is_lazy_labelled_and_never_pickled(tmp_path):
     out, trace = record(model, ids, TraceConfig(segments="0,2", layers=(1,), heads=(0, 3), keep_memory=True),
                         out=folder)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert files == ["maps/seg-00000.safetensors", "maps/seg-00002.safetensors", "memory/part-00000.safetensors",
-                     "summaries.parquet", "trace.json", "written.parquet"]
+    assert files == ["maps/seg-00000.layer-001.safetensors", "maps/seg-00002.layer-001.safetensors",
+                     "memory/part-00000.safetensors", "summaries.parquet", "trace.json", "written.parquet"]
     index = json.loads((folder / "trace.json").read_text())
     assert index["model"]["backbone"] == "tiny-bert" and index["n_segments"] == 3
     loaded = Trace.load(folder, model=model)
@@ -143,7 +143,11 @@ def test_budget_too_small_is_refused_with_the_size_needed(tmp_path):
         record(model, ids, TraceConfig(segments="0-3", budget_mib=per_segment * 2.5))
     _, trace = record(model, ids, TraceConfig(segments="0-3", budget_mib=per_segment * 2.5), out=tmp_path / "spill")
     assert trace.map_segments == [0, 1, 2, 3]
-    assert trace.index["peak_held_mib"] <= per_segment * 2.5  # spilled segment by segment
+    assert trace.index["peak_held_mib"] <= per_segment * 2.5  # spilled layer by layer
+    with pytest.raises(TraceBudgetError, match=rf"one selected layer needs {per_segment / 2:.1f} MiB"):
+        record(model, ids, TraceConfig(segments="0", budget_mib=per_segment / 4), out=tmp_path / "small")
+    _, spilled = record(model, ids, TraceConfig(segments="0", budget_mib=per_segment * 0.6), out=tmp_path / "half")
+    assert spilled.map_segments == [0] and spilled.index["peak_held_mib"] <= per_segment * 0.6
     with pytest.raises(TraceBudgetError, match="over the trace budget"):  # open-ended selection: refused when reached
         record(model, ids, TraceConfig(segments="every:1", budget_mib=per_segment * 2.5))
     assert not model.cell._forward_hooks

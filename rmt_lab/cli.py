@@ -226,7 +226,7 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     bench.add_argument("--bench", action="store_true",
                        help="print the recorder's overhead vs recording off, and a 1M-token trace's peak memory")
     bench.add_argument("--bench-backbones", nargs="+", default=["minilm", "small-bert"])
-    bench.add_argument("--bench-segments", type=int, default=20, help="segments per timed run")
+    bench.add_argument("--bench-segments", type=int, default=40, help="segments per timed run")
     bench.add_argument("--bench-repeats", type=int, default=7, help="alternating untraced/traced runs")
     bench.add_argument("--bench-threads", type=int, nargs="+", default=[1, 2], help="torch threads to measure with")
     bench.add_argument("--bench-pairs", type=int, default=30, help="paired segments for the per-segment cost")
@@ -291,7 +291,7 @@ def _run_trace(args: argparse.Namespace) -> int:
 
 
 def _run_trace_bench(args: argparse.Namespace) -> int:
-    from rmt_lab.trace.bench import million_in_subprocess, overhead_ratio, segment_overhead
+    from rmt_lab.trace.bench import million_in_subprocess, overhead_ratio, own_time_share, segment_overhead
 
     print(f"recorder overhead: summaries for every segment vs recording off ({args.bench_segments} segments per "
           f"run, {args.bench_repeats} alternating pairs; batch 1, 10 memory tokens, segment 499). Ratios: median of "
@@ -315,6 +315,15 @@ def _run_trace_bench(args: argparse.Namespace) -> int:
             ratio = f"{r['ratio']:.3f} ({r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})"
             print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['plain_ms']:>9.1f} "
                   f"{r['traced_ms']:>9.1f} {r['extra_ms']:>8.2f} {ratio:>20}")
+    print(f"\nthe recorder's own time over the model's, in the same traced runs ({args.bench_segments} segments, "
+          "median (min-max) of 3 runs):")
+    print(f"{'backbone':<11} {'threads':>7} {'load':>5} {'own ms/seg':>10} {'share':>22}")
+    for threads in args.bench_threads:
+        for backbone in args.bench_backbones:
+            r = own_time_share(backbone, n_segments=args.bench_segments, threads=threads)
+            share = f"{r['share']:.3f} ({r['share_min']:.3f}-{r['share_max']:.3f})"
+            print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['own_ms_per_segment']:>10.2f} "
+                  f"{share:>22}")
     if args.bench_tokens:
         r = million_in_subprocess(n_tokens=args.bench_tokens, backbone=args.bench_long_backbone)
         print(f"\n{r['tokens']:,}-token detect_memorize trace on {r['backbone']!r} ({r['n_segments']:,} segments): "

@@ -25,7 +25,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from rmt_lab.trace.layout import CONTENT, MEM, SLOT0, SegmentLayout
+from rmt_lab.trace.layout import MEM, SLOT0, SegmentLayout
 
 TRACE_IMPL = "rmt_trace"
 
@@ -118,17 +118,15 @@ def fused_attention(module, query, key, value, attention_mask, dropout, scaling,
 
 
 def read_scores(query: Tensor, key: Tensor, read_rows: slice, read_keys: slice, out: Tensor | None = None) -> Tensor:
-    """Unscaled scores of the queries `read_rows` on the keys `read_keys`: (batch, heads, R, M)."""
-    return torch.matmul(query[:, :, read_rows], key[:, :, read_keys].transpose(-1, -2), out=out)
+    """Unscaled scores of the keys `read_keys` with the queries `read_rows`, keys first: (batch, heads, M, R).
+    (Keys first keeps the long axis innermost, where the elementwise work and the sum over M vectorize.)"""
+    return torch.matmul(key[:, :, read_keys], query[:, :, read_rows].transpose(-1, -2), out=out)
 
 
-def read_mass(scores_or_mass: Tensor, lse: Tensor | None, scale: float) -> Tensor:
-    """Per-query attention mass on the memory keys (..., heads, R) from `read_scores` and the lse that
-    `fused_attention` returned, or the mass itself (lse None)."""
-    if lse is None:
-        return scores_or_mass.float()
-    scores = scores_or_mass if scores_or_mass.dtype == torch.float32 else scores_or_mass.float()
-    return torch.add(lse.float().unsqueeze(-1).neg(), scores, alpha=scale).exp_().sum(-1)
+def read_mass(scores: Tensor, lse: Tensor, scale: float) -> Tensor:
+    """Per-query attention mass on the memory keys (..., heads, R) from `read_scores` (..., heads, M, R)
+    and the log-sum-exp (..., heads, R) that `fused_attention` returned: sum_j exp(s_j * scale - lse)."""
+    return torch.add(lse.float().unsqueeze(-2).neg(), scores.float(), alpha=scale).exp_().sum(-2)
 
 
 def row_scores(query: Tensor, key: Tensor, lay: SegmentLayout, out: Tensor | None = None) -> Tensor:
@@ -162,9 +160,9 @@ def row_metrics(probs: Tensor, read_content: Tensor, lay: SegmentLayout, top_k: 
     )
     if not top_k:
         return stats, None, None
-    written = probs[..., 1:, :].mean(-3) * lay.keys[..., CONTENT].unsqueeze(-2)  # (..., batch, M, L)
+    written = probs[..., 1:, :].sum(-3) * lay.content_mask  # (..., batch, M, L) head sum: same order as the mean
     values, positions = written.topk(min(top_k, written.shape[-1]), dim=-1)
-    return stats, values, positions
+    return stats, values / probs.shape[-3], positions
 
 
 def mean_over_content(read: Tensor, lay: SegmentLayout) -> Tensor:
@@ -194,3 +192,13 @@ def summaries_from_maps(probs: Tensor, lay: SegmentLayout, top_k: int = 0):
     rows = lay.rows[:, None, :, None].expand(b, h, lay.n_mem + 1, n)
     read = probs[:, :, lay.content_rows, lay.read_keys].sum(-1)  # (batch, heads, seg_len)
     return row_metrics(probs.gather(2, rows).float(), mean_over_content(read.float(), lay), lay, top_k)
+
+
+def row_probs(scores: Tensor, scale: float, lay: SegmentLayout, bias: Tensor | None = None) -> Tensor:
+    """softmax(scores * scale + row bias) over keys, for `row_scores` of any leading dims (..., batch, heads,
+    1 + M, L). `bias`: the row bias already expanded to (batch, heads, 1 + M, L), which adds much faster than
+    the broadcast (batch, 1, 1 + M, L) one; skipped entirely where every key is visible."""
+    if lay.all_visible:
+        return (scores.float() * scale).softmax(-1)
+    bias = lay.row_bias if bias is None else bias
+    return torch.add(bias, scores.float(), alpha=scale).softmax(-1)

@@ -134,6 +134,72 @@ def segment_overhead(backbone: str = "minilm", n_pairs: int = 30, segment_size: 
     }
 
 
+class _TimedRecorder(Recorder):
+    """A Recorder that adds up the time spent in its own work: the hooks, and its attention function
+    minus the model's own fused attention call inside it."""
+
+    own = 0.0
+
+    def _timed(self, method, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self.own += time.perf_counter() - start
+
+    def _before(self, *args, **kwargs):
+        return self._timed(super()._before, *args, **kwargs)
+
+    def _after(self, *args, **kwargs):
+        return self._timed(super()._after, *args, **kwargs)
+
+    def attend(self, *args, **kwargs):
+        return self._timed(super().attend, *args, **kwargs)
+
+    def _fused(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return super()._fused(*args, **kwargs)
+        finally:
+            self.own -= time.perf_counter() - start
+
+    def __exit__(self, *exc):
+        return self._timed(super().__exit__, *exc)
+
+
+def own_time_share(backbone: str = "minilm", n_segments: int = 20, repeats: int = 3, segment_size: int = 499,
+                   num_mem_tokens: int = 10, batch: int = 1, threads: int | None = None, seed: int = 0) -> dict:
+    """The recorder's own time over the model's time in the same traced runs: (own) / (total - own).
+
+    Unlike an A/B ratio of two runs, both parts come from the same seconds, so machine load moves them
+    together; it leaves out indirect costs (caches), which the A/B ratios include."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
+                                                               segment_size=segment_size)).eval()
+    g = torch.Generator().manual_seed(seed)
+    segments = [torch.randint(1000, 29000, (batch, segment_size), generator=g) for _ in range(n_segments)]
+    shares, owns = [], []
+    try:
+        with torch.inference_mode():
+            for r in range(repeats + 1):
+                rec = _TimedRecorder(model, TraceConfig())
+                start = time.perf_counter()
+                with rec:
+                    model.stream(iter(segments))
+                total = time.perf_counter() - start
+                if r:  # the first run warms up
+                    shares.append(rec.own / (total - rec.own))
+                    owns.append(rec.own / n_segments)
+    finally:
+        torch.set_num_threads(previous)
+    return {"backbone": backbone, "threads": threads or previous, "n_segments": n_segments,
+            "own_ms_per_segment": statistics.median(owns) * 1e3, "share": statistics.median(shares),
+            "share_min": min(shares), "share_max": max(shares), "load_average": os.getloadavg()[0]}
+
+
 def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_size: int = 499,
                   num_mem_tokens: int = 10, budget_mib: float = 256.0, out: str | None = None) -> dict:
     """Trace one long detect_memorize sample: summaries everywhere, full maps of 4 segments; peak memory.

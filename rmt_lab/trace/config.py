@@ -90,6 +90,9 @@ class TraceConfig:
     keep_memory: bool = False  # store each segment's memory state too (for probing; n_mem x d_model floats each)
     budget_mib: float = 256.0  # trace data held in RAM at once; beyond it, spill to the folder or refuse
     map_dtype: Literal["float32", "float16"] = "float32"  # float16 halves the maps' size (rows then sum to 1e-3)
+    # Threads for the recorder's own small tensor ops (None: the model's). One thread is a bit slower on an idle
+    # CPU and several times faster on a busy one, where every parallel region waits for a preempted thread.
+    own_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.segments, str):
@@ -108,6 +111,9 @@ class TraceConfig:
             raise ConfigError(f"TraceConfig.top_k={self.top_k!r} must be an integer >= 0")
         if isinstance(self.budget_mib, bool) or not isinstance(self.budget_mib, (int, float)) or self.budget_mib <= 0:
             raise ConfigError(f"TraceConfig.budget_mib={self.budget_mib!r} must be a positive number")
+        if self.own_threads is not None and (isinstance(self.own_threads, bool) or not isinstance(self.own_threads, int)
+                                             or self.own_threads < 1):
+            raise ConfigError(f"TraceConfig.own_threads={self.own_threads!r} must be a positive integer or None")
         if self.map_dtype not in ("float32", "float16"):
             raise ConfigError(f"TraceConfig.map_dtype={self.map_dtype!r} is not allowed; allowed values: "
                               "['float32', 'float16']")

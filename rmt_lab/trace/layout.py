@@ -33,12 +33,14 @@ class SegmentLayout:
     rows: Tensor  # (batch, 1 + M) query rows: the answer position, then the memory-writing positions
     row_bias: Tensor  # (batch, 1, 1 + M, L) 0 where that row may attend, -inf where it may not
     keys: Tensor  # (batch, L, 4 + M) key groups MEM, CONTENT, SPAN, FACT, then slot i's own incoming key(s)
+    content_mask: Tensor  # (batch, 1, L) 1.0 on content positions
     content_rows: slice  # positions that may hold content (prefix_len .. prefix_len + seg_len), every row
     content_weight: Tensor  # (batch, seg_len) over content_rows: 1/length on content, 0 on padding
     read_keys: slice  # contiguous incoming-memory keys that content queries see
     has_fact: Tensor  # (batch,) bool, a fact token lies in this segment
     active: Tensor  # (batch,) bool, the row has at least one token here
     any_fact: bool = False  # has_fact.any(), known without a device sync
+    all_visible: bool = False  # every answer/writer row may see every key (row_bias is all zeros)
     lengths_list: tuple[int, ...] = ()  # lengths, known without a device sync
 
     @property
@@ -105,10 +107,11 @@ def build_layout(
     content_weight = content[:, content_rows].float() / lengths.clamp(min=1)[:, None].float()
     return SegmentLayout(
         layout=layout, n_mem=m, n_positions=n_pos, prefix_len=prefix_len, lengths=lengths,
-        rows=rows, row_bias=row_bias, keys=keys, content_rows=content_rows, content_weight=content_weight,
+        rows=rows, row_bias=row_bias, keys=keys, content_mask=content.float()[:, None, :], content_rows=content_rows,
+        content_weight=content_weight,
         read_keys=read_keys,
         has_fact=fact.any(1), active=lengths > 0, any_fact=bool(fact.any()),
-        lengths_list=tuple(lengths.tolist()),
+        lengths_list=tuple(lengths.tolist()), all_visible=bool(row_ok.all()),
     )
 
 

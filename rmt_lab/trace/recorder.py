@@ -28,7 +28,7 @@ from rmt_lab.config import to_dict
 from rmt_lab.trace import attention
 from rmt_lab.trace.attention import (
     TRACE_IMPL, FloatMask, full_probs, fused_attention, lse_path_ok, mean_over_content, read_mass, read_scores,
-    row_metrics, row_scores,
+    row_metrics, row_probs, row_scores,
 )
 from rmt_lab.trace.config import MIB, TraceConfig
 from rmt_lab.trace.layout import LayoutCache, position_labels
@@ -39,19 +39,21 @@ from rmt_lab.trace.store import (
 from rmt_lab.trace.summaries import empty_summaries, memory_dynamics, summary_frame, written_frame
 
 CHUNK_SEGMENTS = 256  # summaries are turned into table rows (and streamed to disk) this many segments at a time
+GROUP_BYTES = 8 * MIB  # scratch for the answer/writer rows of consecutive segments, summarized together
+MAX_GROUP = 32  # most segments summarized together (small models: a few tensor ops per group, not per segment)
 
 
 @contextlib.contextmanager
-def one_thread():
-    """Run the recorder's own small tensor ops on one thread. Each parallel region costs a thread handoff,
-    which outweighs the work on these sizes and, on a busy machine, costs far more (a softmax over the
-    summary rows: 0.3 ms alone, 1.7 ms on two threads, measured with other jobs running). The model's
-    own ops keep every thread: the setting is restored before it continues."""
+def own_threads(n: int | None):
+    """Run the recorder's own small tensor ops on `n` threads (None: leave the setting alone). On a busy
+    machine each parallel region waits for a preempted thread: a softmax over the summary rows took
+    0.3 ms on one thread and 1.7 ms on two with other jobs running; idle, two threads are ~1.5x faster.
+    The model's own ops keep their threads: the setting is restored before the model continues."""
     threads = torch.get_num_threads()
-    if threads == 1:
+    if n is None or n == threads:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -164,7 +166,9 @@ class Recorder:
         self.starts = None
         self._buffer: list[dict] = []
         self._scratch, self._scratch_key = None, None
-        self._row_bytes = None
+        self._pending: list[dict] = []
+        self._row_bytes = 0
+        self._bias_for, self._bias = None, None
         self._total_checked = False
         # Summaries wait in RAM this many segments (their memory states included) before becoming table rows.
         self._chunk = CHUNK_SEGMENTS
@@ -226,6 +230,8 @@ class Recorder:
         elif batch != self.batch:
             raise ValueError(f"segment {self.segment} has batch {batch}; this recording started with {self.batch}")
         self.layout = self._layouts.get(attention_mask, self.starts)
+        if self._pending and self._pending[0]["lay"] is not self.layout:
+            self._summarize_pending()  # a group shares one layout (and so one scratch shape)
         want = self.selection.wants(self.segment, self.n_segments, self.layout.any_fact)
         self.capture_layers = self.map_layers if want else ()
         if want:
@@ -233,7 +239,6 @@ class Recorder:
         self._ids = input_ids
         self._memory_in = memory
         self._seen = [False] * self.n_layers
-        self._lse: list = [None] * self.n_layers
         self._kept_maps = False
 
     def _first_segment(self, cell, batch: int, device: torch.device) -> None:
@@ -244,6 +249,11 @@ class Recorder:
         self._layouts = LayoutCache(cell.layout, self.n_mem, cell.prefix_len, cell.config.segment_size, self.facts,
                                     device)
         self._use_lse = {"auto": None, "lse": True, "channel": False}[self.fused]
+        # What one buffered segment keeps until its table rows are made: stats, top-k, memory in/out, token ids.
+        c, d = self.config, cell.d_model
+        self._row_bytes = batch * (self.n_layers * (self.n_heads * 7 * 4 + self.n_mem * c.top_k * 16)
+                                   + 2 * self.n_mem * d * 4 + cell.config.segment_size * 8)
+        self._chunk = int(max(1, min(CHUNK_SEGMENTS, c.budget_bytes // 8 // self._row_bytes)))
 
     def _check_map_budget(self, n_positions: int) -> None:
         """Refuse, before computing them, maps that cannot fit: one segment's over the budget, or (in RAM,
@@ -293,21 +303,27 @@ class Recorder:
         if self._use_lse is None:  # "auto": decided once, on the first layer of the recording
             self._use_lse = lse_path_ok(query, key, value, kwargs)
         use_lse = self._use_lse
-        rows, reads = self._buffers(query, lay)
-        out, read, lse = fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal,
-                                         kwargs, lay.read_keys, lay.content_rows, self._float_mask, use_lse)
-        with torch.no_grad(), one_thread():
+        rows, reads, lses = self._buffers(query, lay)
+        out, read, lse = self._fused(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
+                                     use_lse)
+        with torch.no_grad(), own_threads(c.own_threads):
             q, k = query.detach(), key.detach()
             row_scores(q, k, lay, out=rows[layer])
             if lse is None:
-                reads[layer, ..., 0] = read  # the mass itself (extra-channel path)
+                reads[layer, :, :, 0] = read  # the mass itself (extra-channel path)
             else:
                 read_scores(q, k, lay.content_rows, lay.read_keys, out=reads[layer])
-            self._lse[layer] = lse
+                lses[layer] = lse
             self._seen[layer] = True
         if capture:
             self._capture(module, query, key, attention_mask, scale, is_causal, layer)
         return out, None
+
+    def _fused(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs, use_lse):
+        """The model's own attention call (what plain sdpa would do), plus the lse or read mass."""
+        lay = self.layout
+        return fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
+                               lay.read_keys, lay.content_rows, self._float_mask, use_lse)
 
     def _capture(self, module, query, key, attention_mask, scale, is_causal, layer) -> None:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
@@ -316,17 +332,36 @@ class Recorder:
         self.writer.add_map(self.segment, layer, maps[:, self.map_heads].to(self._map_dtype).cpu())
         self._kept_maps = True
 
-    def _buffers(self, query: Tensor, lay) -> tuple[Tensor, Tensor]:
-        """Per-segment scratch, every layer writing its slice in place: answer/writer row scores
-        (layers, batch, heads, 1 + M, L) and content queries' scores on memory (layers, batch, heads, L, M)."""
+    def _buffers(self, query: Tensor, lay) -> tuple[Tensor, Tensor, Tensor]:
+        """This segment's slot of the group scratch, each layer writing its part in place: answer/writer row
+        scores (layers, batch, heads, 1 + M, L), memory keys' scores with the content-row queries
+        (layers, batch, heads, M, seg_len) and those queries' log-sum-exp (layers, batch, heads, seg_len)."""
         key = (query.shape, lay.content_rows, query.dtype)
         if key != self._scratch_key:
+            assert not self._pending, "a group shares one scratch shape"
             b, h, n, _ = query.shape
             n_read = lay.content_rows.stop - lay.content_rows.start
-            rows = torch.empty(self.n_layers, b, h, self.n_mem + 1, n, dtype=query.dtype, device=query.device)
-            reads = torch.empty(self.n_layers, b, h, n_read, self.n_mem, dtype=query.dtype, device=query.device)
-            self._scratch, self._scratch_key = (rows, reads), key
-        return self._scratch
+            per_segment = self.n_layers * b * h * ((self.n_mem + 1) * n + (self.n_mem + 1) * n_read) * 4
+            # Working memory like the model's activations, not trace data: sized within the budget, not held.
+            group = int(max(1, min(MAX_GROUP, min(GROUP_BYTES, self.config.budget_bytes // 8) // per_segment)))
+            opts = {"dtype": query.dtype, "device": query.device}
+            self._scratch = (
+                torch.empty(group, self.n_layers, b, h, self.n_mem + 1, n, **opts),
+                torch.empty(group, self.n_layers, b, h, self.n_mem, n_read, **opts),
+                torch.empty(group, self.n_layers, b, h, n_read, dtype=torch.float32, device=query.device),
+            )
+            self._scratch_key = key
+        slot = len(self._pending)
+        return tuple(t[slot] for t in self._scratch)
+
+    def _row_bias(self, lay, heads: int) -> Tensor | None:
+        """The layout's row bias expanded over heads, built once per layout (see attention.row_probs)."""
+        if lay.all_visible:
+            return None
+        if self._bias_for is not lay:
+            self._bias_for = lay
+            self._bias = lay.row_bias.expand(-1, heads, -1, -1).contiguous()
+        return self._bias
 
     def _after(self, cell, args, kwargs, output):
         lay, c, seg = self.layout, self.config, self.segment
@@ -335,13 +370,14 @@ class Recorder:
             raise RuntimeError(f"segment {seg}: layers {missing} never called the recorded attention function")
         with torch.no_grad():
             if c.summaries:
-                with one_thread():
-                    row = self._segment_summary(output)
-                if self._row_bytes is None:  # what one buffered segment holds; the same for every segment
-                    self._row_bytes = sum(t.numel() * t.element_size() for t in row.values() if isinstance(t, Tensor))
-                    self._chunk = int(max(1, min(CHUNK_SEGMENTS, self.config.budget_bytes // 8 // self._row_bytes)))
                 self.writer.hold(self._row_bytes, f"the summaries of segment {seg}")
-                self._buffer.append(row)
+                # References only: the group's summary math and the table rows come later, in bulk.
+                self._pending.append({
+                    "segment": seg, "lay": lay, "starts": self.starts, "ids": self._ids,
+                    "memory_in": self._memory_in.detach(), "memory_out": output.memory.detach(),
+                })
+                if len(self._pending) == self._scratch[0].shape[0]:
+                    self._summarize_pending()
             if c.keep_memory:
                 self.writer.add_memory(seg, output.memory.detach().float().cpu().clone())
             if self._kept_maps:
@@ -349,25 +385,29 @@ class Recorder:
         self.starts = [s + n for s, n in zip(self.starts, lay.lengths_list)]
         self.segment += 1
         self.layout = None
-        self._kept_maps, self._lse = False, []
-        if len(self._buffer) >= self._chunk:
+        self._kept_maps = False
+        if len(self._buffer) + len(self._pending) >= self._chunk:
             self._flush_tables()
 
-    def _segment_summary(self, output) -> dict:
-        """All layers at once: the answer/writer rows' softmax, read mass, stats and top-k written tokens."""
-        lay = self.layout
-        rows, reads = self._scratch
-        probs = torch.add(lay.row_bias, rows.float(), alpha=self._scale).softmax(-1)  # (layers, batch, heads, 1+M, L)
-        if all(lse is not None for lse in self._lse):  # (layers, batch, heads, L)
-            read = read_mass(reads, torch.stack(self._lse), self._scale)
-        else:
-            read = torch.stack([read_mass(reads[i], lse, self._scale) if lse is not None else reads[i, ..., 0].float()
-                                for i, lse in enumerate(self._lse)])
-        stats, values, pos = row_metrics(probs, mean_over_content(read, lay), lay, self.config.top_k)
-        # Only references here; turning them into rows waits for the chunk (see _flush_tables).
-        return {"segment": self.segment, "stats": stats, "lay": lay, "starts": self.starts, "ids": self._ids,
-                "top_values": values,
-                "top_pos": pos, "memory_in": self._memory_in.detach(), "memory_out": output.memory.detach()}
+    def _summarize_pending(self) -> None:
+        """The summary math of the pending segments, all layers and segments at once: the answer/writer
+        rows' softmax, the read mass, stats and top-k written tokens. Their rows join the table buffer."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        n, lay = len(pending), pending[0]["lay"]
+        rows, reads, lses = (t[:n] for t in self._scratch)
+        with torch.no_grad(), own_threads(self.config.own_threads):
+            probs = row_probs(rows, self._scale, lay, self._row_bias(lay, rows.shape[3]))  # (n, layers, b, h, 1+M, L)
+            if self._use_lse:
+                read = read_mass(reads, lses, self._scale)  # (n, layers, batch, heads, seg_len)
+            else:
+                read = reads[..., 0, :].float()
+            stats, values, pos = row_metrics(probs, mean_over_content(read, lay), lay, self.config.top_k)
+        for i, row in enumerate(pending):
+            row.update(stats=stats[i], top_values=None if values is None else values[i],
+                       top_pos=None if pos is None else pos[i])
+            self._buffer.append(row)
 
     def _map_meta(self) -> dict:
         lay = self.layout
@@ -391,6 +431,7 @@ class Recorder:
         }
 
     def _flush_tables(self) -> None:
+        self._summarize_pending()
         if not self._buffer:
             return
         rows, self._buffer = self._buffer, []

@@ -516,6 +516,143 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_trace(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.trace import TraceConfig
+
+    d = TraceConfig()
+    model = p.add_argument_group("model")
+    model.add_argument("--backbone", default="minilm", help="ready backbone for an untrained RMT (default minilm)")
+    model.add_argument("--checkpoint", help="an RMT saved with save_pretrained (overrides --backbone)")
+    model.add_argument("--num-mem", type=int, default=10, help="memory tokens of an untrained RMT (default 10)")
+    data = p.add_argument_group(
+        "input", "task samples, 4 segments long unless --segments or --tokens; a checkpoint keeps its segment size"
+    )
+    _task_config_args(data)
+    data.add_argument("--samples", type=int, default=1, help="samples traced together as one batch")
+    keep = p.add_argument_group("what to keep")
+    keep.add_argument("--maps", default="facts,last",
+                      help="segments with full maps: none, all, or e.g. '0,2-4,every:10,facts,last'")
+    keep.add_argument("--layers", type=int, nargs="+", help="layers with full maps (default all)")
+    keep.add_argument("--heads", type=int, nargs="+", help="heads with full maps (default all)")
+    keep.add_argument("--top-k", type=int, default=d.top_k, help="tokens written per memory slot to list")
+    keep.add_argument("--keep-memory", action="store_true", help="store every segment's memory state")
+    keep.add_argument("--budget-mib", type=float, default=d.budget_mib, help="trace data held in RAM at most")
+    keep.add_argument("--map-dtype", default=d.map_dtype, help="float32 or float16")
+    p.add_argument("--out", help="trace folder to write (required unless --bench)")
+    p.add_argument("--overwrite", action="store_true", help="replace a trace already in --out")
+    bench = p.add_argument_group("benchmark (instead of a trace)")
+    bench.add_argument("--bench", action="store_true",
+                       help="print the recorder's overhead vs recording off, and a 1M-token trace's peak memory")
+    bench.add_argument("--bench-backbones", nargs="+", default=["minilm", "small-bert"])
+    bench.add_argument("--bench-segments", type=int, default=40, help="segments per timed run")
+    bench.add_argument("--bench-repeats", type=int, default=7, help="alternating untraced/traced runs")
+    bench.add_argument("--bench-threads", type=int, nargs="+", default=[1, 2], help="torch threads to measure with")
+    bench.add_argument("--bench-pairs", type=int, default=30, help="paired segments for the per-segment cost")
+    bench.add_argument("--bench-tokens", type=int, default=1_000_000, help="length of the long trace (0: skip)")
+    bench.add_argument("--bench-long-backbone", default="minilm", help="backbone of the long trace")
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    if args.bench:
+        return _run_trace_bench(args)
+    if not args.out:
+        print("rmt-lab trace: error: --out is required (the trace folder to write)", file=sys.stderr)
+        return 2
+    import time
+
+    import torch
+
+    from rmt_lab.config import ConfigError, from_dict
+    from rmt_lab.model import RecurrentWrapper, RMTConfig
+    from rmt_lab.tasks import NoiseError, TaskConfig, TaskGenerator
+    from rmt_lab.trace import TraceConfig, TraceBudgetError, fact_alignment, record
+
+    try:
+        config = from_dict(TraceConfig, {
+            "segments": args.maps, "layers": args.layers, "heads": args.heads, "top_k": args.top_k,
+            "keep_memory": args.keep_memory, "budget_mib": args.budget_mib, "map_dtype": args.map_dtype,
+        })
+        if args.checkpoint:
+            model = RecurrentWrapper.from_pretrained(args.checkpoint)
+        else:
+            model = RecurrentWrapper.from_backbone(args.backbone, RMTConfig(
+                num_mem_tokens=args.num_mem, segment_size=args.segment_size, num_classes=6))
+        model.eval()
+        size = model.config.segment_size  # a checkpoint brings its own
+        unit, length = ("tokens", args.tokens) if args.tokens is not None else ("segments", args.segments or 4)
+        task = TaskConfig(task=args.task, segment_size=size, length=length, unit=unit, placement=args.placement,
+                          seed=args.seed, noise=args.noise)
+        generator = TaskGenerator(task)
+        samples = [generator.sample(args.split, i) for i in range(args.samples)]
+        start = time.perf_counter()
+        out, trace = record(model, samples, config, out=args.out, overwrite=args.overwrite)
+        seconds = time.perf_counter() - start
+    except (ConfigError, NoiseError, ValueError, FileExistsError, TraceBudgetError) as err:
+        print(f"rmt-lab trace: error: {err}", file=sys.stderr)
+        return 2
+    n_tokens = samples[0].n_tokens * len(samples)
+    correct = int((out.logits.argmax(-1) == torch.tensor([s.label for s in samples])).sum())
+    print(f"traced {len(samples)} {task.task} sample(s) of {samples[0].n_tokens:,} tokens ({trace.n_segments:,} "
+          f"segments) through {model.cell.backbone_name!r} in {seconds:.1f} s ({n_tokens / seconds:,.0f} tokens/s); "
+          f"answered {correct}/{len(samples)}")
+    print(f"full maps kept for segments {trace.map_segments}; facts in segments "
+          f"{sorted({seg for s in samples for span in s.facts for seg in span.segments})}")
+    profile = fact_alignment(trace.summaries).groupby(["segment", "has_fact"]).mean(numeric_only=True)
+    profile = profile.drop(columns=["sample"]).reset_index()
+    shown = profile if len(profile) <= 12 else profile.iloc[list(range(6)) + list(range(len(profile) - 6,
+                                                                                           len(profile)))]
+    print("per segment, mean over samples, layers and heads:")
+    print(shown.to_string(index=False, float_format="{:.3f}".format))
+    print(f"wrote {args.out}: trace.json, summaries.parquet ({len(trace.summaries):,} rows), written.parquet, "
+          f"maps/ (load with rmt_lab.trace.Trace.load)")
+    return 0
+
+
+def _run_trace_bench(args: argparse.Namespace) -> int:
+    from rmt_lab.trace.bench import million_in_subprocess, overhead_ratio, own_time_share, segment_overhead
+
+    print(f"recorder overhead: summaries for every segment vs recording off ({args.bench_segments} segments per "
+          f"run, {args.bench_repeats} alternating pairs; batch 1, 10 memory tokens, segment 499). Ratios: median of "
+          "the pairs (min-max), and best of n (fastest traced run / fastest plain run)")
+    print(f"{'backbone':<11} {'threads':>7} {'load':>5} {'plain ms/seg':>12} {'traced ms/seg':>13} "
+          f"{'wall: median (min-max)':>23} {'best':>6} {'cpu: median (min-max)':>23} {'best':>6}")
+    for threads in args.bench_threads:
+        for backbone in args.bench_backbones:
+            r = overhead_ratio(backbone, n_segments=args.bench_segments, repeats=args.bench_repeats, threads=threads)
+            wall = f"{r['ratio']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+            cpu = f"{r['cpu_ratio']:.3f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"
+            print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['plain_ms_per_segment']:>12.1f} "
+                  f"{r['traced_ms_per_segment']:>13.1f} {wall:>23} {r['best_ratio']:>6.3f} {cpu:>23} "
+                  f"{r['best_cpu_ratio']:>6.3f}")
+    print(f"\nper segment, paired inside one recording (CPU time, {args.bench_pairs} pairs, median and quartiles):")
+    print(f"{'backbone':<11} {'threads':>7} {'load':>5} {'plain ms':>9} {'traced ms':>9} {'extra ms':>8} "
+          f"{'ratio (q1-q3)':>20}")
+    for threads in args.bench_threads:
+        for backbone in args.bench_backbones:
+            r = segment_overhead(backbone, n_pairs=args.bench_pairs, threads=threads)
+            ratio = f"{r['ratio']:.3f} ({r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})"
+            print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['plain_ms']:>9.1f} "
+                  f"{r['traced_ms']:>9.1f} {r['extra_ms']:>8.2f} {ratio:>20}")
+    print(f"\nthe recorder's own time over the model's, in the same traced runs ({args.bench_segments} segments, "
+          "median (min-max) of 3 runs):")
+    print(f"{'backbone':<11} {'threads':>7} {'load':>5} {'own ms/seg':>10} {'share':>22}")
+    for threads in args.bench_threads:
+        for backbone in args.bench_backbones:
+            r = own_time_share(backbone, n_segments=args.bench_segments, threads=threads)
+            share = f"{r['share']:.3f} ({r['share_min']:.3f}-{r['share_max']:.3f})"
+            print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['own_ms_per_segment']:>10.2f} "
+                  f"{share:>22}")
+    if args.bench_tokens:
+        r = million_in_subprocess(n_tokens=args.bench_tokens, backbone=args.bench_long_backbone)
+        print(f"\n{r['tokens']:,}-token detect_memorize trace on {r['backbone']!r} ({r['n_segments']:,} segments): "
+              f"{r['seconds']:.0f} s, {r['tokens_per_s']:,.0f} tokens/s; summaries for every segment "
+              f"({r['summary_rows']:,} rows), full maps for segments {r['map_segments']} (fact in {r['fact_segment']})")
+        print(f"peak RSS {r['peak_rss_mib']:.0f} MiB (model and task loaded: {r['rss_before_mib']:.0f} MiB); "
+              f"trace data held in RAM at most {r['peak_held_mib']:.1f} MiB of the {r['budget_mib']:.0f} MiB budget; "
+              f"trace folder {r['trace_folder_mib']:.1f} MiB (temporary, removed)")
+    return 0
+
+
 COMMANDS = {
     "info": (_add_info, _run_info, "versions, device, threads and available backbones"),
     "demo": (_add_demo, _run_demo, "stream a long random input through a pretrained RMT and print tokens/s"),
@@ -523,6 +660,7 @@ COMMANDS = {
     "train": (_add_train, _run_train, "train an RMT with the report's curriculum"),
     "eval": (_add_eval, _run_eval, "generalization matrix and long evaluation to millions of tokens"),
     "bench": (_add_bench, _run_bench, "benchmarks: FLOPs, memory and speed, RMT against full attention"),
+    "trace": (_add_trace, _run_trace, "record memory read/write/retain per segment and attention maps to a folder"),
 }
 
 

@@ -1,0 +1,268 @@
+"""Benchmarks of the recorder: its overhead against recording off, and a million-token trace's memory.
+
+Overhead is a ratio measured in one process: untraced and traced runs of the same segments
+alternate (the order flips every repeat, so drift in machine load falls on both). Reported: the median
+of the per-pair ratios with its spread, and the ratio of the fastest runs ("best of n"), for wall time
+and process CPU time. On a shared machine the best-of-n CPU-time ratio with one thread is the steadiest
+(a preempted single thread stops its CPU clock; two threads spin while waiting for each other).
+
+The million-token trace runs in a fresh process (peak RSS is a process-wide high-water mark):
+a detect_memorize sample streamed from the task generator, summaries for every segment, full maps
+for 4 segments (the fact's segment among them) spilled to a trace folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from rmt_lab.model import RecurrentWrapper, RMTConfig
+from rmt_lab.trace.config import TraceConfig
+from rmt_lab.trace.recorder import Recorder
+from rmt_lab.trace.store import SUMMARIES_FILE
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def overhead_ratio(backbone: str = "minilm", n_segments: int = 10, repeats: int = 7, segment_size: int = 499,
+                   num_mem_tokens: int = 10, batch: int = 1, config: TraceConfig | None = None,
+                   seed: int = 0, threads: int | None = None) -> dict:
+    """Time of `n_segments` segments with summaries for every segment, over the same run untraced."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _overhead_ratio(backbone, n_segments, repeats, segment_size, num_mem_tokens, batch, config, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _overhead_ratio(backbone, n_segments, repeats, segment_size, num_mem_tokens, batch, config, seed) -> dict:
+    torch.manual_seed(seed)
+    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
+                                                               segment_size=segment_size)).eval()
+    g = torch.Generator().manual_seed(seed)
+    segments = [torch.randint(1000, 29000, (batch, segment_size), generator=g) for _ in range(n_segments)]
+    config = config or TraceConfig()
+
+    def plain():
+        model.stream(iter(segments))
+
+    def traced():
+        with Recorder(model, config):
+            model.stream(iter(segments))
+
+    times = {"plain": [], "traced": [], "plain_cpu": [], "traced_cpu": []}
+    with torch.inference_mode():
+        plain(), traced()  # warm-up: allocator, kernels, the weights digest
+        for r in range(repeats):
+            for name, run in (("plain", plain), ("traced", traced))[:: 1 if r % 2 == 0 else -1]:
+                wall, cpu = time.perf_counter(), time.process_time()
+                run()
+                times[name].append(time.perf_counter() - wall)
+                times[name + "_cpu"].append(time.process_time() - cpu)
+    ratios = [t / p for p, t in zip(times["plain"], times["traced"])]
+    cpu_ratios = [t / p for p, t in zip(times["plain_cpu"], times["traced_cpu"])]
+    return {
+        "backbone": backbone, "segment_size": segment_size, "num_mem_tokens": num_mem_tokens, "batch": batch,
+        "n_segments": n_segments, "repeats": repeats, "threads": torch.get_num_threads(),
+        "plain_ms_per_segment": statistics.median(times["plain"]) / n_segments * 1e3,
+        "traced_ms_per_segment": statistics.median(times["traced"]) / n_segments * 1e3,
+        "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "cpu_ratio": statistics.median(cpu_ratios), "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios),
+        "best_ratio": min(times["traced"]) / min(times["plain"]),
+        "best_cpu_ratio": min(times["traced_cpu"]) / min(times["plain_cpu"]),
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def segment_overhead(backbone: str = "minilm", n_pairs: int = 30, segment_size: int = 499, num_mem_tokens: int = 10,
+                     batch: int = 1, threads: int | None = 1, seed: int = 0) -> dict:
+    """Per-segment cost of recording, paired segment by segment inside one recording: each segment runs
+    once through the hooked cell with the recorded attention and once through `cell.forward` (no hooks)
+    with sdpa restored, in alternating order. Drift in machine load then hits both halves of a pair
+    alike; the median pair ratio is reported. Per-recording costs (entering, writing tables) are left
+    out: they do not grow with the input."""
+    from rmt_lab.trace.attention import TRACE_IMPL
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
+                                                               segment_size=segment_size)).eval()
+    seg = torch.randint(1000, 29000, (batch, segment_size), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(seg, dtype=torch.bool)
+    hf = model.cell.model.config
+    plain, traced = [], []
+    try:
+        with torch.inference_mode(), Recorder(model, TraceConfig()):
+            memory = model.init_memory(batch)
+            for i in range(n_pairs + 2):
+                for mode in ("traced", "plain")[:: 1 if i % 2 == 0 else -1]:
+                    hf._attn_implementation = TRACE_IMPL if mode == "traced" else "sdpa"
+                    start = time.process_time()
+                    out = model.cell(seg, mask, memory) if mode == "traced" else model.cell.forward(seg, mask, memory)
+                    (traced if mode == "traced" else plain).append(time.process_time() - start)
+                    if mode == "traced":
+                        memory = out.memory
+                hf._attn_implementation = TRACE_IMPL
+    finally:
+        torch.set_num_threads(previous)
+    plain, traced = plain[2:], traced[2:]  # warm-up pairs
+    ratios = [t / p for p, t in zip(plain, traced)]
+    return {
+        "backbone": backbone, "threads": threads or previous, "n_pairs": n_pairs,
+        "plain_ms": statistics.median(plain) * 1e3, "traced_ms": statistics.median(traced) * 1e3,
+        "ratio": statistics.median(ratios), "ratio_q1": statistics.quantiles(ratios, n=4)[0],
+        "ratio_q3": statistics.quantiles(ratios, n=4)[2], "extra_ms": statistics.median(
+            [t - p for p, t in zip(plain, traced)]) * 1e3, "load_average": os.getloadavg()[0],
+    }
+
+
+class _TimedRecorder(Recorder):
+    """A Recorder that adds up the time spent in its own work: the hooks, and its attention function
+    minus the model's own fused attention call inside it."""
+
+    own = 0.0
+
+    def _timed(self, method, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self.own += time.perf_counter() - start
+
+    def _before(self, *args, **kwargs):
+        return self._timed(super()._before, *args, **kwargs)
+
+    def _after(self, *args, **kwargs):
+        return self._timed(super()._after, *args, **kwargs)
+
+    def attend(self, *args, **kwargs):
+        return self._timed(super().attend, *args, **kwargs)
+
+    def _fused(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return super()._fused(*args, **kwargs)
+        finally:
+            self.own -= time.perf_counter() - start
+
+    def __exit__(self, *exc):
+        return self._timed(super().__exit__, *exc)
+
+
+def own_time_share(backbone: str = "minilm", n_segments: int = 20, repeats: int = 3, segment_size: int = 499,
+                   num_mem_tokens: int = 10, batch: int = 1, threads: int | None = None, seed: int = 0) -> dict:
+    """The recorder's own time over the model's time in the same traced runs: (own) / (total - own).
+
+    Unlike an A/B ratio of two runs, both parts come from the same seconds, so machine load moves them
+    together; it leaves out indirect costs (caches), which the A/B ratios include."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
+                                                               segment_size=segment_size)).eval()
+    g = torch.Generator().manual_seed(seed)
+    segments = [torch.randint(1000, 29000, (batch, segment_size), generator=g) for _ in range(n_segments)]
+    shares, owns = [], []
+    try:
+        with torch.inference_mode():
+            for r in range(repeats + 1):
+                rec = _TimedRecorder(model, TraceConfig())
+                start = time.perf_counter()
+                with rec:
+                    model.stream(iter(segments))
+                total = time.perf_counter() - start
+                if r:  # the first run warms up
+                    shares.append(rec.own / (total - rec.own))
+                    owns.append(rec.own / n_segments)
+    finally:
+        torch.set_num_threads(previous)
+    return {"backbone": backbone, "threads": threads or previous, "n_segments": n_segments,
+            "own_ms_per_segment": statistics.median(owns) * 1e3, "share": statistics.median(shares),
+            "share_min": min(shares), "share_max": max(shares), "load_average": os.getloadavg()[0]}
+
+
+def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_size: int = 499,
+                  num_mem_tokens: int = 10, budget_mib: float = 256.0, out: str | None = None) -> dict:
+    """Trace one long detect_memorize sample: summaries everywhere, full maps of 4 segments; peak memory.
+    Without `out` the trace goes to a temporary folder, removed once measured."""
+    from rmt_lab.tasks import TaskConfig, TaskGenerator
+
+    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
+                                                               segment_size=segment_size, num_classes=6)).eval()
+    sample = TaskGenerator(TaskConfig(task="detect_memorize", segment_size=segment_size, length=n_tokens,
+                                      unit="tokens")).sample("test", 0)
+    n_seg = sample.n_segments
+    fact_segment = sample.facts[0].segments[0]
+    chosen = {fact_segment}
+    for s in (0, n_seg // 2, n_seg - 1, 1, n_seg // 4):
+        if len(chosen) < 4:
+            chosen.add(s)
+    config = TraceConfig(segments=",".join(str(s) for s in sorted(chosen)), budget_mib=budget_mib)
+    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="rmt-trace-"))
+    rss_before = _rss_mib()
+    start = time.perf_counter()
+    with torch.inference_mode(), Recorder(model, config, out=folder, facts=[sample], n_segments=n_seg,
+                                          overwrite=True) as rec:
+        model.stream((seg.unsqueeze(0) for seg in sample.iter_segments()), n_segments=n_seg)
+    seconds = time.perf_counter() - start
+    peak_rss = _rss_mib()  # before anything is read back
+    trace = rec.trace
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    summary_rows = pq.ParquetFile(folder / SUMMARIES_FILE).metadata.num_rows
+    if out is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "backbone": backbone, "tokens": n_tokens, "n_segments": n_seg, "seconds": seconds,
+        "tokens_per_s": n_tokens / seconds, "map_segments": trace.map_segments, "fact_segment": fact_segment,
+        "summary_rows": summary_rows, "peak_rss_mib": peak_rss, "rss_before_mib": rss_before,
+        "peak_held_mib": rec.peak_held_mib, "budget_mib": budget_mib, "trace_folder_mib": size / 2**20,
+        "folder": str(folder) if out else None, "threads": torch.get_num_threads(),
+    }
+
+
+def million_in_subprocess(**kwargs) -> dict:
+    """`million_trace` in a fresh process, so its peak RSS is the trace's alone."""
+    args = [sys.executable, "-m", "rmt_lab.trace.bench"]
+    for key, value in kwargs.items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"million-token trace failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="million-token trace, for million_in_subprocess")
+    parser.add_argument("--n-tokens", type=int, default=1_000_000)
+    parser.add_argument("--backbone", default="minilm")
+    parser.add_argument("--segment-size", type=int, default=499)
+    parser.add_argument("--num-mem-tokens", type=int, default=10)
+    parser.add_argument("--budget-mib", type=float, default=256.0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    print(json.dumps(million_trace(args.n_tokens, args.backbone, args.segment_size, args.num_mem_tokens,
+                                   args.budget_mib, args.out)))
+
+
+if __name__ == "__main__":
+    main()

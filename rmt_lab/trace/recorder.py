@@ -1,0 +1,513 @@
+"""The recorder: a context manager that traces an RMT's memory while it runs, segment by segment.
+
+    with Recorder(model, TraceConfig(segments="facts,last"), out="runs/trace", facts=samples) as rec:
+        model.stream(segments)
+    rec.trace.summaries        # tidy DataFrame, every segment
+    rec.trace.pattern(3, 0)    # (batch, heads, L, L) full map of segment 3, layer 0 (read lazily)
+
+It hooks from outside the model: a forward pre-hook and a forward hook on `model.cell` (one call
+per segment, in order) and, for the duration only, the backbone's attention implementation set to
+"rmt_trace" (see rmt_lab/trace/attention.py). Both are undone in `finally`, whatever happens. The
+cell calls inside one `with` block form one recording: segment indices count up across them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import rmt_lab
+from rmt_lab.config import to_dict
+from rmt_lab.trace import attention
+from rmt_lab.trace.attention import (
+    TRACE_IMPL, FloatMask, full_probs, fused_attention, lse_path_ok, mean_over_content, read_mass, read_scores,
+    row_metrics, row_probs, row_scores,
+)
+from rmt_lab.trace.config import MIB, TraceConfig
+from rmt_lab.trace.layout import LayoutCache, position_labels
+from rmt_lab.trace.names import hook_name
+from rmt_lab.trace.store import (
+    FORMAT_VERSION, INDEX_FILE, SUMMARIES_FILE, WRITTEN_FILE, Trace, TraceBudgetError, TraceWriter, model_fingerprint,
+)
+from rmt_lab.trace.summaries import empty_summaries, memory_dynamics, summary_frame, written_frame
+
+CHUNK_SEGMENTS = 256  # summaries are turned into table rows (and streamed to disk) this many segments at a time
+GROUP_BYTES = 8 * MIB  # scratch for the answer/writer rows of consecutive segments, summarized together
+MAX_GROUP = 32  # most segments summarized together (small models: a few tensor ops per group, not per segment)
+
+
+@contextlib.contextmanager
+def own_threads(n: int | None):
+    """Run the recorder's own small tensor ops on `n` threads (None: leave the setting alone). On a busy
+    machine each parallel region waits for a preempted thread: a softmax over the summary rows took
+    0.3 ms on one thread and 1.7 ms on two with other jobs running; idle, two threads are ~1.5x faster.
+    The model's own ops keep their threads: the setting is restored before the model continues."""
+    threads = torch.get_num_threads()
+    if n is None or n == threads:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fact_positions(samples: Sequence) -> list[list[int]]:
+    """Content positions of every fact token of each sample (objects with `.facts` Spans, e.g. task Samples)."""
+    return [[p for span in s.facts for p in span.positions] for s in samples]
+
+
+class Recorder:
+    """Records memory read/write/retain summaries for every segment and full maps for selected ones.
+
+    model: a RecurrentWrapper. out: trace folder (maps and memory states spill there; None keeps the
+    trace in RAM within the budget). facts: per batch row, the content positions of fact tokens (or
+    task Samples), enabling fact alignment and the "facts" segment selection. n_segments: the stream's
+    length, needed only for the "last" selection.
+    """
+
+    def __init__(self, model, config: TraceConfig | None = None, out: str | Path | None = None,
+                 facts: Sequence | None = None, n_segments: int | None = None, overwrite: bool = False,
+                 fused: str = "auto"):
+        self.model = model
+        self.config = config if config is not None else TraceConfig()
+        self.out = Path(out) if out is not None else None
+        self.overwrite = overwrite
+        self.n_segments = n_segments
+        if fused not in ("auto", "lse", "channel"):
+            raise ValueError(f"fused={fused!r} is not allowed; allowed values: ['auto', 'lse', 'channel']")
+        self.fused = fused  # how the read mass leaves the fused kernel: lse (CPU), an extra channel, auto
+        if facts is not None and len(facts) and hasattr(facts[0], "facts"):
+            facts = fact_positions(facts)
+        self.facts = facts
+        self.trace: Trace | None = None
+        self.seconds = 0.0
+        self._handles: list = []
+        self._hf_config = None
+        self._old_impl = None
+        self.layout = None  # the current segment's SegmentLayout, while a cell call runs
+
+    # ------------------------------------------------------------------ setup
+    def _check(self) -> None:
+        model, c = self.model, self.config
+        if not hasattr(model, "cell") or not hasattr(model.cell, "layout"):
+            raise TypeError(f"Recorder needs an rmt_lab RecurrentWrapper, got {type(model).__name__}")
+        cell = model.cell
+        hf = cell.model.config
+        self.n_layers, self.n_heads = int(hf.num_hidden_layers), int(hf.num_attention_heads)
+        self.n_mem = int(cell.config.num_mem_tokens)
+        if self.n_mem < 1:
+            raise ValueError("the model has no memory tokens (RMTConfig.num_mem_tokens=0): there is no memory to trace")
+        for name, n in (("layers", self.n_layers), ("heads", self.n_heads)):
+            chosen = getattr(c, name)
+            bad = [i for i in (chosen or ()) if not 0 <= i < n]
+            if bad:
+                raise ValueError(
+                    f"TraceConfig.{name}={list(chosen)}: {name[:-1]} {bad} does not exist; backbone "
+                    f"{cell.backbone_name!r} has {n} {name} (0..{n - 1})"
+                )
+        self.map_layers = tuple(c.layers) if c.layers is not None else tuple(range(self.n_layers))
+        self.map_heads = list(c.heads) if c.heads is not None else list(range(self.n_heads))
+        self.selection = c.selection
+        if self.selection.last and self.n_segments is None:
+            raise ValueError("TraceConfig.segments includes 'last', which needs Recorder(n_segments=...): "
+                             "a stream does not say where it ends")
+        if self.selection.facts and self.facts is None:
+            raise ValueError("TraceConfig.segments includes 'facts', which needs Recorder(facts=...)")
+        if getattr(model, "checkpoint_segments", False) and torch.is_grad_enabled():
+            raise ValueError("recording with checkpoint_segments and gradients would count every recomputed segment "
+                             "twice; record under torch.no_grad() or turn checkpoint_segments off")
+        if id(hf) in attention._SESSIONS:
+            raise RuntimeError("this model is already being recorded by another Recorder")
+        # The attention modules: they carry their layer index and share the backbone config (BERT, GPT-2).
+        self.attn_modules = [m for m in cell.model.modules() if "layer_idx" in m.__dict__ and m.__dict__.get("config")
+                             is hf]
+        if len(self.attn_modules) != self.n_layers:
+            raise RuntimeError(f"found {len(self.attn_modules)} attention modules in backbone "
+                               f"{cell.backbone_name!r}, expected {self.n_layers} (one per layer)")
+        if self.out is not None and (self.out / INDEX_FILE).exists():
+            if not self.overwrite:
+                raise FileExistsError(f"{self.out} already holds a trace; pass overwrite=True or another folder")
+            for part in ("maps", "memory"):
+                shutil.rmtree(self.out / part, ignore_errors=True)
+            for part in (INDEX_FILE, SUMMARIES_FILE, WRITTEN_FILE):
+                (self.out / part).unlink(missing_ok=True)
+
+    def __enter__(self) -> Recorder:
+        self._check()
+        cell = self.model.cell
+        c = self.config
+        index = {
+            "format_version": FORMAT_VERSION,
+            "rmt_lab_version": rmt_lab.__version__,
+            "model": model_fingerprint(self.model),
+            "config": to_dict(c),
+            "layout": cell.layout,
+            "num_mem_tokens": self.n_mem,
+            "prefix_len": int(cell.prefix_len),
+            "segment_size": int(cell.config.segment_size),
+            "facts": [list(map(int, f)) for f in self.facts] if self.facts is not None else None,
+            "tensors": {},
+            "segments": {},
+        }
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.writer = TraceWriter(self.out, c.budget_bytes, index)
+        self.segment = 0
+        self.batch = None
+        self.starts = None
+        self._buffer: list[dict] = []
+        self._scratch, self._scratch_key = None, None
+        self._pending: list[dict] = []
+        self._row_bytes = 0
+        self._bias_for, self._bias = None, None
+        self._total_checked = False
+        # Summaries wait in RAM this many segments (their memory states included) before becoming table rows.
+        self._chunk = CHUNK_SEGMENTS
+        self._float_mask = FloatMask()
+        self._map_dtype = getattr(torch, c.map_dtype)
+        self._tokenizer = None
+        self._layer_of = {id(m): i for i, m in enumerate(self.attn_modules)}
+        self._started = time.perf_counter()
+        try:
+            self._handles.append(cell.register_forward_pre_hook(self._before, with_kwargs=True))
+            self._handles.append(cell.register_forward_hook(self._after, with_kwargs=True))
+            self._hf_config = cell.model.config
+            self._old_impl = self._hf_config._attn_implementation
+            attention._SESSIONS[id(self._hf_config)] = self
+            self._hf_config._attn_implementation = TRACE_IMPL
+        except BaseException:
+            self._detach()
+            raise
+        return self
+
+    def _detach(self) -> None:
+        """Undo every change to the model; safe to call twice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._hf_config is not None:
+            attention._SESSIONS.pop(id(self._hf_config), None)
+            if self._hf_config._attn_implementation == TRACE_IMPL:
+                self._hf_config._attn_implementation = self._old_impl
+            self._hf_config = None
+        self.layout = None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._detach()
+        finally:
+            if exc_type is None:
+                self._flush_tables()
+                self.writer.index["n_segments"] = self.segment
+                self.writer.index["batch"] = self.batch or 0
+                self.writer.index["peak_held_mib"] = self.writer.peak_held / MIB
+                self.trace = self.writer.finish({SUMMARIES_FILE: empty_summaries, WRITTEN_FILE: _empty_written})
+            else:
+                self.writer.abort()
+            self.seconds = time.perf_counter() - self._started
+        return False
+
+    @property
+    def peak_held_mib(self) -> float:
+        """Most trace data held in RAM at once during the recording."""
+        return self.writer.peak_held / MIB
+
+    # ------------------------------------------------------------------ per segment
+    def _before(self, cell, args, kwargs):
+        input_ids, attention_mask, memory = _cell_args(args, kwargs)
+        batch = input_ids.shape[0]
+        if self.batch is None:
+            self._first_segment(cell, batch, input_ids.device)
+        elif batch != self.batch:
+            raise ValueError(f"segment {self.segment} has batch {batch}; this recording started with {self.batch}")
+        self.layout = self._layouts.get(attention_mask, self.starts)
+        if self._pending and self._pending[0]["lay"] is not self.layout:
+            self._summarize_pending()  # a group shares one layout (and so one scratch shape)
+        want = self.selection.wants(self.segment, self.n_segments, self.layout.any_fact)
+        self.capture_layers = self.map_layers if want else ()
+        if want:
+            self._check_map_budget(self.layout.n_positions)
+        self._ids = input_ids
+        self._memory_in = memory
+        self._seen = [False] * self.n_layers
+        self._kept_maps = False
+
+    def _first_segment(self, cell, batch: int, device: torch.device) -> None:
+        self.batch = batch
+        self.starts = [0] * batch
+        if self.facts is not None and len(self.facts) != batch:
+            raise ValueError(f"facts were given for {len(self.facts)} samples but the input has batch {batch}")
+        self._layouts = LayoutCache(cell.layout, self.n_mem, cell.prefix_len, cell.config.segment_size, self.facts,
+                                    device)
+        self._use_lse = {"auto": None, "lse": True, "channel": False}[self.fused]
+        # What one buffered segment keeps until its table rows are made: stats, top-k, memory in/out, token ids.
+        c, d = self.config, cell.d_model
+        self._row_bytes = batch * (self.n_layers * (self.n_heads * 7 * 4 + self.n_mem * c.top_k * 16)
+                                   + 2 * self.n_mem * d * 4 + cell.config.segment_size * 8)
+        self._chunk = int(max(1, min(CHUNK_SEGMENTS, c.budget_bytes // 8 // self._row_bytes)))
+
+    def _check_map_budget(self, n_positions: int) -> None:
+        """Refuse, before computing them, maps that cannot fit: one segment's over the budget, or (in RAM,
+        when the selection's size is known) all of them."""
+        itemsize = torch.finfo(self._map_dtype).bits // 8
+        per_layer = self.batch * len(self.map_heads) * n_positions**2 * itemsize
+        per = per_layer * len(self.map_layers)
+        how = (f"batch {self.batch} x {len(self.map_heads)} heads x {n_positions}^2 positions x "
+               f"{len(self.map_layers)} layers x {itemsize} bytes")
+        budget = self.config.budget_mib
+        if self.out is not None and per_layer > self.config.budget_bytes:  # spilled layer by layer
+            raise TraceBudgetError(
+                f"the full map of one selected layer needs {per_layer / MIB:.1f} MiB (batch {self.batch} x "
+                f"{len(self.map_heads)} heads x {n_positions}^2 positions x {itemsize} bytes), over the trace budget "
+                f"of {budget:.1f} MiB (TraceConfig.budget_mib); select fewer heads or raise budget_mib"
+            )
+        if self.out is None and per > self.config.budget_bytes:
+            raise TraceBudgetError(
+                f"the full maps of one selected segment need {per / MIB:.1f} MiB ({how}), over the trace budget of "
+                f"{budget:.1f} MiB (TraceConfig.budget_mib); give the recorder a folder (out=...) to spill them layer "
+                "by layer, select fewer layers or heads, or raise budget_mib"
+            )
+        if self.out is None and not self._total_checked:
+            self._total_checked = True
+            count = self.selection.count(self.n_segments)
+            if count is not None and count * per > self.config.budget_bytes:
+                raise TraceBudgetError(
+                    f"the selection keeps full maps of {count} segments, {count * per / MIB:.1f} MiB in all "
+                    f"({per / MIB:.1f} MiB each: {how}), over the trace budget of {budget:.1f} MiB; give the recorder "
+                    "a folder (out=...) to spill maps to disk, select fewer segments, layers or heads, or raise "
+                    "budget_mib"
+                )
+
+    def attend(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
+        """Called by the registered attention function for every layer of a recorded segment."""
+        lay, c = self.layout, self.config
+        layer = self._layer_of[id(module)]
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        self._scale = scale
+        capture = layer in self.capture_layers
+        if not c.summaries:  # full maps only: the model's own sdpa call, maps computed beside it
+            out, _ = attention.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                                      scaling=scaling, is_causal=is_causal, **kwargs)
+            if capture:
+                self._capture(module, query, key, attention_mask, scale, is_causal, layer)
+            return out, None
+        if self._use_lse is None:  # "auto": decided once, on the first layer of the recording
+            self._use_lse = lse_path_ok(query, key, value, kwargs)
+        use_lse = self._use_lse
+        rows, reads, lses = self._buffers(query, lay)
+        out, read, lse = self._fused(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
+                                     use_lse)
+        with torch.no_grad(), own_threads(c.own_threads):
+            q, k = query.detach(), key.detach()
+            row_scores(q, k, lay, out=rows[layer])
+            if lse is None:
+                reads[layer, :, :, 0] = read  # the mass itself (extra-channel path)
+            else:
+                read_scores(q, k, lay.content_rows, lay.read_keys, out=reads[layer])
+                lses[layer] = lse
+            self._seen[layer] = True
+        if capture:
+            self._capture(module, query, key, attention_mask, scale, is_causal, layer)
+        return out, None
+
+    def _fused(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs, use_lse):
+        """The model's own attention call (what plain sdpa would do), plus the lse or read mass."""
+        lay = self.layout
+        return fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
+                               lay.read_keys, lay.content_rows, self._float_mask, use_lse)
+
+    def _capture(self, module, query, key, attention_mask, scale, is_causal, layer) -> None:
+        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        with torch.no_grad():
+            maps = full_probs(query.detach(), key.detach(), attention_mask, scale, bool(causal))
+        self.writer.add_map(self.segment, layer, maps[:, self.map_heads].to(self._map_dtype).cpu())
+        self._kept_maps = True
+
+    def _buffers(self, query: Tensor, lay) -> tuple[Tensor, Tensor, Tensor]:
+        """This segment's slot of the group scratch, each layer writing its part in place: answer/writer row
+        scores (layers, batch, heads, 1 + M, L), memory keys' scores with the content-row queries
+        (layers, batch, heads, M, seg_len) and those queries' log-sum-exp (layers, batch, heads, seg_len)."""
+        key = (query.shape, lay.content_rows, query.dtype)
+        if key != self._scratch_key:
+            assert not self._pending, "a group shares one scratch shape"
+            b, h, n, _ = query.shape
+            n_read = lay.content_rows.stop - lay.content_rows.start
+            per_segment = self.n_layers * b * h * ((self.n_mem + 1) * n + (self.n_mem + 1) * n_read) * 4
+            # Working memory like the model's activations, not trace data: sized within the budget, not held.
+            group = int(max(1, min(MAX_GROUP, min(GROUP_BYTES, self.config.budget_bytes // 8) // per_segment)))
+            opts = {"dtype": query.dtype, "device": query.device}
+            self._scratch = (
+                torch.empty(group, self.n_layers, b, h, self.n_mem + 1, n, **opts),
+                torch.empty(group, self.n_layers, b, h, self.n_mem, n_read, **opts),
+                torch.empty(group, self.n_layers, b, h, n_read, dtype=torch.float32, device=query.device),
+            )
+            self._scratch_key = key
+        slot = len(self._pending)
+        return tuple(t[slot] for t in self._scratch)
+
+    def _row_bias(self, lay, heads: int) -> Tensor | None:
+        """The layout's row bias expanded over heads, built once per layout (see attention.row_probs)."""
+        if lay.all_visible:
+            return None
+        if self._bias_for is not lay:
+            self._bias_for = lay
+            self._bias = lay.row_bias.expand(-1, heads, -1, -1).contiguous()
+        return self._bias
+
+    def _after(self, cell, args, kwargs, output):
+        lay, c, seg = self.layout, self.config, self.segment
+        missing = [i for i, seen in enumerate(self._seen) if not seen]
+        if c.summaries and missing:
+            raise RuntimeError(f"segment {seg}: layers {missing} never called the recorded attention function")
+        with torch.no_grad():
+            if c.summaries:
+                self.writer.hold(self._row_bytes, f"the summaries of segment {seg}")
+                # References only: the group's summary math and the table rows come later, in bulk.
+                self._pending.append({
+                    "segment": seg, "lay": lay, "starts": self.starts, "ids": self._ids,
+                    "memory_in": self._memory_in.detach(), "memory_out": output.memory.detach(),
+                })
+                if len(self._pending) == self._scratch[0].shape[0]:
+                    self._summarize_pending()
+            if c.keep_memory:
+                self.writer.add_memory(seg, output.memory.detach().float().cpu().clone())
+            if self._kept_maps:
+                self.writer.add_segment(seg, self._map_meta())
+        self.starts = [s + n for s, n in zip(self.starts, lay.lengths_list)]
+        self.segment += 1
+        self.layout = None
+        self._kept_maps = False
+        if len(self._buffer) + len(self._pending) >= self._chunk:
+            self._flush_tables()
+
+    def _summarize_pending(self) -> None:
+        """The summary math of the pending segments, all layers and segments at once: the answer/writer
+        rows' softmax, the read mass, stats and top-k written tokens. Their rows join the table buffer."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        n, lay = len(pending), pending[0]["lay"]
+        rows, reads, lses = (t[:n] for t in self._scratch)
+        with torch.no_grad(), own_threads(self.config.own_threads):
+            probs = row_probs(rows, self._scale, lay, self._row_bias(lay, rows.shape[3]))  # (n, layers, b, h, 1+M, L)
+            if self._use_lse:
+                read = read_mass(reads, lses, self._scale)  # (n, layers, batch, heads, seg_len)
+            else:
+                read = reads[..., 0, :].float()
+            stats, values, pos = row_metrics(probs, mean_over_content(read, lay), lay, self.config.top_k)
+        for i, row in enumerate(pending):
+            row.update(stats=stats[i], top_values=None if values is None else values[i],
+                       top_pos=None if pos is None else pos[i])
+            self._buffer.append(row)
+
+    def _map_meta(self) -> dict:
+        lay = self.layout
+        if self._tokenizer is None:
+            from rmt_lab.assets import load_tokenizer
+
+            self._tokenizer = load_tokenizer()
+        labels = []
+        for b in range(self.batch):
+            n = int(lay.lengths[b])
+            tokens = self._tokenizer.convert_ids_to_tokens(self._ids[b, :n].tolist())
+            labels.append(position_labels(lay, tokens, b))
+        return {
+            "layers": list(self.map_layers),
+            "heads": list(self.map_heads),
+            "n_positions": lay.n_positions,
+            "lengths": lay.lengths.tolist(),
+            "starts": list(self.starts),
+            "has_fact": lay.has_fact.tolist(),
+            "labels": labels,
+        }
+
+    def _flush_tables(self) -> None:
+        self._summarize_pending()
+        if not self._buffer:
+            return
+        rows, self._buffer = self._buffer, []
+        self.writer.release(self._row_bytes * len(rows))
+
+        def stack(key):
+            return torch.stack([r[key] for r in rows])
+
+        def stack_lay(field):
+            return torch.stack([getattr(r["lay"], field) for r in rows]).cpu().numpy()
+
+        dyn, eff_rank = memory_dynamics(stack("memory_out"), stack("memory_in"))  # (S, batch, M, 3), (S, batch)
+        segments = np.array([r["segment"] for r in rows])
+        frame = summary_frame(segments, stack("stats").cpu().numpy(), dyn.cpu().numpy(), eff_rank.cpu().numpy(),
+                              stack_lay("active"), stack_lay("has_fact"))
+        self.writer.add_table(SUMMARIES_FILE, frame)
+        if self.config.top_k:
+            values, pos = stack("top_values").cpu().numpy(), stack("top_pos").cpu().numpy()  # (S, layers, batch, M, k)
+            offsets = pos - rows[0]["lay"].prefix_len
+            lengths = stack_lay("lengths")  # (S, batch)
+            valid = (offsets >= 0) & (offsets < lengths[:, None, :, None, None]) & (values > 0)
+            width = max(r["ids"].shape[1] for r in rows)
+            ids = np.zeros((len(rows), self.batch, max(width, 1)), dtype=np.int64)
+            for i, r in enumerate(rows):
+                ids[i, :, : r["ids"].shape[1]] = r["ids"].cpu().numpy()
+            s_i = np.arange(len(rows))[:, None, None, None, None]
+            b_i = np.arange(self.batch)[None, None, :, None, None]
+            token_ids = ids[s_i, b_i, np.clip(offsets, 0, ids.shape[-1] - 1)]  # (S, layers, batch, M, k)
+            starts = np.array([r["starts"] for r in rows])  # (S, batch)
+            written = written_frame(segments, values, offsets, starts, token_ids, valid, self.facts)
+            self.writer.add_table(WRITTEN_FILE, written)
+
+
+def _empty_written():
+    z = np.zeros((0, 1, 1, 1, 1))
+    return written_frame(np.zeros(0, np.int64), z, z.astype(int), np.zeros((0, 1), int), z.astype(int), z.astype(bool))
+
+
+def _cell_args(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor]:
+    names = ("input_ids", "attention_mask", "memory")
+    values = list(args) + [kwargs[n] for n in names[len(args):]]
+    return values[0], values[1], values[2]
+
+
+def _is_sample(x) -> bool:
+    return hasattr(x, "iter_segments") and hasattr(x, "facts")
+
+
+def record(model, inputs, config: TraceConfig | None = None, out: str | Path | None = None,
+           facts: Sequence | None = None, labels: Tensor | None = None, overwrite: bool = False,
+           attention_mask: Tensor | None = None):
+    """Run `inputs` through `model` under torch.no_grad() while recording; returns (RMTOutput, Trace).
+
+    inputs: a (batch, length) or (length,) token tensor (with its `attention_mask`, if padded), a task
+    Sample or list of Samples (facts and length are then taken from them), or an iterable of
+    (batch, <= segment_size) segments.
+    """
+    n_segments = None
+    if _is_sample(inputs):
+        inputs = [inputs]
+    if isinstance(inputs, (list, tuple)) and inputs and all(_is_sample(s) for s in inputs):
+        samples = list(inputs)
+        facts = facts if facts is not None else fact_positions(samples)
+        n_segments = samples[0].n_segments
+        if {(s.n_tokens, s.segment_size) for s in samples} != {(samples[0].n_tokens, samples[0].segment_size)}:
+            raise ValueError("samples recorded together must share their length and segment size")
+        segments: Iterable = (torch.stack(seg) for seg in zip(*(s.iter_segments() for s in samples)))
+        run = lambda: model.stream(segments, n_segments=n_segments, labels=labels)  # noqa: E731
+    elif isinstance(inputs, Tensor):
+        ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
+        longest = ids.shape[1] if attention_mask is None else int(attention_mask.sum(-1).max())
+        n_segments = -(-longest // model.config.segment_size)
+        run = lambda: model(ids, attention_mask=attention_mask, labels=labels)  # noqa: E731
+    else:
+        run = lambda: model.stream(inputs, labels=labels)  # noqa: E731
+    with torch.no_grad(), Recorder(model, config, out=out, facts=facts, n_segments=n_segments,
+                                   overwrite=overwrite) as rec:
+        output = run()
+    return output, rec.trace

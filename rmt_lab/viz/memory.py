@@ -237,7 +237,7 @@ def plot_probe_accuracy(probe: pd.DataFrame) -> Figure:
     ax.set_ylabel("probe accuracy (held-out samples)")
     if "n_train" in probe:
         ax.set_title(f"trained on {int(probe['n_train'].iloc[0])} samples per segment", fontsize="medium")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="best")
     fig.suptitle("How long does the answer survive in memory?")
     if d.empty:
         empty_axes(ax, "no probe results")

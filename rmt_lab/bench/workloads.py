@@ -1,0 +1,343 @@
+"""What one benchmark point runs, inside its own fresh process (started by `runner.run_point`).
+
+Each workload builds its model, warms up on a short input, then times the measured work and
+returns a flat dict of measurements (JSON-ready). Memory is not measured here: the parent reads the
+process's peak RSS; on CUDA the workload adds `peak_cuda_mib`.
+
+- "rmt": the RMT over a long random input, streamed segment by segment (forward, nothing kept per
+  segment), or one training step (forward + backward through the memory, full or truncated BPTT);
+  with `keep_outputs` the naive loop instead: the whole input materialized and every segment's
+  outputs kept, the way the published RMT wrapper works (the baseline of issue 8).
+- "full": the same backbone size attending over the whole input at once (random weights,
+  position table enlarged to the length: lookups cost no FLOPs), eager or sdpa attention.
+- "backbone": the bare backbone's forward over one segment's positions, repeated.
+- "matmul": this machine's fp32 matmul peak (n^3 matmul, median of repeats).
+Every workload can measure the matmul peak first (`matmul_repeats > 0`), so a ratio to the peak is
+taken in the same process, minutes apart at most.
+
+Training steps run with dropout off (modules in eval mode, gradients on). With attention dropout,
+CPU sdpa leaves its fused kernel for the math path, which materializes the L x L probabilities as
+eager does (seen here: a 2-layer, 4-head BERT step over 8,000 tokens peaked at 0.5 GiB without
+dropout, 7.4 GiB with). The step's FLOPs are the same either way, and long-context training
+commonly turns attention dropout off.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+WORKLOADS: dict[str, Callable[..., dict]] = {}
+NUM_CLASSES = 6  # the report's six places; the training loss is a classification over them
+TOKEN_RANGE = (1000, 29000)  # ordinary word ids of the shared 30522-entry vocabulary
+
+
+def workload(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
+    def register(fn: Callable[..., dict]) -> Callable[..., dict]:
+        WORKLOADS[name] = fn
+        return fn
+
+    return register
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def resolve_device(device: str = "auto") -> torch.device:
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        "cpu" if device == "auto" else device)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def rss_mib() -> float:
+    """This process's resident set now, in MiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def random_segments(n_tokens: int, segment_size: int, batch: int = 1, seed: int = 0,
+                    device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Random (batch, <= segment_size) token segments made on the fly: the input never sits in memory."""
+    g = torch.Generator().manual_seed(seed)
+    for start in range(0, n_tokens, segment_size):
+        yield torch.randint(*TOKEN_RANGE, (batch, min(segment_size, n_tokens - start)), generator=g).to(device)
+
+
+class SegmentClock:
+    """Wraps an iterable of segments and timestamps each request for the next one.
+
+    The time between two requests is what the consumer spent on one segment (producing the next
+    random segment included, a negligible share), so per-segment times of `RecurrentWrapper.stream`
+    are measured without touching the model. The request that finds the iterable exhausted closes
+    the last segment.
+    """
+
+    def __init__(self, items: Iterable, device: torch.device):
+        self._items = iter(items)
+        self._device = device
+        self._stamps: list[float] = []
+
+    def __iter__(self) -> SegmentClock:
+        return self
+
+    def __next__(self):
+        _sync(self._device)
+        self._stamps.append(time.perf_counter())
+        return next(self._items)
+
+    def times(self) -> list[float]:
+        """Seconds spent on each segment handed out."""
+        return [b - a for a, b in zip(self._stamps, self._stamps[1:])]
+
+
+def time_stats(times: list[float], prefix: str = "segment_s") -> dict[str, float]:
+    """Median and 10th / 90th percentiles (the spread) of per-step times."""
+    if not times:
+        return {f"{prefix}_median": math.nan, f"{prefix}_p10": math.nan, f"{prefix}_p90": math.nan}
+    t = torch.tensor(times, dtype=torch.float64)
+    q = torch.quantile(t, torch.tensor([0.5, 0.1, 0.9], dtype=torch.float64)).tolist()
+    return {f"{prefix}_median": q[0], f"{prefix}_p10": q[1], f"{prefix}_p90": q[2]}
+
+
+def _peak_cuda(dev: torch.device) -> dict[str, float]:
+    return {"peak_cuda_mib": torch.cuda.max_memory_allocated(dev) / 2**20} if dev.type == "cuda" else {}
+
+
+def _reset_peak_cuda(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def _common(dev: torch.device) -> dict:
+    """Taken right before the measured work: where it runs, and how busy the machine is (times depend on it)."""
+    return {"device": str(dev), "threads": torch.get_num_threads(), "baseline_rss_mib": rss_mib(),
+            "load_avg_1m": os.getloadavg()[0]}
+
+
+@workload("matmul")
+def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "auto") -> dict:
+    """fp32 matmul peak of this machine: 2*n^3 FLOPs per (n, n) @ (n, n), median over `repeats`."""
+    dev = resolve_device(device)
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    c = torch.empty(n, n, device=dev)
+    for _ in range(2):  # warm-up: thread pool, caches, clocks
+        torch.mm(a, b, out=c)
+    times = []
+    for _ in range(repeats):
+        _sync(dev)
+        start = time.perf_counter()
+        torch.mm(a, b, out=c)
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+    rates = [2 * n**3 / t / 1e9 for t in times]
+    return {
+        "matmul_peak_gflops": statistics.median(rates),
+        "matmul_peak_gflops_min": min(rates),
+        "matmul_peak_gflops_max": max(rates),
+        "matmul_n": n,
+    }
+
+
+def _maybe_peak(matmul_n: int, matmul_repeats: int, dev: torch.device) -> dict:
+    return matmul_peak(matmul_n, matmul_repeats, str(dev)) if matmul_repeats > 0 else {}
+
+
+# ------------------------------------------------------------------------------------------ the RMT
+def _rmt_model(backbone: str, num_mem: int, segment_size: int, bptt_depth: int, train: bool, dev: torch.device):
+    from rmt_lab.model import RecurrentWrapper, RMTConfig
+
+    config = RMTConfig(num_mem_tokens=num_mem, segment_size=segment_size, num_classes=NUM_CLASSES if train else 0,
+                       bptt_depth=bptt_depth if bptt_depth != 0 else -1)
+    model = RecurrentWrapper.from_backbone(backbone, config).to(dev)
+    return model.eval()  # dropout off in training steps too (module docstring)
+
+
+@workload("rmt")
+def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, segment_size: int = 499,
+            mode: str = "forward", bptt_depth: int = 0, keep_outputs: bool = False, device: str = "auto",
+            matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
+    """The RMT over `tokens` random tokens per sample (batch rows), streamed, or the naive loop.
+
+    forward: inference mode, memory carried segment to segment, nothing else kept.
+    train: one step, classification loss on the last summary, backward through the memory of the
+    last `bptt_depth` segments (-1: all of them, full BPTT as in the report); dropout off, no
+    optimizer step.
+    keep_outputs (forward only): the naive baseline, see `naive_loop`.
+    """
+    dev = resolve_device(device)
+    peak = _maybe_peak(matmul_n, matmul_repeats, dev)
+    train = mode == "train"
+    model = _rmt_model(backbone, num_mem, segment_size, bptt_depth, train, dev)
+    n_segments = math.ceil(tokens / segment_size)
+    info = {"attn_impl": model.cell.model.config._attn_implementation, "positions": model.cell.positions_per_segment}
+    if train:
+        labels = torch.randint(0, NUM_CLASSES, (batch,), device=dev)
+        warm = model.stream(random_segments(segment_size, segment_size, batch, seed=1, device=dev), n_segments=1,
+                            labels=labels)
+        warm.loss.backward()
+        model.zero_grad(set_to_none=True)
+        del warm
+        result = _common(dev)
+        _reset_peak_cuda(dev)
+        clock = SegmentClock(random_segments(tokens, segment_size, batch, device=dev), dev)
+        start = time.perf_counter()
+        out = model.stream(clock, n_segments=n_segments, labels=labels)
+        _sync(dev)
+        mid = time.perf_counter()
+        out.loss.backward()
+        _sync(dev)
+        end = time.perf_counter()
+        result.update(seconds=end - start, backward_s=end - mid, n_segments=out.n_segments, **time_stats(clock.times()))
+    else:
+        with torch.inference_mode():
+            model.stream(random_segments(2 * segment_size, segment_size, batch, seed=1, device=dev))  # warm-up
+            result = _common(dev)
+            _reset_peak_cuda(dev)
+            if keep_outputs:
+                seconds, times, out_segments, memory = naive_loop(model, tokens, batch, dev)
+                result.update(seconds=seconds, n_segments=out_segments, memory_shape=list(memory.shape),
+                              **time_stats(times))
+            else:
+                clock = SegmentClock(random_segments(tokens, segment_size, batch, device=dev), dev)
+                start = time.perf_counter()
+                out = model.stream(clock)
+                _sync(dev)
+                seconds = time.perf_counter() - start
+                result.update(seconds=seconds, n_segments=out.n_segments, memory_shape=list(out.memory.shape),
+                              **time_stats(clock.times()))
+    return {**result, **info, **peak, **_peak_cuda(dev)}
+
+
+def naive_loop(model: nn.Module, tokens: int, batch: int, dev: torch.device):
+    """The baseline of issue 8: the whole input materialized, every segment's outputs kept.
+
+    That is how the published RMT wrapper works (it returns all segments' outputs, concatenated);
+    the compute per segment is the same memory cell. Returns (seconds, per-segment times, segments, memory).
+    """
+    size = model.config.segment_size
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(*TOKEN_RANGE, (batch, tokens), generator=g).to(dev)  # (batch, tokens), all of it
+    memory = model.init_memory(batch)  # (batch, n_mem, d_model)
+    outputs, times = [], []
+    _sync(dev)
+    start = time.perf_counter()
+    for lo in range(0, tokens, size):
+        t0 = time.perf_counter()
+        seg = ids[:, lo:lo + size]  # (batch, <= segment_size)
+        out = model.cell(seg, torch.ones_like(seg, dtype=torch.bool), memory)
+        outputs.append(out)  # memory, summary, hidden states of every segment: kept
+        memory = out.memory
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    hidden = torch.cat([o.hidden for o in outputs], dim=1)  # (batch, tokens, d_model), as the wrapper returns
+    _sync(dev)
+    seconds = time.perf_counter() - start
+    del hidden
+    return seconds, times, len(outputs), memory
+
+
+# ------------------------------------------------------------------------------- full attention, bare
+def backbone_config(backbone: str, positions: int = 0):
+    """The HF config of a ready backbone, its position table enlarged to `positions` if longer."""
+    from rmt_lab.model.backbones import BACKBONES
+
+    config = copy.deepcopy(BACKBONES[backbone].make_config())
+    for key in ("max_position_embeddings", "n_positions"):  # GPT-2 aliases one to the other: set one
+        if getattr(config, key, None):
+            setattr(config, key, max(getattr(config, key), positions))
+            break
+    return config
+
+
+def plain_model(backbone: str, positions: int, attn: str) -> nn.Module:
+    """The backbone's body (no LM head, no pooler) with random weights, `positions` positions, `attn`."""
+    from transformers import AutoModel
+
+    from rmt_lab.model import adapter_for
+
+    config = backbone_config(backbone, positions)
+    kwargs = {"add_pooling_layer": False} if adapter_for(config).layout == "encoder" else {}
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # config-building notes; none matter here
+    try:
+        return AutoModel.from_config(config, attn_implementation=attn, **kwargs)
+    finally:
+        logger.setLevel(level)
+
+
+@workload("full")
+def run_full(*, backbone: str, tokens: int, batch: int = 1, attn: str = "sdpa", mode: str = "forward",
+             device: str = "auto", matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
+    """Full attention over all `tokens` at once, the backbone's size with random weights.
+
+    forward: final hidden states, inference mode. train: a 6-way classifier on one position ([CLS]
+    for an encoder, the last token for a decoder), forward + backward, dropout off, no optimizer step.
+    """
+    dev = resolve_device(device)
+    peak = _maybe_peak(matmul_n, matmul_repeats, dev)
+    train = mode == "train"
+    model = plain_model(backbone, tokens, attn).to(dev).eval()  # dropout off in training too (module docstring)
+    causal = bool(getattr(model.config, "is_decoder", False)) or model.config.model_type == "gpt2"
+    head = nn.Linear(model.config.hidden_size, NUM_CLASSES).to(dev)
+    g = torch.Generator().manual_seed(0)
+
+    def step(n: int) -> None:
+        ids = torch.randint(*TOKEN_RANGE, (batch, n), generator=g).to(dev)  # (batch, n)
+        hidden = model(input_ids=ids).last_hidden_state  # (batch, n, d_model)
+        if train:
+            logits = head(hidden[:, -1 if causal else 0])  # (batch, classes)
+            nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=dev)).backward()
+        _sync(dev)
+
+    with torch.inference_mode(not train):
+        step(min(tokens, 512))  # warm-up
+        model.zero_grad(set_to_none=True)
+        result = _common(dev)
+        _reset_peak_cuda(dev)
+        start = time.perf_counter()
+        step(tokens)
+        seconds = time.perf_counter() - start
+    return {**result, "seconds": seconds, "n_segments": 1, "attn_impl": model.config._attn_implementation, "positions": tokens, **peak,
+            **_peak_cuda(dev)}
+
+
+@workload("backbone")
+def run_backbone(*, backbone: str, positions: int, passes: int, batch: int = 1, device: str = "auto",
+                 matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
+    """The ready backbone's own forward (its weights, its default attention) over `positions`, `passes` times.
+
+    The plain call a user would make, `body(input_ids=ids)`: the reference for the RMT's time per segment.
+    """
+    from rmt_lab.model import load_backbone
+
+    dev = resolve_device(device)
+    peak = _maybe_peak(matmul_n, matmul_repeats, dev)
+    loaded = load_backbone(backbone)
+    body = loaded.adapter.body(loaded.model).to(dev).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        body(input_ids=torch.randint(*TOKEN_RANGE, (batch, positions), generator=g).to(dev))  # warm-up
+        result = _common(dev)
+        _reset_peak_cuda(dev)
+        times = []
+        start = time.perf_counter()
+        for _ in range(passes):
+            ids = torch.randint(*TOKEN_RANGE, (batch, positions), generator=g).to(dev)  # (batch, positions)
+            t0 = time.perf_counter()
+            body(input_ids=ids)
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - start
+    return {**result, "seconds": seconds, "n_segments": passes, "positions": positions,
+            "attn_impl": loaded.model.config._attn_implementation, **time_stats(times), **peak, **_peak_cuda(dev)}

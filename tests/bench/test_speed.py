@@ -1,0 +1,65 @@
+"""The speed sweep: points and their FLOPs, the speed table and its ratios, bad input."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from rmt_lab.bench.flops import forward_pass_flops, rmt_flops, total
+from rmt_lab.bench.speed import SpeedSweepConfig, speed_points, speed_sweep, speed_table
+from rmt_lab.bench.sweep import backbone_shape
+from rmt_lab.config import ConfigError, from_dict
+from tests.bench.fakes import FakeRunner
+
+TINY = dict(backbone="tiny-bert", batches=(1, 4), segments=3, matmul_n=256, matmul_repeats=3)
+
+
+def test_points_count_the_flops_the_task_needs():
+    points = speed_points(SpeedSweepConfig(**TINY))
+    assert [(p.key["batch"], p.key["method"]) for p in points] == [
+        (b, m) for b in (1, 4) for m in ("rmt", "backbone", "rmt-naive")]
+    shape = backbone_shape("tiny-bert")
+    by = {(p.key["batch"], p.key["method"]): p for p in points}
+    assert by[4, "rmt"].known["flops"] == total(rmt_flops(shape, 3 * 499, 499, 10, 4, head="none"))
+    assert by[4, "rmt-naive"].known["flops"] == by[4, "rmt"].known["flops"]
+    # The bare backbone over the same 512 positions, once per segment: equal FLOPs for full segments.
+    assert by[4, "backbone"].known["flops"] == 3 * total(forward_pass_flops(shape, 512, 4))
+    assert by[4, "backbone"].known["flops"] == by[4, "rmt"].known["flops"]
+    assert by[1, "backbone"].params["positions"] == 512 and by[1, "rmt-naive"].params["keep_outputs"]
+    assert all(p.params["matmul_repeats"] == 3 for p in points)  # every process measures its own peak
+
+
+def test_speed_table_ratios(tmp_path):
+    frame = speed_sweep(SpeedSweepConfig(**TINY), tmp_path / "speed.parquet", progress=False, runner=FakeRunner())
+    table = speed_table(frame).set_index("batch")
+    assert list(table.index) == [1, 4]
+    row = table.loc[4]
+    assert row["tokens_per_s"] == pytest.approx(4 * 3 * 499 / 2.0)
+    assert row["fraction_of_peak"] == pytest.approx(row["gflops_per_s"] / 100.0)
+    assert row["rmt_segment_over_backbone"] == pytest.approx(0.1 / 0.095)
+    assert row["rmt_over_naive"] == pytest.approx(1.0)
+    assert set(pd.read_parquet(tmp_path / "speed.parquet")["sweep"]) == {"speed"}
+
+
+def test_speed_table_without_baselines_leaves_them_out(tmp_path):
+    frame = speed_sweep(SpeedSweepConfig(**{**TINY, "methods": ("rmt",)}), tmp_path / "s.parquet",
+                        progress=False, runner=FakeRunner())
+    table = speed_table(frame)
+    assert "rmt_over_naive" not in table and not math.isnan(table["tokens_per_s"].iloc[0])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"backbone": "gpt-5"}, "unknown backbone 'gpt-5'; available backbones"),
+    ({"batches": (0,)}, "batches item must be a positive integer"),
+    ({"methods": ("rmt", "official")}, r"methods='official' is not allowed; allowed values"),
+    ({"segments": 0}, "SpeedSweepConfig.segments must be a positive integer"),
+    ({"num_mem": 40}, "exceeds the model's 512 positions"),
+])
+def test_bad_configs_fail_clearly(override, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(SpeedSweepConfig, {**TINY, **override})
+
+
+def test_speed_table_missing_fields_names_them():
+    with pytest.raises(ConfigError, match=r"speed table input is missing column\(s\)"):
+        speed_table(pd.DataFrame({"batch": [1]}))

@@ -86,6 +86,10 @@ def plot_flops(flops: pd.DataFrame, models: tuple[str, ...] | None = REPORT_OPT_
         handles.append(Line2D([], [], color="0.2", linestyle="none", marker="o", markersize=4,
                               markerfacecolor="white", label="beyond trained positions"))
     right.legend(handles=handles, loc="upper left", fontsize="small", frameon=True)
+    rmt_end = frame[(frame["method"] == "rmt") & (frame["tokens"] == frame["tokens"].max())]
+    if len(rmt_end) > 1 and rmt_end["relative_flops"].max() / rmt_end["relative_flops"].min() < 1.5:
+        right.text(0.98, 0.04, "dashed: the RMT lines of all model sizes overlap\n(linear in length, relative to each model)",
+                   transform=right.transAxes, ha="right", va="bottom", fontsize="small", color="0.3")
     fig.suptitle("Forward FLOPs versus input length: full attention against the RMT on the same OPT model")
     return fig
 

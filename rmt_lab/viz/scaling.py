@@ -106,7 +106,7 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     tasks = ordered_tasks(long_eval["task"])
     palette = dict(zip(tasks, colors(len(tasks))))
     markers = dict(zip(tasks, "osD^v<>"))
-    fig, axes = new_figure(2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
+    fig, axes = new_figure(2, 1, figsize=(9.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
     acc_ax, mem_ax = axes[:, 0]
     for task in tasks:
         d = long_eval[long_eval["task"] == task].sort_values("tokens")
@@ -126,8 +126,9 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     acc_ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label="chance (1/6)")
     acc_ax.set_ylim(0, 1.04)
     acc_ax.set_ylabel("accuracy")
-    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside upper center", ncols=4, fontsize="small")
-    fig.suptitle("Accuracy versus input length: one model per task, evaluated far past its training length")
+    acc_ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    acc_ax.set_title("Accuracy versus input length: one model per task, evaluated far past its training length",
+                     fontsize="medium")
     source = ""
     if "memory_source" in long_eval and long_eval["memory_source"].nunique() == 1:
         source = f", {long_eval['memory_source'].iloc[0]}"

@@ -55,7 +55,7 @@ def test_long_context_accuracy_and_memory_panels():
     reasoning = table[table["task"] == "reasoning"]
     assert np.allclose(lines[2].get_ydata(), reasoning["accuracy"])
     assert np.allclose([line for line in mem.get_lines() if len(line.get_xdata()) == 4][0].get_ydata(), 560.0)
-    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    legend = {t.get_text() for t in acc.get_legend().get_texts()}
     assert {"Memorize", "Detect & Memorize", "Reasoning", "chance (1/6)"} <= legend
     trained = [line for line in acc.get_lines() if line.get_linestyle() == "--"]
     assert trained and trained[0].get_xdata()[0] == pytest.approx(7 * 499)

@@ -78,3 +78,24 @@ def test_cli_figures_bad_input(tmp_path, capsys):
     assert "0 of" in text and "rmt-lab bench flops" in text
     assert main(["figures", "--results", str(empty), "--only", "fig9"]) == 2
     assert "unknown figures ['fig9']" in capsys.readouterr().err
+
+
+def test_trace_figures_from_a_recorded_trace_folder(tmp_path):
+    """The wiring to rmt_lab.trace's real files: a tiny RMT traced on 4-segment reasoning samples."""
+    pytest.importorskip("rmt_lab.trace", reason="rmt_lab.trace is not in this checkout yet")
+    from rmt_lab.model import RecurrentWrapper, RMTConfig
+    from rmt_lab.tasks import TaskConfig, TaskGenerator
+    from rmt_lab.trace import TraceConfig, collect_memory_states, probe_memory, record
+
+    model = RecurrentWrapper.from_backbone("tiny-bert", RMTConfig(num_mem_tokens=4, segment_size=16, num_classes=6))
+    generator = TaskGenerator(TaskConfig(task="reasoning", segment_size=16, length=4, unit="segments"))
+    samples = [generator.sample("test", i) for i in range(8)]
+    folder = tmp_path / "results" / "traces" / "tiny-reasoning"
+    record(model.eval(), samples, TraceConfig(segments="all", keep_memory=True), out=folder)
+    states = collect_memory_states(model, samples)
+    probe_memory(states["states"], states["labels"], states["fact_segment"], n_classes=6, steps=5).to_parquet(
+        folder / "probe.parquet")
+    names = ["fig6_memory_operations", "read_write_profile", "write_precision", "memory_trajectory", "probe_accuracy"]
+    report = render_figures(tmp_path / "results", tmp_path / "figures", only=names, formats=("png",))
+    assert [(r.name, r.error, r.missing) for r in report] == [(n, None, []) for n in names]
+    assert all(r.files and r.files[0].stat().st_size > 10_000 for r in report)

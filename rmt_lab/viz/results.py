@@ -35,8 +35,10 @@ COMMANDS = {
     "train": "rmt-lab train --config quick --task {task} --run-dir {results}/runs/quick-{task}",
     "generalization": "rmt-lab eval generalization --run {run}",
     "long": "rmt-lab eval long --run {run}",
-    "trace": "rmt-lab trace --run {results}/runs/quick-reasoning --out {results}/traces/quick-reasoning",
-    "probe": "rmt-lab trace --run {results}/runs/quick-reasoning --out {results}/traces/quick-reasoning --probe",
+    "trace": ("rmt-lab trace --checkpoint runs/quick-reasoning/checkpoints/stage-7 --task reasoning --segments 4 "
+              "--samples 8 --maps all --keep-memory --out {results}/traces/quick-reasoning"),
+    "probe": ("rmt-lab reproduce --quick (its probe step: rmt_lab.trace.probe_memory on the reasoning model's "
+              "memory states, saved as {results}/traces/quick-reasoning/probe.parquet)"),
 }
 
 
@@ -141,12 +143,12 @@ def _trace_inputs(results: Path, need: str = "summaries"):
         return None, [Missing(f"{results}/traces/<name>/trace.json", command)]
     trace = load_trace(folders[0])
     if need == "maps" and not trace.map_segments:
-        return None, [Missing(f"{str(folders[0])}/maps/ (full attention maps)", command + " --segments all")]
+        return None, [Missing(f"{folders[0]}/maps/ (full attention maps)", command)]
     if need == "memory":
         try:
             return (trace.memory_states(), trace.summaries), []
         except KeyError:
-            return None, [Missing(f"{str(folders[0])}/memory/ (memory states)", command + " --keep-memory")]
+            return None, [Missing(f"{folders[0]}/memory/ (memory states)", command)]
     return trace, []
 
 

@@ -653,6 +653,41 @@ def _run_trace_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_figures(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", default="data/results", help="results folder the figures are drawn from")
+    p.add_argument("--out", default="figures", help="folder for the PNG and SVG files")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures (see --list)")
+    p.add_argument("--list", action="store_true", help="list the figures and the inputs each one lacks, draw nothing")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any figure lacks an input")
+
+
+def _run_figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rmt_lab.viz import figure_names, format_report, missing_inputs, render_figures
+
+    if not Path(args.results).is_dir():
+        print(f"rmt-lab figures: error: results folder {args.results} does not exist; make results with "
+              "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)", file=sys.stderr)
+        return 2
+    if args.list:
+        for name, missing in missing_inputs(args.results).items():
+            print(f"{name}: " + ("ready" if not missing else "missing " + "; ".join(map(str, missing))))
+        return 0
+    try:
+        report = render_figures(args.results, args.out, only=args.only)
+    except ValueError as err:
+        print(f"rmt-lab figures: error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    drawn = sum(bool(r.files) for r in report)
+    print(f"{drawn} of {len(report)} figures drawn into {args.out}/ from {args.results}/"
+          + (f"; figures: {', '.join(figure_names())}" if not drawn else ""))
+    if any(r.error for r in report) or not drawn:
+        return 1
+    return 1 if args.strict and any(r.missing for r in report) else 0
+
+
 COMMANDS = {
     "info": (_add_info, _run_info, "versions, device, threads and available backbones"),
     "demo": (_add_demo, _run_demo, "stream a long random input through a pretrained RMT and print tokens/s"),
@@ -661,6 +696,7 @@ COMMANDS = {
     "eval": (_add_eval, _run_eval, "generalization matrix and long evaluation to millions of tokens"),
     "bench": (_add_bench, _run_bench, "benchmarks: FLOPs, memory and speed, RMT against full attention"),
     "trace": (_add_trace, _run_trace, "record memory read/write/retain per segment and attention maps to a folder"),
+    "figures": (_add_figures, _run_figures, "draw every figure that has results into figures/ (PNG and SVG)"),
 }
 
 

@@ -1,0 +1,259 @@
+"""Every figure of the project, the result files it is drawn from, and the command that makes each file.
+
+`render_figures(results, out)` draws every figure whose inputs exist into `out/` (PNG and SVG) and
+says, for each one it could not draw, which file is missing and which command makes it. Nothing
+here runs an experiment: the commands are only named (`rmt-lab reproduce` runs them).
+
+The results folder (default data/results/):
+    bench/flops.parquet                      rmt-lab bench flops            Figure 3
+    bench/memory.parquet                     rmt-lab bench memory           measured memory vs length
+    runs/<config>-<task>/metrics.parquet     rmt-lab train                  training curves
+    runs/<config>-<task>/generalization.parquet  rmt-lab eval generalization  Figure 5
+    runs/<config>-<task>/long_eval.parquet   rmt-lab eval long              Figure 1
+    traces/<name>/trace.json (+ summaries.parquet, maps/, memory/)   a recorded trace (rmt_lab.trace):
+        Figure 6 and the read/write profile, write precision and memory trajectory figures
+    traces/<name>/probe.parquet              memory probe results (rmt_lab.trace.probe_memory)
+Figure 6 is drawn from the trace folder whose name contains "reasoning" (else the first one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from rmt_lab.viz.tables import TASK_ORDER
+
+# The commands that make each input; `rmt-lab reproduce` runs them in order.
+COMMANDS = {
+    "flops": "rmt-lab bench flops",
+    "memory": "rmt-lab bench memory",
+    "train": "rmt-lab train --config quick --task {task} --run-dir {results}/runs/quick-{task}",
+    "generalization": "rmt-lab eval generalization --run {run}",
+    "long": "rmt-lab eval long --run {run}",
+    "trace": ("rmt-lab trace --checkpoint runs/quick-reasoning/checkpoints/stage-7 --task reasoning --segments 4 "
+              "--samples 8 --maps all --keep-memory --out {results}/traces/quick-reasoning"),
+    "probe": ("rmt-lab reproduce --quick (its probe step: rmt_lab.trace.probe_memory on the reasoning model's "
+              "memory states, saved as {results}/traces/quick-reasoning/probe.parquet)"),
+}
+
+
+@dataclass(frozen=True)
+class Missing:
+    """An input a figure needs that is not in the results folder, and the command that makes it."""
+
+    path: str
+    command: str
+
+    def __str__(self) -> str:
+        return f"{self.path}  (make it with: {self.command})"
+
+
+@dataclass
+class FigureResult:
+    name: str
+    title: str
+    files: list[Path] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)  # inputs absent (the figure may still be drawn, partly)
+    error: str | None = None  # the inputs exist but could not be drawn
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str  # output file stem
+    title: str
+    inputs: Callable[[Path], tuple[object | None, list[Missing]]]  # results -> (data or None, missing inputs)
+    draw: Callable[[object], dict[str, Figure]]  # data -> {stem: figure}
+
+
+# ------------------------------------------------------------------ inputs
+def run_folders(results: Path) -> dict[str, Path]:
+    """Run folders (runs/<config>-<task>/, holding config.json) by task; the first per task in name order."""
+    found: dict[str, Path] = {}
+    for config in sorted((results / "runs").glob("*/config.json")):
+        try:
+            task = json.loads(config.read_text())["task"]["task"]
+        except (ValueError, KeyError, TypeError):
+            task = config.parent.name.rsplit("-", 1)[-1]
+        found.setdefault(task, config.parent)
+    return found
+
+
+def _per_task_table(results: Path, file: str, command: str, tasks=TASK_ORDER) -> tuple[pd.DataFrame | None, list[Missing]]:
+    runs = run_folders(results)
+    frames, missing = [], []
+    for task in tasks:
+        run = runs.get(task)
+        if run is None:
+            path = f"{results}/runs/quick-{task}/{file}"
+            missing.append(Missing(path, COMMANDS["train"].format(task=task, results=str(results))
+                                   + " && " + command.format(run=f"{results}/runs/quick-{task}")))
+            continue
+        path = run / file
+        if not path.is_file():
+            missing.append(Missing(str(path), command.format(run=str(run))))
+            continue
+        frame = pd.read_parquet(path)
+        if "task" not in frame:
+            frame["task"] = task
+        frames.append(frame)
+    return (pd.concat(frames, ignore_index=True) if frames else None), missing
+
+
+def _single(results: Path, rel: str, command: str) -> tuple[pd.DataFrame | None, list[Missing]]:
+    path = results / rel
+    if not path.is_file():
+        return None, [Missing(str(path), command)]
+    return pd.read_parquet(path), []
+
+
+def _training_inputs(results: Path):
+    runs = run_folders(results)
+    frames = [pd.read_parquet(run / "metrics.parquet").assign(run=run.name) for run in runs.values()
+              if (run / "metrics.parquet").is_file()]
+    if frames:
+        return pd.concat(frames, ignore_index=True), []
+    return None, [Missing(f"{results}/runs/quick-memorize/metrics.parquet",
+                          COMMANDS["train"].format(task="memorize", results=str(results)))]
+
+
+def trace_folders(results: Path) -> list[Path]:
+    """Finished trace folders (with trace.json) under traces/, reasoning ones first."""
+    folders = sorted(p.parent for p in (results / "traces").glob("*/trace.json"))
+    return sorted(folders, key=lambda p: "reasoning" not in p.name)
+
+
+def load_trace(folder: str | Path):
+    """Open a trace folder with rmt_lab.trace (lazily: nothing big is read until a figure needs it)."""
+    try:
+        from rmt_lab.trace import Trace
+    except ImportError as err:  # the trace package is a separate part of rmt_lab
+        raise RuntimeError(f"reading trace folders needs rmt_lab.trace, which is not importable here: {err}") from err
+    return Trace.load(folder)
+
+
+def _trace_inputs(results: Path, need: str = "summaries"):
+    folders = trace_folders(results)
+    command = COMMANDS["trace"].format(results=str(results))
+    if not folders:
+        return None, [Missing(f"{results}/traces/<name>/trace.json", command)]
+    trace = load_trace(folders[0])
+    if need == "maps" and not trace.map_segments:
+        return None, [Missing(f"{folders[0]}/maps/ (full attention maps)", command)]
+    if need == "memory":
+        try:
+            return (trace.memory_states(), trace.summaries), []
+        except KeyError:
+            return None, [Missing(f"{folders[0]}/memory/ (memory states)", command)]
+    return trace, []
+
+
+def _probe_inputs(results: Path):
+    paths = sorted((results / "traces").glob("*/probe.parquet"))
+    if not paths:
+        return None, [Missing(f"{results}/traces/<name>/probe.parquet",
+                              COMMANDS["probe"].format(results=str(results)))]
+    return pd.read_parquet(paths[0]), []
+
+
+# ------------------------------------------------------------------ the figures
+def _figures() -> list[FigureSpec]:
+    from rmt_lab.viz import attention, memory, scaling, training
+
+    return [
+        FigureSpec("fig1_accuracy_vs_length", "Figure 1: accuracy and memory versus input length",
+                   lambda r: _per_task_table(r, "long_eval.parquet", COMMANDS["long"]),
+                   lambda d: {"fig1_accuracy_vs_length": scaling.plot_long_context(d)}),
+        FigureSpec("fig3_flops", "Figure 3: FLOPs versus input length, full attention vs RMT",
+                   lambda r: _single(r, "bench/flops.parquet", COMMANDS["flops"]),
+                   lambda d: {"fig3_flops": scaling.plot_flops(d)}),
+        FigureSpec("fig5_generalization", "Figure 5: generalization across lengths",
+                   lambda r: _per_task_table(r, "generalization.parquet", COMMANDS["generalization"]),
+                   lambda d: {"fig5_generalization": training.plot_generalization(d),
+                              "fig5_generalization_heatmap": training.plot_generalization_heatmap(d)}),
+        FigureSpec("fig6_memory_operations", "Figure 6: attention maps of memory operations",
+                   lambda r: _trace_inputs(r, "maps"),
+                   lambda t: {"fig6_memory_operations":
+                              attention.plot_memory_operations(attention.memory_operation_panels(t))}),
+        FigureSpec("training_curves", "Curriculum training curves",
+                   _training_inputs, lambda d: {"training_curves": training.plot_training_curves(d)}),
+        FigureSpec("memory_vs_length", "Measured memory and throughput, RMT vs full attention",
+                   lambda r: _single(r, "bench/memory.parquet", COMMANDS["memory"]),
+                   lambda d: {"memory_vs_length": scaling.plot_measured_memory(d)}),
+        FigureSpec("read_write_profile", "Memory read/write profile across segments and layers",
+                   _trace_inputs, lambda t: {"read_write_profile": memory.plot_read_write_profile(t.summaries)}),
+        FigureSpec("write_precision", "Write precision per segment",
+                   _trace_inputs, lambda t: {"write_precision": memory.plot_write_precision(t.summaries)}),
+        FigureSpec("memory_trajectory", "Memory state trajectory",
+                   lambda r: _trace_inputs(r, "memory"),
+                   lambda d: {"memory_trajectory": memory.plot_memory_trajectory(memory.memory_projection(*d))}),
+        FigureSpec("probe_accuracy", "Probe accuracy versus distance from the fact",
+                   _probe_inputs, lambda d: {"probe_accuracy": memory.plot_probe_accuracy(d)}),
+    ]
+
+
+def figure_names() -> list[str]:
+    return [spec.name for spec in _figures()]
+
+
+def missing_inputs(results: str | Path = "data/results") -> dict[str, list[Missing]]:
+    """Per figure, the inputs absent from `results` (empty lists: everything is there). Reads the tables."""
+    results = Path(results)
+    out = {}
+    for spec in _figures():
+        try:
+            _, missing = spec.inputs(results)
+        except Exception as err:  # noqa: BLE001 - an unreadable input is reported, not fatal
+            missing = [Missing(spec.name, f"(unreadable: {err})")]
+        out[spec.name] = missing
+    return out
+
+
+def render_figures(results: str | Path = "data/results", out: str | Path = "figures",
+                   only: list[str] | None = None, formats: tuple[str, ...] = ("png", "svg")) -> list[FigureResult]:
+    """Draw every figure whose inputs are in `results` into `out` (PNG + SVG); report the rest.
+
+    A figure with some inputs missing (e.g. one task of three) is drawn from what is there and its
+    result still lists what is missing.
+    """
+    from rmt_lab.viz.style import save_figure
+
+    results, out = Path(results), Path(out)
+    specs = _figures()
+    if only:
+        unknown = sorted(set(only) - {s.name for s in specs})
+        if unknown:
+            raise ValueError(f"unknown figures {unknown}; figures: {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in only]
+    report = []
+    for spec in specs:
+        result = FigureResult(spec.name, spec.title)
+        try:
+            data, result.missing = spec.inputs(results)
+            if data is not None:
+                for stem, fig in spec.draw(data).items():
+                    result.files += save_figure(fig, out / stem, formats)
+        except Exception as err:  # noqa: BLE001 - one bad input must not stop the other figures
+            result.error = f"{type(err).__name__}: {err}"
+        report.append(result)
+    return report
+
+
+def format_report(report: list[FigureResult]) -> str:
+    """The figures command's summary: drawn, partly drawn, not drawn (with the commands to run)."""
+    lines = []
+    for r in report:
+        if r.error:
+            lines.append(f"FAILED   {r.name}: {r.error}")
+        elif r.files:
+            state = "partial " if r.missing else "drew    "
+            lines.append(f"{state} {r.name}: {', '.join(p.name for p in r.files)}")
+        else:
+            lines.append(f"missing  {r.name}: {r.title}")
+        for m in r.missing:
+            lines.append(f"           needs {m}")
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""Cost and reach versus input length: the report's Figures 1 and 3, and measured memory/throughput.
+
+- `plot_long_context` (Figure 1): accuracy of the three tasks up to ~2M tokens, with the peak memory
+  of each evaluation below it (flat for the RMT: memory does not grow with the input).
+- `plot_flops` (Figure 3): forward FLOPs relative to one 512-token pass, full attention against the
+  RMT on the same OPT model, two panels (up to 32,000 tokens, and 32,000 to 2,048,000).
+- `plot_measured_memory`: measured peak memory and throughput versus length, RMT against full
+  attention on the same backbone, forward and training step (where full attention runs out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from rmt_lab.viz.style import CHANCE_STYLE, colors, log_tokens_axis, new_figure, plain_log_axis, styled
+from rmt_lab.viz.tables import N_CLASSES, ordered_tasks, require_columns, task_title, wilson_interval
+
+# The models the report draws in Figure 3.
+REPORT_OPT_MODELS = ("opt-125m", "opt-1.3b", "opt-6.7b", "opt-30b", "opt-175b")
+FLOPS_SPLIT_TOKENS = 32_000  # the report's panel boundary
+
+
+def _model_size(name: str) -> float:
+    """opt-1.3b -> 1.3e9, for ordering models by size."""
+    tail = name.rsplit("-", 1)[-1].lower()
+    scale = {"m": 1e6, "b": 1e9}.get(tail[-1:], 1.0)
+    try:
+        return float(tail[:-1]) * scale
+    except ValueError:
+        return float("inf")
+
+
+def _model_label(name: str) -> str:
+    return name.upper()
+
+
+@styled
+def plot_flops(flops: pd.DataFrame, models: tuple[str, ...] | None = REPORT_OPT_MODELS,
+               split_tokens: int = FLOPS_SPLIT_TOKENS) -> Figure:
+    """Report Figure 3 from `bench/flops.parquet`: relative forward FLOPs versus input length.
+
+    One colour per OPT model, solid lines for full attention over the whole input, dashed for the RMT
+    (segments of `segment_len` tokens plus memory, on the same model). Hollow markers: full attention
+    past the model's trained positions (counted as if the position table were extended).
+    `models=None` draws every model in the table.
+    """
+    require_columns(flops, ["model", "method", "tokens", "relative_flops"], "flops table (rmt-lab bench flops)")
+    frame = flops
+    if "mode" in frame and frame["mode"].nunique() > 1:
+        frame = frame[frame["mode"] == "forward"]
+    names = sorted(frame["model"].unique(), key=_model_size)
+    if models is not None:
+        names = [m for m in names if m in set(models)] or names
+    frame = frame[frame["model"].isin(names)]
+    palette = dict(zip(names, colors(len(names))))
+    fig, axes = new_figure(1, 2, figsize=(11, 4.4))
+    left, right = axes[0]
+    for ax, part in ((left, frame["tokens"] <= split_tokens), (right, frame["tokens"] >= split_tokens)):
+        for model in names:
+            for method, style in (("full", dict(linestyle="-", marker="o")), ("rmt", dict(linestyle="--", marker="s"))):
+                d = frame[part & (frame["model"] == model) & (frame["method"] == method)].sort_values("tokens")
+                if d.empty:
+                    continue
+                ax.plot(d["tokens"], d["relative_flops"], color=palette[model], markersize=4, linewidth=1.6, **style)
+                if "extrapolated" in d and d["extrapolated"].any():
+                    e = d[d["extrapolated"]]
+                    ax.plot(e["tokens"], e["relative_flops"], linestyle="none", marker=style["marker"],
+                            markersize=4, markerfacecolor="white", markeredgecolor=palette[model])
+        ax.set_yscale("log")
+        log_tokens_axis(ax)
+        ax.set_xlabel("input length (tokens, log scale)")
+    left.set_ylabel("forward FLOPs relative to\none 512-token pass (log scale)")
+    left.set_title(f"up to {split_tokens:,} tokens")
+    right.set_title(f"{split_tokens:,} to {int(frame['tokens'].max()):,} tokens")
+    handles = [Line2D([], [], color=palette[m], linewidth=2, label=_model_label(m)) for m in names]
+    seg = frame.loc[frame["method"] == "rmt", "segment_len"].iloc[0] if "segment_len" in frame else None
+    handles += [
+        Line2D([], [], color="0.2", linestyle="-", marker="o", markersize=4, label="full attention"),
+        Line2D([], [], color="0.2", linestyle="--", marker="s", markersize=4,
+               label=f"RMT (segment {seg})" if seg is not None else "RMT"),
+    ]
+    if "extrapolated" in frame and frame["extrapolated"].any():
+        handles.append(Line2D([], [], color="0.2", linestyle="none", marker="o", markersize=4,
+                              markerfacecolor="white", label="beyond trained positions"))
+    right.legend(handles=handles, loc="upper left", fontsize="small", frameon=True)
+    rmt_end = frame[(frame["method"] == "rmt") & (frame["tokens"] == frame["tokens"].max())]
+    if len(rmt_end) > 1 and rmt_end["relative_flops"].max() / rmt_end["relative_flops"].min() < 1.5:
+        right.text(0.98, 0.04, "dashed: the RMT lines of all model sizes overlap\n(linear in length, relative to each model)",
+                   transform=right.transAxes, ha="right", va="bottom", fontsize="small", color="0.3")
+    fig.suptitle("Forward FLOPs versus input length: full attention against the RMT on the same OPT model")
+    return fig
+
+
+@styled
+def plot_long_context(long_eval: pd.DataFrame) -> Figure:
+    """Report Figure 1 from `runs/*/long_eval.parquet`: accuracy versus input length for each task
+    (95% Wilson intervals from the samples per length), and below it the peak memory of each length.
+
+    A dotted line marks the longest input the evaluated model was trained on (`trained_segments`).
+    """
+    require_columns(long_eval, ["task", "tokens", "accuracy", "n_samples", "peak_mib"],
+                    "long evaluation table (rmt-lab eval long)")
+    tasks = ordered_tasks(long_eval["task"])
+    palette = dict(zip(tasks, colors(len(tasks))))
+    markers = dict(zip(tasks, "osD^v<>"))
+    fig, axes = new_figure(2, 1, figsize=(9.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
+    acc_ax, mem_ax = axes[:, 0]
+    for task in tasks:
+        d = long_eval[long_eval["task"] == task].sort_values("tokens")
+        lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
+        acc_ax.fill_between(d["tokens"], lo, hi, color=palette[task], alpha=0.15, linewidth=0)
+        acc_ax.plot(d["tokens"], d["accuracy"], marker=markers[task], color=palette[task], label=task_title(task))
+        mem_ax.plot(d["tokens"], d["peak_mib"], marker=markers[task], color=palette[task], label=task_title(task))
+    if {"trained_segments", "n_segments"} <= set(long_eval.columns):
+        per_segment = (long_eval["tokens"] / long_eval["n_segments"]).median()
+        for trained in sorted(long_eval["trained_segments"].dropna().unique()):
+            x = trained * per_segment
+            for ax in (acc_ax, mem_ax):
+                ax.axvline(x, color="0.3", linestyle="--", linewidth=1)
+            acc_ax.annotate(f"trained on {int(trained)} segments\n({x:,.0f} tokens)", (x, 0.03),
+                            xycoords=("data", "axes fraction"), xytext=(4, 0), textcoords="offset points",
+                            fontsize="small", color="0.3")
+    acc_ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label="chance (1/6)")
+    acc_ax.set_ylim(0, 1.04)
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    acc_ax.set_title("Accuracy versus input length: one model per task, evaluated far past its training length",
+                     fontsize="medium")
+    source = ""
+    if "memory_source" in long_eval and long_eval["memory_source"].nunique() == 1:
+        source = f", {long_eval['memory_source'].iloc[0]}"
+    if "device" in long_eval and long_eval["device"].nunique() == 1:
+        source += f", {long_eval['device'].iloc[0]}"
+    mem_ax.set_ylabel("peak memory (MiB)")
+    if source:
+        mem_ax.text(0.01, 0.06, f"measured: {source.lstrip(', ')}", transform=mem_ax.transAxes, fontsize="small",
+                    color="0.35")
+    mem_ax.set_ylim(0, long_eval["peak_mib"].max() * 1.25)
+    log_tokens_axis(mem_ax)
+    mem_ax.set_xlabel("input length (tokens, log scale)")
+    return fig
+
+
+def _memory_series(frame: pd.DataFrame) -> pd.Series:
+    """A readable name for each row's method: 'RMT', 'RMT, BPTT 2 segments', 'full attention (eager)'."""
+    def name(row) -> str:
+        if row["method"] == "rmt":
+            depth = row.get("bptt_depth", -1)
+            if row.get("mode") == "train" and depth is not None and depth > 0:
+                return f"RMT, BPTT {int(depth)} segments"
+            return "RMT"
+        attn = row.get("attn")
+        return f"full attention ({attn})" if isinstance(attn, str) and attn else "full attention"
+
+    return frame.apply(name, axis=1)
+
+
+@styled
+def plot_measured_memory(memory: pd.DataFrame) -> Figure:
+    """Measured peak memory (top) and throughput (bottom) versus input length, from `bench/memory.parquet`:
+    the RMT against full attention on the same backbone, one column per mode (forward, training step).
+
+    Each point is one fresh process. Where full attention ran out of memory or time, a cross marks the
+    length it failed at, labelled with the reason; the longer lengths were not attempted.
+    """
+    require_columns(memory, ["method", "tokens", "status", "peak_mib"], "memory table (rmt-lab bench memory)")
+    frame = memory.copy()
+    if "mode" not in frame:
+        frame["mode"] = "forward"
+    frame["series"] = _memory_series(frame)
+    modes = [m for m in ("forward", "train") if m in set(frame["mode"])] or sorted(frame["mode"].unique())
+    series = sorted(frame["series"].unique(), key=lambda s: (not s.startswith("RMT"), s))
+    palette = dict(zip(series, colors(len(series))))
+    has_speed = "tokens_per_s" in frame and frame["tokens_per_s"].notna().any()
+    fig, axes = new_figure(2 if has_speed else 1, len(modes), figsize=(5.5 * len(modes), 7.5 if has_speed else 4.2),
+                           sharex="col")
+    metric = frame["memory_metric"].dropna().iloc[0] if "memory_metric" in frame and frame["memory_metric"].notna().any() else ""
+    unit = {"peak_rss": "process peak RSS", "cuda_max_allocated": "CUDA max allocated"}.get(metric, metric.replace("_", " "))
+    for col, mode in enumerate(modes):
+        ax = axes[0, col]
+        for name in series:
+            d = frame[(frame["mode"] == mode) & (frame["series"] == name)].sort_values("tokens")
+            ok = d[d["status"] == "ok"]
+            if ok.empty and d.empty:
+                continue
+            ax.plot(ok["tokens"], ok["peak_mib"], marker="o", markersize=4, color=palette[name], label=name)
+            if has_speed:
+                axes[1, col].plot(ok["tokens"], ok["tokens_per_s"], marker="o", markersize=4, color=palette[name])
+            failed = d[~d["status"].isin(["ok", "skipped"])]
+            for _, row in failed.iterrows():  # the failure's own peak says little (the allocation failed): mark the length
+                ax.plot(row["tokens"], 0.93, marker="X", markersize=9, color=palette[name], linestyle="none",
+                        transform=ax.get_xaxis_transform(), clip_on=False)
+                ax.annotate(f"{row['status']}", (row["tokens"], 0.93), xycoords=ax.get_xaxis_transform(),
+                            xytext=(0, -14), textcoords="offset points", ha="center", fontsize="small",
+                            color=palette[name])
+        plain_log_axis(ax)
+        log_tokens_axis(ax)
+        title = {"forward": "forward pass", "train": "training step (forward + backward)"}.get(mode, mode)
+        ax.set_title(title)
+        ax.set_ylabel("peak memory (MiB, log scale)")
+        bottom = axes[-1, col]
+        if has_speed:
+            plain_log_axis(axes[1, col])
+            axes[1, col].set_ylabel("throughput (tokens/s, log scale)")
+        log_tokens_axis(bottom)
+        bottom.set_xlabel("input length (tokens, log scale)")
+    handles = [Line2D([], [], color=palette[n], marker="o", markersize=4, label=n) for n in series]
+    handles.append(Line2D([], [], color="0.3", marker="X", markersize=8, linestyle="none",
+                          label="ran out of memory/time here (longer lengths not run)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize="small")
+    where = [str(memory[c].dropna().iloc[0]) for c in ("backbone", "device") if c in memory and memory[c].notna().any()]
+    note = f"; memory: {unit}" if unit else ""
+    fig.suptitle("Measured memory and throughput versus length, RMT against full attention"
+                 + (f" ({', '.join(where)}{note})" if where else ""))
+    return fig

@@ -1,0 +1,302 @@
+"""Interactive views of a recorded trace in Jupyter: the attention explorer and the memory dynamics widget.
+
+Both draw with matplotlib into PNG bytes shown by an `ipywidgets.Image`, so they need no JavaScript
+beyond the widget manager JupyterLab ships with: no CDN, nothing fetched, they work offline, and the
+executed notebook stores the current picture in its widget state.
+
+    from rmt_lab.viz.widgets import AttentionExplorer, MemoryDynamics
+    AttentionExplorer(trace)          # segment / layer / head sliders, regions, sparkline, export
+    MemoryDynamics(trace, tokenizer)  # step through segments: read/write, slot changes, written tokens
+
+`trace` is an `rmt_lab.trace.Trace` (or anything with its reading interface, see viz.attention).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from rmt_lab.viz.attention import REGION_HELP, REGIONS, AttentionView, attention_view, plot_attention
+from rmt_lab.viz.memory import fact_segments, memory_projection
+from rmt_lab.viz.style import SEQUENTIAL, colors, figure_bytes, figure_style, new_figure, save_figure
+
+FACT_MARK = "#d55e00"
+
+
+def _segment_options(trace, sample: int) -> list[tuple[str, int]]:
+    options = []
+    for s in trace.map_segments:
+        fact = trace.segment_info(s)["has_fact"][sample]
+        options.append((f"{s} (fact)" if fact else str(s), s))
+    return options
+
+
+class AttentionExplorer:
+    """Explore one trace's full attention maps: segment, layer, head (or the mean of heads), region.
+
+    Regions: the full map; memory rows (what memory writes); memory columns (what reads memory); the
+    memory block (retain shows as a diagonal). The sparkline below shows, across all segments, the
+    read and write mass of the chosen layer (and head) with the current segment marked. "Save" writes
+    the current view to PNG or SVG (`save(path)` from code).
+    """
+
+    def __init__(self, trace, sample: int = 0, segment: int | None = None, layer: int | None = None,
+                 head: int | str = "mean", region: str = "full", max_ticks: int = 48, out_dir: str | Path = "."):
+        if not trace.map_segments:
+            raise ValueError("this trace kept no full attention maps: record with TraceConfig(segments=...) set")
+        self.trace = trace
+        self.max_ticks = max_ticks
+        self.out_dir = Path(out_dir)
+        first = trace.segment_info(trace.map_segments[0])
+        batch = len(first["has_fact"])
+        layers = list(first["layers"])
+        style = {"description_width": "initial"}
+        self.sample = widgets.Dropdown(options=list(range(batch)), value=sample, description="sample",
+                                       layout=widgets.Layout(width="130px"), style=style)
+        self.segment = widgets.SelectionSlider(options=_segment_options(trace, sample),
+                                               value=segment if segment is not None else trace.map_segments[0],
+                                               description="segment", continuous_update=False, style=style)
+        self.layer = widgets.SelectionSlider(options=layers, value=layer if layer is not None else layers[-1],
+                                             description="layer", continuous_update=False, style=style)
+        self.head = widgets.Dropdown(options=[("mean of heads", "mean")] + [(f"head {h}", h) for h in first["heads"]],
+                                     value=head, description="head", layout=widgets.Layout(width="190px"),
+                                     style=style)
+        self.region = widgets.ToggleButtons(options=list(REGIONS), value=region, description="show",
+                                            tooltips=[REGION_HELP[r] for r in REGIONS], style=style)
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="760px", height="auto"))
+        self.sparkline = widgets.Image(format="png", layout=widgets.Layout(max_width="760px", height="auto"))
+        self.filename = widgets.Text(value="attention_view", description="save as", layout=widgets.Layout(width="260px"),
+                                     style=style)
+        self.save_png = widgets.Button(description="save PNG", icon="download", layout=widgets.Layout(width="110px"))
+        self.save_svg = widgets.Button(description="save SVG", icon="download", layout=widgets.Layout(width="110px"))
+        self.status = widgets.HTML()
+        self.save_png.on_click(lambda _b: self._save_clicked("png"))
+        self.save_svg.on_click(lambda _b: self._save_clicked("svg"))
+        self.sample.observe(self._sample_changed, names="value")
+        for control in (self.segment, self.layer, self.head, self.region):
+            control.observe(lambda _change: self.update(), names="value")
+        self.widget = widgets.VBox([
+            widgets.HBox([self.segment, self.layer]),
+            widgets.HBox([self.head, self.sample]),
+            self.region,
+            self.image,
+            self.sparkline,
+            widgets.HBox([self.filename, self.save_png, self.save_svg]),
+            self.status,
+        ])
+        self.widget.add_class("rmt-attention-explorer")
+        self.update()
+
+    # -------------------------------------------------------------- state
+    def view(self) -> AttentionView:
+        """The current view as data (the map, its labels and what it shows)."""
+        return attention_view(self.trace, self.segment.value, self.layer.value, self.head.value, self.sample.value,
+                              self.region.value)
+
+    def figure(self):
+        return plot_attention(self.view(), self.max_ticks)
+
+    def update(self) -> None:
+        """Redraw the map and the sparkline for the current controls."""
+        self.image.value = figure_bytes(self.figure(), "png", dpi=90)
+        self.sparkline.value = figure_bytes(self._sparkline_figure(), "png", dpi=90)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the current view to `path` (.png or .svg by its suffix)."""
+        path = Path(path)
+        fmt = path.suffix.lstrip(".").lower() or "png"
+        if fmt not in ("png", "svg"):
+            raise ValueError(f"cannot save a view as {fmt!r}; use .png or .svg")
+        return save_figure(self.figure(), path.with_suffix(""), (fmt,))[0]
+
+    def _save_clicked(self, fmt: str) -> None:
+        try:
+            path = self.save(self.out_dir / f"{self.filename.value or 'attention_view'}.{fmt}")
+            self.status.value = f"saved <code>{html.escape(str(path))}</code>"
+        except (OSError, ValueError) as err:
+            self.status.value = f"<span style='color:#b00'>could not save: {html.escape(str(err))}</span>"
+
+    def _sample_changed(self, change) -> None:
+        current = self.segment.value
+        self.segment.options = _segment_options(self.trace, change["new"])
+        self.segment.value = current
+        self.update()
+
+    # -------------------------------------------------------------- sparkline
+    def _profile(self) -> pd.DataFrame:
+        s = self.trace.summaries
+        s = s[(s["sample"] == self.sample.value) & (s["layer"] == self.layer.value)
+              & s["metric"].isin(["read_content", "write_content"])]
+        if self.head.value != "mean":
+            s = s[s["head"] == self.head.value]
+        return s.groupby(["metric", "segment"], observed=True, as_index=False)["value"].mean()
+
+    def _sparkline_figure(self):
+        with figure_style(font_scale=0.8):
+            fig, axes = new_figure(1, 1, figsize=(7.6, 1.5))
+            ax = axes[0, 0]
+            profile = self._profile()
+            read_c, write_c = colors(2)
+            for metric, color, label in (("read_content", read_c, "read: tokens attend to memory"),
+                                         ("write_content", write_c, "write: memory attends to tokens")):
+                d = profile[profile["metric"] == metric]
+                ax.plot(d["segment"], d["value"], color=color, linewidth=1.4, label=label)
+            for f in fact_segments(self.trace.summaries, self.sample.value):
+                ax.plot(f, 1.0, marker="v", color=FACT_MARK, markersize=5, transform=ax.get_xaxis_transform(),
+                        clip_on=False)
+            ax.axvline(self.segment.value, color="0.2", linewidth=1, linestyle="--")
+            ax.set_ylim(bottom=0)
+            ax.set_xlabel("segment (dashed: shown; triangles: facts)", fontsize="small")
+            ax.set_ylabel("attention\nmass", fontsize="small")
+            head = "mean of heads" if self.head.value == "mean" else f"head {self.head.value}"
+            ax.set_title(f"memory read/write across segments, layer {self.layer.value}, {head}", fontsize="small",
+                         loc="left")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return fig
+
+    def _ipython_display_(self):  # shown when the explorer is the cell's value
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class MemoryDynamics:
+    """Step through the segments of a trace and watch the memory: per layer, how much it reads, writes
+    and retains; per slot, how much its state changes; the tokens each slot writes from; and, with
+    memory states in the trace, the memory's path in a 2-D projection.
+
+    A Play button steps the segment slider on its own (linked in the browser with `jslink`).
+    `tokenizer` (optional) turns written token ids into text.
+    """
+
+    def __init__(self, trace, tokenizer=None, sample: int = 0, segment: int = 0, layer: int | None = None,
+                 interval_ms: int = 900):
+        self.trace = trace
+        self.tokenizer = tokenizer
+        summaries = trace.summaries
+        self.summaries = summaries[summaries["sample"] == sample]
+        if self.summaries.empty:
+            raise ValueError(f"the trace holds no summaries for sample {sample}")
+        self.sample_index = sample
+        segments = sorted(self.summaries["segment"].unique())
+        layers = sorted(int(v) for v in self.summaries.loc[self.summaries["layer"] >= 0, "layer"].unique())
+        self.facts = fact_segments(self.summaries)
+        try:
+            self.projection = memory_projection(trace.memory_states(), summaries)
+            self.projection = self.projection[self.projection["sample"] == sample]
+        except (KeyError, AttributeError, ValueError):
+            self.projection = None  # recorded without memory states: the timeline of changes stands in
+        style = {"description_width": "initial"}
+        self.segment = widgets.IntSlider(value=segment, min=min(segments), max=max(segments), description="segment",
+                                         continuous_update=False, style=style)
+        self.play = widgets.Play(value=segment, min=min(segments), max=max(segments), interval=interval_ms,
+                                 description="play")
+        widgets.jslink((self.play, "value"), (self.segment, "value"))
+        self.layer = widgets.Dropdown(options=layers, value=layer if layer is not None else layers[-1],
+                                      description="written tokens, layer", style=style,
+                                      layout=widgets.Layout(width="240px"))
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="900px", height="auto"))
+        self.written = widgets.HTML()
+        self.segment.observe(lambda _c: self.update(), names="value")
+        self.layer.observe(lambda _c: self.update(), names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.play, self.segment, self.layer]), self.image, self.written])
+        self.widget.add_class("rmt-memory-dynamics")
+        self.update()
+
+    def update(self) -> None:
+        self.image.value = figure_bytes(self.figure(), "png", dpi=85)
+        self.written.value = self.written_table()
+
+    def _metric(self, metric: str, segment: int | None = None) -> pd.DataFrame:
+        s = self.summaries[self.summaries["metric"] == metric]
+        return s if segment is None else s[s["segment"] == segment]
+
+    def figure(self):
+        """The current segment's picture: read/write per layer, per-slot change, trajectory or change timeline."""
+        seg = self.segment.value
+        with figure_style(font_scale=0.85):
+            fig, axes = new_figure(1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1.2, 1, 1.3]})
+            ops, slots, path = axes[0]
+            cols = colors(3)
+            layers = sorted(self.summaries.loc[self.summaries["layer"] >= 0, "layer"].unique())
+            width = 0.26
+            for k, (metric, label) in enumerate((("read_content", "read"), ("write_content", "write"),
+                                                 ("retain", "retain"))):
+                d = self._metric(metric, seg).groupby("layer")["value"].mean().reindex(layers)
+                ops.bar(np.arange(len(layers)) + (k - 1) * width, d.values, width, color=cols[k], label=label)
+            ops.set_xticks(range(len(layers)), [str(v) for v in layers])
+            ops.set_ylim(0, 1)
+            ops.set_xlabel("layer")
+            ops.set_ylabel("attention mass (mean of heads)")
+            ops.legend(fontsize="small", loc="upper left", ncols=3)
+            fact = " (fact)" if seg in self.facts else ""
+            ops.set_title(f"segment {seg}{fact}: read / write / retain", fontsize="medium")
+            delta = self._metric("mem_delta_l2", seg)
+            delta = delta[delta["slot"] >= 0].sort_values("slot")
+            slots.bar(delta["slot"], delta["value"], color=cols[1])
+            top = self._metric("mem_delta_l2")
+            slots.set_ylim(0, max(float(top.loc[top["slot"] >= 0, "value"].max()), 1e-6) * 1.1)
+            slots.set_xlabel("memory slot")
+            slots.set_ylabel("change of the slot's state (L2)")
+            slots.set_title("how much each slot changed", fontsize="medium")
+            slots.set_xticks(delta["slot"].tolist())
+            if self.projection is not None:
+                p = self.projection.sort_values("segment")
+                path.plot(p["pc1"], p["pc2"], color="0.7", linewidth=1)
+                path.scatter(p["pc1"], p["pc2"], c=p["segment"], cmap=SEQUENTIAL, s=22, zorder=2)
+                if "has_fact" in p:
+                    f = p[p["has_fact"]]
+                    path.scatter(f["pc1"], f["pc2"], s=90, facecolors="none", edgecolors=FACT_MARK, zorder=3)
+                here = p[p["segment"] == seg]
+                path.scatter(here["pc1"], here["pc2"], s=160, marker="*", color="black", zorder=4)
+                path.set_xlabel("PC 1")
+                path.set_ylabel("PC 2")
+                path.set_title("memory state path (star: now, circles: facts)", fontsize="medium")
+            else:
+                mean = self._metric("mem_delta_l2")
+                mean = mean[mean["slot"] < 0].sort_values("segment")
+                path.plot(mean["segment"], mean["value"], color=cols[1])
+                for f in self.facts:
+                    path.axvline(f, color=FACT_MARK, linewidth=0.8, linestyle=":")
+                path.axvline(seg, color="black", linewidth=1.2)
+                path.set_xlabel("segment (dotted: facts)")
+                path.set_ylabel("mean change of the memory (L2)")
+                path.set_title("memory change over the input", fontsize="medium")
+        return fig
+
+    def written_table(self) -> str:
+        """HTML table of the top tokens each memory slot writes from in this segment and layer."""
+        try:
+            written = self.trace.written
+        except (AttributeError, FileNotFoundError):
+            return ""
+        w = written[(written["sample"] == self.sample_index) & (written["segment"] == self.segment.value)
+                    & (written["layer"] == self.layer.value)]
+        if w.empty:
+            return "<i>no written tokens recorded for this segment and layer</i>"
+        rows = []
+        for slot, d in w.sort_values(["slot", "rank"]).groupby("slot"):
+            cells = []
+            for _, r in d.iterrows():
+                token = self._token(int(r["token_id"]))
+                text = f"{html.escape(token)} <small>{r['mass']:.2f}</small>"
+                cells.append(f"<b style='color:{FACT_MARK}'>{text}</b>" if r["is_fact"] else text)
+            rows.append(f"<tr><td>[mem {slot}]</td><td>{' &nbsp; '.join(cells)}</td></tr>")
+        return ("<table style='font-size:12px'><tr><th>slot</th><th>writes from (attention mass; facts in bold)"
+                "</th></tr>" + "".join(rows) + "</table>")
+
+    def _token(self, token_id: int) -> str:
+        if self.tokenizer is None:
+            return f"#{token_id}"
+        return self.tokenizer.convert_ids_to_tokens(token_id)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

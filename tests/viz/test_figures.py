@@ -1,0 +1,180 @@
+"""Each figure function draws what its table says: axes, scales, labels and the plotted data."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from rmt_lab.viz import (
+    TableError, memory_projection, plot_flops, plot_generalization, plot_generalization_heatmap, plot_long_context,
+    plot_measured_memory, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile, plot_training_curves,
+    plot_write_precision, save_figure,
+)
+from rmt_lab.viz.scaling import REPORT_OPT_MODELS
+from rmt_lab.viz.tables import wilson_interval
+from tests.viz import helpers
+
+
+def data_axes(fig: Figure):
+    """Axes that hold data (colour bars excluded)."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def test_flops_two_panels_split_at_32k_log_y():
+    fig = plot_flops(helpers.flops_table())
+    left, right = data_axes(fig)
+    assert left.get_yscale() == right.get_yscale() == "log"
+    assert "relative to" in left.get_ylabel() and "tokens" in left.get_xlabel()
+    left_x = np.concatenate([line.get_xdata() for line in left.get_lines()])
+    right_x = np.concatenate([line.get_xdata() for line in right.get_lines()])
+    assert left_x.max() == 32_000 and right_x.min() == 32_000 and right_x.max() == 2_048_000
+    # the RMT line of opt-125m: relative FLOPs linear in length
+    rmt = [line for line in right.get_lines() if line.get_linestyle() == "--"][0]
+    assert np.allclose(np.asarray(rmt.get_ydata()) / np.asarray(rmt.get_xdata()), 1.03 / 512)
+    labels = [t.get_text() for t in right.get_legend().get_texts()]
+    assert {"OPT-125M", "OPT-1.3B", "OPT-175B", "full attention"} <= set(labels)
+    assert any(lab.startswith("RMT (segment 512)") for lab in labels)
+
+
+def test_flops_keeps_report_models_only():
+    table = pd.concat([helpers.flops_table(), helpers.flops_table().assign(model="opt-350m")])
+    fig = plot_flops(table)
+    labels = {t.get_text() for t in data_axes(fig)[1].get_legend().get_texts()}
+    assert "OPT-350M" not in labels and "opt-350m" not in REPORT_OPT_MODELS
+    assert "OPT-350M" in {t.get_text() for t in data_axes(plot_flops(table, models=None))[1].get_legend().get_texts()}
+
+
+def test_long_context_accuracy_and_memory_panels():
+    table = helpers.long_eval_table()
+    fig = plot_long_context(table)
+    acc, mem = data_axes(fig)
+    assert mem.get_xscale() == "log" and acc.get_ylim()[1] == pytest.approx(1.04)
+    assert "MiB" in mem.get_ylabel()
+    lines = [line for line in acc.get_lines() if len(line.get_xdata()) == 4]
+    assert len(lines) == 3
+    reasoning = table[table["task"] == "reasoning"]
+    assert np.allclose(lines[2].get_ydata(), reasoning["accuracy"])
+    assert np.allclose([line for line in mem.get_lines() if len(line.get_xdata()) == 4][0].get_ydata(), 560.0)
+    legend = {t.get_text() for t in acc.get_legend().get_texts()}
+    assert {"Memorize", "Detect & Memorize", "Reasoning", "chance (1/6)"} <= legend
+    trained = [line for line in acc.get_lines() if line.get_linestyle() == "--"]
+    assert trained and trained[0].get_xdata()[0] == pytest.approx(7 * 499)
+
+
+def test_wilson_interval_contains_estimate_and_stays_in_range():
+    lo, hi = wilson_interval([0.0, 0.5, 1.0], [16, 16, 16])
+    assert (lo <= [0.0, 0.5, 1.0]).all() and (hi >= [0.0, 0.5, 1.0]).all()
+    assert lo[0] == 0 and hi[2] == 1 and 0.25 < lo[1] < 0.5 < hi[1] < 0.75
+
+
+def test_generalization_lines_one_panel_per_task():
+    table = helpers.generalization_table()
+    fig = plot_generalization(table)
+    axes = data_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["Memorize", "Detect & Memorize", "Reasoning"]
+    lines = [line for line in axes[2].get_lines() if len(line.get_xdata()) == 5]
+    assert len(lines) == 3  # trained on 1, 2, 3 segments
+    expected = table[(table["task"] == "reasoning") & (table["trained_segments"] == 2)].sort_values("eval_segments")
+    assert np.allclose(lines[1].get_ydata(), expected["accuracy"])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["1", "2", "3"]
+
+
+def test_generalization_heatmap_matrix():
+    table = helpers.generalization_table(tasks=("memorize",))
+    fig = plot_generalization_heatmap(table)
+    ax = data_axes(fig)[0]
+    image = ax.get_images()[0].get_array()
+    expected = table.pivot(index="trained_segments", columns="eval_segments", values="accuracy").to_numpy()
+    assert image.shape == (3, 5) and np.allclose(image, expected)
+    assert ax.get_ylabel() == "trained on (segments)" and ax.get_xlabel() == "evaluated on (segments)"
+    assert len(ax.patches) == 3  # each trained length boxed on its own column
+
+
+def test_training_curves():
+    fig = plot_training_curves(helpers.metrics_table())
+    loss, acc = data_axes(fig)
+    assert loss.get_yscale() == "log"
+    assert acc.get_ylabel() == "validation accuracy"
+    stage_lines = [line for line in loss.get_lines() if line.get_linestyle() == ":"]
+    assert [line.get_xdata()[0] for line in stage_lines] == [1, 11, 21]
+
+
+def test_measured_memory_marks_failures_and_skips_skipped():
+    fig = plot_measured_memory(helpers.memory_table())
+    axes = data_axes(fig)
+    assert len(axes) == 4  # memory and throughput, forward and training step
+    memory_fwd = axes[0]
+    assert memory_fwd.get_yscale() == "log" and "MiB" in memory_fwd.get_ylabel()
+    series = {tuple(line.get_xdata()) for line in memory_fwd.get_lines() if line.get_marker() == "o"}
+    assert (1000, 2000, 4000, 8000) in series and (1000, 2000) in series  # full attention stops before its oom
+    crosses = [line for line in memory_fwd.get_lines() if line.get_marker() == "X"]
+    assert [line.get_xdata()[0] for line in crosses] == [4000]
+    assert "oom" in [t.get_text() for t in memory_fwd.texts]
+    assert "throughput" in axes[2].get_ylabel()  # row-major: forward and train memory, then throughput
+
+
+def test_read_write_profile_heatmaps():
+    trace = helpers.FakeTrace()
+    fig = plot_read_write_profile(trace.summaries)
+    axes = data_axes(fig)
+    assert len(axes) == 3 and axes[0].get_title(loc="left").startswith("read")
+    write = axes[1].get_images()[0].get_array()
+    assert write.shape == (2, 4)  # layers x segments
+    assert np.allclose(write[1], [0.55, 0.55, 0.55, 0.2])  # layer 1 writes where one of the two samples has a fact
+    one = data_axes(plot_read_write_profile(trace.summaries, sample=0))[1].get_images()[0].get_array()
+    assert np.allclose(one[1], [0.9, 0.2, 0.9, 0.2])  # sample 0: facts in segments 0 and 2
+    triangles = [line.get_xdata()[0] for line in axes[0].get_lines() if line.get_marker() == "v"]
+    assert triangles == [0, 1, 2]
+
+
+def test_write_precision_fact_vs_control():
+    fig = plot_write_precision(helpers.FakeTrace().summaries)
+    ax, by_layer = data_axes(fig)
+    assert "precision" in ax.get_ylabel()
+    heights = [p.get_height() for p in by_layer.patches]
+    assert len(heights) == 4 and heights[3] > heights[1]  # layer 1: fact segments well above the control
+
+
+def test_memory_trajectory_projection():
+    trace = helpers.FakeTrace()
+    projection = memory_projection(trace.memory_states(), trace.summaries)
+    assert list(projection.columns) == ["segment", "sample", "pc1", "pc2", "has_fact"]
+    assert len(projection) == 8 and sum(projection.attrs["explained"]) <= 1 + 1e-9
+    assert projection.loc[(projection["segment"] == 2) & (projection["sample"] == 0), "has_fact"].item()
+    fig = plot_memory_trajectory(projection)
+    ax = data_axes(fig)[0]
+    assert "principal component 1" in ax.get_xlabel() and "% of variance" in ax.get_xlabel()
+
+
+def test_probe_accuracy_by_distance():
+    fig = plot_probe_accuracy(helpers.probe_table())
+    ax = data_axes(fig)[0]
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == [-1, 0, 1, 2]
+    assert np.allclose(line.get_ydata(), [0.2, 0.9, 0.8, 0.7])
+    assert "distance" in ax.get_xlabel()
+
+
+@pytest.mark.parametrize("fn, table, missing", [
+    (plot_flops, helpers.flops_table().drop(columns="relative_flops"), "relative_flops"),
+    (plot_generalization, helpers.generalization_table().drop(columns="eval_segments"), "eval_segments"),
+    (plot_long_context, helpers.long_eval_table().drop(columns="peak_mib"), "peak_mib"),
+])
+def test_missing_columns_are_named(fn, table, missing):
+    with pytest.raises(TableError, match=missing):
+        fn(table)
+
+
+def test_empty_table_is_refused():
+    with pytest.raises(TableError, match="no rows"):
+        plot_generalization(helpers.generalization_table().iloc[:0])
+
+
+def test_save_writes_png_and_svg_without_timestamps(tmp_path):
+    fig = plot_probe_accuracy(helpers.probe_table())
+    png, svg = save_figure(fig, tmp_path / "probe")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<dc:date>" not in svg.read_text()
+    first = svg.read_bytes()
+    save_figure(fig, tmp_path / "probe")
+    assert svg.read_bytes() == first  # regenerating an unchanged figure leaves the file unchanged

@@ -3,7 +3,10 @@
 Memory is explicit state. `RecurrentWrapper.forward` takes a whole (batch, length) input;
 `RecurrentWrapper.stream` takes any iterable of segments (a generator over ten million tokens,
 say), so memory use does not grow with the input length: nothing is kept per segment unless asked.
-BPTT truncation (k2 = `bptt_depth`) detaches the memory that enters all but the last k2 segments.
+BPTT truncation (k2 = `bptt_depth`) detaches the memory that enters all but the last k2 segments,
+and the summary carried from earlier segments with it, so the graph (and the activations it holds)
+spans only the last k2 segments. A sample shorter than the batch's longest takes its summary from
+its own last segment; under truncation that summary is detached if it lies before the last k2.
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ class RecurrentWrapper(nn.Module):
                 memory = init
             elif truncate and 0 < seen <= n_segments - k2:
                 memory = memory.detach()  # cut the graph: gradients reach only the last k2 segments
+                summary = None if summary is None else summary.detach()
             if self.checkpoint_segments and torch.is_grad_enabled():
                 out = checkpoint(self.cell, seg.input_ids, seg.attention_mask, memory, use_reentrant=False)
             else:

@@ -47,6 +47,28 @@ def test_full_bptt_reaches_first_segment_and_k2_1_cuts_it(name):
     assert torch.allclose(three, full)
 
 
+def _graph_size(tensor):
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return len(seen)
+
+
+def test_truncated_graph_does_not_grow_with_the_number_of_segments():
+    # The summary carried across segments must be cut with the memory, or every segment's graph
+    # (and its activations) stays alive and k2 saves no memory.
+    torch.manual_seed(0)
+    model = tiny(bptt_depth=2, num_classes=6)
+    sizes = [_graph_size(model(tokens(2, 16 * n), labels=torch.tensor([1, 4])).loss) for n in (3, 6)]
+    assert sizes[0] == sizes[1]
+    full = tiny(bptt_depth=-1, num_classes=6)
+    assert _graph_size(full(tokens(2, 96), labels=torch.tensor([1, 4])).loss) > sizes[1]
+
+
 def test_memory_changes_the_output_and_ablation_removes_it():
     model = tiny()
     last = tokens(1, 16, seed=5)

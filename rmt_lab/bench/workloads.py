@@ -24,7 +24,6 @@ commonly turns attention dropout off.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -249,9 +248,9 @@ def naive_loop(model: nn.Module, tokens: int, batch: int, dev: torch.device):
 # ------------------------------------------------------------------------------- full attention, bare
 def backbone_config(backbone: str, positions: int = 0):
     """The HF config of a ready backbone, its position table enlarged to `positions` if longer."""
-    from rmt_lab.model.backbones import BACKBONES
+    from rmt_lab.model.backbones import backbone_config as ready_config
 
-    config = copy.deepcopy(BACKBONES[backbone].make_config())
+    config = ready_config(backbone)
     for key in ("max_position_embeddings", "n_positions"):  # GPT-2 aliases one to the other: set one
         if getattr(config, key, None):
             setattr(config, key, max(getattr(config, key), positions))

@@ -1,7 +1,7 @@
 """The Recurrent Memory Transformer: memory cell, recurrent wrapper, backbone adapters."""
 
 from rmt_lab.model.adapters import ADAPTERS, BackboneAdapter, adapter_for, supported_model_types
-from rmt_lab.model.backbones import Backbone, SpecialTokens, available_backbones, load_backbone
+from rmt_lab.model.backbones import Backbone, SpecialTokens, available_backbones, backbone_config, load_backbone
 from rmt_lab.model.cell import CellOutput, MemoryCell
 from rmt_lab.model.config import RMTConfig
 from rmt_lab.model.segments import IGNORE_INDEX, Segment, iter_segments
@@ -9,6 +9,6 @@ from rmt_lab.model.wrapper import RecurrentWrapper, RMTOutput
 
 __all__ = [
     "ADAPTERS", "IGNORE_INDEX", "Backbone", "BackboneAdapter", "CellOutput", "MemoryCell", "RMTConfig", "RMTOutput",
-    "RecurrentWrapper", "Segment", "SpecialTokens", "adapter_for", "available_backbones", "iter_segments",
+    "RecurrentWrapper", "Segment", "SpecialTokens", "adapter_for", "available_backbones", "backbone_config", "iter_segments",
     "load_backbone", "supported_model_types",
 ]

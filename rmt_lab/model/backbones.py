@@ -103,23 +103,28 @@ DROPOUT_KEYS = (  # every dropout probability of the supported HF configs
 )
 
 
-def load_backbone(name: str, dropout: float | None = None) -> Backbone:
-    """Build the ready backbone `name`; an unknown name lists the available ones.
+def backbone_config(name: str, dropout: float | None = None) -> PretrainedConfig:
+    """A fresh HF config of the ready backbone `name`; an unknown name lists the available ones.
 
-    `dropout` replaces every dropout probability of the backbone (None keeps its own).
+    `dropout` replaces every dropout probability of the config (None keeps its own).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; available backbones: {available_backbones()}")
-    spec = BACKBONES[name]
-    config = spec.make_config()
+    config = BACKBONES[name].make_config()
     if dropout is not None:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1)")
         for key in DROPOUT_KEYS:
             if hasattr(config, key):
                 setattr(config, key, dropout)
+    return config
+
+
+def load_backbone(name: str, dropout: float | None = None) -> Backbone:
+    """Build the ready backbone `name` (weights loaded when it is pretrained); see `backbone_config`."""
+    config = backbone_config(name, dropout)
     backbone = backbone_from_config(name, config)
-    if spec.pretrained:
+    if BACKBONES[name].pretrained:
         from safetensors.torch import load_file
 
         state = load_file(str(assets.verified_minilm_weights()))

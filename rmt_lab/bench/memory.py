@@ -120,9 +120,11 @@ def _point(config: MemorySweepConfig, shape, method: str, mode: str, k2: int, to
     return Point(key, workload, params, work, {**known, "flops": float(total(flops))})
 
 
-def memory_sweep(config: MemorySweepConfig, path, *, progress: bool = True, runner=None) -> pd.DataFrame:
+def memory_sweep(config: MemorySweepConfig, path, *, progress: bool = True, remeasure: bool = False,
+                  runner=None) -> pd.DataFrame:
     """Run (or resume) the sweep into the parquet file `path`; returns its rows."""
-    return run_sweep(memory_points(config), path, config.budget, progress=progress, runner=runner)
+    return run_sweep(memory_points(config), path, config.budget, progress=progress, remeasure=remeasure,
+                     runner=runner)
 
 
 # ------------------------------------------------------------------------------------------- tables

@@ -37,7 +37,8 @@ RESULT_COLUMNS = [  # in this order after the key; NaN where a column does not a
     "status", "reason", "seconds", "tokens_per_s", "peak_mib", "memory_metric", "peak_rss_mib",
     "baseline_rss_mib", "peak_cuda_mib", "n_segments", "positions", "flops", "gflops_per_s",
     "matmul_peak_gflops", "matmul_peak_gflops_min", "matmul_peak_gflops_max", "fraction_of_peak",
-    "segment_s_median", "segment_s_p10", "segment_s_p90", "backward_s", "attn_impl", "time_limit_s", "wall_s",
+    "segment_s_median", "segment_s_p10", "segment_s_p90", "paired_backbone_s_median", "paired_backbone_s_p10",
+    "paired_backbone_s_p90", "paired_ratio_median", "backward_s", "attn_impl", "time_limit_s", "wall_s",
     "device", "threads", "load_avg_1m", "measured_at",
 ]
 
@@ -122,9 +123,10 @@ def load_previous(path: Path) -> pd.DataFrame | None:
 
 
 def run_sweep(points: Sequence[Point], path: str | Path, budget: Budget, *, progress: bool = True,
-              runner: Callable[..., dict] | None = None) -> pd.DataFrame:
+              remeasure: bool = False, runner: Callable[..., dict] | None = None) -> pd.DataFrame:
     """Measure `points` (resuming from `path`), write every row to `path`; returns this sweep's rows.
 
+    `remeasure`: run every point again (e.g. once the machine is quiet), replacing its stored row.
     `runner` defaults to `run_point` (tests pass a stand-in that starts no process).
     """
     from tqdm.auto import tqdm
@@ -137,7 +139,7 @@ def run_sweep(points: Sequence[Point], path: str | Path, budget: Budget, *, prog
     budget_values = {"grace_s": budget.grace_s, "min_tokens_per_s": budget.min_tokens_per_s,
                      "rss_limit_mib": budget.rss_limit_mib}
     done: dict[tuple, dict] = {}
-    if previous is not None:
+    if previous is not None and not remeasure:
         for row in previous.to_dict("records"):
             same_budget = all(row[c] == v for c, v in budget_values.items())
             if row["status"] == "ok" or (row["status"] in OVER_BUDGET and same_budget):

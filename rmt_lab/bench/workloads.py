@@ -73,30 +73,42 @@ def random_segments(n_tokens: int, segment_size: int, batch: int = 1, seed: int 
 
 
 class SegmentClock:
-    """Wraps an iterable of segments and timestamps each request for the next one.
+    """Wraps an iterable of segments and times what the consumer spends on each one.
 
-    The time between two requests is what the consumer spent on one segment (producing the next
-    random segment included, a negligible share), so per-segment times of `RecurrentWrapper.stream`
-    are measured without touching the model. The request that finds the iterable exhausted closes
-    the last segment.
+    A segment's time runs from handing it out to the request for the next one, so per-segment
+    times of `RecurrentWrapper.stream` are measured without touching the model; making the next
+    segment is not counted. `between`, if given, runs (and is timed) after each segment is made and
+    before it is handed out: a paired reference measured under the same machine load as the segment
+    right after it.
     """
 
-    def __init__(self, items: Iterable, device: torch.device):
+    def __init__(self, items: Iterable, device: torch.device, between: Callable[[], object] | None = None):
         self._items = iter(items)
         self._device = device
-        self._stamps: list[float] = []
+        self._between = between
+        self._starts: list[float] = []
+        self._ends: list[float] = []
+        self.between_times: list[float] = []
 
     def __iter__(self) -> SegmentClock:
         return self
 
     def __next__(self):
         _sync(self._device)
-        self._stamps.append(time.perf_counter())
-        return next(self._items)
+        if len(self._starts) > len(self._ends):
+            self._ends.append(time.perf_counter())  # the previous segment is done
+        item = next(self._items)  # StopIteration ends the stream
+        if self._between is not None:
+            t0 = time.perf_counter()
+            self._between()
+            _sync(self._device)
+            self.between_times.append(time.perf_counter() - t0)
+        self._starts.append(time.perf_counter())
+        return item
 
     def times(self) -> list[float]:
         """Seconds spent on each segment handed out."""
-        return [b - a for a, b in zip(self._stamps, self._stamps[1:])]
+        return [end - start for start, end in zip(self._starts, self._ends)]
 
 
 def time_stats(times: list[float], prefix: str = "segment_s") -> dict[str, float]:
@@ -163,8 +175,8 @@ def _rmt_model(backbone: str, num_mem: int, segment_size: int, bptt_depth: int, 
 
 @workload("rmt")
 def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, segment_size: int = 499,
-            mode: str = "forward", bptt_depth: int = 0, keep_outputs: bool = False, device: str = "auto",
-            matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
+            mode: str = "forward", bptt_depth: int = 0, keep_outputs: bool = False, paired_backbone: bool = False,
+            device: str = "auto", matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
     """The RMT over `tokens` random tokens per sample (batch rows), streamed, or the naive loop.
 
     forward: inference mode, memory carried segment to segment, nothing else kept.
@@ -172,6 +184,9 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
     last `bptt_depth` segments (-1: all of them, full BPTT as in the report); dropout off, no
     optimizer step.
     keep_outputs (forward only): the naive baseline, see `naive_loop`.
+    paired_backbone (streamed forward only): before each segment, the bare backbone (same weights)
+    runs once over the segment's positions, timed apart; returns its per-pass times and the median
+    of the per-segment ratios RMT / bare, which a load change on a shared machine hits alike.
     """
     dev = resolve_device(device)
     peak = _maybe_peak(matmul_n, matmul_repeats, dev)
@@ -207,14 +222,27 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
                 result.update(seconds=seconds, n_segments=out_segments, memory_shape=list(memory.shape),
                               **time_stats(times))
             else:
-                clock = SegmentClock(random_segments(tokens, segment_size, batch, device=dev), dev)
+                between = _bare_pass(model, batch, dev) if paired_backbone else None
+                clock = SegmentClock(random_segments(tokens, segment_size, batch, device=dev), dev, between)
                 start = time.perf_counter()
                 out = model.stream(clock)
                 _sync(dev)
-                seconds = time.perf_counter() - start
+                seconds = time.perf_counter() - start - sum(clock.between_times)
                 result.update(seconds=seconds, n_segments=out.n_segments, memory_shape=list(out.memory.shape),
                               **time_stats(clock.times()))
+                if paired_backbone:
+                    ratios = [a / b for a, b in zip(clock.times(), clock.between_times)]
+                    result.update(**time_stats(clock.between_times, "paired_backbone_s"),
+                                  paired_ratio_median=time_stats(ratios, "r")["r_median"])
     return {**result, **info, **peak, **_peak_cuda(dev)}
+
+
+def _bare_pass(model: nn.Module, batch: int, dev: torch.device) -> Callable[[], object]:
+    """One forward of the RMT's own backbone body over a segment's positions, from token ids."""
+    body = model.cell.adapter.body(model.cell.model)
+    g = torch.Generator().manual_seed(2)
+    positions = model.cell.positions_per_segment
+    return lambda: body(input_ids=torch.randint(*TOKEN_RANGE, (batch, positions), generator=g).to(dev))
 
 
 def naive_loop(model: nn.Module, tokens: int, batch: int, dev: torch.device):

@@ -22,4 +22,6 @@ class FakeRunner:
             "segment_s_median": 0.1 if workload == "rmt" else 0.095, "segment_s_p10": 0.09, "segment_s_p90": 0.12,
             "matmul_peak_gflops": 100.0, "matmul_peak_gflops_min": 90.0, "matmul_peak_gflops_max": 110.0,
             "memory_shape": [1, 10, 64],
+            **({"paired_backbone_s_median": 0.095, "paired_backbone_s_p10": 0.09, "paired_backbone_s_p90": 0.1,
+                "paired_ratio_median": 1.04} if params.get("paired_backbone") else {}),
         }

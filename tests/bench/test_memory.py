@@ -55,8 +55,9 @@ def test_workloads_in_process_return_sane_measurements():
     eager = WORKLOADS["full"](backbone="tiny-bert", tokens=700, attn="eager")  # past BERT's 512 positions
     assert eager["attn_impl"] == "eager"
     naive = WORKLOADS["rmt"](backbone="tiny-bert", tokens=1000, keep_outputs=True)
-    stream = WORKLOADS["rmt"](backbone="tiny-bert", tokens=1000)
+    stream = WORKLOADS["rmt"](backbone="tiny-bert", tokens=1000, paired_backbone=True)
     assert naive["n_segments"] == stream["n_segments"] == 3
+    assert stream["paired_backbone_s_median"] > 0 and stream["paired_ratio_median"] > 0
     assert naive["memory_shape"] == stream["memory_shape"] == [1, 10, 64]
     bare = WORKLOADS["backbone"](backbone="tiny-bert", positions=512, passes=3, matmul_n=256, matmul_repeats=3)
     assert bare["n_segments"] == 3 and bare["matmul_peak_gflops_min"] <= bare["matmul_peak_gflops"]
@@ -113,6 +114,10 @@ def test_resume_skips_points_already_measured(tmp_path):
     assert sorted(p["tokens"] for _, p in retry.calls) == [4000, 4000, 4000]
     assert (frame["status"] == "ok").all()
     assert len(pd.read_parquet(path)) == 12  # replaced, not appended
+
+    everything = FakeRunner()
+    memory_sweep(MemorySweepConfig(**TINY), path, progress=False, remeasure=True, runner=everything)
+    assert len(everything.calls) == 12 and len(pd.read_parquet(path)) == 12
 
 
 def test_resume_keeps_other_rows_and_retries_errors(tmp_path):

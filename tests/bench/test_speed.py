@@ -26,6 +26,7 @@ def test_points_count_the_flops_the_task_needs():
     assert by[4, "backbone"].known["flops"] == 3 * total(forward_pass_flops(shape, 512, 4))
     assert by[4, "backbone"].known["flops"] == by[4, "rmt"].known["flops"]
     assert by[1, "backbone"].params["positions"] == 512 and by[1, "rmt-naive"].params["keep_outputs"]
+    assert by[1, "rmt"].params["paired_backbone"] and not by[1, "rmt-naive"].params["paired_backbone"]
     assert all(p.params["matmul_repeats"] == 3 for p in points)  # every process measures its own peak
 
 
@@ -36,7 +37,8 @@ def test_speed_table_ratios(tmp_path):
     row = table.loc[4]
     assert row["tokens_per_s"] == pytest.approx(4 * 3 * 499 / 2.0)
     assert row["fraction_of_peak"] == pytest.approx(row["gflops_per_s"] / 100.0)
-    assert row["rmt_segment_over_backbone"] == pytest.approx(0.1 / 0.095)
+    assert row["rmt_segment_over_backbone"] == 1.04  # the paired median, not a ratio of separate runs
+    assert row["paired_backbone_ms"] == pytest.approx(95.0) and row["backbone_segment_ms"] == pytest.approx(95.0)
     assert row["rmt_over_naive"] == pytest.approx(1.0)
     assert set(pd.read_parquet(tmp_path / "speed.parquet")["sweep"]) == {"speed"}
 
@@ -45,7 +47,8 @@ def test_speed_table_without_baselines_leaves_them_out(tmp_path):
     frame = speed_sweep(SpeedSweepConfig(**{**TINY, "methods": ("rmt",)}), tmp_path / "s.parquet",
                         progress=False, runner=FakeRunner())
     table = speed_table(frame)
-    assert "rmt_over_naive" not in table and not math.isnan(table["tokens_per_s"].iloc[0])
+    assert "rmt_over_naive" not in table and "backbone_segment_ms" not in table
+    assert not math.isnan(table["tokens_per_s"].iloc[0]) and table["rmt_segment_over_backbone"].iloc[0] == 1.04
 
 
 @pytest.mark.parametrize("override, message", [

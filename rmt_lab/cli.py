@@ -655,6 +655,73 @@ def _run_trace_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_probe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="an RMT saved with save_pretrained (a stage checkpoint)")
+    p.add_argument("--task", default="detect_memorize", help="memorize, detect_memorize or reasoning")
+    p.add_argument("--segments", type=int, default=7, help="segments per sample")
+    p.add_argument("--samples", type=int, default=256, help="samples; half train the probes, half test them")
+    p.add_argument("--split", default="test", help="train, validation or test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="parquet file to write (e.g. <trace folder>/probe.parquet)")
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from rmt_lab.io import write_parquet
+    from rmt_lab.model import RecurrentWrapper
+    from rmt_lab.tasks import TaskConfig, TaskGenerator
+    from rmt_lab.train import CheckpointError
+    from rmt_lab.trace import collect_memory_states, probe_memory
+
+    try:
+        model = RecurrentWrapper.from_pretrained(args.checkpoint).eval()
+        task = TaskConfig(task=args.task, segment_size=model.config.segment_size, length=args.segments,
+                          unit="segments", seed=args.seed)
+        generator = TaskGenerator(task)
+        samples = [generator.sample(args.split, i) for i in range(args.samples)]
+        collected = collect_memory_states(model, samples)
+        frame = probe_memory(collected["states"], collected["labels"], collected["fact_segment"], n_classes=6)
+    except (CheckpointError, ValueError, OSError) as err:
+        print(f"rmt-lab probe: error: {err}", file=sys.stderr)
+        return 2
+    frame["task"], frame["checkpoint"] = args.task, str(args.checkpoint)
+    write_parquet(args.out, frame)
+    by_distance = frame.assign(hits=frame["accuracy"] * frame["n"]).groupby("distance")[["hits", "n"]].sum()
+    print(f"linear probe on the memory state, {args.task}, {args.samples} samples of {args.segments} segments "
+          "(half train, half test); accuracy by distance from the fact segment (chance 0.167):")
+    print((by_distance["hits"] / by_distance["n"]).round(3).to_string())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_reproduce(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--quick", action="store_const", const="quick", dest="plan",
+                       help="quick config on a CPU: about 20 minutes on 2 cores")
+    which.add_argument("--paper", action="store_const", const="paper", dest="plan",
+                       help="the report's setup on the pretrained MiniLM; meant for a GPU")
+    p.add_argument("--results", default="data/results", help="results folder (steps whose files exist are skipped)")
+    p.add_argument("--figures", default="figures", help="folder for the figures")
+    p.add_argument("--force", nargs="+", default=[], metavar="STEP",
+                   help="redo these steps even if their files exist (a prefix: 'train', 'long evaluation memorize')")
+    p.add_argument("--list", action="store_true", help="print the steps, their commands and whether each is done")
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from rmt_lab.reproduce import plan, reproduce
+
+    steps = plan(args.plan, args.results, args.figures)
+    if args.list:
+        for i, step in enumerate(steps, 1):
+            state = "done" if step.outputs and step.done() else "to do"
+            print(f"[{i}/{len(steps)}] {step.name} ({state}): {step.command()}")
+        return 0
+    try:
+        return reproduce(steps, args.force, args.results)
+    except ValueError as err:
+        print(f"rmt-lab reproduce: error: {err}", file=sys.stderr)
+        return 2
+
+
 def _add_figures(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="data/results", help="results folder the figures are drawn from")
     p.add_argument("--out", default="figures", help="folder for the PNG and SVG files")
@@ -698,7 +765,9 @@ COMMANDS = {
     "eval": (_add_eval, _run_eval, "generalization matrix and long evaluation to millions of tokens"),
     "bench": (_add_bench, _run_bench, "benchmarks: FLOPs, memory and speed, RMT against full attention"),
     "trace": (_add_trace, _run_trace, "record memory read/write/retain per segment and attention maps to a folder"),
+    "probe": (_add_probe, _run_probe, "linear probes on the memory state: how long the answer stays decodable"),
     "figures": (_add_figures, _run_figures, "draw every figure that has results into figures/ (PNG and SVG)"),
+    "reproduce": (_add_reproduce, _run_reproduce, "run every experiment behind the figures, then draw them"),
 }
 
 

@@ -1,0 +1,155 @@
+"""`rmt-lab reproduce`: every experiment behind the figures, in order, then the figures.
+
+A plan is a list of steps; each step is one `rmt-lab` command line and the files it makes. A step
+whose files all exist is skipped, so an interrupted reproduction continues where it stopped (a
+training run cut off mid-way resumes from its last checkpoint), and results already committed
+under data/results/ are reused rather than measured again. `--force NAME` redoes steps.
+
+Two plans:
+  quick  the `quick` training config on the three tasks, their generalization matrices, the long
+         evaluation of the memorize model to 2,048,000 tokens (and of the other two to 256,000),
+         a trace and a memory probe, the FLOPs table, and the figures: about 20 minutes on 2 cores.
+  paper  the report's setup (`paper` config on the pretrained MiniLM, 3000 steps per stage,
+         256 samples per point, long evaluation to 2,043,904 tokens on every task); meant for a GPU.
+The seconds each step took are written to <results>/reproduce.json.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rmt_lab.io import write_json
+
+TASKS = ("memorize", "detect_memorize", "reasoning")
+PLANS = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # unique within a plan, e.g. "train memorize"
+    argv: list[str]  # the rmt-lab command line
+    outputs: list[Path]  # the step is done when all of these exist
+    resume: list[str] = field(default_factory=list)  # extra arguments when `resume_from` exists
+    resume_from: Path | None = None  # left by an interrupted earlier attempt (a checkpoint pointer)
+    clean: Path | None = None  # removed before a forced rerun (a run folder that would refuse a fresh start)
+
+    def done(self) -> bool:
+        return all(p.exists() for p in self.outputs)
+
+    def command(self) -> str:
+        return "rmt-lab " + " ".join(self.argv)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    config: str  # named training configuration
+    stages: int  # the last curriculum stage (segments)
+    gen_samples: int  # samples per point of the generalization matrix
+    long_max_tokens: dict[str, int]  # per task: the last length of the long evaluation
+    long_samples: int
+    long_batch: int
+    probe_samples: int
+    bench: list[str]  # the bench action(s) with their options
+
+
+SETTINGS = {
+    "quick": PlanSettings(
+        config="quick", stages=7, gen_samples=64,
+        long_max_tokens={"memorize": 2_048_000, "detect_memorize": 256_000, "reasoning": 256_000},
+        long_samples=8, long_batch=8, probe_samples=256,
+        bench=["bench", "flops"],
+    ),
+    "paper": PlanSettings(
+        config="paper", stages=7, gen_samples=256,
+        long_max_tokens={task: 2_043_904 for task in TASKS},
+        long_samples=64, long_batch=32, probe_samples=512,
+        bench=["bench", "all"],
+    ),
+}
+
+
+def plan(name: str, results: str | Path = "data/results", figures: str | Path = "figures") -> list[Step]:
+    """The steps of plan `name` ("quick" or "paper"), writing under `results` and drawing into `figures`."""
+    if name not in SETTINGS:
+        raise ValueError(f"unknown plan {name!r}; plans: {list(PLANS)}")
+    s = SETTINGS[name]
+    results = Path(results)
+    steps: list[Step] = []
+    for task in TASKS:
+        run = results / "runs" / f"{s.config}-{task}"
+        steps.append(Step(f"train {task}", ["train", "--config", s.config, "--task", task, "--run-dir", str(run)],
+                          [run / "checkpoints" / f"stage-{s.stages}"], resume=["--resume"],
+                          resume_from=run / "checkpoints" / "LATEST", clean=run / "checkpoints"))
+    for task in TASKS:
+        run = results / "runs" / f"{s.config}-{task}"
+        steps.append(Step(f"generalization {task}",
+                          ["eval", "generalization", "--run", str(run), "--samples", str(s.gen_samples)],
+                          [run / "generalization.parquet"]))
+    for task in TASKS:
+        run = results / "runs" / f"{s.config}-{task}"
+        steps.append(Step(f"long evaluation {task}",
+                          ["eval", "long", "--run", str(run), "--max-tokens", str(s.long_max_tokens[task]),
+                           "--samples", str(s.long_samples), "--batch-size", str(s.long_batch)],
+                          [run / "long_eval.parquet"]))
+    reasoning = results / "runs" / f"{s.config}-reasoning" / "checkpoints" / f"stage-{s.stages}"
+    trace = results / "traces" / f"{s.config}-reasoning"
+    steps.append(Step("trace reasoning",
+                      ["trace", "--checkpoint", str(reasoning), "--task", "reasoning", "--segments", "4",
+                       "--samples", "8", "--split", "test", "--maps", "all", "--keep-memory", "--out", str(trace),
+                       "--overwrite"],
+                      [trace / "trace.json"]))
+    detect = results / "runs" / f"{s.config}-detect_memorize" / "checkpoints" / f"stage-{s.stages}"
+    steps.append(Step("probe detect_memorize",
+                      ["probe", "--checkpoint", str(detect), "--task", "detect_memorize",
+                       "--segments", str(s.stages), "--samples", str(s.probe_samples),
+                       "--out", str(results / "traces" / f"{s.config}-detect_memorize-probe" / "probe.parquet")],
+                      [results / "traces" / f"{s.config}-detect_memorize-probe" / "probe.parquet"]))
+    bench = results / "bench"
+    outputs = [bench / "flops.parquet"] + ([bench / "memory.parquet", bench / "speed.parquet"]
+                                           if s.bench[-1] == "all" else [])
+    steps.append(Step("benchmark", [*s.bench, "--out", str(bench)], outputs))
+    steps.append(Step("figures", ["figures", "--results", str(results), "--out", str(figures)], []))
+    return steps
+
+
+def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | Path = "data/results",
+              run: Callable[[list[str]], int] | None = None, echo: Callable[[str], None] = print) -> int:
+    """Run the steps not yet done (and those named in `force`, matched by prefix); stop at the first failure.
+
+    Returns 0, or the failing step's exit code. Step timings go to <results>/reproduce.json.
+    """
+    if run is None:
+        from rmt_lab.cli import main as run
+    unknown = [f for f in force if not any(step.name.startswith(f) for step in steps)]
+    if unknown:
+        raise ValueError(f"--force {unknown}: no such step; steps: {[step.name for step in steps]}")
+    log = []
+    start = time.perf_counter()
+    for i, step in enumerate(steps, 1):
+        forced = any(step.name.startswith(f) for f in force)
+        head = f"[{i}/{len(steps)}] {step.name}"
+        if step.outputs and step.done() and not forced:
+            echo(f"{head}: done already ({', '.join(str(p) for p in step.outputs)})")
+            log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
+            continue
+        if forced and step.clean is not None and step.clean.exists():
+            shutil.rmtree(step.clean)
+        again = step.resume_from is not None and step.resume_from.exists() and not forced
+        argv = step.argv + (step.resume if again else [])
+        echo(f"{head}: rmt-lab {' '.join(argv)}")
+        t0 = time.perf_counter()
+        code = run(argv)
+        seconds = time.perf_counter() - t0
+        log.append({"step": step.name, "status": "ok" if code == 0 else f"exit {code}", "seconds": round(seconds, 1)})
+        write_json(Path(results) / "reproduce.json", {"steps": log})
+        echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
+        if code:
+            return code
+    total = time.perf_counter() - start
+    write_json(Path(results) / "reproduce.json", {"steps": log, "total_seconds": round(total, 1)})
+    echo(f"reproduced in {total / 60:.1f} min; step times in {Path(results) / 'reproduce.json'}")
+    return 0

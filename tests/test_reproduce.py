@@ -1,0 +1,88 @@
+"""`rmt-lab reproduce`: the plan's steps, skipping what is done, resuming, forcing, stopping on failure."""
+
+import json
+
+import pytest
+
+from rmt_lab.cli import main
+from rmt_lab.reproduce import TASKS, plan, reproduce
+
+
+class Recorder:
+    """Stands in for `rmt-lab`: records each command line and makes the files its step promises."""
+
+    def __init__(self, steps, fail=None):
+        self.outputs = {" ".join(s.argv): s.outputs for s in steps}
+        self.calls, self.fail = [], fail
+
+    def __call__(self, argv):
+        self.calls.append(argv)
+        if self.fail and self.fail in argv:
+            return 3
+        for path in self.outputs.get(" ".join(a for a in argv if a != "--resume"), []):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        return 0
+
+
+def test_quick_plan_covers_every_figure_input(tmp_path):
+    steps = plan("quick", tmp_path / "results", tmp_path / "figures")
+    names = [s.name for s in steps]
+    for task in TASKS:
+        assert {f"train {task}", f"generalization {task}", f"long evaluation {task}"} <= set(names)
+    assert names[-1] == "figures" and "trace reasoning" in names and "probe detect_memorize" in names
+    long_memorize = next(s for s in steps if s.name == "long evaluation memorize")
+    assert long_memorize.argv[long_memorize.argv.index("--max-tokens") + 1] == "2048000"
+    # Every command line parses with the real CLI.
+    from rmt_lab.cli import build_parser
+
+    for step in steps:
+        build_parser().parse_args(step.argv)
+    with pytest.raises(ValueError, match="unknown plan 'huge'; plans: \\['quick', 'paper'\\]"):
+        plan("huge")
+
+
+def test_runs_what_is_missing_then_skips_everything(tmp_path):
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    fake = Recorder(steps)
+    assert reproduce(steps, results=results, run=fake, echo=lambda s: None) == 0
+    assert len(fake.calls) == len(steps)
+    log = json.loads((results / "reproduce.json").read_text())
+    assert [r["step"] for r in log["steps"]] == [s.name for s in steps] and "total_seconds" in log
+    again = Recorder(steps)
+    assert reproduce(steps, results=results, run=again, echo=lambda s: None) == 0
+    assert again.calls == [steps[-1].argv]  # only the figures, which have no files to check
+
+
+def test_interrupted_training_resumes_and_force_starts_over(tmp_path):
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    train = steps[0]
+    train.resume_from.parent.mkdir(parents=True)
+    train.resume_from.write_text('{"checkpoint": "step-0000050"}')
+    fake = Recorder(steps)
+    reproduce(steps[:1], results=results, run=fake, echo=lambda s: None)
+    assert fake.calls == [train.argv + ["--resume"]]
+    forced = Recorder(steps)
+    reproduce(steps[:1], force=["train memorize"], results=results, run=forced, echo=lambda s: None)
+    assert forced.calls == [train.argv] and not train.resume_from.exists()
+
+
+def test_stops_at_the_first_failure_and_names_bad_steps(tmp_path):
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    fake = Recorder(steps, fail="generalization")
+    lines = []
+    assert reproduce(steps, results=results, run=fake, echo=lines.append) == 3
+    assert fake.calls[-1][:2] == ["eval", "generalization"] and "FAILED (exit 3)" in lines[-1]
+    with pytest.raises(ValueError, match="no such step"):
+        reproduce(steps, force=["tain"], results=results, run=fake)
+
+
+def test_cli_lists_the_plan(tmp_path, capsys):
+    assert main(["reproduce", "--quick", "--list", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[1/13] train memorize (to do): rmt-lab train --config quick --task memorize" in out
+    assert main(["reproduce", "--quick", "--force", "nothing", "--results", str(tmp_path)]) == 2
+    assert "no such step" in capsys.readouterr().err

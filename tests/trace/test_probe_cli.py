@@ -1,0 +1,28 @@
+"""`rmt-lab probe`: linear probes on a saved model's memory states, one row per segment and distance."""
+
+import pandas as pd
+
+from rmt_lab.cli import main
+from rmt_lab.model import RecurrentWrapper, RMTConfig
+
+
+def test_probe_writes_accuracy_by_distance(tmp_path, capsys):
+    model = RecurrentWrapper.from_backbone("tiny-bert", RMTConfig(num_mem_tokens=2, segment_size=24, num_classes=6))
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "probe.parquet"
+    argv = ["probe", "--checkpoint", str(tmp_path / "model"), "--segments", "3", "--samples", "24", "--out", str(out)]
+    assert main(argv) == 0
+    frame = pd.read_parquet(out)
+    assert set(frame["segment"]) == {0, 1, 2} and frame["accuracy"].between(0, 1).all()
+    assert (frame["n"].groupby(frame["segment"]).sum() == 12).all()  # half of 24 samples test each probe
+    assert "accuracy by distance from the fact segment" in capsys.readouterr().out
+
+
+def test_probe_bad_input(tmp_path, capsys):
+    assert main(["probe", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "p.parquet")]) == 2
+    assert "rmt-lab probe: error" in capsys.readouterr().err
+    model = RecurrentWrapper.from_backbone("tiny-bert", RMTConfig(num_mem_tokens=2, segment_size=24, num_classes=6))
+    model.save_pretrained(tmp_path / "model")
+    assert main(["probe", "--checkpoint", str(tmp_path / "model"), "--task", "recall", "--samples", "8",
+                 "--out", str(tmp_path / "p.parquet")]) == 2
+    assert "recall" in capsys.readouterr().err

@@ -1,9 +1,10 @@
 """`rmt-lab reproduce`: every experiment behind the figures, in order, then the figures.
 
 A plan is a list of steps; each step is one `rmt-lab` command line and the files it makes. A step
-whose files all exist is skipped, so an interrupted reproduction continues where it stopped (a
-training run cut off mid-way resumes from its last checkpoint), and results already committed
-under data/results/ are reused rather than measured again. `--force NAME` redoes steps.
+whose files all exist, newer than the checkpoint it reads, is skipped (make's rule): an interrupted
+reproduction continues where it stopped (a training run cut off mid-way resumes from its last
+checkpoint), a retrained model has its evaluations redone, and results that need no model (the
+committed benchmarks under data/results/bench/) are reused. `--force NAME` redoes steps.
 
 Two plans:
   quick  the `quick` training config on the three tasks, their generalization matrices, the long
@@ -32,13 +33,20 @@ PLANS = ("quick", "paper")
 class Step:
     name: str  # unique within a plan, e.g. "train memorize"
     argv: list[str]  # the rmt-lab command line
-    outputs: list[Path]  # the step is done when all of these exist
+    outputs: list[Path]  # the step is done when all of these exist and are newer than its inputs
+    inputs: list[Path] = field(default_factory=list)  # made by earlier steps (a model checkpoint)
     resume: list[str] = field(default_factory=list)  # extra arguments when `resume_from` exists
     resume_from: Path | None = None  # left by an interrupted earlier attempt (a checkpoint pointer)
     clean: Path | None = None  # removed before a forced rerun (a run folder that would refuse a fresh start)
 
     def done(self) -> bool:
-        return all(p.exists() for p in self.outputs)
+        return bool(self.outputs) and all(p.exists() for p in self.outputs) and not self.stale()
+
+    def stale(self) -> bool:
+        """Some output is older than some input: made from an earlier model."""
+        made = [p.stat().st_mtime for p in self.inputs if p.exists()]
+        have = [p.stat().st_mtime for p in self.outputs if p.exists()]
+        return bool(made and have) and min(have) < max(made)
 
     def command(self) -> str:
         return "rmt-lab " + " ".join(self.argv)
@@ -79,35 +87,39 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
     s = SETTINGS[name]
     results = Path(results)
     steps: list[Step] = []
+
+    def final(task: str) -> Path:  # the last stage's checkpoint of a task's run
+        return results / "runs" / f"{s.config}-{task}" / "checkpoints" / f"stage-{s.stages}"
+
     for task in TASKS:
         run = results / "runs" / f"{s.config}-{task}"
         steps.append(Step(f"train {task}", ["train", "--config", s.config, "--task", task, "--run-dir", str(run)],
-                          [run / "checkpoints" / f"stage-{s.stages}"], resume=["--resume"],
+                          [final(task)], resume=["--resume"],
                           resume_from=run / "checkpoints" / "LATEST", clean=run / "checkpoints"))
     for task in TASKS:
         run = results / "runs" / f"{s.config}-{task}"
         steps.append(Step(f"generalization {task}",
                           ["eval", "generalization", "--run", str(run), "--samples", str(s.gen_samples)],
-                          [run / "generalization.parquet"]))
+                          [run / "generalization.parquet"], [final(task)]))
     for task in TASKS:
         run = results / "runs" / f"{s.config}-{task}"
         steps.append(Step(f"long evaluation {task}",
                           ["eval", "long", "--run", str(run), "--max-tokens", str(s.long_max_tokens[task]),
                            "--samples", str(s.long_samples), "--batch-size", str(s.long_batch)],
-                          [run / "long_eval.parquet"]))
-    reasoning = results / "runs" / f"{s.config}-reasoning" / "checkpoints" / f"stage-{s.stages}"
+                          [run / "long_eval.parquet"], [final(task)]))
+    reasoning = final("reasoning")
     trace = results / "traces" / f"{s.config}-reasoning"
     steps.append(Step("trace reasoning",
                       ["trace", "--checkpoint", str(reasoning), "--task", "reasoning", "--segments", "4",
                        "--samples", "8", "--split", "test", "--maps", "all", "--keep-memory", "--out", str(trace),
                        "--overwrite"],
-                      [trace / "trace.json"]))
-    detect = results / "runs" / f"{s.config}-detect_memorize" / "checkpoints" / f"stage-{s.stages}"
+                      [trace / "trace.json"], [reasoning]))
+    detect = final("detect_memorize")
     steps.append(Step("probe detect_memorize",
                       ["probe", "--checkpoint", str(detect), "--task", "detect_memorize",
                        "--segments", str(s.stages), "--samples", str(s.probe_samples),
                        "--out", str(results / "traces" / f"{s.config}-detect_memorize-probe" / "probe.parquet")],
-                      [results / "traces" / f"{s.config}-detect_memorize-probe" / "probe.parquet"]))
+                      [results / "traces" / f"{s.config}-detect_memorize-probe" / "probe.parquet"], [detect]))
     bench = results / "bench"
     outputs = [bench / "flops.parquet"] + ([bench / "memory.parquet", bench / "speed.parquet"]
                                            if s.bench[-1] == "all" else [])
@@ -136,8 +148,9 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
             echo(f"{head}: done already ({', '.join(str(p) for p in step.outputs)})")
             log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
             continue
-        if forced and step.clean is not None and step.clean.exists():
-            shutil.rmtree(step.clean)
+        if forced or step.stale():  # start over: nothing of the old result may be resumed or kept
+            for path in [*step.outputs, *([step.clean] if forced and step.clean else [])]:
+                _remove(path)
         again = step.resume_from is not None and step.resume_from.exists() and not forced
         argv = step.argv + (step.resume if again else [])
         echo(f"{head}: rmt-lab {' '.join(argv)}")
@@ -153,3 +166,10 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
     write_json(Path(results) / "reproduce.json", {"steps": log, "total_seconds": round(total, 1)})
     echo(f"reproduced in {total / 60:.1f} min; step times in {Path(results) / 'reproduce.json'}")
     return 0
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

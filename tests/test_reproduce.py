@@ -86,3 +86,20 @@ def test_cli_lists_the_plan(tmp_path, capsys):
     assert "[1/13] train memorize (to do): rmt-lab train --config quick --task memorize" in out
     assert main(["reproduce", "--quick", "--force", "nothing", "--results", str(tmp_path)]) == 2
     assert "no such step" in capsys.readouterr().err
+
+
+def test_a_retrained_model_makes_its_evaluations_stale(tmp_path):
+    import os
+
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    reproduce(steps, results=results, run=Recorder(steps), echo=lambda s: None)
+    gen = next(s for s in steps if s.name == "generalization memorize")
+    assert gen.done()
+    earlier = gen.inputs[0].stat().st_mtime - 10
+    os.utime(gen.outputs[0], (earlier, earlier))  # evaluated before the model was trained again
+    assert gen.stale() and not gen.done()
+    again = Recorder(steps)
+    reproduce(steps, results=results, run=again, echo=lambda s: None)
+    assert gen.argv in again.calls and gen.done()
+    assert next(s for s in steps if s.name == "train memorize").argv not in again.calls

@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/rmt-lab demo
+	$(VENV)/bin/rmt-lab reproduce --quick
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

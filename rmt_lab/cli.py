@@ -703,10 +703,15 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", default="figures", help="folder for the figures")
     p.add_argument("--force", nargs="+", default=[], metavar="STEP",
                    help="redo these steps even if their files exist (a prefix: 'train', 'long evaluation memorize')")
+    p.add_argument("--jobs", type=int,
+                   help="steps run side by side (trainings, evaluations); default: the CPU count up to 3 for "
+                        "--quick, 1 for --paper")
     p.add_argument("--list", action="store_true", help="print the steps, their commands and whether each is done")
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
+    import os
+
     from rmt_lab.reproduce import plan, reproduce
 
     steps = plan(args.plan, args.results, args.figures)
@@ -716,7 +721,8 @@ def _run_reproduce(args: argparse.Namespace) -> int:
             print(f"[{i}/{len(steps)}] {step.name} ({state}): {step.command()}")
         return 0
     try:
-        return reproduce(steps, args.force, args.results)
+        jobs = args.jobs or (min(3, os.cpu_count() or 1) if args.plan == "quick" else 1)
+        return reproduce(steps, args.force, args.results, jobs=jobs)
     except ValueError as err:
         print(f"rmt-lab reproduce: error: {err}", file=sys.stderr)
         return 2

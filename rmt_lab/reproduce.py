@@ -17,9 +17,13 @@ The seconds each step took are written to <results>/reproduce.json.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +42,7 @@ class Step:
     resume: list[str] = field(default_factory=list)  # extra arguments when `resume_from` exists
     resume_from: Path | None = None  # left by an interrupted earlier attempt (a checkpoint pointer)
     clean: Path | None = None  # removed before a forced rerun (a run folder that would refuse a fresh start)
+    group: str = ""  # neighbouring steps of one group may run at the same time (`jobs`)
 
     def done(self) -> bool:
         return bool(self.outputs) and all(p.exists() for p in self.outputs) and not self.stale()
@@ -88,38 +93,40 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
     results = Path(results)
     steps: list[Step] = []
 
-    def final(task: str) -> Path:  # the last stage's checkpoint of a task's run
-        return results / "runs" / f"{s.config}-{task}" / "checkpoints" / f"stage-{s.stages}"
+    def run_of(task: str) -> Path:
+        return results / "runs" / f"{s.config}-{task}"
 
-    for task in TASKS:
-        run = results / "runs" / f"{s.config}-{task}"
+    def final(task: str) -> Path:  # the last stage's checkpoint of a task's run
+        return run_of(task) / "checkpoints" / f"stage-{s.stages}"
+
+    # Trainings may run side by side; reasoning, the slowest to converge, starts first.
+    for task in ("reasoning", "memorize", "detect_memorize"):
+        run = run_of(task)
         steps.append(Step(f"train {task}", ["train", "--config", s.config, "--task", task, "--run-dir", str(run)],
                           [final(task)], resume=["--resume"],
-                          resume_from=run / "checkpoints" / "LATEST", clean=run / "checkpoints"))
-    for task in TASKS:
-        run = results / "runs" / f"{s.config}-{task}"
-        steps.append(Step(f"generalization {task}",
-                          ["eval", "generalization", "--run", str(run), "--samples", str(s.gen_samples)],
-                          [run / "generalization.parquet"], [final(task)]))
-    for task in TASKS:
-        run = results / "runs" / f"{s.config}-{task}"
+                          resume_from=run / "checkpoints" / "LATEST", clean=run / "checkpoints", group="train"))
+    # So may the evaluations, which read finished models; the longest one goes first.
+    for task in sorted(TASKS, key=lambda t: -s.long_max_tokens[t]):
         steps.append(Step(f"long evaluation {task}",
-                          ["eval", "long", "--run", str(run), "--max-tokens", str(s.long_max_tokens[task]),
+                          ["eval", "long", "--run", str(run_of(task)), "--max-tokens", str(s.long_max_tokens[task]),
                            "--samples", str(s.long_samples), "--batch-size", str(s.long_batch)],
-                          [run / "long_eval.parquet"], [final(task)]))
-    reasoning = final("reasoning")
-    trace = results / "traces" / f"{s.config}-reasoning"
+                          [run_of(task) / "long_eval.parquet"], [final(task)], group="evaluate"))
+    for task in TASKS:
+        steps.append(Step(f"generalization {task}",
+                          ["eval", "generalization", "--run", str(run_of(task)), "--samples", str(s.gen_samples)],
+                          [run_of(task) / "generalization.parquet"], [final(task)], group="evaluate"))
+    reasoning, trace = final("reasoning"), results / "traces" / f"{s.config}-reasoning"
     steps.append(Step("trace reasoning",
                       ["trace", "--checkpoint", str(reasoning), "--task", "reasoning", "--segments", "4",
                        "--samples", "8", "--split", "test", "--maps", "all", "--keep-memory", "--out", str(trace),
                        "--overwrite"],
-                      [trace / "trace.json"], [reasoning]))
-    detect = final("detect_memorize")
+                      [trace / "trace.json"], [reasoning], group="evaluate"))
+    detect, probe = final("detect_memorize"), results / "traces" / f"{s.config}-detect_memorize-probe"
     steps.append(Step("probe detect_memorize",
                       ["probe", "--checkpoint", str(detect), "--task", "detect_memorize",
                        "--segments", str(s.stages), "--samples", str(s.probe_samples),
-                       "--out", str(results / "traces" / f"{s.config}-detect_memorize-probe" / "probe.parquet")],
-                      [results / "traces" / f"{s.config}-detect_memorize-probe" / "probe.parquet"], [detect]))
+                       "--out", str(probe / "probe.parquet")],
+                      [probe / "probe.parquet"], [detect], group="evaluate"))
     bench = results / "bench"
     outputs = [bench / "flops.parquet"] + ([bench / "memory.parquet", bench / "speed.parquet"]
                                            if s.bench[-1] == "all" else [])
@@ -129,43 +136,94 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
 
 
 def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | Path = "data/results",
-              run: Callable[[list[str]], int] | None = None, echo: Callable[[str], None] = print) -> int:
+              jobs: int = 1, run: Callable[[list[str], int, Path | None], int] | None = None,
+              echo: Callable[[str], None] = print) -> int:
     """Run the steps not yet done (and those named in `force`, matched by prefix); stop at the first failure.
 
-    Returns 0, or the failing step's exit code. Step timings go to <results>/reproduce.json.
+    Steps of the same `group` that are next to each other run `jobs` at a time, each in its own process
+    on cpu_count // jobs threads, its output going to <results>/logs/<step>.log (with jobs=1 every step
+    runs alone on all threads and prints to the terminal). Small models gain from this: two 1-thread
+    trainings do more work per second than one 2-thread training. Returns 0, or the failing step's
+    exit code. Step timings go to <results>/reproduce.json.
     """
-    if run is None:
-        from rmt_lab.cli import main as run
+    run = run or _run_process
     unknown = [f for f in force if not any(step.name.startswith(f) for step in steps)]
     if unknown:
         raise ValueError(f"--force {unknown}: no such step; steps: {[step.name for step in steps]}")
-    log = []
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs} must be >= 1")
+    results = Path(results)
+    log: list[dict] = []
     start = time.perf_counter()
+    todo = []
+    failures: list[int] = []  # once a step fails, no new step starts
     for i, step in enumerate(steps, 1):
         forced = any(step.name.startswith(f) for f in force)
-        head = f"[{i}/{len(steps)}] {step.name}"
         if step.outputs and step.done() and not forced:
-            echo(f"{head}: done already ({', '.join(str(p) for p in step.outputs)})")
+            echo(f"[{i}/{len(steps)}] {step.name}: done already ({', '.join(str(p) for p in step.outputs)})")
             log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
             continue
-        if forced or step.stale():  # start over: nothing of the old result may be resumed or kept
-            for path in [*step.outputs, *([step.clean] if forced and step.clean else [])]:
-                _remove(path)
-        again = step.resume_from is not None and step.resume_from.exists() and not forced
-        argv = step.argv + (step.resume if again else [])
-        echo(f"{head}: rmt-lab {' '.join(argv)}")
-        t0 = time.perf_counter()
-        code = run(argv)
-        seconds = time.perf_counter() - t0
-        log.append({"step": step.name, "status": "ok" if code == 0 else f"exit {code}", "seconds": round(seconds, 1)})
-        write_json(Path(results) / "reproduce.json", {"steps": log})
-        echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
-        if code:
-            return code
+        todo.append((i, step, forced))
+    for group in _groups(todo):
+        width = min(jobs, len(group))
+        threads = max(1, (os.cpu_count() or 1) // width)
+
+        def one(item):
+            i, step, forced = item
+            head = f"[{i}/{len(steps)}] {step.name}"
+            if failures:
+                return {"step": step.name, "status": "not run", "seconds": 0.0}, 0
+            if forced or step.stale():  # start over: nothing of the old result may be resumed or kept
+                for path in [*step.outputs, *([step.clean] if forced and step.clean else [])]:
+                    _remove(path)
+            again = step.resume_from is not None and step.resume_from.exists() and not forced
+            argv = step.argv + (step.resume if again else [])
+            output = results / "logs" / (step.name.replace(" ", "_") + ".log") if width > 1 else None
+            echo(f"{head}: rmt-lab {' '.join(argv)}" + (f"  (log: {output}, {threads} threads)" if output else ""))
+            t0 = time.perf_counter()
+            code = run(argv, threads, output)
+            seconds = time.perf_counter() - t0
+            echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
+            if code:
+                failures.append(code)
+            if code and output is not None and output.exists():
+                echo("".join(output.read_text(errors="replace").splitlines(keepends=True)[-20:]))
+            return {"step": step.name, "status": "ok" if code == 0 else f"exit {code}", "seconds": round(seconds, 1),
+                    "threads": threads}, code
+
+        with ThreadPoolExecutor(max_workers=width) as pool:
+            outcomes = list(pool.map(one, group))
+        log.extend(entry for entry, _ in outcomes)
+        write_json(results / "reproduce.json", {"steps": log, "jobs": jobs})
+        if failures:
+            return failures[0]
     total = time.perf_counter() - start
-    write_json(Path(results) / "reproduce.json", {"steps": log, "total_seconds": round(total, 1)})
-    echo(f"reproduced in {total / 60:.1f} min; step times in {Path(results) / 'reproduce.json'}")
+    write_json(results / "reproduce.json", {"steps": log, "jobs": jobs, "total_seconds": round(total, 1)})
+    echo(f"reproduced in {total / 60:.1f} min; step times in {results / 'reproduce.json'}")
     return 0
+
+
+def _groups(todo: list) -> list[list]:
+    """Consecutive steps with the same group run together; steps without a group run alone."""
+    out: list[list] = []
+    for item in todo:
+        group = item[1].group
+        if out and group and out[-1][0][1].group == group:
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
+def _run_process(argv: list[str], threads: int, output: Path | None) -> int:
+    """`python -m rmt_lab ARGV` on `threads` threads, its output to `output` (None: this terminal)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "rmt_lab", *argv]
+    if output is None:
+        return subprocess.run(command, env=env, check=False).returncode
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as stream:
+        return subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT, check=False).returncode
 
 
 def _remove(path: Path) -> None:

@@ -15,7 +15,7 @@ class Recorder:
         self.outputs = {" ".join(s.argv): s.outputs for s in steps}
         self.calls, self.fail = [], fail
 
-    def __call__(self, argv):
+    def __call__(self, argv, threads=1, output=None):
         self.calls.append(argv)
         if self.fail and self.fail in argv:
             return 3
@@ -58,14 +58,14 @@ def test_runs_what_is_missing_then_skips_everything(tmp_path):
 def test_interrupted_training_resumes_and_force_starts_over(tmp_path):
     results = tmp_path / "results"
     steps = plan("quick", results, tmp_path / "figures")
-    train = steps[0]
+    train = next(s for s in steps if s.name == "train memorize")
     train.resume_from.parent.mkdir(parents=True)
     train.resume_from.write_text('{"checkpoint": "step-0000050"}')
     fake = Recorder(steps)
-    reproduce(steps[:1], results=results, run=fake, echo=lambda s: None)
+    reproduce([train], results=results, run=fake, echo=lambda s: None)
     assert fake.calls == [train.argv + ["--resume"]]
     forced = Recorder(steps)
-    reproduce(steps[:1], force=["train memorize"], results=results, run=forced, echo=lambda s: None)
+    reproduce([train], force=["train memorize"], results=results, run=forced, echo=lambda s: None)
     assert forced.calls == [train.argv] and not train.resume_from.exists()
 
 
@@ -75,7 +75,8 @@ def test_stops_at_the_first_failure_and_names_bad_steps(tmp_path):
     fake = Recorder(steps, fail="generalization")
     lines = []
     assert reproduce(steps, results=results, run=fake, echo=lines.append) == 3
-    assert fake.calls[-1][:2] == ["eval", "generalization"] and "FAILED (exit 3)" in lines[-1]
+    assert fake.calls[-1][:2] == ["eval", "generalization"] and any("FAILED (exit 3)" in line for line in lines)
+    assert not any(call[0] == "figures" for call in fake.calls)  # nothing after the failing group
     with pytest.raises(ValueError, match="no such step"):
         reproduce(steps, force=["tain"], results=results, run=fake)
 
@@ -83,7 +84,7 @@ def test_stops_at_the_first_failure_and_names_bad_steps(tmp_path):
 def test_cli_lists_the_plan(tmp_path, capsys):
     assert main(["reproduce", "--quick", "--list", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "[1/13] train memorize (to do): rmt-lab train --config quick --task memorize" in out
+    assert "[2/13] train memorize (to do): rmt-lab train --config quick --task memorize" in out
     assert main(["reproduce", "--quick", "--force", "nothing", "--results", str(tmp_path)]) == 2
     assert "no such step" in capsys.readouterr().err
 
@@ -103,3 +104,24 @@ def test_a_retrained_model_makes_its_evaluations_stale(tmp_path):
     reproduce(steps, results=results, run=again, echo=lambda s: None)
     assert gen.argv in again.calls and gen.done()
     assert next(s for s in steps if s.name == "train memorize").argv not in again.calls
+
+
+def test_steps_of_a_group_run_side_by_side_with_their_own_logs(tmp_path):
+    import threading
+
+    results = tmp_path / "results"
+    steps = [s for s in plan("quick", results, tmp_path / "figures") if s.name.startswith("train")]
+    meet = threading.Barrier(2, timeout=10)  # passes only if two trainings are running at once
+    seen = []
+
+    def fake(argv, threads, output):
+        seen.append((threads, output))
+        if argv[4] != "reasoning":
+            meet.wait()
+        return 0
+
+    assert reproduce(steps, results=results, jobs=2, run=fake, echo=lambda s: None) == 0
+    assert len(seen) == 3 and all(output.parent == results / "logs" for _, output in seen)
+    solo = []
+    reproduce(steps[:1], results=results, jobs=2, run=lambda a, t, o: solo.append((t, o)) or 0, echo=lambda s: None)
+    assert solo[0][1] is None  # alone: all threads, output to the terminal

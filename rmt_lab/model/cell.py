@@ -41,6 +41,22 @@ class CellOutput:
     active: Tensor  # (batch,) bool, the sample had at least one token in this segment
 
 
+@dataclass(frozen=True)
+class SegmentPositions:
+    """Where memory, content and the summary sit in one segment's backbone positions (layouts above).
+    The one place these positions are decided: the cell builds its inputs from them, the tracer its layouts."""
+
+    layout: str  # "encoder" or "decoder"
+    n_mem: int  # M
+    lengths: Tensor  # (batch,) content tokens per row
+    read: slice  # positions whose input embeddings are the incoming memory, the same for every row
+    write: Tensor  # (batch, M) positions whose final states are the new memory
+    content: slice  # positions that may hold content, prefix_len .. prefix_len + seg_len, every row
+    summary: Tensor  # (batch,) [CLS] (encoder) or the position before the write slots, the last token (decoder)
+    n_positions: int  # L, backbone positions of the segment
+    valid: Tensor  # (batch, L) bool, the positions the backbone attends to; padding only at the end
+
+
 class MemoryCell(nn.Module):
     """Runs one segment through a HF backbone with memory tokens (the RMT's recurrent step)."""
 
@@ -92,6 +108,25 @@ class MemoryCell(nn.Module):
         suffix = m if self.layout == "decoder" else 1
         return self.prefix_len + self.config.segment_size + suffix
 
+    def positions(self, lengths: Tensor, seg_len: int) -> SegmentPositions:
+        """Positions of a segment of `seg_len` columns whose rows hold `lengths` (batch,) tokens."""
+        m, p = self.config.num_mem_tokens, self.prefix_len
+        fixed = self.positions_per_segment - self.config.segment_size  # memory and special-token positions
+        slots = torch.arange(m, device=lengths.device)  # (M,)
+        if self.layout == "encoder":
+            read = slice(1, 1 + m)
+            write = (1 + slots).expand(len(lengths), m)  # written where read
+            summary = torch.zeros_like(lengths)  # [CLS]
+        else:
+            read = slice(0, m)
+            write = (p + lengths)[:, None] + slots  # right after each row's last token
+            summary = (p + lengths - 1).clamp(min=0)  # the last token
+        pos = torch.arange(fixed + seg_len, device=lengths.device)  # (L,)
+        return SegmentPositions(
+            layout=self.layout, n_mem=m, lengths=lengths, read=read, write=write, content=slice(p, p + seg_len),
+            summary=summary, n_positions=fixed + seg_len, valid=pos < (fixed + lengths)[:, None],
+        )
+
     def init_memory(self, batch_size: int) -> Tensor:
         return self.memory.unsqueeze(0).expand(batch_size, -1, -1)  # (batch, n_mem, d_model)
 
@@ -138,22 +173,17 @@ class MemoryCell(nn.Module):
         sep = self._special(self.special.sep, batch, tokens)
         parts = [cls, memory, sep] if m else [cls]
         embeds = torch.cat([*parts, tokens, sep], dim=1)  # (batch, prefix + seg_len + 1, d_model)
-        pos = torch.arange(embeds.shape[1], device=tokens.device)  # (positions,)
-        end = self.prefix_len + lengths  # (batch,) position of each row's closing [SEP]
+        where = self.positions(lengths, seg_len)
+        pos = torch.arange(where.n_positions, device=tokens.device)  # (positions,)
+        end = where.content.start + lengths  # (batch,) position of each row's closing [SEP]
         embeds = torch.where((pos == end[:, None])[..., None], sep, embeds)
-        full_mask = (pos <= end[:, None]).long()  # (batch, positions)
-        write_pos = torch.arange(1, 1 + m, device=tokens.device).expand(batch, m)
-        summary_pos = torch.zeros_like(lengths)
-        return embeds, full_mask, write_pos, summary_pos
+        return embeds, where.valid.long(), where.write, where.summary
 
     def _decoder_inputs(self, tokens: Tensor, lengths: Tensor, memory: Tensor):
         batch, seg_len, d = tokens.shape
         m = self.config.num_mem_tokens
         embeds = torch.cat([memory, tokens, memory], dim=1)  # (batch, m + seg_len + m, d_model)
-        write_pos = (m + lengths)[:, None] + torch.arange(m, device=tokens.device)  # (batch, m)
+        where = self.positions(lengths, seg_len)
         if m:
-            embeds = embeds.scatter(1, write_pos[..., None].expand(-1, -1, d), memory)
-        pos = torch.arange(embeds.shape[1], device=tokens.device)
-        full_mask = (pos < (2 * m + lengths)[:, None]).long()
-        summary_pos = (m + lengths - 1).clamp(min=0)
-        return embeds, full_mask, write_pos, summary_pos
+            embeds = embeds.scatter(1, where.write[..., None].expand(-1, -1, d), memory)
+        return embeds, where.valid.long(), where.write, where.summary

@@ -1,6 +1,7 @@
 """Where memory, content and special tokens sit in one segment's backbone positions.
 
-The memory cell lays a segment out as (see rmt_lab/model/cell.py):
+The memory cell lays a segment out as (see rmt_lab/model/cell.py, whose `MemoryCell.positions` says where
+each part sits; nothing here re-derives it):
 
     encoder  [CLS] [mem 0..M-1] [SEP] t_0 .. t_{n-1} [SEP] [PAD] ...
     decoder  [read 0..M-1] t_0 .. t_{n-1} [write 0..M-1] [PAD] ...
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from rmt_lab.model import MemoryCell, SegmentPositions
 
 # Columns of SegmentLayout.keys
 MEM, CONTENT, SPAN, FACT, SLOT0 = 0, 1, 2, 3, 4
@@ -53,43 +56,23 @@ class SegmentLayout:
         return key_positions - self.prefix_len
 
 
-def build_layout(
-    layout: str,
-    n_mem: int,
-    prefix_len: int,
-    segment_size: int,
-    attention_mask: Tensor,
-    starts: Tensor,
-    facts: Tensor | None,
-) -> SegmentLayout:
-    """Layout of one segment. `attention_mask` (batch, seg_len); `facts` (batch, n_facts) content
-    positions in the whole input, -1 for none; `starts` (batch,) content tokens before this segment."""
-    device = attention_mask.device
-    batch, seg_len = attention_mask.shape
-    m = n_mem
-    lengths = attention_mask.bool().sum(1)  # (batch,)
-    n_pos = (prefix_len + seg_len + 1) if layout == "encoder" else (2 * m + seg_len)
+def build_layout(where: SegmentPositions, segment_size: int, starts: Tensor, facts: Tensor | None) -> SegmentLayout:
+    """Layout of one segment, from where the cell puts its parts (`MemoryCell.positions`). `facts` (batch, n_facts)
+    content positions in the whole input, -1 for none; `starts` (batch,) content tokens before this segment."""
+    lengths, valid, m = where.lengths, where.valid, where.n_mem
+    batch, n_pos = valid.shape
+    device = valid.device
+    prefix_len = where.content.start
     pos = torch.arange(n_pos, device=device)  # (L,)
-    slot = torch.arange(m, device=device)  # (M,)
     content = (pos >= prefix_len) & (pos < prefix_len + lengths[:, None])  # (batch, L)
-    if layout == "encoder":
-        valid = pos <= (prefix_len + lengths)[:, None]  # up to the closing [SEP]
-        rows = torch.arange(m + 1, device=device).expand(batch, m + 1)
-        mem_keys = (pos >= 1) & (pos <= m)
-        mem_keys = mem_keys.expand(batch, n_pos)
-        own = (pos[None, :] == 1 + slot[:, None]).expand(batch, m, n_pos)  # (batch, M, L)
-        row_ok = valid[:, None, :].expand(batch, m + 1, n_pos)
-        read_keys = slice(1, 1 + m)
-    else:
-        write0 = m + lengths  # (batch,) first write slot
-        valid = pos < (2 * m + lengths)[:, None]
-        rows = (write0 - 1)[:, None] + torch.arange(m + 1, device=device)  # answer = last token, then writes
-        rows = rows.clamp(min=0)
-        write_keys = (pos >= write0[:, None]) & (pos < (write0 + m)[:, None])
-        mem_keys = (pos < m) | write_keys  # both copies of the incoming memory
-        own = (pos[None, None, :] == slot[None, :, None]) | (pos[None, None, :] == (write0[:, None] + slot)[..., None])
-        row_ok = valid[:, None, :] & (pos[None, None, :] <= rows[..., None])  # causal
-        read_keys = slice(0, m)
+    rows = torch.cat([where.summary[:, None], where.write], dim=1)  # answer position, then the writers
+    read = torch.arange(where.read.start, where.read.stop, device=device)  # (M,)
+    # Slot i's incoming memory: its read slot and, where it is another position (decoder), its write slot.
+    own = (pos == read[:, None]) | (pos == where.write[..., None])  # (batch, M, L)
+    mem_keys = own.any(1)  # (batch, L)
+    row_ok = valid[:, None, :].expand(batch, m + 1, n_pos)
+    if where.layout == "decoder":
+        row_ok = row_ok & (pos <= rows[..., None])  # causal
     span = torch.zeros(batch, n_pos, dtype=torch.bool, device=device)
     fact = torch.zeros_like(span)
     if facts is not None and facts.numel():
@@ -103,13 +86,13 @@ def build_layout(
         [mem_keys[..., None], content[..., None], span[..., None], fact[..., None], own.transpose(1, 2)], dim=-1
     ).float()  # (batch, L, 4 + M)
     row_bias = torch.zeros(batch, 1, m + 1, n_pos, device=device).masked_fill(~row_ok[:, None], float("-inf"))
-    content_rows = slice(prefix_len, prefix_len + seg_len)
+    content_rows = where.content
     content_weight = content[:, content_rows].float() / lengths.clamp(min=1)[:, None].float()
     return SegmentLayout(
-        layout=layout, n_mem=m, n_positions=n_pos, prefix_len=prefix_len, lengths=lengths,
+        layout=where.layout, n_mem=m, n_positions=n_pos, prefix_len=prefix_len, lengths=lengths,
         rows=rows, row_bias=row_bias, keys=keys, content_mask=content.float()[:, None, :], content_rows=content_rows,
         content_weight=content_weight,
-        read_keys=read_keys,
+        read_keys=where.read,
         has_fact=fact.any(1), active=lengths > 0, any_fact=bool(fact.any()),
         lengths_list=tuple(lengths.tolist()), all_visible=bool(row_ok.all()),
     )
@@ -137,9 +120,8 @@ class LayoutCache:
     """Layouts of one recording. Segments alike in shape, lengths and fact tokens share one layout, so a
     long stream of full noise segments builds its layout once."""
 
-    def __init__(self, layout: str, n_mem: int, prefix_len: int, segment_size: int,
-                 facts: list[list[int]] | None, device: torch.device, size: int = 64):
-        self.args = (layout, n_mem, prefix_len, segment_size)
+    def __init__(self, cell: MemoryCell, facts: list[list[int]] | None, device: torch.device, size: int = 64):
+        self.cell = cell
         self.facts = [sorted(int(p) for p in f) for f in facts] if facts is not None else None
         self.facts_tensor = None
         if self.facts is not None:
@@ -162,6 +144,7 @@ class LayoutCache:
             if len(self._cache) >= self.size:
                 self._cache.clear()
             starts_t = torch.tensor(starts, dtype=torch.long, device=attention_mask.device)
-            lay = build_layout(*self.args, attention_mask, starts_t, self.facts_tensor)
+            where = self.cell.positions(attention_mask.bool().sum(1), attention_mask.shape[1])
+            lay = build_layout(where, self.cell.config.segment_size, starts_t, self.facts_tensor)
             self._cache[key] = lay
         return lay

@@ -246,8 +246,7 @@ class Recorder:
         self.starts = [0] * batch
         if self.facts is not None and len(self.facts) != batch:
             raise ValueError(f"facts were given for {len(self.facts)} samples but the input has batch {batch}")
-        self._layouts = LayoutCache(cell.layout, self.n_mem, cell.prefix_len, cell.config.segment_size, self.facts,
-                                    device)
+        self._layouts = LayoutCache(cell, self.facts, device)
         self._use_lse = {"auto": None, "lse": True, "channel": False}[self.fused]
         # What one buffered segment keeps until its table rows are made: stats, top-k, memory in/out, token ids.
         c, d = self.config, cell.d_model

@@ -32,6 +32,40 @@ def test_decoder_without_memory_reproduces_backbone_logits():
     assert torch.allclose(out.segments[0]["lm_logits"], ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("m", [0, 3])
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2"])
+def test_positions_follow_the_documented_layouts(name, m):
+    cell = tiny(name, num_mem_tokens=m).cell
+    lengths, seg_len = torch.tensor([5, 0, 8, 2]), 8  # a short last segment, padded rows and an empty one
+
+    def labels(n):
+        tokens = [f"t{i}" for i in range(n)]
+        if cell.layout == "encoder":
+            return ["[CLS]"] + ([f"[mem {i}]" for i in range(m)] + ["[SEP]"] if m else []) + tokens + ["[SEP]"]
+        return [f"[read {i}]" for i in range(m)] + tokens + [f"[write {i}]" for i in range(m)]
+
+    where = cell.positions(lengths, seg_len)
+    n_positions = len(labels(seg_len))
+    assert where.layout == cell.layout and where.n_mem == m and where.n_positions == n_positions
+    assert where.valid.shape == (4, n_positions) and where.write.shape == (4, m)
+    reads = [f"[mem {i}]" if cell.layout == "encoder" else f"[read {i}]" for i in range(m)]
+    writes = [f"[mem {i}]" if cell.layout == "encoder" else f"[write {i}]" for i in range(m)]
+    full = labels(seg_len)
+    assert list(range(n_positions)[where.read]) == [full.index(x) for x in reads]
+    assert where.content == slice(full.index("t0"), full.index("t0") + seg_len)
+    for b, n in enumerate(lengths.tolist()):
+        row = labels(n)
+        row += ["[PAD]"] * (n_positions - len(row))
+        assert row[where.content][:n] == [f"t{i}" for i in range(n)]
+        assert where.write[b].tolist() == [row.index(x) for x in writes]
+        assert where.valid[b].tolist() == [x != "[PAD]" for x in row]
+        if cell.layout == "encoder":
+            summary = row.index("[CLS]")
+        else:  # the last token; for an empty row the position before the write slots
+            summary = row.index(f"t{n - 1}") if n else max(m - 1, 0)
+        assert int(where.summary[b]) == summary
+
+
 def test_decoder_content_never_sees_later_content():
     model = tiny("tiny-gpt2")
     ids = tokens(1, 16)

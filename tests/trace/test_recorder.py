@@ -56,7 +56,7 @@ def test_summaries_on_the_fly_equal_summaries_from_full_maps(name, fused):
     for s in trace.map_segments:
         info = trace.segment_info(s)
         mask = torch.arange(16)[None] < torch.tensor(info["lengths"])[:, None]
-        lay = build_layout(model.cell.layout, 4, model.cell.prefix_len, 16, mask, torch.tensor(info["starts"]), facts)
+        lay = build_layout(model.cell.positions(mask.sum(1), 16), 16, torch.tensor(info["starts"]), facts)
         for layer in (0, 1):
             stats, values, positions = summaries_from_maps(trace.pattern(s, layer), lay, top_k=3)
             for b in range(2):

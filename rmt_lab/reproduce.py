@@ -179,7 +179,7 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
             again = step.resume_from is not None and step.resume_from.exists() and not forced
             argv = step.argv + (step.resume if again else [])
             output = results / "logs" / (step.name.replace(" ", "_") + ".log") if width > 1 else None
-            echo(f"{head}: rmt-lab {' '.join(argv)}" + (f"  (log: {output}, {threads} threads)" if output else ""))
+            echo(f"{head}: rmt-lab {' '.join(argv)}" + (f"  (log: {output}, {threads} thread{'s' * (threads > 1)})" if output else ""))
             t0 = time.perf_counter()
             code = run(argv, threads, output)
             seconds = time.perf_counter() - t0

@@ -734,13 +734,24 @@ def _add_figures(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures (see --list)")
     p.add_argument("--list", action="store_true", help="list the figures and the inputs each one lacks, draw nothing")
     p.add_argument("--strict", action="store_true", help="exit 1 if any figure lacks an input")
+    p.add_argument("--recompute", action="store_true",
+                   help="first rerun every experiment behind the figures (rmt-lab reproduce --quick, all steps)")
 
 
 def _run_figures(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from rmt_lab.viz import figure_names, format_report, missing_inputs, render_figures
 
+    if args.recompute:
+        from rmt_lab.reproduce import plan, reproduce
+
+        steps = [step for step in plan("quick", args.results, args.out) if step.name != "figures"]
+        code = reproduce(steps, force=[step.name for step in steps], results=args.results,
+                         jobs=min(3, os.cpu_count() or 1))
+        if code:
+            return code
     if not Path(args.results).is_dir():
         print(f"rmt-lab figures: error: results folder {args.results} does not exist; make results with "
               "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)", file=sys.stderr)

@@ -125,3 +125,14 @@ def test_steps_of_a_group_run_side_by_side_with_their_own_logs(tmp_path):
     solo = []
     reproduce(steps[:1], results=results, jobs=2, run=lambda a, t, o: solo.append((t, o)) or 0, echo=lambda s: None)
     assert solo[0][1] is None  # alone: all threads, output to the terminal
+
+
+def test_figures_recompute_reruns_every_experiment_first(tmp_path, monkeypatch):
+    import rmt_lab.reproduce as reproduce_module
+
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    fake = Recorder(steps)
+    monkeypatch.setattr(reproduce_module, "_run_process", fake)
+    main(["figures", "--recompute", "--results", str(results), "--out", str(tmp_path / "figures")])
+    assert sorted(map(tuple, fake.calls)) == sorted(tuple(s.argv) for s in steps if s.name != "figures")

@@ -2,7 +2,8 @@
 
 `render_figures(results, out)` draws every figure whose inputs exist into `out/` (PNG and SVG) and
 says, for each one it could not draw, which file is missing and which command makes it. Nothing
-here runs an experiment: the commands are only named (`rmt-lab reproduce` runs them).
+here runs an experiment: the commands are only named (`rmt-lab reproduce`, or `rmt-lab figures
+--recompute`, runs them).
 
 The results folder (default data/results/):
     bench/flops.parquet                      rmt-lab bench flops            Figure 3
@@ -35,10 +36,10 @@ COMMANDS = {
     "train": "rmt-lab train --config quick --task {task} --run-dir {results}/runs/quick-{task}",
     "generalization": "rmt-lab eval generalization --run {run}",
     "long": "rmt-lab eval long --run {run}",
-    "trace": ("rmt-lab trace --checkpoint runs/quick-reasoning/checkpoints/stage-7 --task reasoning --segments 4 "
-              "--samples 8 --maps all --keep-memory --out {results}/traces/quick-reasoning"),
-    "probe": ("rmt-lab reproduce --quick (its probe step: rmt_lab.trace.probe_memory on the reasoning model's "
-              "memory states, saved as {results}/traces/quick-reasoning/probe.parquet)"),
+    "trace": ("rmt-lab trace --checkpoint {results}/runs/quick-reasoning/checkpoints/stage-7 --task reasoning "
+              "--segments 4 --samples 8 --maps all --keep-memory --out {results}/traces/quick-reasoning"),
+    "probe": ("rmt-lab probe --checkpoint {results}/runs/quick-detect_memorize/checkpoints/stage-7 "
+              "--task detect_memorize --segments 7 --out {results}/traces/quick-detect_memorize-probe/probe.parquet"),
 }
 
 

@@ -155,16 +155,19 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
     results = Path(results)
     log: list[dict] = []
     start = time.perf_counter()
-    todo = []
     failures: list[int] = []  # once a step fails, no new step starts
-    for i, step in enumerate(steps, 1):
-        forced = any(step.name.startswith(f) for f in force)
-        if step.outputs and step.done() and not forced:
-            echo(f"[{i}/{len(steps)}] {step.name}: done already ({', '.join(str(p) for p in step.outputs)})")
-            log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
+    for candidates in _groups(list(enumerate(steps, 1))):
+        # Decided when the group starts, after the steps before it made the models it reads.
+        group = []
+        for i, step in candidates:
+            forced = any(step.name.startswith(f) for f in force)
+            if step.outputs and step.done() and not forced:
+                echo(f"[{i}/{len(steps)}] {step.name}: done already ({', '.join(str(p) for p in step.outputs)})")
+                log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
+            else:
+                group.append((i, step, forced))
+        if not group:
             continue
-        todo.append((i, step, forced))
-    for group in _groups(todo):
         width = min(jobs, len(group))
         threads = max(1, (os.cpu_count() or 1) // width)
 
@@ -203,10 +206,10 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
     return 0
 
 
-def _groups(todo: list) -> list[list]:
-    """Consecutive steps with the same group run together; steps without a group run alone."""
+def _groups(numbered: list) -> list[list]:
+    """(index, step) pairs cut into runs: neighbouring steps of one group together, others alone."""
     out: list[list] = []
-    for item in todo:
+    for item in numbered:
         group = item[1].group
         if out and group and out[-1][0][1].group == group:
             out[-1].append(item)

@@ -136,3 +136,19 @@ def test_figures_recompute_reruns_every_experiment_first(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce_module, "_run_process", fake)
     main(["figures", "--recompute", "--results", str(results), "--out", str(tmp_path / "figures")])
     assert sorted(map(tuple, fake.calls)) == sorted(tuple(s.argv) for s in steps if s.name != "figures")
+
+
+def test_fresh_clone_with_committed_results_retrains_then_reevaluates(tmp_path):
+    import os
+
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    evaluations = [s for s in steps if s.group == "evaluate"]
+    for step in evaluations:  # committed results, but no checkpoints (they are not committed)
+        for path in step.outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            os.utime(path, (1e9, 1e9))
+    fake = Recorder(steps)
+    assert reproduce(steps, results=results, run=fake, echo=lambda s: None) == 0
+    assert all(step.argv in fake.calls for step in evaluations)  # judged after the trainings ran

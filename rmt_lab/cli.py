@@ -205,22 +205,28 @@ def _print_memory(frame) -> None:
               f"max/min from {f['low_tokens']:,} up: {f['max_over_min']:.3f}x)")
 
 
-def _run_bench_memory(args: argparse.Namespace) -> int:
+def _run_sweep(args: argparse.Namespace, name: str, make_config, sweep, show) -> int:
+    """One measured sweep (memory or speed): config from the options, resume from <out>/<name>.parquet."""
     from pathlib import Path
 
-    from rmt_lab.bench.memory import memory_sweep
     from rmt_lab.config import ConfigError
 
     try:
-        config = _memory_config(args)
-        path = Path(args.out) / "memory.parquet"
-        frame = memory_sweep(config, path, progress=not args.no_progress, remeasure=args.remeasure)
+        config = make_config(args)
+        path = Path(args.out) / f"{name}.parquet"
+        frame = sweep(config, path, progress=not args.no_progress, remeasure=args.remeasure)
     except ConfigError as err:
-        print(f"rmt-lab bench memory: {err}", file=sys.stderr)
+        print(f"rmt-lab bench {name}: {err}", file=sys.stderr)
         return 2
-    _print_memory(frame)
+    show(frame)
     print(f"\nwrote {path} ({len(frame)} rows of this sweep)")
     return 0
+
+
+def _run_bench_memory(args: argparse.Namespace) -> int:
+    from rmt_lab.bench.memory import memory_sweep
+
+    return _run_sweep(args, "memory", _memory_config, memory_sweep, _print_memory)
 
 
 def _add_bench_speed(p: argparse.ArgumentParser) -> None:
@@ -285,21 +291,9 @@ def _print_speed(frame) -> None:
 
 
 def _run_bench_speed(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rmt_lab.bench.speed import speed_sweep
-    from rmt_lab.config import ConfigError
 
-    try:
-        config = _speed_config(args)
-        path = Path(args.out) / "speed.parquet"
-        frame = speed_sweep(config, path, progress=not args.no_progress, remeasure=args.remeasure)
-    except ConfigError as err:
-        print(f"rmt-lab bench speed: {err}", file=sys.stderr)
-        return 2
-    _print_speed(frame)
-    print(f"\nwrote {path} ({len(frame)} rows of this sweep)")
-    return 0
+    return _run_sweep(args, "speed", _speed_config, speed_sweep, _print_speed)
 
 
 def _add_bench_all(p: argparse.ArgumentParser) -> None:

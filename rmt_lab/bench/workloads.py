@@ -7,7 +7,7 @@ process's peak RSS; on CUDA the workload adds `peak_cuda_mib`.
 - "rmt": the RMT over a long random input, streamed segment by segment (forward, nothing kept per
   segment), or one training step (forward + backward through the memory, full or truncated BPTT);
   with `keep_outputs` the naive loop instead: the whole input materialized and every segment's
-  outputs kept, the way the published RMT wrapper works (the baseline of issue 8).
+  outputs, vocabulary logits included, kept, the way the published RMT wrapper works (issue 8).
 - "full": the same backbone size attending over the whole input at once (random weights,
   position table enlarged to the length: lookups cost no FLOPs), eager or sdpa attention.
 - "backbone": the bare backbone's forward over one segment's positions, repeated.
@@ -218,9 +218,9 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
             result = _common(dev)
             _reset_peak_cuda(dev)
             if keep_outputs:
-                seconds, times, out_segments, memory = naive_loop(model, tokens, batch, dev)
+                seconds, times, out_segments, memory, kept = naive_loop(model, tokens, batch, dev)
                 result.update(seconds=seconds, n_segments=out_segments, memory_shape=list(memory.shape),
-                              **time_stats(times))
+                              kept_mib=kept / 2**20, **time_stats(times))
             else:
                 between = _bare_pass(model, batch, dev) if paired_backbone else None
                 clock = SegmentClock(random_segments(tokens, segment_size, batch, device=dev), dev, between)
@@ -248,10 +248,15 @@ def _bare_pass(model: nn.Module, batch: int, dev: torch.device) -> Callable[[], 
 def naive_loop(model: nn.Module, tokens: int, batch: int, dev: torch.device):
     """The baseline of issue 8: the whole input materialized, every segment's outputs kept.
 
-    That is how the published RMT wrapper works (it returns all segments' outputs, concatenated);
-    the compute per segment is the same memory cell. Returns (seconds, per-segment times, segments, memory).
+    That is how the published RMT wrapper works: it runs the backbone with its language-model head
+    and returns all segments' outputs, vocabulary logits included. Here the head is the model's own
+    (GPT-2) or, for an encoder, the vocabulary projection tied to the token embeddings (BERT's MLM
+    decoder without its transform layer); the memory cell is the same as the streamed RMT's.
+    Returns (seconds, per-segment times, segments, memory, bytes of the outputs kept).
     """
     size = model.config.segment_size
+    head = model.cell.lm_head
+    weight = model.cell.embeddings.weight  # (vocab, d_model)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(*TOKEN_RANGE, (batch, tokens), generator=g).to(dev)  # (batch, tokens), all of it
     memory = model.init_memory(batch)  # (batch, n_mem, d_model)
@@ -262,15 +267,17 @@ def naive_loop(model: nn.Module, tokens: int, batch: int, dev: torch.device):
         t0 = time.perf_counter()
         seg = ids[:, lo:lo + size]  # (batch, <= segment_size)
         out = model.cell(seg, torch.ones_like(seg, dtype=torch.bool), memory)
-        outputs.append(out)  # memory, summary, hidden states of every segment: kept
+        logits = head(out.hidden) if head is not None else out.hidden @ weight.T  # (batch, seg, vocab)
+        outputs.append((out, logits))  # memory, summary, hidden states and logits of every segment: kept
         memory = out.memory
         _sync(dev)
         times.append(time.perf_counter() - t0)
-    hidden = torch.cat([o.hidden for o in outputs], dim=1)  # (batch, tokens, d_model), as the wrapper returns
+    hidden = torch.cat([o.hidden for o, _ in outputs], dim=1)  # (batch, tokens, d_model), as the wrapper returns
     _sync(dev)
     seconds = time.perf_counter() - start
+    kept = sum(t.numel() * t.element_size() for o, logits in outputs for t in (o.memory, o.summary, o.hidden, logits))
     del hidden
-    return seconds, times, len(outputs), memory
+    return seconds, times, len(outputs), memory, kept
 
 
 # ------------------------------------------------------------------------------- full attention, bare

@@ -59,6 +59,9 @@ def test_workloads_in_process_return_sane_measurements():
     assert naive["n_segments"] == stream["n_segments"] == 3
     assert stream["paired_backbone_s_median"] > 0 and stream["paired_ratio_median"] > 0
     assert naive["memory_shape"] == stream["memory_shape"] == [1, 10, 64]
+    # Kept per token: hidden (64 floats) and vocabulary logits, the bulk, as the published wrapper keeps them.
+    vocab = 30522
+    assert naive["kept_mib"] * 2**20 >= 1000 * (64 + vocab) * 4
     bare = WORKLOADS["backbone"](backbone="tiny-bert", positions=512, passes=3, matmul_n=256, matmul_repeats=3)
     assert bare["n_segments"] == 3 and bare["matmul_peak_gflops_min"] <= bare["matmul_peak_gflops"]
 

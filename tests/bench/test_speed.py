@@ -21,7 +21,7 @@ def test_points_count_the_flops_the_task_needs():
     shape = backbone_shape("tiny-bert")
     by = {(p.key["batch"], p.key["method"]): p for p in points}
     assert by[4, "rmt"].known["flops"] == total(rmt_flops(shape, 3 * 499, 499, 10, 4, head="none"))
-    assert by[4, "rmt-naive"].known["flops"] == by[4, "rmt"].known["flops"]
+    assert by[4, "rmt-naive"].known["flops"] > by[4, "rmt"].known["flops"]  # the naive loop adds the LM head
     # The bare backbone over the same 512 positions, once per segment: equal FLOPs for full segments.
     assert by[4, "backbone"].known["flops"] == 3 * total(forward_pass_flops(shape, 512, 4))
     assert by[4, "backbone"].known["flops"] == by[4, "rmt"].known["flops"]

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -38,23 +40,35 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def overhead_ratio(backbone: str = "minilm", n_segments: int = 10, repeats: int = 7, segment_size: int = 499,
-                   num_mem_tokens: int = 10, batch: int = 1, config: TraceConfig | None = None,
-                   seed: int = 0, threads: int | None = None) -> dict:
-    """Time of `n_segments` segments with summaries for every segment, over the same run untraced."""
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[int]:
+    """Run on `threads` torch threads (None: as set), restored afterwards; yields the count in use."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _overhead_ratio(backbone, n_segments, repeats, segment_size, num_mem_tokens, batch, config, seed)
+        yield threads or previous
     finally:
         torch.set_num_threads(previous)
 
 
-def _overhead_ratio(backbone, n_segments, repeats, segment_size, num_mem_tokens, batch, config, seed) -> dict:
+def _bench_model(backbone: str, num_mem_tokens: int, segment_size: int, seed: int) -> RecurrentWrapper:
+    """A fresh untrained RMT in eval mode, its weights drawn from `seed`."""
     torch.manual_seed(seed)
-    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
-                                                               segment_size=segment_size)).eval()
+    return RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
+                                                              segment_size=segment_size)).eval()
+
+
+def overhead_ratio(backbone: str = "minilm", n_segments: int = 10, repeats: int = 7, segment_size: int = 499,
+                   num_mem_tokens: int = 10, batch: int = 1, config: TraceConfig | None = None,
+                   seed: int = 0, threads: int | None = None) -> dict:
+    """Time of `n_segments` segments with summaries for every segment, over the same run untraced."""
+    with _torch_threads(threads):
+        return _overhead_ratio(backbone, n_segments, repeats, segment_size, num_mem_tokens, batch, config, seed)
+
+
+def _overhead_ratio(backbone, n_segments, repeats, segment_size, num_mem_tokens, batch, config, seed) -> dict:
+    model = _bench_model(backbone, num_mem_tokens, segment_size, seed)
     g = torch.Generator().manual_seed(seed)
     segments = [torch.randint(1000, 29000, (batch, segment_size), generator=g) for _ in range(n_segments)]
     config = config or TraceConfig()
@@ -99,17 +113,12 @@ def segment_overhead(backbone: str = "minilm", n_pairs: int = 30, segment_size: 
     out: they do not grow with the input."""
     from rmt_lab.trace.attention import TRACE_IMPL
 
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
-                                                               segment_size=segment_size)).eval()
-    seg = torch.randint(1000, 29000, (batch, segment_size), generator=torch.Generator().manual_seed(seed))
-    mask = torch.ones_like(seg, dtype=torch.bool)
-    hf = model.cell.model.config
     plain, traced = [], []
-    try:
+    with _torch_threads(threads) as used:
+        model = _bench_model(backbone, num_mem_tokens, segment_size, seed)
+        seg = torch.randint(1000, 29000, (batch, segment_size), generator=torch.Generator().manual_seed(seed))
+        mask = torch.ones_like(seg, dtype=torch.bool)
+        hf = model.cell.model.config
         with torch.inference_mode(), Recorder(model, TraceConfig()):
             memory = model.init_memory(batch)
             for i in range(n_pairs + 2):
@@ -121,12 +130,10 @@ def segment_overhead(backbone: str = "minilm", n_pairs: int = 30, segment_size: 
                     if mode == "traced":
                         memory = out.memory
                 hf._attn_implementation = TRACE_IMPL
-    finally:
-        torch.set_num_threads(previous)
     plain, traced = plain[2:], traced[2:]  # warm-up pairs
     ratios = [t / p for p, t in zip(plain, traced)]
     return {
-        "backbone": backbone, "threads": threads or previous, "n_pairs": n_pairs,
+        "backbone": backbone, "threads": used, "n_pairs": n_pairs,
         "plain_ms": statistics.median(plain) * 1e3, "traced_ms": statistics.median(traced) * 1e3,
         "ratio": statistics.median(ratios), "ratio_q1": statistics.quantiles(ratios, n=4)[0],
         "ratio_q3": statistics.quantiles(ratios, n=4)[2], "extra_ms": statistics.median(
@@ -173,16 +180,11 @@ def own_time_share(backbone: str = "minilm", n_segments: int = 20, repeats: int 
 
     Unlike an A/B ratio of two runs, both parts come from the same seconds, so machine load moves them
     together; it leaves out indirect costs (caches), which the A/B ratios include."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
-                                                               segment_size=segment_size)).eval()
-    g = torch.Generator().manual_seed(seed)
-    segments = [torch.randint(1000, 29000, (batch, segment_size), generator=g) for _ in range(n_segments)]
     shares, owns = [], []
-    try:
+    with _torch_threads(threads) as used:
+        model = _bench_model(backbone, num_mem_tokens, segment_size, seed)
+        g = torch.Generator().manual_seed(seed)
+        segments = [torch.randint(1000, 29000, (batch, segment_size), generator=g) for _ in range(n_segments)]
         with torch.inference_mode():
             for r in range(repeats + 1):
                 rec = _TimedRecorder(model, TraceConfig())
@@ -193,9 +195,7 @@ def own_time_share(backbone: str = "minilm", n_segments: int = 20, repeats: int 
                 if r:  # the first run warms up
                     shares.append(rec.own / (total - rec.own))
                     owns.append(rec.own / n_segments)
-    finally:
-        torch.set_num_threads(previous)
-    return {"backbone": backbone, "threads": threads or previous, "n_segments": n_segments,
+    return {"backbone": backbone, "threads": used, "n_segments": n_segments,
             "own_ms_per_segment": statistics.median(owns) * 1e3, "share": statistics.median(shares),
             "share_min": min(shares), "share_max": max(shares), "load_average": os.getloadavg()[0]}
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -30,14 +29,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
+from rmt_lab.bench.machine import peak_rss_mib
 from rmt_lab.model import RecurrentWrapper, RMTConfig
 from rmt_lab.trace.config import TraceConfig
 from rmt_lab.trace.recorder import Recorder
 from rmt_lab.trace.store import SUMMARIES_FILE
 
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 @contextmanager
@@ -218,13 +215,13 @@ def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_s
             chosen.add(s)
     config = TraceConfig(segments=",".join(str(s) for s in sorted(chosen)), budget_mib=budget_mib)
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="rmt-trace-"))
-    rss_before = _rss_mib()
+    rss_before = peak_rss_mib()
     start = time.perf_counter()
     with torch.inference_mode(), Recorder(model, config, out=folder, facts=[sample], n_segments=n_seg,
                                           overwrite=True) as rec:
         model.stream((seg.unsqueeze(0) for seg in sample.iter_segments()), n_segments=n_seg)
     seconds = time.perf_counter() - start
-    peak_rss = _rss_mib()  # before anything is read back
+    peak_rss = peak_rss_mib()  # before anything is read back
     trace = rec.trace
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     summary_rows = pq.ParquetFile(folder / SUMMARIES_FILE).metadata.num_rows

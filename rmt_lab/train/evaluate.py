@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from rmt_lab.bench.machine import peak_rss_mib
 from rmt_lab.model import RecurrentWrapper
 from rmt_lab.tasks import TaskConfig, TaskGenerator, collate, iter_batch_segments
 
@@ -124,7 +124,7 @@ def _peak_mib(device: torch.device) -> float:
     """This process's peak memory: CUDA allocations on a GPU, peak resident set (ru_maxrss, KiB) on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mib()
 
 
 def long_evaluation(

@@ -704,19 +704,16 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
-    import os
-
-    from rmt_lab.reproduce import plan, reproduce
+    from rmt_lab.reproduce import default_jobs, plan, reproduce
 
     steps = plan(args.plan, args.results, args.figures)
     if args.list:
         for i, step in enumerate(steps, 1):
-            state = "done" if step.outputs and step.done() else "to do"
+            state = "done" if step.done() else "to do"
             print(f"[{i}/{len(steps)}] {step.name} ({state}): {step.command()}")
         return 0
     try:
-        jobs = args.jobs or (min(3, os.cpu_count() or 1) if args.plan == "quick" else 1)
-        return reproduce(steps, args.force, args.results, jobs=jobs)
+        return reproduce(steps, args.force, args.results, jobs=args.jobs or default_jobs(args.plan))
     except ValueError as err:
         print(f"rmt-lab reproduce: error: {err}", file=sys.stderr)
         return 2
@@ -733,17 +730,16 @@ def _add_figures(p: argparse.ArgumentParser) -> None:
 
 
 def _run_figures(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
     from rmt_lab.viz import figure_names, format_report, missing_inputs, render_figures
 
     if args.recompute:
-        from rmt_lab.reproduce import plan, reproduce
+        from rmt_lab.reproduce import default_jobs, plan, reproduce
 
         steps = [step for step in plan("quick", args.results, args.out) if step.name != "figures"]
         code = reproduce(steps, force=[step.name for step in steps], results=args.results,
-                         jobs=min(3, os.cpu_count() or 1))
+                         jobs=default_jobs("quick"))
         if code:
             return code
     if not Path(args.results).is_dir():

@@ -85,6 +85,12 @@ SETTINGS = {
 }
 
 
+def default_jobs(name: str) -> int:
+    """Steps side by side: the CPU count up to 3 for the quick plan (small models use few threads well),
+    one for the paper plan (one accelerator)."""
+    return min(3, os.cpu_count() or 1) if name == "quick" else 1
+
+
 def plan(name: str, results: str | Path = "data/results", figures: str | Path = "figures") -> list[Step]:
     """The steps of plan `name` ("quick" or "paper"), writing under `results` and drawing into `figures`."""
     if name not in SETTINGS:
@@ -161,7 +167,7 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
         group = []
         for i, step in candidates:
             forced = any(step.name.startswith(f) for f in force)
-            if step.outputs and step.done() and not forced:
+            if step.done() and not forced:
                 echo(f"[{i}/{len(steps)}] {step.name}: done already ({', '.join(str(p) for p in step.outputs)})")
                 log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
             else:
@@ -182,15 +188,16 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
             again = step.resume_from is not None and step.resume_from.exists() and not forced
             argv = step.argv + (step.resume if again else [])
             output = results / "logs" / (step.name.replace(" ", "_") + ".log") if width > 1 else None
-            echo(f"{head}: rmt-lab {' '.join(argv)}" + (f"  (log: {output}, {threads} thread{'s' * (threads > 1)})" if output else ""))
+            where = f"  (log: {output}, {threads} thread{'s' * (threads > 1)})" if output else ""
+            echo(f"{head}: rmt-lab {' '.join(argv)}{where}")
             t0 = time.perf_counter()
             code = run(argv, threads, output)
             seconds = time.perf_counter() - t0
             echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
             if code:
                 failures.append(code)
-            if code and output is not None and output.exists():
-                echo("".join(output.read_text(errors="replace").splitlines(keepends=True)[-20:]))
+                if output is not None and output.exists():  # the end of what the failed step printed
+                    echo("".join(output.read_text(errors="replace").splitlines(keepends=True)[-20:]))
             return {"step": step.name, "status": "ok" if code == 0 else f"exit {code}", "seconds": round(seconds, 1),
                     "threads": threads}, code
 

@@ -150,6 +150,10 @@ class MemoryCell(nn.Module):
         tokens = self.embeddings(input_ids)  # (batch, seg_len, d_model)
         build = self._encoder_inputs if self.layout == "encoder" else self._decoder_inputs
         embeds, full_mask, write_pos, summary_pos = build(tokens, lengths, memory)
+        # Every position valid (a full segment in every row, the common case of a long stream): no mask at
+        # all, the same attention, and the backbone's sdpa skips adding a (batch, 1, L, L) one (~8% on CPU).
+        if bool(full_mask.all()):
+            full_mask = None
         hidden = self.adapter.body(self.model)(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
         rows = torch.arange(batch, device=hidden.device)
         new_memory = hidden[rows[:, None], write_pos]  # (batch, n_mem, d_model)

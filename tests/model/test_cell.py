@@ -146,6 +146,32 @@ def test_padding_does_not_change_a_sample(name):
     assert torch.allclose(both.logits[0], first.logits[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2"])
+def test_full_segment_runs_without_a_mask_and_matches_the_masked_backbone(name, monkeypatch):
+    """A segment where every position is valid goes to the backbone with no mask (faster sdpa);
+    its outputs equal those of the same inputs under an explicit all-ones mask."""
+    model = tiny(name)
+    ids = tokens(2, 16)
+    body = model.cell.adapter.body(model.cell.model)
+    seen, inputs = [], {}
+    original = type(body).forward
+
+    def spy(module, *args, **kwargs):
+        seen.append(kwargs.get("attention_mask"))
+        inputs.update(kwargs)
+        return original(module, *args, **kwargs)
+
+    monkeypatch.setattr(type(body), "forward", spy)
+    with torch.no_grad():
+        out = model.cell(ids, torch.ones_like(ids, dtype=torch.bool), model.init_memory(2))
+        monkeypatch.undo()
+        embeds = inputs["inputs_embeds"]
+        ref = body(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long))
+    assert seen == [None]
+    p = model.cell.prefix_len
+    torch.testing.assert_close(out.hidden, ref.last_hidden_state[:, p:p + 16], atol=1e-6, rtol=1e-5)
+
+
 def test_segment_too_long_for_backbone_names_the_numbers():
     from rmt_lab.model import MemoryCell, RMTConfig
 

@@ -59,13 +59,19 @@ def _run_info(args: argparse.Namespace) -> int:
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=100_000, help="input length in tokens (default 100000)")
     p.add_argument("--backbone", default="minilm", help="ready backbone (see `rmt-lab info`)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile the backbone with this mode (default: eager)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from rmt_lab.bench.inference import measure_in_subprocess
 
-    print(f"Streaming {args.tokens:,} random tokens through an RMT over {args.backbone!r} (10 memory tokens) ...")
-    r = measure_in_subprocess(args.tokens, backbone=args.backbone)
+    print(f"Streaming {args.tokens:,} random tokens through an RMT over {args.backbone!r} (10 memory tokens, "
+          f"{args.dtype}{', compiled ' + args.compile if args.compile else ''}) ...")
+    r = measure_in_subprocess(args.tokens, backbone=args.backbone, device=args.device, dtype=args.dtype,
+                              compile=args.compile or "")
     print(
         f"{r['n_segments']:,} segments in {r['seconds']:.1f} s: {r['tokens_per_s']:,.0f} tokens/s on {r['device']} "
         f"({r['threads']} threads); memory shape {tuple(r['memory_shape'])} (batch, memory tokens, d_model); "
@@ -149,6 +155,7 @@ def _add_sweep_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-mem", type=int, help="RMT memory tokens (default 10)")
     p.add_argument("--segment-size", type=int, help="RMT content tokens per segment (default 499: 512 positions)")
     p.add_argument("--device", help="auto (cuda if available), cpu or cuda")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default float32; bfloat16 on GPU")
     p.add_argument("--quick", action="store_true", help="tiny settings (tiny-bert, short lengths): seconds per point")
     p.add_argument("--out", default="data/results/bench", help="folder of the parquet results")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -161,7 +168,7 @@ def _sweep_config(cls, quick: dict, args: argparse.Namespace, fields: dict):
     from rmt_lab.config import from_dict
 
     given = {"backbone": args.backbone, "num_mem": args.num_mem, "segment_size": args.segment_size,
-             "device": args.device, **fields}
+             "device": args.device, "dtype": args.dtype, **fields}
     given = {k: v for k, v in given.items() if v is not None}
     return from_dict(cls, {**(quick if args.quick else {}), **given, **_budget_overrides(args)})
 
@@ -230,13 +237,16 @@ def _run_bench_memory(args: argparse.Namespace) -> int:
 
 
 def _add_bench_speed(p: argparse.ArgumentParser) -> None:
-    from rmt_lab.bench.speed import METHODS
+    from rmt_lab.bench.speed import COMPILE_MODES, METHODS
 
     p.add_argument("--batches", nargs="+", type=int, metavar="B", help="batch sizes (default 1 8)")
     p.add_argument("--segments", type=int, help="full segments per sample (default 16)")
     p.add_argument("--methods", nargs="+", choices=METHODS, help="default: all")
     p.add_argument("--matmul-n", type=int, help="size of the matmul peak's square matrices (default 2048)")
     p.add_argument("--matmul-repeats", type=int, help="matmul peak: median of this many (default 10)")
+    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile mode of rmt-compiled (default: default)")
+    p.add_argument("--train-batch", type=int, help="training step: samples per batch (default 2)")
+    p.add_argument("--train-segments", type=int, help="training step: segments per sample (default 4)")
     _add_sweep_common(p)
 
 
@@ -245,33 +255,13 @@ def _speed_config(args: argparse.Namespace):
 
     return _sweep_config(SpeedSweepConfig, QUICK, args, {
         "batches": args.batches, "segments": args.segments, "methods": args.methods,
-        "matmul_n": args.matmul_n, "matmul_repeats": args.matmul_repeats,
+        "matmul_n": args.matmul_n, "matmul_repeats": args.matmul_repeats, "compile": args.compile,
+        "train_batch": args.train_batch, "train_segments": args.train_segments,
     })
 
 
-def _print_speed(frame) -> None:
-    from rmt_lab.bench.speed import speed_table
-
-    table = speed_table(frame)
-    if table.empty:
-        print("\nno RMT speed point measured ok")
-        return
-    lines = [  # (label, format of one table row); a baseline not measured prints "-"
-        ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
-        ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
-        ("matmul peak GFLOP/s", lambda r: f"{r['matmul_peak_gflops']:,.1f}"),
-        ("fraction of matmul peak", lambda r: f"{r['fraction_of_peak']:.1%}"),
-        ("ms per segment, median (p10-p90)",
-         lambda r: f"{r['segment_ms']:,.1f} ({r['segment_ms_p10']:,.1f}-{r['segment_ms_p90']:,.1f})"),
-        ("bare backbone ms per pass, paired", lambda r: f"{r['paired_backbone_ms']:,.1f}"),
-        ("RMT segment / bare backbone, paired", lambda r: f"{r['rmt_segment_over_backbone']:.3f}x"),
-        ("bare backbone alone: ms per pass", lambda r: f"{r['backbone_segment_ms']:,.1f}"),
-        ("bare backbone alone: fraction of peak", lambda r: f"{r['backbone_fraction_of_peak']:.1%}"),
-        ("naive loop tokens/s", lambda r: f"{r['naive_tokens_per_s']:,.0f}"),
-        ("RMT / naive loop tokens/s", lambda r: f"{r['rmt_over_naive']:.3f}x"),
-        ("peak MiB, RMT", lambda r: f"{r['peak_mib']:,.0f}"),
-        ("peak MiB, naive loop", lambda r: f"{r['naive_peak_mib']:,.0f}"),
-    ]
+def _print_columns(title: str, heads: list[str], lines: list, rows: list[dict]) -> None:
+    """A table with one column per row of `rows`: (label, format of one row) per line; missing or NaN: "-"."""
 
     def cell(fmt, row) -> str:
         try:
@@ -280,14 +270,62 @@ def _print_speed(frame) -> None:
             return "-"
         return "-" if "nan" in text else text
 
-    rows = table.to_dict("records")
-    heads = [f"{r['backbone']}, batch {r['batch']}" for r in rows]
     width = max(len(label) for label, _ in lines)
-    print(f"\nRMT forward, {rows[0]['tokens_per_sample']:,} tokens per sample (fp32; FLOPs the task needs, "
-          "analytic; matmul peak measured in the same process):")
-    print(" " * width + "".join(f"{h:>28}" for h in heads))
+    print(title)
+    print(" " * width + "".join(f"{h:>30}" for h in heads))
     for label, fmt in lines:
-        print(f"{label:<{width}}" + "".join(f"{cell(fmt, r):>28}" for r in rows))
+        print(f"{label:<{width}}" + "".join(f"{cell(fmt, r):>30}" for r in rows))
+
+
+def _print_speed(frame) -> None:
+    from rmt_lab.bench.speed import speed_table, train_table
+
+    table, train = speed_table(frame), train_table(frame)
+    if table.empty and train.empty:
+        print("\nno RMT speed point measured ok")
+        return
+    if not table.empty:
+        rows = table.to_dict("records")
+        _print_columns(
+            f"\nRMT forward, {rows[0]['tokens_per_sample']:,} tokens per sample (FLOPs the task needs, analytic; "
+            "matmul peak measured in the same process, before the run and between segments):",
+            [f"{r['backbone']}, {r['dtype']}, batch {r['batch']}" for r in rows], [
+                ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
+                ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
+                ("matmul peak GFLOP/s (before)", lambda r: f"{r['matmul_peak_gflops']:,.1f}"),
+                ("fraction of peak (run / peak before)", lambda r: f"{r['fraction_of_peak']:.1%}"),
+                ("fraction of peak (paired per segment)", lambda r: f"{r['paired_fraction']:.1%}"),
+                ("ms per segment, median (p10-p90)",
+                 lambda r: f"{r['segment_ms']:,.1f} ({r['segment_ms_p10']:,.1f}-{r['segment_ms_p90']:,.1f})"),
+                ("bare backbone ms per pass, paired", lambda r: f"{r['paired_backbone_ms']:,.1f}"),
+                ("RMT segment / bare backbone, paired", lambda r: f"{r['rmt_segment_over_backbone']:.3f}x"),
+                ("bare backbone alone: ms per pass", lambda r: f"{r['backbone_segment_ms']:,.1f}"),
+                ("bare backbone alone: fraction of peak", lambda r: f"{r['backbone_fraction_of_peak']:.1%}"),
+                ("naive loop tokens/s", lambda r: f"{r['naive_tokens_per_s']:,.0f}"),
+                ("RMT / naive loop tokens/s", lambda r: f"{r['rmt_over_naive']:.3f}x"),
+                ("peak MiB, RMT (paired references excluded)", lambda r: f"{r['peak_mib']:,.0f}"),
+                ("peak MiB, naive loop", lambda r: f"{r['naive_peak_mib']:,.0f}"),
+                ("compiled: tokens/s", lambda r: f"{r['compiled_tokens_per_s']:,.0f}"),
+                ("compiled / eager tokens/s", lambda r: f"{r['compiled_over_eager']:.3f}x"),
+                ("compiled: fraction of peak (run)", lambda r: f"{r['compiled_fraction_of_peak']:.1%}"),
+                ("compiled: fraction of peak (paired)", lambda r: f"{r['compiled_paired_fraction']:.1%}"),
+                ("compiled segment / eager bare backbone", lambda r: f"{r['compiled_segment_over_backbone']:.3f}x"),
+                ("compiled: peak MiB", lambda r: f"{r['compiled_peak_mib']:,.0f}"),
+            ], rows)
+    if not train.empty:
+        rows = train.to_dict("records")
+        _print_columns(
+            "\nRMT training step (forward + backward through every segment, full BPTT; FLOPs: 3x the forward):",
+            [f"{r['backbone']}, {r['dtype']}, {r['batch']} x {r['tokens_per_sample']:,} tok" for r in rows], [
+                ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
+                ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
+                ("fraction of matmul peak", lambda r: f"{r['fraction_of_peak']:.1%}"),
+                ("peak MiB", lambda r: f"{r['peak_mib']:,.0f}"),
+                ("checkpointed segments: tokens/s", lambda r: f"{r['ckpt_tokens_per_s']:,.0f}"),
+                ("checkpointed segments: peak MiB", lambda r: f"{r['ckpt_peak_mib']:,.0f}"),
+                ("checkpointing: time x", lambda r: f"{r['ckpt_time_ratio']:.3f}x"),
+                ("checkpointing: peak memory x", lambda r: f"{r['ckpt_memory_ratio']:.3f}x"),
+            ], rows)
 
 
 def _run_bench_speed(args: argparse.Namespace) -> int:
@@ -303,7 +341,8 @@ def _add_bench_all(p: argparse.ArgumentParser) -> None:
 def _run_bench_all(args: argparse.Namespace) -> int:
     """flops, then memory, then speed, each with its defaults (or --quick preset) and the shared options."""
     empty = {"lengths": None, "train_lengths": None, "methods": None, "modes": None, "bptt": None, "batch": None,
-             "batches": None, "segments": None, "matmul_n": None, "matmul_repeats": None}
+             "batches": None, "segments": None, "matmul_n": None, "matmul_repeats": None,
+             "compile": None, "train_batch": None, "train_segments": None}
     flops = argparse.Namespace(**vars(build_parser().parse_args(["bench", "flops", "--out", args.out])))
     if args.quick:
         flops.models, flops.lengths, flops.ratio_tokens = ["opt-125m", "opt-1.3b"], [512, 32_000], 32_000
@@ -320,7 +359,8 @@ BENCH_ACTIONS = {
     "memory": (_add_bench_memory, _run_bench_memory,
                "measured peak memory and time versus length, RMT vs full attention (eager, sdpa), forward and train"),
     "speed": (_add_bench_speed, _run_bench_speed,
-              "RMT forward tokens/s, GFLOP/s and fraction of the matmul peak, vs the bare backbone and a naive loop"),
+              "RMT forward (eager, compiled) and training step: tokens/s, GFLOP/s, fraction of the matmul peak, "
+              "vs the bare backbone and a naive loop"),
     "all": (_add_bench_all, _run_bench_all, "flops, memory and speed in turn"),
 }
 

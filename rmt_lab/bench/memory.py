@@ -56,6 +56,7 @@ class MemorySweepConfig:
     lengths: tuple[int, ...] = FORWARD_LENGTHS  # forward lengths, tokens per sample
     train_lengths: tuple[int, ...] = TRAIN_LENGTHS  # full BPTT grows ~0.33 GiB per MiniLM segment: 32k is ~21 GiB
     bptt_depths: tuple[int, ...] = (-1, 2)  # RMT training: full BPTT (the report), and truncation to k2 = 2
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: the GPU's fast path
     budget: Budget = Budget()
     device: str = "auto"  # cuda if available, else cpu
 
@@ -98,8 +99,9 @@ def memory_points(config: MemorySweepConfig) -> list[Point]:
 
 def _point(config: MemorySweepConfig, shape, method: str, mode: str, k2: int, tokens: int) -> Point:
     B = config.batch
-    common = {"sweep": "memory", "mode": mode, "backbone": config.backbone, "tokens": tokens, "batch": B}
-    device = {"device": config.device}
+    common = {"sweep": "memory", "mode": mode, "backbone": config.backbone, "dtype": config.dtype, "tokens": tokens,
+              "batch": B}
+    device = {"device": config.device, "dtype": config.dtype}
     if method == "rmt":
         key = {**common, "method": "rmt", "attn": "sdpa", "segment_size": config.segment_size,
                "num_mem": config.num_mem, "bptt_depth": k2}

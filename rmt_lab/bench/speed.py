@@ -1,18 +1,26 @@
-"""Speed of the RMT forward: tokens/s, achieved FLOP/s and its fraction of this machine's matmul peak.
+"""Speed of the RMT: tokens/s, achieved FLOP/s and its fraction of this machine's matmul peak.
 
-Three methods, each a fresh process per batch size, each measuring the fp32 matmul peak (2048^3,
-median of repeats) first, so every ratio to the peak is taken in the same process:
+Every method runs in a fresh process per batch size, each measuring the matmul peak (2048^3 in the
+sweep's dtype, median of repeats) first, so every ratio to the peak is taken in the same process:
 - "rmt": the RMT streamed segment by segment (nothing kept), 512 positions per segment by default;
-  before each segment the bare backbone runs once over the same positions, timed apart, so the
-  ratio of the RMT's time per segment to the bare forward's (issue 8: <= 1.05) is taken in pairs,
-  under the same load: on a shared machine, times taken minutes apart can differ several-fold;
+  before each segment the bare backbone runs once over the same positions and one 2048^3 matmul
+  runs, each timed apart. So the ratio of the RMT's time per segment to the bare forward's (issue
+  8: <= 1.05) and its fraction of the matmul peak are also taken in pairs, under the same load: on a
+  shared machine, times taken minutes apart can differ several-fold;
+- "rmt-compiled": the same with the backbone compiled by torch.compile (`compile` mode, weights
+  frozen), the paired bare backbone staying eager;
 - "backbone": the bare backbone alone in its own process, once per segment: its own FLOP/s and memory;
 - "rmt-naive": the naive loop over the materialized input that computes vocabulary logits for every
   token and keeps every segment's outputs, the way the published wrapper works (issue 8: the RMT
-  should reach >= 2x its tokens/s).
+  should reach >= 2x its tokens/s);
+- "rmt-train" / "rmt-train-ckpt": one training step (forward + backward through every segment, full
+  BPTT, classification loss, dropout off) over `train_segments` segments at batch `train_batch`,
+  without and with gradient checkpointing across segments (`checkpoint_segments`): the time/memory trade.
 Achieved FLOP/s count the FLOPs each method runs: no head for the RMT (its encoder reads no vocab
 logits: the FLOPs the task needs), the LM head on every content token for the naive loop, the bare
-backbone's `forward_pass_flops` over its positions; from the whole run's time. Per-segment times come with their median and 10th/90th percentiles.
+backbone's `forward_pass_flops` over its positions, 3x the forward for a training step (with
+checkpointing the recomputed forward is not counted: it is not needed); from the whole run's time.
+Per-segment times come with their median and 10th/90th percentiles.
 """
 
 from __future__ import annotations
@@ -27,8 +35,12 @@ from rmt_lab.bench.runner import Budget
 from rmt_lab.bench.sweep import KEY_COLUMNS, Point, backbone_shape, check_backbone, require_columns, run_sweep
 from rmt_lab.config import ConfigError
 
-METHODS: tuple[str, ...] = ("rmt", "backbone", "rmt-naive")
-QUICK = {"backbone": "tiny-bert", "batches": (1, 2), "segments": 4, "matmul_n": 512, "matmul_repeats": 3}
+FORWARD_METHODS: tuple[str, ...] = ("rmt", "rmt-compiled", "backbone", "rmt-naive")
+TRAIN_METHODS: tuple[str, ...] = ("rmt-train", "rmt-train-ckpt")
+METHODS: tuple[str, ...] = FORWARD_METHODS + TRAIN_METHODS
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+QUICK = {"backbone": "tiny-bert", "batches": (1, 2), "segments": 4, "matmul_n": 512, "matmul_repeats": 3,
+         "methods": ("rmt", "backbone", "rmt-naive", "rmt-train", "rmt-train-ckpt")}  # no compile: seconds a point
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,11 @@ class SpeedSweepConfig:
     segment_size: int = 499  # 512 positions per segment with [CLS] mem x 10 [SEP] ... [SEP]
     batches: tuple[int, ...] = (1, 8)  # batch 1, and a batch large enough to fill the matmuls better
     segments: int = 16  # full segments per sample: 16 per-segment times for the median, ~2-20 s a point here
-    methods: tuple[Literal["rmt", "backbone", "rmt-naive"], ...] = METHODS
+    methods: tuple[Literal["rmt", "rmt-compiled", "backbone", "rmt-naive", "rmt-train", "rmt-train-ckpt"], ...] = METHODS
+    compile: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    train_batch: int = 2  # issue 8's training step: batch 2, 4 segments of 512 positions, full BPTT
+    train_segments: int = 4
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: the GPU's fast path
     matmul_n: int = 2048  # the peak's matmul: n x n by n x n, fp32
     matmul_repeats: int = 10  # median of this many, after 2 warm-up products
     budget: Budget = Budget()
@@ -46,7 +62,8 @@ class SpeedSweepConfig:
 
     def __post_init__(self) -> None:
         shape = backbone_shape(check_backbone(self.backbone))
-        for name in ("num_mem", "segment_size", "segments", "matmul_n", "matmul_repeats"):
+        for name in ("num_mem", "segment_size", "segments", "matmul_n", "matmul_repeats", "train_batch",
+                     "train_segments"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"SpeedSweepConfig.{name} must be a positive integer, got {value!r}")
@@ -69,28 +86,41 @@ class SpeedSweepConfig:
 def speed_points(config: SpeedSweepConfig) -> list[Point]:
     shape = backbone_shape(config.backbone)
     positions = config.segment_size + memory_positions(shape, config.num_mem)
-    tokens = config.tokens
-    peak = {"matmul_n": config.matmul_n, "matmul_repeats": config.matmul_repeats, "device": config.device}
+    common = {"matmul_n": config.matmul_n, "matmul_repeats": config.matmul_repeats, "device": config.device,
+              "dtype": config.dtype, "backbone": config.backbone}
+    rmt = {**common, "num_mem": config.num_mem, "segment_size": config.segment_size}
     points = []
+
+    def add(method: str, mode: str, batch: int, segments: int, workload: str, params: dict, flops: float) -> None:
+        tokens = segments * config.segment_size
+        key = {"sweep": "speed", "method": method, "attn": "sdpa", "mode": mode, "backbone": config.backbone,
+               "dtype": config.dtype, "tokens": tokens, "batch": batch, "segment_size": config.segment_size,
+               "num_mem": config.num_mem, "bptt_depth": -1 if mode == "train" else 0}
+        known = {"flops": float(flops), "positions": positions, "n_segments": segments}
+        points.append(Point(key, workload, params, tokens * batch * (3 if mode == "train" else 1), known))
+
+    tokens = config.tokens
     for batch in config.batches:
-        for method in config.methods:
-            key = {"sweep": "speed", "method": method, "attn": "sdpa", "mode": "forward", "backbone": config.backbone,
-                   "tokens": tokens, "batch": batch, "segment_size": config.segment_size,
-                   "num_mem": config.num_mem, "bptt_depth": 0}
+        for method in (m for m in config.methods if m in FORWARD_METHODS):
             if method == "backbone":
-                workload = "backbone"
-                params = {"backbone": config.backbone, "positions": positions, "passes": config.segments,
-                          "batch": batch, **peak}
-                flops = config.segments * total(forward_pass_flops(shape, positions, batch))
-            else:
-                workload = "rmt"
-                params = {"backbone": config.backbone, "tokens": tokens, "batch": batch, "num_mem": config.num_mem,
-                          "segment_size": config.segment_size, "keep_outputs": method == "rmt-naive",
-                          "paired_backbone": method == "rmt", **peak}
-                head = "lm" if method == "rmt-naive" else "none"
-                flops = total(rmt_flops(shape, tokens, config.segment_size, config.num_mem, batch, head=head))
-            known = {"flops": float(flops), "positions": positions, "n_segments": config.segments}
-            points.append(Point(key, workload, params, tokens * batch, known))
+                params = {**common, "positions": positions, "passes": config.segments, "batch": batch}
+                add(method, "forward", batch, config.segments, "backbone", params,
+                    config.segments * total(forward_pass_flops(shape, positions, batch)))
+                continue
+            streamed = method != "rmt-naive"
+            params = {**rmt, "tokens": tokens, "batch": batch, "keep_outputs": not streamed,
+                      "paired_backbone": streamed, "paired_peak": streamed,
+                      "compile": config.compile if method == "rmt-compiled" else ""}
+            head = "none" if streamed else "lm"
+            add(method, "forward", batch, config.segments, "rmt", params,
+                total(rmt_flops(shape, tokens, config.segment_size, config.num_mem, batch, head=head)))
+    for method in (m for m in config.methods if m in TRAIN_METHODS):
+        tokens = config.train_segments * config.segment_size
+        params = {**rmt, "tokens": tokens, "batch": config.train_batch, "mode": "train", "bptt_depth": -1,
+                  "checkpoint_segments": method == "rmt-train-ckpt"}
+        add(method, "train", config.train_batch, config.train_segments, "rmt", params,
+            total(rmt_flops(shape, tokens, config.segment_size, config.num_mem, config.train_batch, head="cls",
+                            mode="train")))
     return points
 
 
@@ -102,30 +132,36 @@ def speed_sweep(config: SpeedSweepConfig, path, *, progress: bool = True, remeas
 
 
 SPEED_COLUMNS = KEY_COLUMNS + ["status", "tokens_per_s", "gflops_per_s", "matmul_peak_gflops", "fraction_of_peak",
-                               "segment_s_median", "segment_s_p10", "segment_s_p90", "peak_mib"]
+                               "paired_fraction_median", "segment_s_median", "segment_s_p10", "segment_s_p90",
+                               "peak_mib"]
 
 
 def speed_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (backbone, batch): the RMT's speed and its ratios to the bare backbone and the naive loop.
+    """One row per (backbone, dtype, batch): the RMT forward's speed, its ratios to the bare backbone
+    and the naive loop, and the compiled RMT's.
 
+    fraction_of_peak: the whole run's GFLOP/s / the peak measured before it; paired_fraction: median
+    over segments of (segment GFLOP/s / a matmul's GFLOP/s just before it) (issue 8's goal: >= 0.8).
     rmt_segment_over_backbone: median over segments of the RMT's time for the segment / the bare
-    backbone's forward over the same positions run just before it, in the same process (issue 8's
-    goal: <= 1.05). rmt_over_naive: the RMT's tokens/s / the naive loop's (goal: >= 2).
+    backbone's forward over the same positions run just before it, in the same process (goal:
+    <= 1.05). rmt_over_naive: the RMT's tokens/s / the naive loop's (goal: >= 2).
     """
     require_columns(frame, SPEED_COLUMNS, "speed table input")
-    ok = frame[frame["status"] == "ok"]
+    ok = frame[(frame["status"] == "ok") & (frame["mode"] == "forward")]
     rows = []
-    for (backbone, batch), group in ok.groupby(["backbone", "batch"], sort=True):
+    for (backbone, dtype, batch), group in ok.groupby(["backbone", "dtype", "batch"], sort=True):
         by = {r["method"]: r for r in group.to_dict("records")}
         rmt, bare, naive = by.get("rmt"), by.get("backbone"), by.get("rmt-naive")
+        compiled = by.get("rmt-compiled")
         if rmt is None:
             continue
         row = {
-            "backbone": backbone, "batch": batch, "tokens_per_sample": rmt["tokens"],
+            "backbone": backbone, "dtype": dtype, "batch": batch, "tokens_per_sample": rmt["tokens"],
             "tokens_per_s": rmt["tokens_per_s"], "gflops_per_s": rmt["gflops_per_s"],
             "matmul_peak_gflops": rmt["matmul_peak_gflops"], "fraction_of_peak": rmt["fraction_of_peak"],
+            "paired_fraction": rmt["paired_fraction_median"],
             "segment_ms": 1e3 * rmt["segment_s_median"], "segment_ms_p10": 1e3 * rmt["segment_s_p10"],
-            "segment_ms_p90": 1e3 * rmt["segment_s_p90"], "peak_mib": rmt["peak_mib"],
+            "segment_ms_p90": 1e3 * rmt["segment_s_p90"], "peak_mib": _own_peak(rmt),
             "paired_backbone_ms": 1e3 * rmt["paired_backbone_s_median"],
             "rmt_segment_over_backbone": rmt["paired_ratio_median"],
         }
@@ -135,5 +171,40 @@ def speed_table(frame: pd.DataFrame) -> pd.DataFrame:
         if naive is not None:
             row.update(naive_tokens_per_s=naive["tokens_per_s"], naive_peak_mib=naive["peak_mib"],
                        rmt_over_naive=rmt["tokens_per_s"] / naive["tokens_per_s"])
+        if compiled is not None:
+            row.update(compiled_tokens_per_s=compiled["tokens_per_s"],
+                       compiled_fraction_of_peak=compiled["fraction_of_peak"],
+                       compiled_paired_fraction=compiled["paired_fraction_median"],
+                       compiled_segment_over_backbone=compiled["paired_ratio_median"],
+                       compiled_over_eager=compiled["tokens_per_s"] / rmt["tokens_per_s"],
+                       compiled_peak_mib=_own_peak(compiled))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _own_peak(row: dict) -> float:
+    """Peak memory of a streamed RMT run less the paired references it held (a matmul's operands, an eager
+    backbone copy): resident through the run, so counted in its peak, but not the RMT's."""
+    held = row.get("reference_mib", 0.0)
+    return row["peak_mib"] - (held if held == held else 0.0)
+
+
+def train_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (backbone, dtype, batch, tokens) of the training step: without and with gradient
+    checkpointing across segments, and the trade (time and peak memory, checkpointed / plain)."""
+    require_columns(frame, SPEED_COLUMNS, "speed table input")
+    ok = frame[(frame["status"] == "ok") & (frame["mode"] == "train")]
+    rows = []
+    for (backbone, dtype, batch, tokens), group in ok.groupby(["backbone", "dtype", "batch", "tokens"], sort=True):
+        by = {r["method"]: r for r in group.to_dict("records")}
+        plain, ckpt = by.get("rmt-train"), by.get("rmt-train-ckpt")
+        row = {"backbone": backbone, "dtype": dtype, "batch": batch, "tokens_per_sample": tokens}
+        for prefix, r in (("", plain), ("ckpt_", ckpt)):
+            if r is not None:
+                row.update({f"{prefix}tokens_per_s": r["tokens_per_s"], f"{prefix}gflops_per_s": r["gflops_per_s"],
+                            f"{prefix}fraction_of_peak": r["fraction_of_peak"], f"{prefix}peak_mib": r["peak_mib"]})
+        if plain is not None and ckpt is not None:
+            row.update(ckpt_time_ratio=plain["tokens_per_s"] / ckpt["tokens_per_s"],
+                       ckpt_memory_ratio=ckpt["peak_mib"] / plain["peak_mib"])
         rows.append(row)
     return pd.DataFrame(rows)

@@ -30,7 +30,7 @@ from rmt_lab.config import ConfigError
 from rmt_lab.io import write_parquet
 
 # What identifies a point (with the machine columns); every sweep's rows carry all of them.
-KEY_COLUMNS = ["sweep", "method", "attn", "mode", "backbone", "tokens", "batch", "segment_size", "num_mem",
+KEY_COLUMNS = ["sweep", "method", "attn", "mode", "backbone", "dtype", "tokens", "batch", "segment_size", "num_mem",
                "bptt_depth"]
 BUDGET_COLUMNS = ["grace_s", "min_tokens_per_s", "rss_limit_mib"]
 RESULT_COLUMNS = [  # in this order after the key; NaN where a column does not apply
@@ -38,7 +38,8 @@ RESULT_COLUMNS = [  # in this order after the key; NaN where a column does not a
     "baseline_rss_mib", "peak_cuda_mib", "n_segments", "positions", "flops", "gflops_per_s",
     "matmul_peak_gflops", "matmul_peak_gflops_min", "matmul_peak_gflops_max", "fraction_of_peak",
     "segment_s_median", "segment_s_p10", "segment_s_p90", "paired_backbone_s_median", "paired_backbone_s_p10",
-    "paired_backbone_s_p90", "paired_ratio_median", "backward_s", "attn_impl", "time_limit_s", "wall_s",
+    "paired_backbone_s_p90", "paired_ratio_median", "paired_peak_gflops_median", "paired_fraction_median",
+    "warmup_s", "reference_mib", "backward_s", "attn_impl", "time_limit_s", "wall_s",
     "device", "threads", "load_avg_1m", "measured_at",
 ]
 

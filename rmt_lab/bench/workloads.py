@@ -11,9 +11,11 @@ process's peak RSS; on CUDA the workload adds `peak_cuda_mib`.
 - "full": the same backbone size attending over the whole input at once (random weights,
   position table enlarged to the length: lookups cost no FLOPs), eager or sdpa attention.
 - "backbone": the bare backbone's forward over one segment's positions, repeated.
-- "matmul": this machine's fp32 matmul peak (n^3 matmul, median of repeats).
+- "matmul": this machine's matmul peak (n^3 matmul, median of repeats) in the workload's dtype.
 Every workload can measure the matmul peak first (`matmul_repeats > 0`), so a ratio to the peak is
-taken in the same process, minutes apart at most.
+taken in the same process, minutes apart at most; the streamed RMT can also measure it between
+segments (`paired_peak`), so each segment's rate is compared with the peak of the same moment.
+Every workload runs in `dtype` (float32 by default; bfloat16 is the GPU's fast path).
 
 Training steps run with dropout off (modules in eval mode, gradients on). With attention dropout,
 CPU sdpa leaves its fused kernel for the math path, which materializes the L x L probabilities as
@@ -24,6 +26,7 @@ commonly turns attention dropout off.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -48,6 +51,15 @@ def workload(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; allowed: {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                         "cpu" if device == "auto" else device)
@@ -79,16 +91,16 @@ class SegmentClock:
     times of `RecurrentWrapper.stream` are measured without touching the model; making the next
     segment is not counted. `between`, if given, runs (and is timed) after each segment is made and
     before it is handed out: a paired reference measured under the same machine load as the segment
-    right after it.
+    right after it; several are run in turn, each timed apart (`between_times[name]`).
     """
 
-    def __init__(self, items: Iterable, device: torch.device, between: Callable[[], object] | None = None):
+    def __init__(self, items: Iterable, device: torch.device, between: dict[str, Callable[[], object]] | None = None):
         self._items = iter(items)
         self._device = device
-        self._between = between
+        self._between = between or {}
         self._starts: list[float] = []
         self._ends: list[float] = []
-        self.between_times: list[float] = []
+        self.between_times: dict[str, list[float]] = {name: [] for name in self._between}
 
     def __iter__(self) -> SegmentClock:
         return self
@@ -98,11 +110,11 @@ class SegmentClock:
         if len(self._starts) > len(self._ends):
             self._ends.append(time.perf_counter())  # the previous segment is done
         item = next(self._items)  # StopIteration ends the stream
-        if self._between is not None:
+        for name, run in self._between.items():
             t0 = time.perf_counter()
-            self._between()
+            run()
             _sync(self._device)
-            self.between_times.append(time.perf_counter() - t0)
+            self.between_times[name].append(time.perf_counter() - t0)
         self._starts.append(time.perf_counter())
         return item
 
@@ -135,22 +147,30 @@ def _common(dev: torch.device) -> dict:
             "load_avg_1m": os.getloadavg()[0]}
 
 
-@workload("matmul")
-def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "auto") -> dict:
-    """fp32 matmul peak of this machine: 2*n^3 FLOPs per (n, n) @ (n, n), median over `repeats`."""
-    dev = resolve_device(device)
-    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
-    c = torch.empty(n, n, device=dev)
-    for _ in range(2):  # warm-up: thread pool, caches, clocks
-        torch.mm(a, b, out=c)
-    times = []
-    for _ in range(repeats):
+def _matmul(n: int, dev: torch.device, dtype: torch.dtype, held: list | None = None) -> Callable[[], float]:
+    """A timed (n, n) @ (n, n) product on random data: each call returns its GFLOP/s."""
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    c = torch.empty(n, n, device=dev, dtype=dtype)
+    if held is not None:
+        held.extend((a, b, c))
+
+    def run() -> float:
         _sync(dev)
         start = time.perf_counter()
         torch.mm(a, b, out=c)
         _sync(dev)
-        times.append(time.perf_counter() - start)
-    rates = [2 * n**3 / t / 1e9 for t in times]
+        return 2 * n**3 / (time.perf_counter() - start) / 1e9
+
+    return run
+
+
+@workload("matmul")
+def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "auto", dtype: str = "float32") -> dict:
+    """Matmul peak of this machine in `dtype`: 2*n^3 FLOPs per (n, n) @ (n, n), median over `repeats`."""
+    run = _matmul(n, resolve_device(device), torch_dtype(dtype))
+    for _ in range(2):  # warm-up: thread pool, caches, clocks
+        run()
+    rates = [run() for _ in range(repeats)]
     return {
         "matmul_peak_gflops": statistics.median(rates),
         "matmul_peak_gflops_min": min(rates),
@@ -159,23 +179,25 @@ def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "auto") -> dict:
     }
 
 
-def _maybe_peak(matmul_n: int, matmul_repeats: int, dev: torch.device) -> dict:
-    return matmul_peak(matmul_n, matmul_repeats, str(dev)) if matmul_repeats > 0 else {}
+def _maybe_peak(matmul_n: int, matmul_repeats: int, dev: torch.device, dtype: str = "float32") -> dict:
+    return matmul_peak(matmul_n, matmul_repeats, str(dev), dtype) if matmul_repeats > 0 else {}
 
 
 # ------------------------------------------------------------------------------------------ the RMT
-def _rmt_model(backbone: str, num_mem: int, segment_size: int, bptt_depth: int, train: bool, dev: torch.device):
+def _rmt_model(backbone: str, num_mem: int, segment_size: int, bptt_depth: int, train: bool, dev: torch.device,
+               dtype: str = "float32"):
     from rmt_lab.model import RecurrentWrapper, RMTConfig
 
     config = RMTConfig(num_mem_tokens=num_mem, segment_size=segment_size, num_classes=NUM_CLASSES if train else 0,
                        bptt_depth=bptt_depth if bptt_depth != 0 else -1)
-    model = RecurrentWrapper.from_backbone(backbone, config).to(dev)
+    model = RecurrentWrapper.from_backbone(backbone, config).to(dev, torch_dtype(dtype))
     return model.eval()  # dropout off in training steps too (module docstring)
 
 
 @workload("rmt")
 def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, segment_size: int = 499,
             mode: str = "forward", bptt_depth: int = 0, keep_outputs: bool = False, paired_backbone: bool = False,
+            paired_peak: bool = False, compile: str = "", checkpoint_segments: bool = False, dtype: str = "float32",
             device: str = "auto", matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
     """The RMT over `tokens` random tokens per sample (batch rows), streamed, or the naive loop.
 
@@ -186,12 +208,28 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
     keep_outputs (forward only): the naive baseline, see `naive_loop`.
     paired_backbone (streamed forward only): before each segment, the bare backbone (same weights)
     runs once over the segment's positions, timed apart; returns its per-pass times and the median
-    of the per-segment ratios RMT / bare, which a load change on a shared machine hits alike.
+    of the per-segment ratios RMT / bare, which a load change on a shared machine hits alike. The
+    bare backbone is the eager one, also when the RMT's is compiled.
+    paired_peak (streamed forward only): before each segment, one `matmul_n` product in `dtype`,
+    timed apart: the median of the per-segment ratios (segment GFLOP/s / that product's GFLOP/s)
+    is `paired_fraction_median`, the RMT's fraction of the matmul peak of the same moment.
+    compile (forward only): torch.compile mode for the backbone ("default", "reduce-overhead",
+    "max-autotune"; "" = eager), weights frozen (`RecurrentWrapper.compile_backbone`); the warm-up,
+    compilation included, is `warmup_s`.
+    checkpoint_segments (train only): recompute each segment in backward instead of storing it.
     """
     dev = resolve_device(device)
-    peak = _maybe_peak(matmul_n, matmul_repeats, dev)
+    peak = _maybe_peak(matmul_n, matmul_repeats, dev, dtype)
     train = mode == "train"
-    model = _rmt_model(backbone, num_mem, segment_size, bptt_depth, train, dev)
+    model = _rmt_model(backbone, num_mem, segment_size, bptt_depth, train, dev, dtype)
+    model.checkpoint_segments = checkpoint_segments
+    between, held = {}, []  # the paired references, and the tensors they hold (not the RMT's memory)
+    if paired_backbone:  # made before compiling: an eager copy of the backbone if the RMT's gets compiled
+        between["backbone"] = _bare_pass(model, batch, dev, held, copy_body=bool(compile))
+    if paired_peak:
+        between["matmul"] = _matmul(matmul_n, dev, torch_dtype(dtype), held)
+    if compile:
+        model.compile_backbone(mode=compile, freeze=True)
     n_segments = math.ceil(tokens / segment_size)
     info = {"attn_impl": model.cell.model.config._attn_implementation, "positions": model.cell.positions_per_segment}
     if train:
@@ -214,7 +252,12 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
         result.update(seconds=end - start, backward_s=end - mid, n_segments=out.n_segments, **time_stats(clock.times()))
     else:
         with torch.inference_mode():
+            start = time.perf_counter()
             model.stream(random_segments(2 * segment_size, segment_size, batch, seed=1, device=dev))  # warm-up
+            _sync(dev)
+            info["warmup_s"] = time.perf_counter() - start
+            for run in between.values():
+                run()
             result = _common(dev)
             _reset_peak_cuda(dev)
             if keep_outputs:
@@ -222,24 +265,49 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
                 result.update(seconds=seconds, n_segments=out_segments, memory_shape=list(memory.shape),
                               kept_mib=kept / 2**20, **time_stats(times))
             else:
-                between = _bare_pass(model, batch, dev) if paired_backbone else None
                 clock = SegmentClock(random_segments(tokens, segment_size, batch, device=dev), dev, between)
                 start = time.perf_counter()
                 out = model.stream(clock)
                 _sync(dev)
-                seconds = time.perf_counter() - start - sum(clock.between_times)
+                seconds = time.perf_counter() - start - sum(sum(t) for t in clock.between_times.values())
+                times = clock.times()
                 result.update(seconds=seconds, n_segments=out.n_segments, memory_shape=list(out.memory.shape),
-                              **time_stats(clock.times()))
+                              **time_stats(times))
                 if paired_backbone:
-                    ratios = [a / b for a, b in zip(clock.times(), clock.between_times)]
-                    result.update(**time_stats(clock.between_times, "paired_backbone_s"),
-                                  paired_ratio_median=time_stats(ratios, "r")["r_median"])
+                    bare = clock.between_times["backbone"]
+                    result.update(**time_stats(bare, "paired_backbone_s"),
+                                  paired_ratio_median=_median([a / b for a, b in zip(times, bare)]))
+                if paired_peak:
+                    peaks = [2 * matmul_n**3 / t / 1e9 for t in clock.between_times["matmul"]]  # GFLOP/s
+                    flops = _segment_flops(model, batch)  # FLOPs the task needs in one full segment
+                    full = tokens // segment_size  # a shorter last segment does other work: not compared
+                    result.update(paired_peak_gflops_median=_median(peaks), paired_fraction_median=_median(
+                        [flops / t / 1e9 / p for t, p in zip(times[:full], peaks[:full])]))
+    if held:  # resident through the whole run, so counted in the peak: reported, to be subtracted
+        info["reference_mib"] = sum(t.numel() * t.element_size() for t in held) / 2**20
     return {**result, **info, **peak, **_peak_cuda(dev)}
 
 
-def _bare_pass(model: nn.Module, batch: int, dev: torch.device) -> Callable[[], object]:
-    """One forward of the RMT's own backbone body over a segment's positions, from token ids."""
+def _segment_flops(model: nn.Module, batch: int) -> float:
+    """Analytic forward FLOPs of one full segment through the RMT's backbone, no head (the task's FLOPs)."""
+    from rmt_lab.bench.flops import rmt_flops, total
+    from rmt_lab.bench.shapes import shape_from_config
+
+    size, m = model.config.segment_size, model.config.num_mem_tokens
+    return float(total(rmt_flops(shape_from_config(model.cell.model.config), size, size, m, batch, head="none")))
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _bare_pass(model: nn.Module, batch: int, dev: torch.device, held: list, copy_body: bool = False
+               ) -> Callable[[], object]:
+    """One forward of the RMT's own backbone body (or a copy) over a segment's positions, from token ids."""
     body = model.cell.adapter.body(model.cell.model)
+    if copy_body:
+        body = copy.deepcopy(body)
+        held.extend(body.parameters())
     g = torch.Generator().manual_seed(2)
     positions = model.cell.positions_per_segment
     return lambda: body(input_ids=torch.randint(*TOKEN_RANGE, (batch, positions), generator=g).to(dev))
@@ -312,18 +380,19 @@ def plain_model(backbone: str, positions: int, attn: str) -> nn.Module:
 
 @workload("full")
 def run_full(*, backbone: str, tokens: int, batch: int = 1, attn: str = "sdpa", mode: str = "forward",
-             device: str = "auto", matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
+             dtype: str = "float32", device: str = "auto", matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
     """Full attention over all `tokens` at once, the backbone's size with random weights.
 
     forward: final hidden states, inference mode. train: a 6-way classifier on one position ([CLS]
     for an encoder, the last token for a decoder), forward + backward, dropout off, no optimizer step.
     """
     dev = resolve_device(device)
-    peak = _maybe_peak(matmul_n, matmul_repeats, dev)
+    peak = _maybe_peak(matmul_n, matmul_repeats, dev, dtype)
     train = mode == "train"
-    model = plain_model(backbone, tokens, attn).to(dev).eval()  # dropout off in training too (module docstring)
+    dt = torch_dtype(dtype)
+    model = plain_model(backbone, tokens, attn).to(dev, dt).eval()  # dropout off in training too (module docstring)
     causal = bool(getattr(model.config, "is_decoder", False)) or model.config.model_type == "gpt2"
-    head = nn.Linear(model.config.hidden_size, NUM_CLASSES).to(dev)
+    head = nn.Linear(model.config.hidden_size, NUM_CLASSES).to(dev, dt)
     g = torch.Generator().manual_seed(0)
 
     def step(n: int) -> None:
@@ -347,8 +416,8 @@ def run_full(*, backbone: str, tokens: int, batch: int = 1, attn: str = "sdpa", 
 
 
 @workload("backbone")
-def run_backbone(*, backbone: str, positions: int, passes: int, batch: int = 1, device: str = "auto",
-                 matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
+def run_backbone(*, backbone: str, positions: int, passes: int, batch: int = 1, dtype: str = "float32",
+                 device: str = "auto", matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
     """The ready backbone's own forward (its weights, its default attention) over `positions`, `passes` times.
 
     The plain call a user would make, `body(input_ids=ids)`: the reference for the RMT's time per segment.
@@ -356,9 +425,9 @@ def run_backbone(*, backbone: str, positions: int, passes: int, batch: int = 1, 
     from rmt_lab.model import load_backbone
 
     dev = resolve_device(device)
-    peak = _maybe_peak(matmul_n, matmul_repeats, dev)
+    peak = _maybe_peak(matmul_n, matmul_repeats, dev, dtype)
     loaded = load_backbone(backbone)
-    body = loaded.adapter.body(loaded.model).to(dev).eval()
+    body = loaded.adapter.body(loaded.model).to(dev, torch_dtype(dtype)).eval()
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         body(input_ids=torch.randint(*TOKEN_RANGE, (batch, positions), generator=g).to(dev))  # warm-up

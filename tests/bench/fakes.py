@@ -24,4 +24,7 @@ class FakeRunner:
             "memory_shape": [1, 10, 64],
             **({"paired_backbone_s_median": 0.095, "paired_backbone_s_p10": 0.09, "paired_backbone_s_p90": 0.1,
                 "paired_ratio_median": 1.04} if params.get("paired_backbone") else {}),
+            **({"paired_peak_gflops_median": 110.0, "paired_fraction_median": 0.75} if params.get("paired_peak") else {}),
+            # a training step with checkpointing: slower, less memory
+            **({"seconds": 2.5, "peak_rss_mib": 300.0} if params.get("checkpoint_segments") else {}),
         }

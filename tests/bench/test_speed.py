@@ -17,7 +17,8 @@ TINY = dict(backbone="tiny-bert", batches=(1, 4), segments=3, matmul_n=256, matm
 def test_points_count_the_flops_the_task_needs():
     points = speed_points(SpeedSweepConfig(**TINY))
     assert [(p.key["batch"], p.key["method"]) for p in points] == [
-        (b, m) for b in (1, 4) for m in ("rmt", "backbone", "rmt-naive")]
+        (b, m) for b in (1, 4) for m in ("rmt", "rmt-compiled", "backbone", "rmt-naive")] + [
+        (2, "rmt-train"), (2, "rmt-train-ckpt")]  # the training step: batch 2, whatever the forward batches
     shape = backbone_shape("tiny-bert")
     by = {(p.key["batch"], p.key["method"]): p for p in points}
     assert by[4, "rmt"].known["flops"] == total(rmt_flops(shape, 3 * 499, 499, 10, 4, head="none"))
@@ -28,6 +29,33 @@ def test_points_count_the_flops_the_task_needs():
     assert by[1, "backbone"].params["positions"] == 512 and by[1, "rmt-naive"].params["keep_outputs"]
     assert by[1, "rmt"].params["paired_backbone"] and not by[1, "rmt-naive"].params["paired_backbone"]
     assert all(p.params["matmul_repeats"] == 3 for p in points)  # every process measures its own peak
+    assert by[1, "rmt"].params["paired_peak"] and not by[1, "rmt"].params["compile"]
+    assert by[1, "rmt-compiled"].params["compile"] == "default" and by[1, "rmt-compiled"].params["paired_backbone"]
+    assert by[1, "rmt-compiled"].known["flops"] == by[1, "rmt"].known["flops"]
+    assert all(p.key["dtype"] == "float32" and p.params["dtype"] == "float32" for p in points)
+
+
+def test_training_points_are_issue_8s_step():
+    points = speed_points(SpeedSweepConfig(**TINY))
+    train = {p.key["method"]: p for p in points if p.key["mode"] == "train"}
+    plain, ckpt = train["rmt-train"], train["rmt-train-ckpt"]
+    assert plain.key["tokens"] == 4 * 499 and plain.key["batch"] == 2 and plain.key["bptt_depth"] == -1
+    assert plain.params["mode"] == "train" and plain.params["bptt_depth"] == -1
+    assert not plain.params["checkpoint_segments"] and ckpt.params["checkpoint_segments"]
+    shape = backbone_shape("tiny-bert")
+    needed = total(rmt_flops(shape, 4 * 499, 499, 10, 2, head="cls", mode="train"))
+    assert plain.known["flops"] == ckpt.known["flops"] == needed  # recomputation is not needed work
+
+
+def test_training_table_shows_the_checkpointing_trade(tmp_path):
+    from rmt_lab.bench.speed import train_table
+
+    frame = speed_sweep(SpeedSweepConfig(**TINY), tmp_path / "speed.parquet", progress=False, runner=FakeRunner())
+    row = train_table(frame).iloc[0]
+    assert row["batch"] == 2 and row["tokens_per_sample"] == 4 * 499
+    assert row["tokens_per_s"] == pytest.approx(2 * 4 * 499 / 2.0)
+    assert row["ckpt_time_ratio"] == pytest.approx(2.5 / 2.0)
+    assert row["ckpt_memory_ratio"] == pytest.approx(300.0 / row["peak_mib"])
 
 
 def test_speed_table_ratios(tmp_path):
@@ -40,6 +68,8 @@ def test_speed_table_ratios(tmp_path):
     assert row["rmt_segment_over_backbone"] == 1.04  # the paired median, not a ratio of separate runs
     assert row["paired_backbone_ms"] == pytest.approx(95.0) and row["backbone_segment_ms"] == pytest.approx(95.0)
     assert row["rmt_over_naive"] == pytest.approx(1.0)
+    assert row["paired_fraction"] == 0.75  # the median of per-segment ratios, as the workload reports it
+    assert row["compiled_over_eager"] == pytest.approx(1.0) and row["compiled_paired_fraction"] == 0.75
     assert set(pd.read_parquet(tmp_path / "speed.parquet")["sweep"]) == {"speed"}
 
 
@@ -55,6 +85,9 @@ def test_speed_table_without_baselines_leaves_them_out(tmp_path):
     ({"backbone": "gpt-5"}, "unknown backbone 'gpt-5'; available backbones"),
     ({"batches": (0,)}, "batches item must be a positive integer"),
     ({"methods": ("rmt", "official")}, r"methods='official' is not allowed; allowed values"),
+    ({"dtype": "fp8"}, r"dtype='fp8' is not allowed; allowed values"),
+    ({"compile": "fast"}, r"compile='fast' is not allowed; allowed values"),
+    ({"train_batch": 0}, "SpeedSweepConfig.train_batch must be a positive integer"),
     ({"segments": 0}, "SpeedSweepConfig.segments must be a positive integer"),
     ({"num_mem": 40}, "exceeds the model's 512 positions"),
 ])

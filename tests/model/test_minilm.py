@@ -37,3 +37,13 @@ def test_tampered_weights_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(assets, "minilm_dir", lambda: fake)
     with pytest.raises(assets.AssetError, match="sha256 .* expected 53aa5117"):
         assets.verified_minilm_weights()
+
+
+def test_minilm_random_has_minilm_shape_without_its_weights():
+    from rmt_lab.model import load_backbone
+
+    random, pretrained = load_backbone("minilm-random").model, load_backbone("minilm").model
+    assert random.config.to_dict() == pretrained.config.to_dict()
+    shapes = {k: v.shape for k, v in pretrained.state_dict().items()}
+    assert {k: v.shape for k, v in random.state_dict().items()} == shapes
+    assert not torch.equal(random.embeddings.word_embeddings.weight, pretrained.embeddings.word_embeddings.weight)

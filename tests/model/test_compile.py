@@ -1,0 +1,48 @@
+"""torch.compile of the backbone (`RecurrentWrapper.compile_backbone`): same outputs as eager."""
+
+import copy
+
+import pytest
+import torch
+
+from tests.model.helpers import tiny, tokens
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2"])
+def test_compiled_frozen_backbone_equals_eager_in_inference(name):
+    model = tiny(name)
+    eager = copy.deepcopy(model)
+    ids = tokens(2, 40)  # 16 + 16 + 8: a full-segment graph and a shorter last one
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 30:] = False  # and a padded row: the masked graph
+    with torch.inference_mode():
+        model.compile_backbone(freeze=True)
+        for m in (None, mask):
+            got, want = model(ids, m), eager(ids, m)
+            torch.testing.assert_close(got.memory, want.memory, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_like_eager():
+    model = tiny("tiny-bert")
+    eager = copy.deepcopy(model)
+    model.compile_backbone()
+    ids, labels = tokens(2, 40), torch.tensor([1, 4])
+    for m in (model, eager):
+        m(ids, labels=labels).loss.backward()
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=lambda text: f"{name}: {text}")
+    assert list(model.state_dict()) == list(eager.state_dict())  # saving is unchanged
+
+
+def test_unknown_compile_mode_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"unknown compile mode 'fast'.*reduce-overhead"):
+        tiny().compile_backbone(mode="fast")

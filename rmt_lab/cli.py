@@ -504,6 +504,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     long.add_argument("--max-tokens", type=int, default=2_048_000, help="last length in tokens (e.g. 10000000)")
     long.add_argument("--samples", type=int, default=16, help="test samples per length")
     long.add_argument("--batch-size", type=int, default=16)
+    long.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"],
+                      help="torch.compile the backbone with this mode, weights frozen (default: eager)")
     long.add_argument("--out", help="parquet path (default <run>/long_eval.parquet); existing points are kept")
 
 
@@ -544,7 +546,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     lengths.append(math.ceil(args.max_tokens / task.segment_size))
     out = Path(args.out or run / "long_eval.parquet")
     previous = pd.read_parquet(out) if out.exists() else None
-    frame = long_evaluation(checkpoints[stage], task, lengths, args.samples, args.batch_size, previous=previous)
+    frame = long_evaluation(checkpoints[stage], task, lengths, args.samples, args.batch_size, previous=previous,
+                            compile=args.compile or "")
     frame["trained_segments"] = stage
     write_parquet(out, frame)
     print(frame[["tokens", "n_segments", "accuracy", "peak_mib", "tokens_per_s"]].to_string(index=False))

@@ -96,12 +96,18 @@ def generalization_matrix(
 
 
 def long_accuracy(
-    checkpoint: str | Path, task: TaskConfig, n_samples: int, batch_size: int, split: str = "test"
+    checkpoint: str | Path, task: TaskConfig, n_samples: int, batch_size: int, split: str = "test", compile: str = ""
 ) -> dict:
-    """Streaming evaluation of one length in this process: accuracy, time and peak memory."""
+    """Streaming evaluation of one length in this process: accuracy, time and peak memory.
+
+    `compile`: a torch.compile mode for the backbone (`RecurrentWrapper.compile_backbone`, weights
+    frozen; "" = eager). Compilation happens on the first batch and is counted in `seconds`.
+    """
     model = RecurrentWrapper.from_pretrained(checkpoint).eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    if compile:
+        model.compile_backbone(compile, freeze=True)
     gen = TaskGenerator(task)
     correct, seconds = 0, 0.0
     with torch.inference_mode():
@@ -115,7 +121,7 @@ def long_accuracy(
     return {
         "task": task.task, "tokens": task.n_tokens, "n_segments": task.n_segments, "accuracy": correct / n_samples,
         "n_samples": n_samples, "seconds": seconds, "tokens_per_s": task.n_tokens * n_samples / seconds,
-        "peak_mib": _peak_mib(device), "device": str(device), "memory_source":
+        "peak_mib": _peak_mib(device), "device": str(device), "compile": compile, "memory_source":
         "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (fresh process)",
     }
 
@@ -135,6 +141,7 @@ def long_evaluation(
     batch_size: int = 16,
     split: str = "test",
     previous: pd.DataFrame | None = None,
+    compile: str = "",
 ) -> pd.DataFrame:
     """Accuracy and peak memory at each length (in segments), each in a fresh process; resumable."""
     rows = [] if previous is None else previous.to_dict("records")
@@ -144,7 +151,7 @@ def long_evaluation(
         t = TaskConfig(**{**task.to_dict(), "length": n, "unit": "segments"})
         args = [sys.executable, "-m", "rmt_lab.train.evaluate", "--checkpoint", str(checkpoint),
                 "--task-config", json.dumps(t.to_dict()), "--samples", str(n_samples),
-                "--batch-size", str(batch_size), "--split", split]
+                "--batch-size", str(batch_size), "--split", split, "--compile", compile]
         result = subprocess.run(args, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"long evaluation at {n} segments failed:\n{result.stderr[-2000:]}")
@@ -159,9 +166,10 @@ def _main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--split", default="test")
+    p.add_argument("--compile", default="")
     a = p.parse_args(argv)
     task = TaskConfig.from_dict(json.loads(a.task_config))
-    print(json.dumps(long_accuracy(a.checkpoint, task, a.samples, a.batch_size, a.split)))
+    print(json.dumps(long_accuracy(a.checkpoint, task, a.samples, a.batch_size, a.split, a.compile)))
 
 
 if __name__ == "__main__":

@@ -181,6 +181,7 @@ def plot_measured_memory(memory: pd.DataFrame) -> Figure:
     unit = {"peak_rss": "process peak RSS", "cuda_max_allocated": "CUDA max allocated"}.get(metric, metric.replace("_", " "))
     for col, mode in enumerate(modes):
         ax = axes[0, col]
+        marked = 0  # failure labels on this axis: alternately below and above their cross, so neighbours don't collide
         for name in series:
             d = frame[(frame["mode"] == mode) & (frame["series"] == name)].sort_values("tokens")
             ok = d[d["status"] == "ok"]
@@ -194,8 +195,9 @@ def plot_measured_memory(memory: pd.DataFrame) -> Figure:
                 ax.plot(row["tokens"], 0.93, marker="X", markersize=9, color=palette[name], linestyle="none",
                         transform=ax.get_xaxis_transform(), clip_on=False)
                 ax.annotate(f"{row['status']}", (row["tokens"], 0.93), xycoords=ax.get_xaxis_transform(),
-                            xytext=(0, -14), textcoords="offset points", ha="center", fontsize="small",
-                            color=palette[name])
+                            xytext=(0, -14 if marked % 2 == 0 else 8), textcoords="offset points", ha="center",
+                            fontsize="small", color=palette[name])
+                marked += 1
         plain_log_axis(ax)
         log_tokens_axis(ax)
         title = {"forward": "forward pass", "train": "training step (forward + backward)"}.get(mode, mode)

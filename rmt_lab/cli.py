@@ -647,40 +647,45 @@ def _run_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_rows(columns: list, rows) -> None:
+    """A table with one line per row, each printed as the iterable `rows` yields it (measured): (header,
+    width, format of one row) per column; a negative width aligns left."""
+    print(" ".join(f"{h:<{-w}}" if w < 0 else f"{h:>{w}}" for h, w, _ in columns))
+    for r in rows:
+        print(" ".join(f"{fmt(r)!s:<{-w}}" if w < 0 else f"{fmt(r)!s:>{w}}" for _, w, fmt in columns))
+
+
 def _run_trace_bench(args: argparse.Namespace) -> int:
     from rmt_lab.trace.bench import million_in_subprocess, overhead_ratio, own_time_share, segment_overhead
 
     print(f"recorder overhead: summaries for every segment vs recording off ({args.bench_segments} segments per "
           f"run, {args.bench_repeats} alternating pairs; batch 1, 10 memory tokens, segment 499). Ratios: median of "
           "the pairs (min-max), and best of n (fastest traced run / fastest plain run)")
-    print(f"{'backbone':<11} {'threads':>7} {'load':>5} {'plain ms/seg':>12} {'traced ms/seg':>13} "
-          f"{'wall: median (min-max)':>23} {'best':>6} {'cpu: median (min-max)':>23} {'best':>6}")
-    for threads in args.bench_threads:
-        for backbone in args.bench_backbones:
-            r = overhead_ratio(backbone, n_segments=args.bench_segments, repeats=args.bench_repeats, threads=threads)
-            wall = f"{r['ratio']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
-            cpu = f"{r['cpu_ratio']:.3f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"
-            print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['plain_ms_per_segment']:>12.1f} "
-                  f"{r['traced_ms_per_segment']:>13.1f} {wall:>23} {r['best_ratio']:>6.3f} {cpu:>23} "
-                  f"{r['best_cpu_ratio']:>6.3f}")
+    grid = [(backbone, threads) for threads in args.bench_threads for backbone in args.bench_backbones]
+    where = [("backbone", -11, lambda r: r["backbone"]), ("threads", 7, lambda r: r["threads"]),
+             ("load", 5, lambda r: f"{r['load_average']:.1f}")]
+    _print_rows(where + [
+        ("plain ms/seg", 12, lambda r: f"{r['plain_ms_per_segment']:.1f}"),
+        ("traced ms/seg", 13, lambda r: f"{r['traced_ms_per_segment']:.1f}"),
+        ("wall: median (min-max)", 23, lambda r: f"{r['ratio']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"),
+        ("best", 6, lambda r: f"{r['best_ratio']:.3f}"),
+        ("cpu: median (min-max)", 23,
+         lambda r: f"{r['cpu_ratio']:.3f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"),
+        ("best", 6, lambda r: f"{r['best_cpu_ratio']:.3f}"),
+    ], ({"backbone": b, **overhead_ratio(b, n_segments=args.bench_segments, repeats=args.bench_repeats, threads=t)}
+        for b, t in grid))
     print(f"\nper segment, paired inside one recording (CPU time, {args.bench_pairs} pairs, median and quartiles):")
-    print(f"{'backbone':<11} {'threads':>7} {'load':>5} {'plain ms':>9} {'traced ms':>9} {'extra ms':>8} "
-          f"{'ratio (q1-q3)':>20}")
-    for threads in args.bench_threads:
-        for backbone in args.bench_backbones:
-            r = segment_overhead(backbone, n_pairs=args.bench_pairs, threads=threads)
-            ratio = f"{r['ratio']:.3f} ({r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})"
-            print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['plain_ms']:>9.1f} "
-                  f"{r['traced_ms']:>9.1f} {r['extra_ms']:>8.2f} {ratio:>20}")
+    _print_rows(where + [
+        ("plain ms", 9, lambda r: f"{r['plain_ms']:.1f}"), ("traced ms", 9, lambda r: f"{r['traced_ms']:.1f}"),
+        ("extra ms", 8, lambda r: f"{r['extra_ms']:.2f}"),
+        ("ratio (q1-q3)", 20, lambda r: f"{r['ratio']:.3f} ({r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})"),
+    ], ({"backbone": b, **segment_overhead(b, n_pairs=args.bench_pairs, threads=t)} for b, t in grid))
     print(f"\nthe recorder's own time over the model's, in the same traced runs ({args.bench_segments} segments, "
           "median (min-max) of 3 runs):")
-    print(f"{'backbone':<11} {'threads':>7} {'load':>5} {'own ms/seg':>10} {'share':>22}")
-    for threads in args.bench_threads:
-        for backbone in args.bench_backbones:
-            r = own_time_share(backbone, n_segments=args.bench_segments, threads=threads)
-            share = f"{r['share']:.3f} ({r['share_min']:.3f}-{r['share_max']:.3f})"
-            print(f"{backbone:<11} {r['threads']:>7} {r['load_average']:>5.1f} {r['own_ms_per_segment']:>10.2f} "
-                  f"{share:>22}")
+    _print_rows(where + [
+        ("own ms/seg", 10, lambda r: f"{r['own_ms_per_segment']:.2f}"),
+        ("share", 22, lambda r: f"{r['share']:.3f} ({r['share_min']:.3f}-{r['share_max']:.3f})"),
+    ], ({"backbone": b, **own_time_share(b, n_segments=args.bench_segments, threads=t)} for b, t in grid))
     if args.bench_tokens:
         r = million_in_subprocess(n_tokens=args.bench_tokens, backbone=args.bench_long_backbone)
         print(f"\n{r['tokens']:,}-token detect_memorize trace on {r['backbone']!r} ({r['n_segments']:,} segments): "

@@ -50,7 +50,8 @@ class SpeedSweepConfig:
     segment_size: int = 499  # 512 positions per segment with [CLS] mem x 10 [SEP] ... [SEP]
     batches: tuple[int, ...] = (1, 8)  # batch 1, and a batch large enough to fill the matmuls better
     segments: int = 16  # full segments per sample: 16 per-segment times for the median, ~2-20 s a point here
-    methods: tuple[Literal["rmt", "rmt-compiled", "backbone", "rmt-naive", "rmt-train", "rmt-train-ckpt"], ...] = METHODS
+    methods: tuple[
+        Literal["rmt", "rmt-compiled", "backbone", "rmt-naive", "rmt-train", "rmt-train-ckpt"], ...] = METHODS
     compile: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     train_batch: int = 2  # issue 8's training step: batch 2, 4 segments of 512 positions, full BPTT
     train_segments: int = 4

@@ -411,7 +411,8 @@ def run_full(*, backbone: str, tokens: int, batch: int = 1, attn: str = "sdpa", 
         start = time.perf_counter()
         step(tokens)
         seconds = time.perf_counter() - start
-    return {**result, "seconds": seconds, "n_segments": 1, "attn_impl": model.config._attn_implementation, "positions": tokens, **peak,
+    return {**result, "seconds": seconds, "n_segments": 1, "attn_impl": model.config._attn_implementation,
+            "positions": tokens, **peak,
             **_peak_cuda(dev)}
 
 

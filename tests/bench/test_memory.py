@@ -66,6 +66,23 @@ def test_workloads_in_process_return_sane_measurements():
     assert bare["n_segments"] == 3 and bare["matmul_peak_gflops_min"] <= bare["matmul_peak_gflops"]
 
 
+def test_speed_workload_options_in_process():
+    """Paired matmul peak, checkpointed training segments and a dtype: the options `bench speed` uses."""
+    from rmt_lab.bench.workloads import WORKLOADS
+
+    paired = WORKLOADS["rmt"](backbone="tiny-bert", tokens=3 * 499, paired_backbone=True, paired_peak=True,
+                              matmul_n=256)
+    assert paired["paired_peak_gflops_median"] > 0 and 0 < paired["paired_fraction_median"] < 2
+    assert paired["reference_mib"] == 3 * 256 * 256 * 4 / 2**20  # the matmul's operands; the backbone is shared
+    plain = WORKLOADS["rmt"](backbone="tiny-bert", tokens=1200, mode="train")
+    ckpt = WORKLOADS["rmt"](backbone="tiny-bert", tokens=1200, mode="train", checkpoint_segments=True)
+    assert plain["n_segments"] == ckpt["n_segments"] == 3 and ckpt["backward_s"] > 0
+    half = WORKLOADS["rmt"](backbone="tiny-bert", tokens=600, dtype="bfloat16", matmul_n=128, matmul_repeats=2)
+    assert half["n_segments"] == 2 and half["matmul_peak_gflops"] > 0
+    with pytest.raises(ValueError, match=r"unknown dtype 'fp8'; allowed: \['bfloat16', 'float16', 'float32'\]"):
+        WORKLOADS["rmt"](backbone="tiny-bert", tokens=600, dtype="fp8")
+
+
 # ---------------------------------------------------------------------------- sweep: fake runner
 def test_points_carry_analytic_flops_and_positions():
     config = MemorySweepConfig(**TINY)

@@ -37,7 +37,9 @@ def test_bench_speed_quick_prints_the_ratios(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sweep, "run_point", FakeRunner())
     assert main(["bench", "speed", "--quick", "--batches", "1", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "fraction of matmul peak" in out and "RMT segment / bare backbone, paired" in out and "1.040x" in out
+    assert "fraction of peak (paired per segment)" in out and "75.0%" in out
+    assert "RMT segment / bare backbone, paired" in out and "1.040x" in out
+    assert "RMT training step" in out and "checkpointing: time x" in out and "1.250x" in out
 
 
 def test_bench_memory_bad_input_exits_2(tmp_path, capsys):

@@ -57,11 +57,14 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.bench.workloads import DTYPES
+    from rmt_lab.model import COMPILE_MODES
+
     p.add_argument("--tokens", type=int, default=100_000, help="input length in tokens (default 100000)")
     p.add_argument("--backbone", default="minilm", help="ready backbone (see `rmt-lab info`)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"],
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile the backbone with this mode (default: eager)")
 
 
@@ -151,11 +154,13 @@ def _budget_overrides(args: argparse.Namespace) -> dict:
 
 
 def _add_sweep_common(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.bench.workloads import DTYPES
+
     p.add_argument("--backbone", help="ready backbone (see `rmt-lab info`); default minilm, tiny-bert with --quick")
     p.add_argument("--num-mem", type=int, help="RMT memory tokens (default 10)")
     p.add_argument("--segment-size", type=int, help="RMT content tokens per segment (default 499: 512 positions)")
     p.add_argument("--device", help="auto (cuda if available), cpu or cuda")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default float32; bfloat16 on GPU")
+    p.add_argument("--dtype", choices=list(DTYPES), help="default float32; bfloat16 on GPU")
     p.add_argument("--quick", action="store_true", help="tiny settings (tiny-bert, short lengths): seconds per point")
     p.add_argument("--out", default="data/results/bench", help="folder of the parquet results")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -237,7 +242,8 @@ def _run_bench_memory(args: argparse.Namespace) -> int:
 
 
 def _add_bench_speed(p: argparse.ArgumentParser) -> None:
-    from rmt_lab.bench.speed import COMPILE_MODES, METHODS
+    from rmt_lab.bench.speed import METHODS
+    from rmt_lab.model import COMPILE_MODES
 
     p.add_argument("--batches", nargs="+", type=int, metavar="B", help="batch sizes (default 1 8)")
     p.add_argument("--segments", type=int, help="full segments per sample (default 16)")
@@ -491,6 +497,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.model import COMPILE_MODES
+
     sub = p.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
     gen = sub.add_parser("generalization", help="every stage checkpoint on 1..M segments (report Figure 5)")
     gen.add_argument("--run", required=True, help="run folder made by rmt-lab train")
@@ -504,7 +512,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     long.add_argument("--max-tokens", type=int, default=2_048_000, help="last length in tokens (e.g. 10000000)")
     long.add_argument("--samples", type=int, default=16, help="test samples per length")
     long.add_argument("--batch-size", type=int, default=16)
-    long.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"],
+    long.add_argument("--compile", choices=COMPILE_MODES,
                       help="torch.compile the backbone with this mode, weights frozen (default: eager)")
     long.add_argument("--out", help="parquet path (default <run>/long_eval.parquet); existing points are kept")
 

@@ -38,7 +38,6 @@ from rmt_lab.config import ConfigError
 FORWARD_METHODS: tuple[str, ...] = ("rmt", "rmt-compiled", "backbone", "rmt-naive")
 TRAIN_METHODS: tuple[str, ...] = ("rmt-train", "rmt-train-ckpt")
 METHODS: tuple[str, ...] = FORWARD_METHODS + TRAIN_METHODS
-COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 QUICK = {"backbone": "tiny-bert", "batches": (1, 2), "segments": 4, "matmul_n": 512, "matmul_repeats": 3,
          "methods": ("rmt", "backbone", "rmt-naive", "rmt-train", "rmt-train-ckpt")}  # no compile: seconds a point
 

@@ -5,10 +5,10 @@ from rmt_lab.model.backbones import Backbone, SpecialTokens, available_backbones
 from rmt_lab.model.cell import CellOutput, MemoryCell, SegmentPositions
 from rmt_lab.model.config import RMTConfig
 from rmt_lab.model.segments import IGNORE_INDEX, Segment, iter_segments
-from rmt_lab.model.wrapper import RecurrentWrapper, RMTOutput
+from rmt_lab.model.wrapper import COMPILE_MODES, RecurrentWrapper, RMTOutput
 
 __all__ = [
-    "ADAPTERS", "IGNORE_INDEX", "Backbone", "BackboneAdapter", "CellOutput", "MemoryCell", "RMTConfig", "RMTOutput",
+    "ADAPTERS", "COMPILE_MODES", "IGNORE_INDEX", "Backbone", "BackboneAdapter", "CellOutput", "MemoryCell", "RMTConfig", "RMTOutput",
     "RecurrentWrapper", "Segment", "SegmentPositions", "SpecialTokens", "adapter_for", "available_backbones",
     "backbone_config", "iter_segments", "load_backbone", "supported_model_types",
 ]

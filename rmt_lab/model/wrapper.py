@@ -35,6 +35,8 @@ from rmt_lab.model.segments import IGNORE_INDEX, Segment, count_segments, iter_s
 CONFIG_FILE = "rmt_config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
+# torch.compile's modes that `RecurrentWrapper.compile_backbone` accepts (reduce-overhead: CUDA graphs).
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -79,9 +81,8 @@ class RecurrentWrapper(nn.Module):
         """
         from torch._inductor import list_mode_options
 
-        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-        if mode not in modes:
-            raise ValueError(f"unknown compile mode {mode!r}; allowed: {list(modes)}")
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}; allowed: {list(COMPILE_MODES)}")
         options = {**list_mode_options(mode), "freezing": freeze}  # torch.compile takes a mode or options, not both
         self.cell.adapter.body(self.cell.model).compile(dynamic=False, options=options)
         return self

@@ -23,8 +23,10 @@ Write slots sit right after each sample's last token, so positions stay contiguo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ContextManager, Literal
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +87,9 @@ class MemoryCell(nn.Module):
         # Initial memory: learned, drawn like the token embeddings (the report adds memory tokens to the vocab).
         std = float(self.embeddings.weight.detach().float().std())
         self.memory = nn.Parameter(torch.randn(config.num_mem_tokens, self.d_model) * std)
+        # Entered around every backbone call: `RecurrentWrapper.compile_backbone` puts its inductor options
+        # here, because dynamo reads some of them (freezing) when it traces, on the first call of each shape.
+        self.backbone_context: Callable[[], ContextManager] = contextlib.nullcontext
 
     @property
     def embeddings(self) -> nn.Embedding:
@@ -154,7 +159,8 @@ class MemoryCell(nn.Module):
         # all, the same attention, and the backbone's sdpa skips adding a (batch, 1, L, L) one (~8% on CPU).
         if bool(full_mask.all()):
             full_mask = None
-        hidden = self.adapter.body(self.model)(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
+        with self.backbone_context():
+            hidden = self.adapter.body(self.model)(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
         rows = torch.arange(batch, device=hidden.device)
         new_memory = hidden[rows[:, None], write_pos]  # (batch, n_mem, d_model)
         new_memory = torch.where(active[:, None, None], new_memory, memory)

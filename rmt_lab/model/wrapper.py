@@ -11,6 +11,7 @@ its own last segment; under truncation that summary is detached if it lies befor
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -79,12 +80,16 @@ class RecurrentWrapper(nn.Module):
         evaluation only. Outputs equal the eager model's within float rounding (tests: 1e-5 in fp32).
         The state dict keeps its keys, so saving and loading are unchanged.
         """
+        from torch._inductor import config as inductor_config
         from torch._inductor import list_mode_options
 
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {mode!r}; allowed: {list(COMPILE_MODES)}")
-        options = {**list_mode_options(mode), "freezing": freeze}  # torch.compile takes a mode or options, not both
-        self.cell.adapter.body(self.cell.model).compile(dynamic=False, options=options)
+        # Not torch.compile's `options`: those reach inductor only, after dynamo has traced the graph without
+        # freezing (torch 2.13 ignores options={"freezing": True}); the cell enters these around each call.
+        options = {**list_mode_options(mode), "freezing": freeze}
+        self.cell.adapter.body(self.cell.model).compile(dynamic=False)
+        self.cell.backbone_context = functools.partial(inductor_config.patch, options)
         return self
 
     # ------------------------------------------------------------------ running

@@ -31,6 +31,19 @@ def test_compiled_frozen_backbone_equals_eager_in_inference(name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freezing_takes_effect(freeze):
+    """Frozen weights are folded into the compiled graph: a later change to a weight is not seen."""
+    model = tiny("tiny-bert").compile_backbone(freeze=freeze)
+    ids = tokens(1, 16)
+    with torch.inference_mode():
+        before = model(ids).memory.clone()
+        model.cell.model.base_model.encoder.layer[0].output.dense.weight.mul_(2)  # same shapes: no recompile
+        after = model(ids).memory
+    assert torch.equal(before, after) == freeze
+
+
+@pytest.mark.slow
 def test_compiled_backbone_trains_like_eager():
     model = tiny("tiny-bert")
     eager = copy.deepcopy(model)

@@ -91,7 +91,8 @@ class SegmentClock:
     times of `RecurrentWrapper.stream` are measured without touching the model; making the next
     segment is not counted. `between`, if given, runs (and is timed) after each segment is made and
     before it is handed out: a paired reference measured under the same machine load as the segment
-    right after it; several are run in turn, each timed apart (`between_times[name]`).
+    right after it; several are run in turn, each timed apart (`between_times[name]`), what each
+    returns kept in `between_results[name]`.
     """
 
     def __init__(self, items: Iterable, device: torch.device, between: dict[str, Callable[[], object]] | None = None):
@@ -101,6 +102,7 @@ class SegmentClock:
         self._starts: list[float] = []
         self._ends: list[float] = []
         self.between_times: dict[str, list[float]] = {name: [] for name in self._between}
+        self.between_results: dict[str, list] = {name: [] for name in self._between}
 
     def __iter__(self) -> SegmentClock:
         return self
@@ -112,7 +114,7 @@ class SegmentClock:
         item = next(self._items)  # StopIteration ends the stream
         for name, run in self._between.items():
             t0 = time.perf_counter()
-            run()
+            self.between_results[name].append(run())
             _sync(self._device)
             self.between_times[name].append(time.perf_counter() - t0)
         self._starts.append(time.perf_counter())
@@ -278,7 +280,7 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
                     result.update(**time_stats(bare, "paired_backbone_s"),
                                   paired_ratio_median=_median([a / b for a, b in zip(times, bare)]))
                 if paired_peak:
-                    peaks = [2 * matmul_n**3 / t / 1e9 for t in clock.between_times["matmul"]]  # GFLOP/s
+                    peaks = clock.between_results["matmul"]  # GFLOP/s of each product
                     flops = _segment_flops(model, batch)  # FLOPs the task needs in one full segment
                     full = tokens // segment_size  # a shorter last segment does other work: not compared
                     result.update(paired_peak_gflops_median=_median(peaks), paired_fraction_median=_median(

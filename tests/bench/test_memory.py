@@ -5,6 +5,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 
 from rmt_lab.bench.flops import rmt_flops, total
 from rmt_lab.bench.machine import machine_description
@@ -64,6 +65,16 @@ def test_workloads_in_process_return_sane_measurements():
     assert naive["kept_mib"] * 2**20 >= 1000 * (64 + vocab) * 4
     bare = WORKLOADS["backbone"](backbone="tiny-bert", positions=512, passes=3, matmul_n=256, matmul_repeats=3)
     assert bare["n_segments"] == 3 and bare["matmul_peak_gflops_min"] <= bare["matmul_peak_gflops"]
+
+
+def test_segment_clock_runs_the_paired_references_before_each_segment():
+    from rmt_lab.bench.workloads import SegmentClock
+
+    calls = []
+    clock = SegmentClock(["a", "b", "c"], torch.device("cpu"), {"ref": lambda: calls.append(1) or len(calls)})
+    assert list(clock) == ["a", "b", "c"]
+    assert clock.between_results["ref"] == [1, 2, 3] and len(clock.between_times["ref"]) == 3
+    assert len(clock.times()) == 3 and min(clock.times()) >= 0
 
 
 def test_speed_workload_options_in_process():

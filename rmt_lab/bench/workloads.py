@@ -78,10 +78,13 @@ def rss_mib() -> float:
 
 def random_segments(n_tokens: int, segment_size: int, batch: int = 1, seed: int = 0,
                     device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """Random (batch, <= segment_size) token segments made on the fly: the input never sits in memory."""
-    g = torch.Generator().manual_seed(seed)
+    """Random (batch, <= segment_size) token segments made on the fly: the input never sits in memory.
+
+    Made on `device` itself: no copy from the host, which on a GPU would wait for the work queued before it.
+    """
+    g = torch.Generator(device=device).manual_seed(seed)
     for start in range(0, n_tokens, segment_size):
-        yield torch.randint(*TOKEN_RANGE, (batch, min(segment_size, n_tokens - start)), generator=g).to(device)
+        yield torch.randint(*TOKEN_RANGE, (batch, min(segment_size, n_tokens - start)), generator=g, device=device)
 
 
 class SegmentClock:
@@ -336,7 +339,7 @@ def naive_loop(model: nn.Module, tokens: int, batch: int, dev: torch.device):
     for lo in range(0, tokens, size):
         t0 = time.perf_counter()
         seg = ids[:, lo:lo + size]  # (batch, <= segment_size)
-        out = model.cell(seg, torch.ones_like(seg, dtype=torch.bool), memory)
+        out = model.cell(seg, None, memory)  # every token valid, like the streamed RMT's full segments
         logits = head(out.hidden) if head is not None else out.hidden @ weight.T  # (batch, seg, vocab)
         outputs.append((out, logits))  # memory, summary, hidden states and logits of every segment: kept
         memory = out.memory

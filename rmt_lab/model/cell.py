@@ -143,21 +143,28 @@ class MemoryCell(nn.Module):
         if memory.dtype != self.memory.dtype:
             raise ValueError(f"memory has dtype {memory.dtype}; expected {self.memory.dtype}")
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, memory: Tensor) -> CellOutput:
-        """One segment: `input_ids` (batch, seg_len) left-packed, `attention_mask` its prefix mask."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, memory: Tensor) -> CellOutput:
+        """One segment: `input_ids` (batch, seg_len) left-packed, `attention_mask` its prefix mask.
+
+        `attention_mask=None`: every token is valid, known without reading a mask on the device.
+        """
         batch, seg_len = input_ids.shape
         if seg_len > self.config.segment_size:
             raise ValueError(f"segment of {seg_len} tokens is longer than segment_size={self.config.segment_size}")
         self.check_memory(memory, batch)
-        mask = attention_mask.bool()
-        lengths = mask.sum(1)  # (batch,)
+        # Every position valid (a full segment in every row, the common case of a long stream): no mask at
+        # all, the same attention, and the backbone's sdpa skips adding a (batch, 1, L, L) one (~8% on CPU).
+        # Deciding that from a given mask reads it on the host (a device sync on a GPU); None needs nothing.
+        if attention_mask is None:
+            lengths, full = torch.full((batch,), seg_len, dtype=torch.long, device=input_ids.device), True
+        else:
+            mask = attention_mask.bool()
+            lengths, full = mask.sum(1), bool(mask.all())  # (batch,); left-packed: all valid = every row full
         active = lengths > 0
         tokens = self.embeddings(input_ids)  # (batch, seg_len, d_model)
         build = self._encoder_inputs if self.layout == "encoder" else self._decoder_inputs
         embeds, full_mask, write_pos, summary_pos = build(tokens, lengths, memory)
-        # Every position valid (a full segment in every row, the common case of a long stream): no mask at
-        # all, the same attention, and the backbone's sdpa skips adding a (batch, 1, L, L) one (~8% on CPU).
-        if bool(full_mask.all()):
+        if full:
             full_mask = None
         with self.backbone_context():
             hidden = self.adapter.body(self.model)(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state

@@ -27,6 +27,10 @@ class Segment:
     input_ids: Tensor  # (batch, seg_len) int64
     attention_mask: Tensor  # (batch, seg_len) bool, a prefix of True per row
     labels: Tensor | None = None  # (batch, seg_len) int64 token labels, IGNORE_INDEX where unused
+    # Known on the host, and trusted: True, every row holds seg_len tokens (the memory cell then reads no
+    # mask, so a GPU run does not wait on the device); False, some row is shorter, tokens left-packed.
+    # None (a segment made elsewhere): read from the mask, left-packing checked.
+    full: bool | None = None
 
     @property
     def lengths(self) -> Tensor:  # (batch,)
@@ -66,6 +70,7 @@ def iter_segments(
     lengths = mask.sum(1)  # (batch,)
     n_segments = count_segments(lengths, segment_size)
     width = min(segment_size, int(lengths.max()))
+    host_lengths = lengths.tolist()  # read once, so each segment's fullness is known without the device
     offsets = torch.arange(width, device=input_ids.device)  # (width,)
     for k in range(n_segments):
         if align == "left":
@@ -79,4 +84,6 @@ def iter_segments(
         pos = pos.clamp(max=input_ids.shape[1] - 1)
         ids = input_ids.gather(1, pos).masked_fill(~valid, 0)
         seg_labels = labels.gather(1, pos).masked_fill(~valid, IGNORE_INDEX) if labels is not None else None
-        yield Segment(ids, valid, seg_labels)
+        row_starts = [k * segment_size if align == "left" else n - (n_segments - k) * segment_size for n in host_lengths]
+        full = all(min(s + segment_size, n) - max(s, 0) == width for s, n in zip(row_starts, host_lengths))
+        yield Segment(ids, valid, seg_labels, full)

@@ -171,10 +171,11 @@ class RecurrentWrapper(nn.Module):
             elif truncate and 0 < seen <= n_segments - k2:
                 memory = memory.detach()  # cut the graph: gradients reach only the last k2 segments
                 summary = None if summary is None else summary.detach()
+            mask = None if seg.full else seg.attention_mask  # None: all valid, nothing to read on the device
             if self.checkpoint_segments and torch.is_grad_enabled():
-                out = checkpoint(self.cell, seg.input_ids, seg.attention_mask, memory, use_reentrant=False)
+                out = checkpoint(self.cell, seg.input_ids, mask, memory, use_reentrant=False)
             else:
-                out = self.cell(seg.input_ids, seg.attention_mask, memory)
+                out = self.cell(seg.input_ids, mask, memory)
             memory = out.memory
             summary = out.summary if summary is None else torch.where(out.active[:, None], out.summary, summary)
             lm_logits = None
@@ -294,14 +295,14 @@ def _check_ids(input_ids: Tensor) -> Tensor:
 
 def _as_segment(item: Tensor | Segment, segment_size: int) -> Segment:
     if isinstance(item, Segment):
-        seg = Segment(_check_ids(item.input_ids), item.attention_mask.bool(), item.labels)
+        seg = Segment(_check_ids(item.input_ids), item.attention_mask.bool(), item.labels, item.full)
         if seg.attention_mask.shape != seg.input_ids.shape:
             raise ValueError("segment attention_mask and input_ids differ in shape")
-        if bool((seg.attention_mask[:, 1:] & ~seg.attention_mask[:, :-1]).any()):
+        if seg.full is None and bool((seg.attention_mask[:, 1:] & ~seg.attention_mask[:, :-1]).any()):
             raise ValueError("segment tokens must be left-packed: padding only at the end of each row")
     else:
         ids = _check_ids(item)
-        seg = Segment(ids, torch.ones_like(ids, dtype=torch.bool))
+        seg = Segment(ids, torch.ones_like(ids, dtype=torch.bool), full=True)
     if seg.input_ids.shape[1] > segment_size:
         raise ValueError(f"segment of {seg.input_ids.shape[1]} tokens is longer than segment_size={segment_size}")
     return seg

@@ -224,6 +224,8 @@ class Recorder:
     # ------------------------------------------------------------------ per segment
     def _before(self, cell, args, kwargs):
         input_ids, attention_mask, memory = _cell_args(args, kwargs)
+        if attention_mask is None:  # every token valid (a full segment)
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         batch = input_ids.shape[0]
         if self.batch is None:
             self._first_segment(cell, batch, input_ids.device)

@@ -172,6 +172,18 @@ def test_full_segment_runs_without_a_mask_and_matches_the_masked_backbone(name, 
     torch.testing.assert_close(out.hidden, ref.last_hidden_state[:, p:p + 16], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2"])
+def test_no_mask_means_every_token_valid(name):
+    """`attention_mask=None` (a segment known to be full, nothing read on the device) equals an all-ones mask."""
+    model = tiny(name)
+    ids, memory = tokens(2, 16), model.init_memory(2)
+    with torch.no_grad():
+        a = model.cell(ids, None, memory)
+        b = model.cell(ids, torch.ones_like(ids, dtype=torch.bool), memory)
+    for field in ("memory", "summary", "hidden", "active"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
 def test_segment_too_long_for_backbone_names_the_numbers():
     from rmt_lab.model import MemoryCell, RMTConfig
 

@@ -44,6 +44,7 @@ def test_segments_join_back_to_input(data, segment_size, align):
         assert bool((s.input_ids[~m] == 0).all())
         assert bool((s.labels[~m] == IGNORE_INDEX).all())
         assert bool(m.any(1).any())  # every segment has at least one active sample
+        assert s.full == bool(m.all())  # known on the host, as the mask says
 
 
 @settings(max_examples=50, deadline=None)

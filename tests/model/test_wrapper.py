@@ -223,3 +223,30 @@ def test_dropout_override_reaches_the_backbone():
     assert model.cell.model.config.hidden_dropout_prob == 0.0
     with pytest.raises(ValueError, match=r"dropout=1.5 must be in \[0, 1\)"):
         RecurrentWrapper.from_backbone("tiny-bert", RMTConfig(segment_size=16), dropout=1.5)
+
+
+def test_stream_hands_known_full_segments_to_the_cell_without_a_mask():
+    """Raw tensors and full segments cut by `forward` reach the cell with mask None (no device read);
+    a shorter last segment with its mask; the outputs equal a stream of explicit all-ones Segments."""
+    model = tiny()
+    masks = []
+    model.cell.register_forward_pre_hook(lambda cell, args: masks.append(args[1]))
+    ids = tokens(2, 40)  # 16 + 16 + 8
+    with torch.no_grad():
+        out = model(ids)
+        assert [m is None for m in masks] == [True, True, False]
+        masks.clear()
+        raw = model.stream(ids[:, i:i + 16] for i in range(0, 40, 16))
+        assert masks[2] is None  # a raw tensor is full however long
+        ones = model.stream(Segment(ids[:, i:i + 16], torch.ones_like(ids[:, i:i + 16], dtype=torch.bool))
+                            for i in range(0, 40, 16))
+    assert torch.equal(raw.memory, ones.memory)
+    torch.testing.assert_close(out.memory, raw.memory, atol=1e-5, rtol=1e-5)  # its last segment has padding
+
+
+def test_a_segment_from_elsewhere_must_be_left_packed():
+    model = tiny()
+    ids = tokens(1, 8)
+    holes = torch.tensor([[True, False, True, True, False, False, False, False]])
+    with pytest.raises(ValueError, match="left-packed: padding only at the end of each row"):
+        model.stream([Segment(ids, holes)])

@@ -84,6 +84,6 @@ def iter_segments(
         pos = pos.clamp(max=input_ids.shape[1] - 1)
         ids = input_ids.gather(1, pos).masked_fill(~valid, 0)
         seg_labels = labels.gather(1, pos).masked_fill(~valid, IGNORE_INDEX) if labels is not None else None
-        row_starts = [k * segment_size if align == "left" else n - (n_segments - k) * segment_size for n in host_lengths]
-        full = all(min(s + segment_size, n) - max(s, 0) == width for s, n in zip(row_starts, host_lengths))
+        before = k if align == "left" else n_segments - 1 - k  # a row's segments before this one, in its own order
+        full = all(min(segment_size, n - before * segment_size) == width for n in host_lengths)
         yield Segment(ids, valid, seg_labels, full)

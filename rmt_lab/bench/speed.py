@@ -34,7 +34,9 @@ import pandas as pd
 from rmt_lab.bench.flops import forward_pass_flops, memory_positions, rmt_flops, total
 from rmt_lab.bench.runner import Budget
 from rmt_lab.bench.sweep import KEY_COLUMNS, Point, backbone_shape, check_backbone, require_columns, run_sweep
+from rmt_lab.bench.workloads import resolve_device
 from rmt_lab.config import ConfigError
+from rmt_lab.model import kernels
 
 FORWARD_METHODS: tuple[str, ...] = ("rmt", "rmt-compiled", "backbone", "rmt-naive")
 TRAIN_METHODS: tuple[str, ...] = ("rmt-train", "rmt-train-ckpt")
@@ -128,6 +130,8 @@ def speed_points(config: SpeedSweepConfig) -> list[Point]:
 def speed_sweep(config: SpeedSweepConfig, path, *, progress: bool = True, remeasure: bool = False,
                 runner=None) -> pd.DataFrame:
     """Run (or resume) the speed points into the parquet file `path`; returns their rows."""
+    if "rmt-compiled" in config.methods and resolve_device(config.device).type == "cpu":
+        kernels.prepare()  # here, so a point's peak memory and warm-up never include compiling the kernel
     return run_sweep(speed_points(config), path, config.budget, progress=progress, remeasure=remeasure,
                      runner=runner)
 

@@ -94,8 +94,8 @@ class RecurrentWrapper(nn.Module):
         if freeze:
             from rmt_lab.model import kernels
 
-            if kernels.VECTOR_FLOATS and self.cell.memory.device.type == "cpu":
-                kernels.extension()  # built (or loaded) now, not inside the first trace
+            if self.cell.memory.device.type == "cpu":
+                kernels.prepare()
             self.cell.model.set_attn_implementation(kernels.FUSED_IMPL)
         self.cell.adapter.body(self.cell.model).compile(dynamic=False)
         self.cell.backbone_context = functools.partial(inductor_config.patch, options)

@@ -74,6 +74,13 @@ def extension() -> ModuleType:
     return module
 
 
+def prepare() -> None:
+    """Build (or load) the kernel now where this CPU has one, so no later step (a trace, a timed run, a
+    benchmark process whose peak memory would include the compiler's) pays for it."""
+    if VECTOR_FLOATS:
+        extension()
+
+
 @torch.library.custom_op("rmt_lab::cpu_attention", mutates_args=())
 def cpu_attention(query: Tensor, key: Tensor, value: Tensor, scale: float) -> Tensor:
     """softmax(scale * query key^T) value for (batch, heads, length, dim) fp32 CPU tensors, no mask.

@@ -31,23 +31,23 @@ FUSED_IMPL = "rmt_fused"
 SOURCE = Path(__file__).with_name("cpu_attention.cpp")
 log = logging.getLogger(__name__)
 
-# Compiler flags for the SIMD level torch itself dispatches to on this CPU (ATen's Vectorized<float> picks
-# its width from CPU_CAPABILITY_*): 16 floats a vector with AVX-512, 8 with AVX2.
-_CAPABILITY_FLAGS = {
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512"],
-    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"],
+# Per SIMD level torch itself dispatches to on this CPU (ATen's Vectorized<float> takes its width from
+# CPU_CAPABILITY_*): floats a vector, and the compiler flags of that build.
+_BUILDS = {
+    "AVX512": (16, ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512"]),
+    "AVX2": (8, ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"]),
 }
 
 
 def capability() -> str:
     """The SIMD level the kernel is built for: torch's own CPU capability where the kernel knows it."""
     cap = torch.backends.cpu.get_cpu_capability()
-    return cap if cap in _CAPABILITY_FLAGS else "DEFAULT"
+    return cap if cap in _BUILDS else "DEFAULT"
 
 
 # Floats per SIMD vector of the build; 0: no build for this CPU (not x86 with AVX2 or AVX-512), sdpa serves.
 # Read once here: a call into torch.backends while torch.compile traces would break the graph.
-VECTOR_FLOATS = {"AVX512": 16, "AVX2": 8}.get(capability(), 0)
+VECTOR_FLOATS = _BUILDS.get(capability(), (0, []))[0]
 
 
 @functools.cache
@@ -60,7 +60,7 @@ def extension() -> ModuleType:
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     cap = capability()
-    flags = ["-O3", "-fopenmp", *_CAPABILITY_FLAGS.get(cap, []), f"-DCPU_CAPABILITY={cap}"]
+    flags = ["-O3", "-fopenmp", *_BUILDS.get(cap, (0, []))[1], f"-DCPU_CAPABILITY={cap}"]
     start = time.perf_counter()
     try:
         module = cpp_extension.load(name=f"rmt_lab_cpu_attention_{cap.lower()}", sources=[str(SOURCE)],

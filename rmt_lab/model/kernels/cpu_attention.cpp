@@ -217,9 +217,6 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return out;
 }
 
-int64_t vector_width() { return W; }
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention", &attention, "softmax(scale q k^T) v, fp32, no mask; returns (batch, length, heads, dim)");
-  m.def("vector_width", &vector_width, "floats per SIMD vector this build uses");
 }

@@ -28,7 +28,7 @@ def reference(q, k, v, scale):
 @given(batch=st.integers(1, 2), n_heads=st.integers(1, 3), n_q=st.integers(1, 70), n_k=st.integers(1, 70),
        vectors=st.sampled_from([1, 2, 4, 8]), seed=st.integers(0, 2**16))
 def test_equals_sdpa_on_any_shape(batch, n_heads, n_q, n_k, vectors, seed):
-    """Lengths off the tile sizes (16 query rows, 2 vectors of keys), every head size, queries != keys."""
+    """Lengths off the tile sizes (blocks of 8 or 16 query rows, 2 vectors of keys), every head size, n_q != n_k."""
     dim = vectors * W
     q, k, v = heads(batch, n_heads, n_q, dim, seed), heads(batch, n_heads, n_k, dim, seed + 1), heads(
         batch, n_heads, n_k, dim, seed + 2)

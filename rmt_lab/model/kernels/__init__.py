@@ -4,7 +4,7 @@
 use with torch's C++ extension builder (g++ and ninja, the toolchain torch.compile's CPU backend needs
 as well) into torch's extension cache, about 40 s once per machine and source version; later loads take
 well under a second. It serves fp32, unmasked, non-causal attention without gradients, the case of an
-RMT encoder streaming full segments at inference, where it takes ~0.78x the time of torch's CPU flash
+RMT encoder streaming full segments at inference, where it takes ~0.70x the time of torch's CPU flash
 attention (512 positions, 12 heads of 32 dims, AVX-512). `fused_attention`, registered with
 transformers as "rmt_fused", sends every other case (a padding or causal mask, a GPU, another dtype,
 gradients, head sizes that are not 1, 2, 4 or 8 SIMD vectors) to the backbone's sdpa.

@@ -3,13 +3,14 @@
 // Built on first use by rmt_lab/model/kernels/__init__.py (torch.utils.cpp_extension). The shape it is
 // for: an RMT segment of a few hundred positions and heads of 32-64 dims, where the flash kernel torch
 // ships for the CPU reaches about 45% of the matmul peak (two BLAS calls per 64-row query block, with K
-// or N the head dim); this one takes ~0.78x its time at 512 positions and 12 heads of 32. One head's
+// or N the head dim); this one takes ~0.70x its time at 512 positions and 12 heads of 32. One head's
 // keys (transposed) and values are packed once into contiguous buffers, and each block of query rows
 // runs three passes that stay in the L1/L2 caches:
 //   1. scores S = (scale Q) K^T, register tiles of 8 rows x 2 vectors of keys, with each row's max, key tile
 //      by key tile (keys packed tile-major), so a tile read from L2 serves the whole block from L1;
 //   2. S <- exp(S - max) in place and each row's sum (as 2^x of scores kept in log2 units, see exp2_nonpositive);
 //   3. out = S V / sum, register tiles of (16 / vectors per head) rows x the head's vectors.
+// A block is 8 query rows (16 for heads of one vector), see block_rows.
 // Inputs (batch, heads, length, dim) with any strides whose last one is 1; the output is (batch, query
 // length, heads, dim), contiguous: the layout the attention's output projection reads.
 
@@ -28,10 +29,20 @@ namespace {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t W = Vec::size();
-constexpr int64_t BLOCK = 16;  // query rows per block: its scores, 16 x 512 floats at 512 keys, fit the L1 cache
 constexpr int QK_ROWS = 8;     // query rows per register tile of the scores
 constexpr int QK_VECS = 2;     // vectors of keys per register tile of the scores
 constexpr int64_t TILE = QK_VECS * W;  // keys per tile; packed keys are tile after tile, each (D, TILE)
+constexpr int ACCUMULATORS = 16;  // vector registers a register tile of weighted values accumulates in
+
+// Query rows of a head dim D that one register tile of weighted values covers (D / W vectors a row).
+template <int64_t D>
+constexpr int64_t pv_rows() { return std::max<int64_t>(1, ACCUMULATORS / (D / W)); }
+
+// Query rows per block: one register tile of the scores, or of the weighted values where that is taller
+// (a head of one vector). Its scores, 8 x 512 floats at 512 keys, stay in the L1 cache; blocks of 16 rows
+// took ~4% longer at 12 heads of 32 dims, of 8 rows ~8% longer at heads of 16.
+template <int64_t D>
+constexpr int64_t block_rows() { return std::max<int64_t>(QK_ROWS, pv_rows<D>()); }
 
 // Where packed (transposed) keys keep key j's dim d.
 template <int64_t D>
@@ -64,7 +75,7 @@ inline void tile_scores(const float* q, const float* tile, float* s, int64_t n_k
 // tile, so each packed tile of keys is read from the L2 cache once per block and reused from L1.
 template <int64_t D>
 inline void block_scores(const float* q, int64_t rows, const float* kt, int64_t n_keys, float* s, float* row_max) {
-  Vec vmax[BLOCK];
+  Vec vmax[block_rows<D>()];
   for (int64_t r = 0; r < rows; ++r) vmax[r] = Vec(-std::numeric_limits<float>::infinity());
   int64_t j = 0;
   for (; j + TILE <= n_keys; j += TILE) {
@@ -148,7 +159,8 @@ inline void weighted_values(const float* p, int64_t n_keys, const float* v, cons
 
 template <int64_t D>
 void attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, float scale, at::Tensor& out) {
-  constexpr int PV_ROWS = std::max<int64_t>(1, 16 / (D / W));  // 16 accumulators
+  constexpr int64_t BLOCK = block_rows<D>();
+  constexpr int PV_ROWS = pv_rows<D>();
   const int64_t batch = q.size(0), heads = q.size(1), n_q = q.size(2), n_keys = k.size(2);
   const int64_t blocks = (n_q + BLOCK - 1) / BLOCK;
   const float* q_data = q.data_ptr<float>();

@@ -45,9 +45,10 @@ def capability() -> str:
     return cap if cap in _BUILDS else "DEFAULT"
 
 
-# Floats per SIMD vector of the build; 0: no build for this CPU (not x86 with AVX2 or AVX-512), sdpa serves.
+# Floats per SIMD vector and compiler flags of the build; 0 floats: no build for this CPU (not x86 with
+# AVX2 or AVX-512), sdpa serves.
 # Read once here: a call into torch.backends while torch.compile traces would break the graph.
-VECTOR_FLOATS = _BUILDS.get(capability(), (0, []))[0]
+VECTOR_FLOATS, _FLAGS = _BUILDS.get(capability(), (0, []))
 
 
 @functools.cache
@@ -60,7 +61,7 @@ def extension() -> ModuleType:
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     cap = capability()
-    flags = ["-O3", "-fopenmp", *_BUILDS.get(cap, (0, []))[1], f"-DCPU_CAPABILITY={cap}"]
+    flags = ["-O3", "-fopenmp", *_FLAGS, f"-DCPU_CAPABILITY={cap}"]
     start = time.perf_counter()
     try:
         module = cpp_extension.load(name=f"rmt_lab_cpu_attention_{cap.lower()}", sources=[str(SOURCE)],

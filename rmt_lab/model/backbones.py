@@ -125,19 +125,24 @@ def backbone_config(name: str, dropout: float | None = None) -> PretrainedConfig
 
 def load_backbone(name: str, dropout: float | None = None) -> Backbone:
     """Build the ready backbone `name` (weights loaded when it is pretrained); see `backbone_config`."""
-    config = backbone_config(name, dropout)
-    backbone = backbone_from_config(name, config)
+    backbone = backbone_from_config(name, backbone_config(name, dropout))
     if BACKBONES[name].pretrained:
-        from safetensors.torch import load_file
-
-        state = load_file(str(assets.verified_minilm_weights()))
-        # The checkpoint was saved from a BertModel whose keys may carry no prefix; the pooler is unused.
-        body = backbone.adapter.body(backbone.model)
-        # The saved `embeddings.position_ids` buffer is a constant arange that newer HF rebuilds itself.
-        state = {
-            k.removeprefix("bert."): v for k, v in state.items() if "pooler" not in k and "position_ids" not in k
-        }
-        missing, unexpected = body.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f"MiniLM weights do not fit the model: missing {missing}, unexpected {unexpected}")
+        load_pretrained_weights(backbone)
     return backbone
+
+
+def load_pretrained_weights(backbone: Backbone) -> None:
+    """Load the verified MiniLM weights into `backbone`'s body (built from a MiniLM config)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(assets.verified_minilm_weights()))
+    # The checkpoint was saved from a BertModel whose keys may carry no prefix; the pooler is unused.
+    body = backbone.adapter.body(backbone.model)
+    # The saved `embeddings.position_ids` buffer is a constant arange that newer HF rebuilds itself.
+    state = {k.removeprefix("bert."): v for k, v in state.items() if "pooler" not in k and "position_ids" not in k}
+    try:
+        missing, unexpected = body.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ: another architecture
+        raise RuntimeError(f"MiniLM weights do not fit backbone {backbone.name!r}: {err}") from err
+    if missing or unexpected:
+        raise RuntimeError(f"MiniLM weights do not fit the model: missing {missing}, unexpected {unexpected}")

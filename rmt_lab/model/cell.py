@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from rmt_lab.model.backbones import Backbone
 from rmt_lab.model.config import RMTConfig
+from rmt_lab.model.lora import attach_lora
 
 
 @dataclass
@@ -83,6 +84,10 @@ class MemoryCell(nn.Module):
                 f"{backbone.name!r} has {max_positions} positions; use segment_size <= "
                 f"{max_positions - (self.positions_per_segment - config.segment_size)}"
             )
+        if config.lora_rank:
+            for p in self.model.parameters():  # the embeddings and any head too: only adapters and memory train
+                p.requires_grad_(False)
+            attach_lora(self.adapter.body(self.model), config.lora_rank, config.lora_alpha)
         self.d_model = self.embeddings.embedding_dim
         # Initial memory: learned, drawn like the token embeddings (the report adds memory tokens to the vocab).
         std = float(self.embeddings.weight.detach().float().std())

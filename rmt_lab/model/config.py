@@ -21,9 +21,11 @@ class RMTConfig:
     keep: tuple[str, ...] = ()  # per-segment outputs returned by default; subset of KEEPABLE (costs memory)
     num_classes: int = 0  # classifier over the last segment's summary state (6 places in the report); 0 = none
     layout: Literal["auto", "encoder", "decoder"] = "auto"  # auto: the backbone adapter's layout
+    lora_rank: int = 0  # 0: every backbone weight trains (report); r > 0: backbone frozen, rank-r adapters train
+    lora_alpha: float = 16.0  # adapter scale alpha / r (LoRA's convention; 16 with r 8-16 is common)
 
     def __post_init__(self) -> None:
-        for name in ("num_mem_tokens", "num_classes"):
+        for name in ("num_mem_tokens", "num_classes", "lora_rank"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"RMTConfig.{name}={value!r} must be an integer >= 0")
@@ -37,6 +39,8 @@ class RMTConfig:
             raise ConfigError(
                 f"RMTConfig.layout={self.layout!r} is not allowed; allowed values: ['auto', 'encoder', 'decoder']"
             )
+        if not isinstance(self.lora_alpha, (int, float)) or isinstance(self.lora_alpha, bool) or self.lora_alpha <= 0:
+            raise ConfigError(f"RMTConfig.lora_alpha={self.lora_alpha!r} must be a number > 0")
         check_keep(tuple(self.keep))
         object.__setattr__(self, "keep", tuple(self.keep))
 

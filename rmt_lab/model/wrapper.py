@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig
@@ -28,9 +28,12 @@ from transformers import AutoConfig
 import rmt_lab
 from rmt_lab.config import ConfigError, from_dict, to_dict
 from rmt_lab.io import atomic_path, write_json
-from rmt_lab.model.backbones import SpecialTokens, backbone_from_config, load_backbone
+from rmt_lab.model.backbones import (
+    BACKBONES, SpecialTokens, backbone_from_config, load_backbone, load_pretrained_weights,
+)
 from rmt_lab.model.cell import MemoryCell
 from rmt_lab.model.config import RMTConfig, check_keep
+from rmt_lab.model.lora import is_adapter_key
 from rmt_lab.model.segments import IGNORE_INDEX, Segment, count_segments, iter_segments
 
 CONFIG_FILE = "rmt_config.json"
@@ -237,9 +240,26 @@ class RecurrentWrapper(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
-            save_model(self, str(tmp))
+            if self.saves_trained_only:
+                save_file({k: v.contiguous() for k, v in self.trained_state().items()}, str(tmp))
+            else:
+                save_model(self, str(tmp))
         write_json(directory / CONFIG_FILE, self.describe())
         return directory
+
+    @property
+    def saves_trained_only(self) -> bool:
+        """Whether checkpoints hold only the trained tensors: adapters on a frozen backbone whose weights
+        can be rebuilt, verified, from its name (a pretrained ready backbone)."""
+        return bool(self.config.lora_rank) and BACKBONES[self.cell.backbone_name].pretrained
+
+    def trained_state(self) -> dict[str, Tensor]:
+        """The state-dict entries that training changes: all of them, or with adapters on a frozen
+        backbone the adapters, the initial memory and the classifier."""
+        state = self.state_dict()
+        if not self.config.lora_rank:
+            return state
+        return {k: v for k, v in state.items() if not k.startswith("cell.model.") or is_adapter_key(k)}
 
     def describe(self) -> dict:
         """Everything needed to rebuild this model without its weights, as JSON-ready data."""
@@ -251,6 +271,8 @@ class RecurrentWrapper(nn.Module):
             "backbone_config": cell.model.config.to_dict(),
             "special_tokens": vars(cell.special),
             "rmt": to_dict(self.config),
+            # "trained": the weights file holds the trained tensors only; the frozen rest is `backbone`'s own.
+            "weights": "trained" if self.saves_trained_only else "all",
         }))
 
     @classmethod
@@ -276,12 +298,22 @@ class RecurrentWrapper(nn.Module):
             config = from_dict(RMTConfig, rmt)
         except ConfigError as err:
             raise ValueError(f"{config_path}: {err}") from err
+        weights = meta.get("weights", "all")
+        if weights not in ("all", "trained"):
+            raise ValueError(f"{config_path}: weights={weights!r}; allowed values: ['all', 'trained']")
         hf_config = AutoConfig.for_model(model_type, **backbone_config)
-        model = cls(MemoryCell(backbone_from_config(name, hf_config, special), config))
+        backbone = backbone_from_config(name, hf_config, special)
+        if weights == "trained":  # the frozen weights are the named pretrained backbone's own (verified on load)
+            if name not in BACKBONES or not BACKBONES[name].pretrained:
+                raise ValueError(f"{config_path} holds trained tensors only, but {name!r} is not a pretrained backbone")
+            load_pretrained_weights(backbone)
+        model = cls(MemoryCell(backbone, config))
         try:
             missing, unexpected = load_model(model, str(weights_path), strict=False)
         except (SafetensorError, OSError, RuntimeError) as err:
             raise ValueError(f"{weights_path} cannot be loaded into backbone {name!r}: {err}") from err
+        if weights == "trained":
+            missing = [k for k in missing if k in model.trained_state()]
         if missing or unexpected:
             raise ValueError(
                 f"{weights_path} does not match backbone {name!r} with {config}: "

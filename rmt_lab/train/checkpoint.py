@@ -1,9 +1,11 @@
 """Resumable checkpoints: weights, optimizer and loop state, published by one atomic pointer flip.
 
-A checkpoint is a folder `checkpoints/step-XXXXXXX/` holding the RMT (`save_pretrained`),
-`optimizer.safetensors` (every optimizer tensor), and `state.json` (loop counters, optimizer
-hyper-parameters, RNG states). It becomes the run's latest checkpoint only when `checkpoints/LATEST`
-(written atomically) names it, so a run killed at any moment resumes from a complete checkpoint.
+A checkpoint is a folder `checkpoints/step-XXXXXXX/` (during a stage) or `checkpoints/stage-N/` (the
+weights a stage of N segments ended with) holding the RMT (`save_pretrained`), `optimizer.safetensors`
+(every optimizer tensor), and `state.json` (loop counters, optimizer hyper-parameters, RNG states).
+It becomes the run's latest checkpoint only when `checkpoints/LATEST` (written atomically) names it,
+so a run killed at any moment resumes from a complete checkpoint. Without LATEST (a clone that keeps
+only the stage folders, which are small when the backbone is frozen) a run resumes from its last stage.
 """
 
 from __future__ import annotations
@@ -66,11 +68,19 @@ def set_rng_state(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def step_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def stage_name(n_segments: int) -> str:
+    return f"stage-{n_segments}"
+
+
 def save_checkpoint(
-    root: Path, step: int, model: RecurrentWrapper, optimizer: torch.optim.Optimizer, state: dict, keep_last: int = 1
+    root: Path, name: str, model: RecurrentWrapper, optimizer: torch.optim.Optimizer, state: dict, keep_last: int = 1
 ) -> Path:
-    """Write checkpoint `step` under `root`, point LATEST at it, then drop older step folders."""
-    folder = root / f"step-{step:07d}"
+    """Write checkpoint folder `root/name`, point LATEST at it, then drop older step folders."""
+    folder = root / name
     if folder.exists():
         shutil.rmtree(folder)
     model.save_pretrained(folder)
@@ -87,9 +97,11 @@ def save_checkpoint(
 
 
 def latest_checkpoint(root: Path) -> Path | None:
+    """The folder LATEST names; without LATEST the last complete stage folder; None for a new run."""
     pointer = root / LATEST
     if not pointer.is_file():
-        return None
+        stages = [p for p in root.glob("stage-*") if (p / "state.json").is_file() and p.name[6:].isdigit()]
+        return max(stages, key=lambda p: int(p.name[6:]), default=None)
     try:
         folder = root / json.loads(pointer.read_text())["checkpoint"]
     except (ValueError, KeyError) as err:

@@ -26,7 +26,9 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from rmt_lab.io import write_json, write_parquet
 from rmt_lab.model import RecurrentWrapper
 from rmt_lab.tasks import TaskGenerator, collate
-from rmt_lab.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from rmt_lab.train.checkpoint import (
+    CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, stage_name, step_name,
+)
 from rmt_lab.train.config import ExperimentConfig
 
 CONFIG_FILE = "config.json"
@@ -158,7 +160,8 @@ class Trainer:
 
     def _new_stage_optimizer(self) -> None:
         c = self.config.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        trained = [p for p in self.model.parameters() if p.requires_grad]  # a frozen backbone keeps no moments
+        self.optimizer = torch.optim.AdamW(trained, lr=c.lr, weight_decay=c.weight_decay)
 
     def _load_metrics(self, upto: int) -> None:
         path = self.run_dir / METRICS_FILE
@@ -288,18 +291,17 @@ class Trainer:
         return value >= cur.advance_accuracy or bool(cur.patience and self.state["bad_evals"] >= cur.patience)
 
     def _end_stage(self, n_seg: int) -> None:
-        if self.accelerator.is_main_process:
-            self.model.save_pretrained(self.stage_dir(n_seg))
         self.state["done"].append({"n_segments": n_seg, "steps": self.state["step"], "best": self.state["best"]})
-        for cb in self.callbacks:
-            cb.on_stage_end(self, n_seg)
         self.state.update(stage=self.state["stage"] + 1, step=0, best=-1.0, bad_evals=0, window=[])
         self._new_stage_optimizer()
         self.optimizer = self.accelerator.prepare(self.optimizer)
-        self.save_checkpoint()
+        # The stage's weights with the next stage's fresh optimizer: both what evaluations load and a resume point.
+        self.save_checkpoint(stage_name(n_seg))
+        for cb in self.callbacks:
+            cb.on_stage_end(self, n_seg)
 
     def stage_dir(self, n_segments: int) -> Path:
-        return self.checkpoint_root / f"stage-{n_segments}"
+        return self.checkpoint_root / stage_name(n_segments)
 
     def _diverged(self, value: float) -> None:
         self.write_metrics()
@@ -310,10 +312,12 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ saving
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, name: str | None = None) -> None:
+        """A resumable checkpoint named `name` (default: after the global step)."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_checkpoint(self.checkpoint_root, self.state["global_step"], self.model, self.optimizer, self.state)
+            name = name or step_name(self.state["global_step"])
+            save_checkpoint(self.checkpoint_root, name, self.model, self.optimizer, self.state)
             self.write_metrics()
             self.write_summary()
 
@@ -335,7 +339,8 @@ class Trainer:
         for i, done in enumerate(self.state["done"], 1):
             lines.append(f"| {i} | {done['n_segments']} | {done['steps']} | {done['best']:.3f} |")
         lines += ["", f"Training wall time: {self.state['wall']:.0f} s. Files: `config.json`, `metrics.parquet`, "
-                  "`checkpoints/stage-N/` (weights after each stage), `checkpoints/LATEST` (resume point)."]
+                  "`checkpoints/stage-N/` (weights after each stage, a resume point), `checkpoints/LATEST` (latest resume "
+                  "point)."]
         from rmt_lab.io import atomic_path
 
         with atomic_path(self.run_dir / "README.md") as tmp:

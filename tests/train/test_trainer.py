@@ -115,3 +115,23 @@ def test_bad_input_fails_clearly(tmp_path):
     (tmp_path / "run2" / "checkpoints" / "LATEST").write_text('{"checkpoint": "step-0000001"}')
     with pytest.raises(CheckpointError, match="another backbone_config: num_hidden_layers: this run has 2, the checkpoint has 1"):
         trainer.setup()
+
+
+def test_a_run_resumes_from_its_last_stage_folder_alone(tmp_path):
+    """A clone keeps only the stage folders (small with adapters): the curriculum goes on from the last one."""
+    import shutil
+
+    config = tiny_experiment(stages=(1, 2, 3), max_steps=4)
+    whole = run_experiment(config, tmp_path / "whole", callbacks=[])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "cut", callbacks=[_Interrupt(at=10)])  # mid stage 3
+    root = tmp_path / "cut" / "checkpoints"
+    (root / "LATEST").unlink()
+    for folder in root.glob("step-*"):
+        shutil.rmtree(folder)
+    resumed = run_experiment(config, tmp_path / "cut", resume=True, callbacks=[])
+    a = load_file(str(tmp_path / "whole" / "checkpoints" / "stage-3" / "model.safetensors"))
+    b = load_file(str(root / "stage-3" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cols = ["kind", "stage", "step", "global_step", "loss", "accuracy", "lr"]
+    assert whole[cols].equals(resumed[cols])

@@ -1,0 +1,65 @@
+"""Low-rank adapters (LoRA, Hu et al. 2021) on a frozen backbone.
+
+With `RMTConfig.lora_rank = r > 0` every `nn.Linear` of the backbone body becomes W x + b + (alpha/r) B A x
+with W and b frozen, A (r, in) and B (out, r) trained and B starting at zero, so training starts
+from the pretrained function exactly. Why the RMT here trains this way rather than every weight:
+what is trained (memory, classifier, adapters) is ~1% of MiniLM (a ~2 MB checkpoint instead of
+90 MB, small enough to keep with the results), and the backward pass skips the frozen weights'
+gradients (about a third of a full fine-tuning step's matmul work).
+
+Replacing the module keeps its name and its `weight` / `bias` keys, so state dicts, tracing hooks
+and attention modules are found exactly as without adapters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ADAPTER_KEYS = ("lora_a", "lora_b")  # parameter names that mark an adapter in a state dict key
+
+
+class LoRALinear(nn.Linear):
+    """An `nn.Linear` with a frozen base weight plus a trained rank-r update (the same state-dict keys + A, B)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight  # (out, in), shared with the module it replaces
+        self.bias = base.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_a = nn.Parameter(torch.empty(rank, self.in_features, **factory))  # (r, in)
+        self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, **factory))  # (out, r): starts as W exactly
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # nn.Linear's own init, as LoRA's reference code
+        self.scale = alpha / rank
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Two skinny products instead of W + scale * B A: the full (out, in) update never exists, and its
+        # gradient (as costly as a full weight gradient) is never formed.
+        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.lora_a.shape[0]}, scale={self.scale:g}"
+
+
+def attach_lora(body: nn.Module, rank: int, alpha: float) -> int:
+    """Give each `nn.Linear` of `body` a trained adapter over its frozen weights; returns their count."""
+    targets = [(name, m) for name, m in body.named_modules() if type(m) is nn.Linear]
+    if not targets:
+        kinds = sorted({type(m).__name__ for m in body.modules() if hasattr(m, "weight")})
+        raise ValueError(f"lora_rank > 0 needs nn.Linear layers in the backbone body; it has only {kinds}")
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = body.get_submodule(parent_name) if parent_name else body
+        setattr(parent, child, LoRALinear(module, rank, alpha))
+    return len(targets)
+
+
+def is_adapter_key(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in ADAPTER_KEYS

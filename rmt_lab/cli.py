@@ -501,12 +501,13 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 
     sub = p.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
     gen = sub.add_parser("generalization", help="every stage checkpoint on 1..M segments (report Figure 5)")
-    gen.add_argument("--run", required=True, help="run folder made by rmt-lab train")
+    gen.add_argument("--run-dir", "--run", dest="run", required=True, help="run folder made by rmt-lab train")
     gen.add_argument("--max-segments", type=int, help="M (default 2 x the largest trained length)")
     gen.add_argument("--samples", type=int, default=256, help="test samples per point")
     gen.add_argument("--out", help="parquet path (default <run>/generalization.parquet)")
     long = sub.add_parser("long", help="one checkpoint streamed at lengths up to millions of tokens (report Figure 1)")
-    long.add_argument("--run", required=True, help="run folder made by rmt-lab train")
+    long.add_argument("--run-dir", "--run", dest="run", required=True,
+                      help="run folder made by rmt-lab train (--run-dir passes through torchrun; --run does not)")
     long.add_argument("--stage", type=int, help="segments of the stage checkpoint to use (default: the largest)")
     long.add_argument("--min-tokens", type=int, default=16_000, help="first length; lengths double up to the max")
     long.add_argument("--max-tokens", type=int, default=2_048_000, help="last length in tokens (e.g. 10000000)")
@@ -522,10 +523,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
-    import pandas as pd
 
     from rmt_lab.io import write_parquet
     from rmt_lab.tasks import TaskConfig
+    from accelerate import PartialState
+
     from rmt_lab.train import generalization_matrix, long_evaluation, stage_checkpoints
 
     run = Path(args.run)
@@ -553,12 +555,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         tokens *= 2
     lengths.append(math.ceil(args.max_tokens / task.segment_size))
     out = Path(args.out or run / "long_eval.parquet")
-    previous = pd.read_parquet(out) if out.exists() else None
-    frame = long_evaluation(checkpoints[stage], task, lengths, args.samples, args.batch_size, previous=previous,
-                            compile=args.compile or "")
-    frame["trained_segments"] = stage
-    write_parquet(out, frame)
-    print(frame[["tokens", "n_segments", "accuracy", "peak_mib", "tokens_per_s"]].to_string(index=False))
+    frame = long_evaluation(checkpoints[stage], task, lengths, out, args.samples, args.batch_size,
+                            compile=args.compile or "", trained_segments=stage)
+    if not PartialState().is_main_process:  # under torchrun: one report (the state long_evaluation formed)
+        return 0
+    print(frame[["tokens", "n_segments", "accuracy", "n_samples", "ci_low", "ci_high", "peak_mib",
+                 "tokens_per_s"]].to_string(index=False))
     print(f"wrote {out}")
     return 0
 

@@ -114,12 +114,12 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
     # So may the evaluations, which read finished models; the longest one goes first.
     for task in sorted(TASKS, key=lambda t: -s.long_max_tokens[t]):
         steps.append(Step(f"long evaluation {task}",
-                          ["eval", "long", "--run", str(run_of(task)), "--max-tokens", str(s.long_max_tokens[task]),
+                          ["eval", "long", "--run-dir", str(run_of(task)), "--max-tokens", str(s.long_max_tokens[task]),
                            "--samples", str(s.long_samples), "--batch-size", str(s.long_batch)],
                           [run_of(task) / "long_eval.parquet"], [final(task)], group="evaluate"))
     for task in TASKS:
         steps.append(Step(f"generalization {task}",
-                          ["eval", "generalization", "--run", str(run_of(task)), "--samples", str(s.gen_samples)],
+                          ["eval", "generalization", "--run-dir", str(run_of(task)), "--samples", str(s.gen_samples)],
                           [run_of(task) / "generalization.parquet"], [final(task)], group="evaluate"))
     reasoning, trace = final("reasoning"), results / "traces" / f"{s.config}-reasoning"
     steps.append(Step("trace reasoning",

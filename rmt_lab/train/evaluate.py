@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rmt_lab.bench.machine import peak_rss_mib
+from rmt_lab.io import write_parquet
 from rmt_lab.model import RecurrentWrapper
+from rmt_lab.stats import wilson_interval
 from rmt_lab.tasks import TaskConfig, TaskGenerator, collate, iter_batch_segments
 
 
@@ -96,34 +99,43 @@ def generalization_matrix(
 
 
 def long_accuracy(
-    checkpoint: str | Path, task: TaskConfig, n_samples: int, batch_size: int, split: str = "test", compile: str = ""
-) -> dict:
-    """Streaming evaluation of one length in this process: accuracy, time and peak memory.
+    checkpoint: str | Path,
+    task: TaskConfig,
+    indices: list[int],
+    batch_size: int,
+    parts: str | Path,
+    split: str = "test",
+    compile: str = "",
+    device: str | None = None,
+) -> None:
+    """Streaming evaluation of samples `indices` at one length, in this process.
 
-    `compile`: a torch.compile mode for the backbone (`RecurrentWrapper.compile_backbone`, weights
-    frozen; "" = eager). Compilation happens on the first batch and is counted in `seconds`.
+    Each batch's per-sample outcomes go to their own parquet file in `parts` as soon as the batch is
+    done (so a run killed mid-length loses only the batch in flight), with the seconds it took and
+    this process's peak memory so far. `compile`: a torch.compile mode for the backbone
+    (`RecurrentWrapper.compile_backbone`, weights frozen; "" = eager), counted in the first batch's time.
     """
     model = RecurrentWrapper.from_pretrained(checkpoint).eval()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     if compile:
         model.compile_backbone(compile, freeze=True)
     gen = TaskGenerator(task)
-    correct, seconds = 0, 0.0
     with torch.inference_mode():
-        for start in range(0, n_samples, batch_size):
-            samples = [gen.sample(split, i) for i in range(start, min(start + batch_size, n_samples))]
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            samples = [gen.sample(split, i) for i in chunk]
             t0 = time.perf_counter()
             out = model.stream((seg.to(device) for seg in iter_batch_segments(samples)), n_segments=task.n_segments)
-            seconds += time.perf_counter() - t0
-            labels = torch.tensor([s.label for s in samples])
-            correct += int((out.logits.argmax(-1).cpu() == labels).sum())
-    return {
-        "task": task.task, "tokens": task.n_tokens, "n_segments": task.n_segments, "accuracy": correct / n_samples,
-        "n_samples": n_samples, "seconds": seconds, "tokens_per_s": task.n_tokens * n_samples / seconds,
-        "peak_mib": _peak_mib(device), "device": str(device), "compile": compile, "memory_source":
-        "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (fresh process)",
-    }
+            predicted = out.logits.argmax(-1).cpu().tolist()
+            seconds = time.perf_counter() - t0
+            frame = pd.DataFrame({
+                "index": chunk, "label": [s.label for s in samples], "predicted": predicted,
+                "seconds": seconds / len(chunk),  # each sample's share of its batch
+                "batch_size": len(chunk), "peak_mib": _peak_mib(device), "device": str(device), "compile": compile,
+            })
+            frame["correct"] = frame["label"] == frame["predicted"]
+            write_parquet(Path(parts) / f"b{chunk[0]:07d}.parquet", frame)
 
 
 def _peak_mib(device: torch.device) -> float:
@@ -133,43 +145,129 @@ def _peak_mib(device: torch.device) -> float:
     return peak_rss_mib()
 
 
+def samples_path(out: str | Path) -> Path:
+    """The per-sample outcomes kept next to a long-evaluation table `out` (one row per length)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_samples.parquet")
+
+
+def parts_dir(out: str | Path, n_segments: int) -> Path:
+    """Where the batches of a length in progress wait, to be merged once every sample is done."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_parts") / f"n{n_segments}"
+
+
 def long_evaluation(
     checkpoint: str | Path,
     task: TaskConfig,
     lengths: Iterable[int],
+    out: str | Path,
     n_samples: int = 16,
     batch_size: int = 16,
     split: str = "test",
-    previous: pd.DataFrame | None = None,
     compile: str = "",
+    trained_segments: int | None = None,
+    accelerator=None,
 ) -> pd.DataFrame:
-    """Accuracy and peak memory at each length (in segments), each in a fresh process; resumable."""
-    rows = [] if previous is None else previous.to_dict("records")
-    done = {r["n_segments"] for r in rows}
-    todo = [n for n in lengths if n not in done]
-    for n in tqdm(todo, desc=f"long evaluation {task.task}"):
+    """Accuracy with its 95% Wilson interval, speed and peak memory at each length (in segments).
+
+    Writes `out` (a row per length) and `samples_path(out)` (a row per sample: index, label, prediction).
+    Each length runs in a fresh process, so its peak memory is its own. Resumable at batch grain: a
+    length's finished batches wait in `parts_dir(out, n)` until all its samples are done, and samples
+    already in the tables are not run again (raising `n_samples` runs only the new ones). Under several
+    processes (`torchrun`, `accelerate launch`), each takes samples rank::world of those left, as in
+    training, and the main process merges the batches: the same accuracies as one process.
+    `trained_segments`: the curriculum stage of `checkpoint`, recorded in each row.
+    """
+    from accelerate import PartialState
+
+    # Without CUDA, accelerate forms a multi-process (gloo) group from torchrun's variables only when cpu=True.
+    state = accelerator.state if accelerator is not None else PartialState(cpu=not torch.cuda.is_available())
+    out = Path(out)
+    lengths = list(lengths)
+    for n in tqdm(lengths, desc=f"long evaluation {task.task}", disable=not state.is_main_process):
         t = TaskConfig(**{**task.to_dict(), "length": n, "unit": "segments"})
-        args = [sys.executable, "-m", "rmt_lab.train.evaluate", "--checkpoint", str(checkpoint),
-                "--task-config", json.dumps(t.to_dict()), "--samples", str(n_samples),
-                "--batch-size", str(batch_size), "--split", split, "--compile", compile]
-        result = subprocess.run(args, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"long evaluation at {n} segments failed:\n{result.stderr[-2000:]}")
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    return pd.DataFrame(rows).sort_values("n_segments").reset_index(drop=True)
+        parts = parts_dir(out, n)
+        done = set(_sample_rows(out, n)["index"]) | set(_part_rows(parts)["index"])
+        left = [i for i in range(n_samples) if i not in done]
+        mine = left[state.process_index :: state.num_processes]
+        if mine:
+            device = f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu"
+            args = [sys.executable, "-m", "rmt_lab.train.evaluate", "--checkpoint", str(checkpoint),
+                    "--task-config", json.dumps(t.to_dict()), "--indices", ",".join(map(str, mine)),
+                    "--batch-size", str(batch_size), "--split", split, "--compile", compile,
+                    "--parts", str(parts), "--device", device]
+            result = subprocess.run(args, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(f"long evaluation at {n} segments failed:\n{result.stderr[-2000:]}")
+        state.wait_for_everyone()
+        if state.is_main_process and (left or n not in set(_summary(out).get("n_segments", []))):
+            _merge(out, t, parts, state.num_processes, trained_segments)
+        state.wait_for_everyone()
+    table = _summary(out)
+    return table[table["n_segments"].isin(lengths)].reset_index(drop=True)
+
+
+def _summary(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out) if out.exists() else pd.DataFrame()
+
+
+def _sample_rows(out: Path, n_segments: int) -> pd.DataFrame:
+    path = samples_path(out)
+    rows = pd.read_parquet(path) if path.exists() else pd.DataFrame({"n_segments": [], "index": []})
+    return rows[rows["n_segments"] == n_segments]
+
+
+def _part_rows(parts: Path) -> pd.DataFrame:
+    files = sorted(parts.glob("b*.parquet")) if parts.is_dir() else []
+    return pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame({"index": []})
+
+
+def _merge(out: Path, task: TaskConfig, parts: Path, processes: int, trained_segments: int | None) -> None:
+    """Move a length's finished batches into the per-sample table and rewrite its row of `out`."""
+    new = _part_rows(parts)
+    new = new[~new["index"].isin(_sample_rows(out, task.n_segments)["index"])]  # merged before an interruption
+    if len(new):
+        new = new.assign(task=task.task, tokens=task.n_tokens, n_segments=task.n_segments, processes=processes)
+        path = samples_path(out)
+        old = pd.read_parquet(path) if path.exists() else None
+        write_parquet(path, pd.concat([old, new]) if old is not None else new)
+    rows = _sample_rows(out, task.n_segments)
+    k, n = int(rows["correct"].sum()), len(rows)
+    low, high = wilson_interval(k / n, n)
+    seconds = float(rows["seconds"].sum())
+    device = str(rows["device"].iloc[-1])
+    row = {
+        "task": task.task, "tokens": task.n_tokens, "n_segments": task.n_segments, "accuracy": k / n,
+        "n_correct": k, "n_samples": n, "ci_low": float(low), "ci_high": float(high), "seconds": seconds,
+        "tokens_per_s": task.n_tokens * n / seconds,  # per process
+        "peak_mib": float(rows["peak_mib"].max()), "device": device, "compile": str(rows["compile"].iloc[-1]),
+        "processes": int(rows["processes"].max()), "trained_segments": trained_segments,
+        "memory_source": "cuda max_memory_allocated" if device.startswith("cuda") else "peak RSS (fresh process)",
+    }
+    table = _summary(out)
+    if len(table):
+        table = table[table["n_segments"] != task.n_segments]
+    table = pd.concat([table, pd.DataFrame([row])]) if len(table) else pd.DataFrame([row])
+    write_parquet(out, table.sort_values("n_segments").reset_index(drop=True))
+    if parts.is_dir():
+        shutil.rmtree(parts)
 
 
 def _main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="one long-evaluation point (used by long_evaluation)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--task-config", required=True)
-    p.add_argument("--samples", type=int, required=True)
+    p.add_argument("--indices", required=True, help="comma-separated sample indices")
     p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--parts", required=True, help="folder for each batch's outcomes")
     p.add_argument("--split", default="test")
     p.add_argument("--compile", default="")
+    p.add_argument("--device")
     a = p.parse_args(argv)
     task = TaskConfig.from_dict(json.loads(a.task_config))
-    print(json.dumps(long_accuracy(a.checkpoint, task, a.samples, a.batch_size, a.split, a.compile)))
+    indices = [int(i) for i in a.indices.split(",")]
+    long_accuracy(a.checkpoint, task, indices, a.batch_size, a.parts, a.split, a.compile, a.device)
 
 
 if __name__ == "__main__":

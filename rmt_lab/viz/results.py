@@ -34,8 +34,8 @@ COMMANDS = {
     "flops": "rmt-lab bench flops",
     "memory": "rmt-lab bench memory",
     "train": "rmt-lab train --config quick --task {task} --run-dir {results}/runs/quick-{task}",
-    "generalization": "rmt-lab eval generalization --run {run}",
-    "long": "rmt-lab eval long --run {run}",
+    "generalization": "rmt-lab eval generalization --run-dir {run}",
+    "long": "rmt-lab eval long --run-dir {run}",
     "trace": ("rmt-lab trace --checkpoint {results}/runs/quick-reasoning/checkpoints/stage-7 --task reasoning "
               "--segments 4 --samples 8 --maps all --keep-memory --out {results}/traces/quick-reasoning"),
     "probe": ("rmt-lab probe --checkpoint {results}/runs/quick-detect_memorize/checkpoints/stage-7 "

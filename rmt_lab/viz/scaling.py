@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from rmt_lab.stats import wilson_interval
 from rmt_lab.viz.style import CHANCE_STYLE, colors, log_tokens_axis, new_figure, plain_log_axis, styled
-from rmt_lab.viz.tables import N_CLASSES, ordered_tasks, require_columns, task_title, wilson_interval
+from rmt_lab.viz.tables import N_CLASSES, ordered_tasks, require_columns, task_title
 
 # The models the report draws in Figure 3.
 REPORT_OPT_MODELS = ("opt-125m", "opt-1.3b", "opt-6.7b", "opt-30b", "opt-175b")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
 import pandas as pd
 
 # The report's three tasks, in its order; other task names follow alphabetically.
@@ -35,13 +34,3 @@ def ordered_tasks(tasks: Iterable[str]) -> list[str]:
 
 def task_title(task: str) -> str:
     return TASK_TITLES.get(task, task.replace("_", " ").capitalize())
-
-
-def wilson_interval(accuracy, n, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """95% Wilson score interval of a proportion from `n` samples (well-behaved at 0 and 1, unlike p +- 2se)."""
-    p = np.asarray(accuracy, dtype=float)
-    n = np.maximum(np.asarray(n, dtype=float), 1.0)
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)

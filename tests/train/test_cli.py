@@ -14,16 +14,16 @@ def test_train_then_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--config", "quick", "--task", "memorize", "--run-dir", str(run), "--set", *TINY]) == 0
     assert "2 segments:" in capsys.readouterr().out
-    assert main(["eval", "generalization", "--run", str(run), "--samples", "4"]) == 0
+    assert main(["eval", "generalization", "--run-dir", str(run), "--samples", "4"]) == 0
     table = pd.read_parquet(run / "generalization.parquet")
     assert table.shape[0] == 2 * 4
-    assert main(["eval", "long", "--run", str(run), "--min-tokens", "64", "--max-tokens", "100",
+    assert main(["eval", "long", "--run-dir", str(run), "--min-tokens", "64", "--max-tokens", "100",
                  "--samples", "2", "--batch-size", "2"]) == 0
     long = pd.read_parquet(run / "long_eval.parquet")
     assert long["tokens"].tolist() == [64, 128]  # 100 tokens round up to 4 segments of 32
     assert (long["peak_mib"] > 0).all() and long["accuracy"].between(0, 1).all()
     # rerunning keeps measured points and adds only new ones
-    assert main(["eval", "long", "--run", str(run), "--min-tokens", "64", "--max-tokens", "256",
+    assert main(["eval", "long", "--run-dir", str(run), "--min-tokens", "64", "--max-tokens", "256",
                  "--samples", "2", "--batch-size", "2"]) == 0
     assert pd.read_parquet(run / "long_eval.parquet")["tokens"].tolist() == [64, 128, 256]
 
@@ -33,5 +33,5 @@ def test_train_rejects_bad_input(tmp_path, capsys):
     assert "unknown task 'sorting'" in capsys.readouterr().err
     assert main(["train", "--run-dir", str(tmp_path / "r"), "--set", "curriculum.stages=[2,1]"]) == 2
     assert "strictly increasing" in capsys.readouterr().err
-    assert main(["eval", "generalization", "--run", str(tmp_path / "missing")]) == 2
+    assert main(["eval", "generalization", "--run-dir", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err

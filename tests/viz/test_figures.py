@@ -11,7 +11,7 @@ from rmt_lab.viz import (
     plot_write_precision, save_figure,
 )
 from rmt_lab.viz.scaling import REPORT_OPT_MODELS
-from rmt_lab.viz.tables import wilson_interval
+from rmt_lab.stats import wilson_interval
 from tests.viz import helpers
 
 

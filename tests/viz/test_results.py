@@ -36,7 +36,7 @@ def test_render_draws_what_is_there_and_reports_the_rest(results, tmp_path):
     assert "rmt-lab train --config quick --task reasoning" in missing[1]
     assert "rmt-lab eval generalization --run" in missing[1]
     fig1 = report["fig1_accuracy_vs_length"]
-    assert not fig1.files and f"rmt-lab eval long --run {results}/runs/quick-memorize" in str(fig1.missing[0])
+    assert not fig1.files and f"rmt-lab eval long --run-dir {results}/runs/quick-memorize" in str(fig1.missing[0])
     assert "rmt-lab bench memory" in str(report["memory_vs_length"].missing[0])
     assert "rmt-lab trace" in str(report["fig6_memory_operations"].missing[0])
     assert all(r.error is None for r in report.values())

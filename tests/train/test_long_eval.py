@@ -1,0 +1,71 @@
+"""Long evaluation: intervals stored, resumable at batch grain, split over processes like training."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from rmt_lab.cli import main
+from rmt_lab.train.evaluate import long_accuracy, long_evaluation, parts_dir, samples_path, stage_checkpoints
+from rmt_lab.tasks import TaskConfig
+from tests.train.test_cli import TINY
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("long") / "run"
+    assert main(["train", "--config", "quick", "--task", "memorize", "--run-dir", str(run), "--set", *TINY]) == 0
+    return run
+
+
+def _task(n_segments):
+    return TaskConfig(task="memorize", segment_size=32, length=n_segments, unit="segments")
+
+
+def test_rows_carry_counts_and_wilson_intervals(run, tmp_path):
+    out = tmp_path / "long.parquet"
+    table = long_evaluation(stage_checkpoints(run)[2], _task(2), [2, 3], out, n_samples=5, batch_size=2)
+    assert table["n_samples"].tolist() == [5, 5]
+    assert (table["n_correct"] == (table["accuracy"] * 5).round()).all()
+    assert ((table["ci_low"] <= table["accuracy"]) & (table["accuracy"] <= table["ci_high"])).all()
+    assert (table["ci_high"] - table["ci_low"] > 0.3).all()  # 5 samples prove little, and the interval says so
+    samples = pd.read_parquet(samples_path(out))
+    assert sorted(samples[samples["n_segments"] == 3]["index"]) == [0, 1, 2, 3, 4]
+    assert not parts_dir(out, 2).exists()
+
+
+def test_an_interrupted_length_runs_only_its_missing_samples(run, tmp_path):
+    checkpoint = stage_checkpoints(run)[2]
+    whole = long_evaluation(checkpoint, _task(3), [3], tmp_path / "whole.parquet", n_samples=6, batch_size=2)
+    cut = tmp_path / "cut.parquet"
+    long_accuracy(checkpoint, _task(3), [0, 1, 2], 2, parts_dir(cut, 3))  # two batches finished, then killed
+    resumed = long_evaluation(checkpoint, _task(3), [3], cut, n_samples=6, batch_size=2)
+    a, b = pd.read_parquet(samples_path(tmp_path / "whole.parquet")), pd.read_parquet(samples_path(cut))
+    assert sorted(b["index"]) == list(range(6)) and b["batch_size"].tolist().count(1) == 2  # [0,1] [2] then [3,4] [5]
+    assert a.sort_values("index")["predicted"].tolist() == b.sort_values("index")["predicted"].tolist()
+    assert resumed["accuracy"].tolist() == whole["accuracy"].tolist()
+    more = long_evaluation(checkpoint, _task(3), [3], cut, n_samples=8, batch_size=4)  # more samples: only 6, 7 run
+    assert more["n_samples"].tolist() == [8]
+    assert len(pd.read_parquet(samples_path(cut))) == 8
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_accuracies_of_one(run, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    args = ["eval", "long", "--run-dir", str(run), "--min-tokens", "64", "--max-tokens", "128", "--samples", "7",
+            "--batch-size", "2"]
+    assert main([*args, "--out", str(tmp_path / "one.parquet")]) == 0
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "rmt_lab", *args, "--out",
+                             str(tmp_path / "two.parquet")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "two.parquet")
+    assert two["processes"].tolist() == [2, 2] and one["processes"].tolist() == [1, 1]
+    assert one["accuracy"].tolist() == two["accuracy"].tolist()
+    a, b = (pd.read_parquet(samples_path(tmp_path / f"{n}.parquet")).sort_values(["n_segments", "index"])
+            for n in ("one", "two"))
+    assert a["predicted"].tolist() == b["predicted"].tolist()

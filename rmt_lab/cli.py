@@ -537,8 +537,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 2
     if args.eval_command == "generalization":
         lengths = range(1, args.max_segments + 1) if args.max_segments else None
-        frame = generalization_matrix(run, lengths, n_samples=args.samples)
         out = Path(args.out or run / "generalization.parquet")
+        frame = generalization_matrix(run, lengths, n_samples=args.samples, out=out)
         write_parquet(out, frame)
         print(frame.pivot(index="trained_segments", columns="eval_segments", values="accuracy").round(2).to_string())
         print(f"wrote {out}")

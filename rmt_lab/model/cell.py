@@ -85,7 +85,7 @@ class MemoryCell(nn.Module):
                 f"{max_positions - (self.positions_per_segment - config.segment_size)}"
             )
         if config.lora_rank:
-            for p in self.model.parameters():  # the embeddings and any head too: only adapters and memory train
+            for p in self.model.parameters():  # the embeddings and any head too: only what attach_lora picks trains
                 p.requires_grad_(False)
             attach_lora(self.adapter.body(self.model), config.lora_rank, config.lora_alpha)
         self.d_model = self.embeddings.embedding_dim

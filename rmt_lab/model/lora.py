@@ -1,8 +1,9 @@
 """Low-rank adapters (LoRA, Hu et al. 2021) on a frozen backbone.
 
 With `RMTConfig.lora_rank = r > 0` every `nn.Linear` of the backbone body becomes W x + b + (alpha/r) B A x
-with W and b frozen, A (r, in) and B (out, r) trained and B starting at zero, so training starts
-from the pretrained function exactly. Why the RMT here trains this way rather than every weight:
+with W frozen, A (r, in) and B (out, r) trained and B starting at zero, so training starts from the
+pretrained function exactly. The biases of those layers and the body's layer norms train too (a few
+ten thousand numbers); everything else of the backbone, embeddings included, stays frozen. Why the RMT here trains this way rather than every weight:
 what is trained (memory, classifier, adapters) is ~1% of MiniLM (a ~2 MB checkpoint instead of
 90 MB, small enough to keep with the results), and the backward pass skips the frozen weights'
 gradients (about a third of a full fine-tuning step's matmul work).
@@ -19,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ADAPTER_KEYS = ("lora_a", "lora_b")  # parameter names that mark an adapter in a state dict key
-
 
 class LoRALinear(nn.Linear):
     """An `nn.Linear` with a frozen base weight plus a trained rank-r update (the same state-dict keys + A, B)."""
@@ -30,9 +29,6 @@ class LoRALinear(nn.Linear):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight  # (out, in), shared with the module it replaces
         self.bias = base.bias
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_a = nn.Parameter(torch.empty(rank, self.in_features, **factory))  # (r, in)
         self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, **factory))  # (out, r): starts as W exactly
@@ -49,7 +45,7 @@ class LoRALinear(nn.Linear):
 
 
 def attach_lora(body: nn.Module, rank: int, alpha: float) -> int:
-    """Give each `nn.Linear` of `body` a trained adapter over its frozen weights; returns their count."""
+    """Give each `nn.Linear` of `body` an adapter and freeze what does not train; returns the adapters' count."""
     targets = [(name, m) for name, m in body.named_modules() if type(m) is nn.Linear]
     if not targets:
         kinds = sorted({type(m).__name__ for m in body.modules() if hasattr(m, "weight")})
@@ -58,8 +54,20 @@ def attach_lora(body: nn.Module, rank: int, alpha: float) -> int:
         parent_name, _, child = name.rpartition(".")
         parent = body.get_submodule(parent_name) if parent_name else body
         setattr(parent, child, LoRALinear(module, rank, alpha))
+    trained = {id(p) for p in trained_parameters(body).values()}
+    for p in body.parameters():
+        p.requires_grad_(id(p) in trained)
     return len(targets)
 
 
-def is_adapter_key(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] in ADAPTER_KEYS
+def trained_parameters(body: nn.Module) -> dict[str, nn.Parameter]:
+    """{name in `body`: parameter} of what trains under adapters: A, B, the adapted layers' biases, the norms.
+
+    Decided by module type, so a loaded model knows what its checkpoint holds without any flag."""
+    found = {}
+    for name, module in body.named_modules():
+        if isinstance(module, LoRALinear | nn.LayerNorm):
+            for key, p in module.named_parameters(recurse=False):
+                if key != "weight" or isinstance(module, nn.LayerNorm):
+                    found[f"{name}.{key}" if name else key] = p
+    return found

@@ -33,7 +33,7 @@ from rmt_lab.model.backbones import (
 )
 from rmt_lab.model.cell import MemoryCell
 from rmt_lab.model.config import RMTConfig, check_keep
-from rmt_lab.model.lora import is_adapter_key
+from rmt_lab.model.lora import trained_parameters
 from rmt_lab.model.segments import IGNORE_INDEX, Segment, count_segments, iter_segments
 
 CONFIG_FILE = "rmt_config.json"
@@ -255,11 +255,13 @@ class RecurrentWrapper(nn.Module):
 
     def trained_state(self) -> dict[str, Tensor]:
         """The state-dict entries that training changes: all of them, or with adapters on a frozen
-        backbone the adapters, the initial memory and the classifier."""
+        backbone what `lora.trained_parameters` names, the initial memory and the classifier."""
         state = self.state_dict()
         if not self.config.lora_rank:
             return state
-        return {k: v for k, v in state.items() if not k.startswith("cell.model.") or is_adapter_key(k)}
+        trained = {id(p) for p in trained_parameters(self.cell.adapter.body(self.cell.model)).values()}
+        params = dict(self.named_parameters())
+        return {k: v for k, v in state.items() if not k.startswith("cell.model.") or id(params.get(k)) in trained}
 
     def describe(self) -> dict:
         """Everything needed to rebuild this model without its weights, as JSON-ready data."""

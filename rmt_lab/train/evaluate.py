@@ -74,28 +74,43 @@ def generalization_matrix(
     n_samples: int = 256,
     batch_size: int = 64,
     split: str = "test",
+    out: str | Path | None = None,
 ) -> pd.DataFrame:
     """Every stage checkpoint (trained on N segments) evaluated on M segments for M in `eval_segments`.
 
     Default M = 1 .. 2 x the largest N (the report used 1..15 for stages 1..7).
-    Returns a tidy table: task, trained_segments, eval_segments, accuracy, n_samples.
+    Returns a tidy table: task, trained_segments, eval_segments, accuracy, n_correct, n_samples and the
+    95% Wilson interval (ci_low, ci_high). With `out`, each cell is written there as it is measured and
+    cells already there with `n_samples` samples are kept: an interrupted matrix resumes cell by cell.
     """
     config = json.loads((Path(run_dir) / "config.json").read_text())
     checkpoints = stage_checkpoints(run_dir)
     lengths = list(eval_segments) if eval_segments else list(range(1, 2 * max(checkpoints) + 1))
     task = TaskConfig.from_dict(config["task"])
     rows = []
-    bar = tqdm(total=len(checkpoints) * len(lengths), desc=f"generalization {task.task}")
+    if out is not None and Path(out).exists():
+        rows = [r for r in pd.read_parquet(out).to_dict("records") if r["n_samples"] == n_samples]
+    done = {(r["trained_segments"], r["eval_segments"]) for r in rows}
+    bar = tqdm(total=len(checkpoints) * len(lengths), initial=len(done), desc=f"generalization {task.task}")
     for trained, folder in checkpoints.items():
+        todo = [m for m in lengths if (trained, m) not in done]
+        if not todo:
+            continue
         model = RecurrentWrapper.from_pretrained(folder)
-        for m in lengths:
+        for m in todo:
             t = TaskConfig(**{**task.to_dict(), "length": m, "unit": "segments"})
             acc = accuracy(model, t, split, n_samples, batch_size)
-            rows.append({"task": task.task, "trained_segments": trained, "eval_segments": m,
-                         "accuracy": acc, "n_samples": n_samples, "split": split})
+            low, high = wilson_interval(acc, n_samples)
+            rows.append({"task": task.task, "trained_segments": trained, "eval_segments": m, "accuracy": acc,
+                         "n_correct": round(acc * n_samples), "n_samples": n_samples, "ci_low": float(low),
+                         "ci_high": float(high), "split": split})
+            if out is not None:
+                write_parquet(out, pd.DataFrame(rows))
             bar.update()
     bar.close()
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    keep = frame["trained_segments"].isin(checkpoints) & frame["eval_segments"].isin(lengths)
+    return frame[keep].sort_values(["trained_segments", "eval_segments"]).reset_index(drop=True)
 
 
 def long_accuracy(

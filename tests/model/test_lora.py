@@ -26,7 +26,9 @@ def test_only_adapters_memory_and_classifier_train():
     model = tiny(lora_rank=4).train()
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "cell.memory" in trained and "classifier.weight" in trained
-    assert all(n.endswith(("lora_a", "lora_b")) for n in trained if n.startswith("cell.model."))
+    assert all(n.endswith(("lora_a", "lora_b", ".bias")) or "LayerNorm" in n
+               for n in trained if n.startswith("cell.model."))
+    assert not any("embeddings.word" in n or n.endswith("dense.weight") for n in trained)
     linears = [m for m in model.cell.model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, LoRALinear) for m in linears)  # every body linear is adapted
     model(tokens(2, 40), labels=torch.tensor([1, 2])).loss.backward()

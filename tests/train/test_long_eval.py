@@ -69,3 +69,18 @@ def test_two_processes_give_the_accuracies_of_one(run, tmp_path):
     a, b = (pd.read_parquet(samples_path(tmp_path / f"{n}.parquet")).sort_values(["n_segments", "index"])
             for n in ("one", "two"))
     assert a["predicted"].tolist() == b["predicted"].tolist()
+
+
+def test_generalization_resumes_cell_by_cell(run, tmp_path, monkeypatch):
+    from rmt_lab.train import evaluate
+
+    out = tmp_path / "gen.parquet"
+    whole = evaluate.generalization_matrix(run, [1, 2, 3], n_samples=4, out=out)
+    assert len(whole) == 6 and ((whole["ci_low"] <= whole["accuracy"]) & (whole["accuracy"] <= whole["ci_high"])).all()
+    pd.read_parquet(out).iloc[:4].to_parquet(out)  # killed after four cells
+    calls = []
+    real = evaluate.accuracy
+    monkeypatch.setattr(evaluate, "accuracy", lambda *a, **k: calls.append(a[1].length) or real(*a, **k))
+    resumed = evaluate.generalization_matrix(run, [1, 2, 3], n_samples=4, out=out)
+    assert calls == [2, 3]  # stage 2's cells at 2 and 3 segments
+    assert resumed.equals(whole)

@@ -512,6 +512,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     long.add_argument("--min-tokens", type=int, default=16_000, help="first length; lengths double up to the max")
     long.add_argument("--max-tokens", type=int, default=2_048_000, help="last length in tokens (e.g. 10000000)")
     long.add_argument("--samples", type=int, default=16, help="test samples per length")
+    long.add_argument("--samples-from", type=int, nargs=2, metavar=("TOKENS", "N"),
+                      help="N samples per length from TOKENS tokens on (fewer where a sample costs the most)")
     long.add_argument("--batch-size", type=int, default=16)
     long.add_argument("--compile", choices=COMPILE_MODES,
                       help="torch.compile the backbone with this mode, weights frozen (default: eager)")
@@ -555,7 +557,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         tokens *= 2
     lengths.append(math.ceil(args.max_tokens / task.segment_size))
     out = Path(args.out or run / "long_eval.parquet")
-    frame = long_evaluation(checkpoints[stage], task, lengths, out, args.samples, args.batch_size,
+    tokens_from, samples_from = args.samples_from or (math.inf, args.samples)
+    samples = {n: args.samples if n * task.segment_size < tokens_from else samples_from for n in lengths}
+    frame = long_evaluation(checkpoints[stage], task, lengths, out, samples, args.batch_size,
                             compile=args.compile or "", trained_segments=stage)
     if not PartialState().is_main_process:  # under torchrun: one report (the state long_evaluation formed)
         return 0
@@ -749,6 +753,8 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--quick", action="store_const", const="quick", dest="plan",
                        help="quick config on a CPU: about 20 minutes on 2 cores")
+    which.add_argument("--base", action="store_const", const="base", dest="plan",
+                       help="base config (pretrained MiniLM, adapters) on a CPU: many hours on 2 cores, resumable")
     which.add_argument("--paper", action="store_const", const="paper", dest="plan",
                        help="the report's setup on the pretrained MiniLM; meant for a GPU")
     p.add_argument("--results", default="data/results", help="results folder (steps whose files exist are skipped)")
@@ -757,17 +763,20 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
                    help="redo these steps even if their files exist (a prefix: 'train', 'long evaluation memorize')")
     p.add_argument("--jobs", type=int,
                    help="steps run side by side (trainings, evaluations); default: the CPU count up to 3 for "
-                        "--quick, 1 for --paper")
+                        "--quick and --base, 1 for --paper")
     p.add_argument("--list", action="store_true", help="print the steps, their commands and whether each is done")
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
-    from rmt_lab.reproduce import default_jobs, plan, reproduce
+    from pathlib import Path
+
+    from rmt_lab.reproduce import default_jobs, made_from, plan, reproduce
 
     steps = plan(args.plan, args.results, args.figures)
     if args.list:
+        records = made_from(Path(args.results))
         for i, step in enumerate(steps, 1):
-            state = "done" if step.done() else "to do"
+            state = "done" if step.done(records, Path(args.results)) else "to do"
             print(f"[{i}/{len(steps)}] {step.name} ({state}): {step.command()}")
         return 0
     try:

@@ -6,10 +6,14 @@ reproduction continues where it stopped (a training run cut off mid-way resumes 
 checkpoint), a retrained model has its evaluations redone, and results that need no model (the
 committed benchmarks under data/results/bench/) are reused. `--force NAME` redoes steps.
 
-Two plans:
+Three plans:
   quick  the `quick` training config on the three tasks, their generalization matrices, the long
          evaluation of the memorize model to 2,048,000 tokens (and of the other two to 256,000),
          a trace and a memory probe, the FLOPs table, and the figures: about 20 minutes on 2 cores.
+  base   the `base` config (pretrained MiniLM with adapters, 64-token segments) on the three tasks,
+         generalization on 1..15 segments at 128 samples a cell, long evaluation of every task to
+         2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there), trace, probe,
+         figures: many hours on 2 CPU cores; every step resumes where it stopped.
   paper  the report's setup (`paper` config on the pretrained MiniLM, 3000 steps per stage,
          256 samples per point, long evaluation to 2,043,904 tokens on every task); meant for a GPU.
 The seconds each step took are written to <results>/reproduce.json.
@@ -17,10 +21,13 @@ The seconds each step took are written to <results>/reproduce.json.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +37,8 @@ from pathlib import Path
 from rmt_lab.io import write_json
 
 TASKS = ("memorize", "detect_memorize", "reasoning")
-PLANS = ("quick", "paper")
+MADE_FROM = "made_from.json"  # under the results folder: each step's input digests when it last succeeded
+PLANS = ("quick", "base", "paper")
 
 
 @dataclass(frozen=True)
@@ -44,14 +52,31 @@ class Step:
     clean: Path | None = None  # removed before a forced rerun (a run folder that would refuse a fresh start)
     group: str = ""  # neighbouring steps of one group may run at the same time (`jobs`)
 
-    def done(self) -> bool:
-        return bool(self.outputs) and all(p.exists() for p in self.outputs) and not self.stale()
+    def key(self, results: Path) -> str:
+        """The step's name in a results folder's records: its first output, relative to the folder."""
+        return os.path.relpath(self.outputs[0], results) if self.outputs else self.name
 
-    def stale(self) -> bool:
-        """Some output is older than some input: made from an earlier model."""
-        made = [p.stat().st_mtime for p in self.inputs if p.exists()]
+    def done(self, records: dict | None = None, results: Path | None = None) -> bool:
+        return bool(self.outputs) and all(p.exists() for p in self.outputs) and not self.stale(records, results)
+
+    def stale(self, records: dict | None = None, results: Path | None = None) -> bool:
+        """The outputs were made from other inputs than those here now.
+
+        `records` (`made_from(results)`): each step's input digests when it last succeeded; an input whose
+        content differs from its record makes the step stale. A step without a record falls back to file
+        times (some output older than some input), which a fresh clone sets in checkout order: committed
+        models need the record.
+        """
+        made = records.get(self.key(results)) if records is not None and results is not None else None
+        if made is not None:
+            return any(made.get(name) != value for name, value in self.input_digests(results).items())
+        made_at = [p.stat().st_mtime for p in self.inputs if p.exists()]
         have = [p.stat().st_mtime for p in self.outputs if p.exists()]
-        return bool(made and have) and min(have) < max(made)
+        return bool(made_at and have) and min(have) < max(made_at)
+
+    def input_digests(self, results: Path) -> dict[str, str]:
+        """{input relative to `results`: sha256 of its content} of the inputs present (a folder: all its files)."""
+        return {os.path.relpath(p, results): digest(p) for p in self.inputs if p.exists()}
 
     def command(self) -> str:
         return "rmt-lab " + " ".join(self.argv)
@@ -67,6 +92,8 @@ class PlanSettings:
     long_batch: int
     probe_samples: int
     bench: list[str]  # the bench action(s) with their options
+    gen_max_segments: int | None = None  # generalization lengths 1..this (None: 2 x stages)
+    long_samples_from: tuple[int, int] | None = None  # (tokens, samples): fewer samples at this length and above
 
 
 SETTINGS = {
@@ -74,6 +101,12 @@ SETTINGS = {
         config="quick", stages=7, gen_samples=64,
         long_max_tokens={"memorize": 2_048_000, "detect_memorize": 256_000, "reasoning": 256_000},
         long_samples=8, long_batch=8, probe_samples=256,
+        bench=["bench", "flops"],
+    ),
+    "base": PlanSettings(
+        config="base", stages=7, gen_samples=128, gen_max_segments=15,
+        long_max_tokens={task: 2_048_000 for task in TASKS},
+        long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
         bench=["bench", "flops"],
     ),
     "paper": PlanSettings(
@@ -86,9 +119,9 @@ SETTINGS = {
 
 
 def default_jobs(name: str) -> int:
-    """Steps side by side: the CPU count up to 3 for the quick plan (small models use few threads well),
-    one for the paper plan (one accelerator)."""
-    return min(3, os.cpu_count() or 1) if name == "quick" else 1
+    """Steps side by side: the CPU count up to 3 for the quick and base plans (a 1-thread training does more
+    work per thread than a 2-thread one), one for the paper plan (one accelerator)."""
+    return 1 if name == "paper" else min(3, os.cpu_count() or 1)
 
 
 def plan(name: str, results: str | Path = "data/results", figures: str | Path = "figures") -> list[Step]:
@@ -115,11 +148,13 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
     for task in sorted(TASKS, key=lambda t: -s.long_max_tokens[t]):
         steps.append(Step(f"long evaluation {task}",
                           ["eval", "long", "--run-dir", str(run_of(task)), "--max-tokens", str(s.long_max_tokens[task]),
-                           "--samples", str(s.long_samples), "--batch-size", str(s.long_batch)],
+                           "--samples", str(s.long_samples), "--batch-size", str(s.long_batch),
+                           *(["--samples-from", *map(str, s.long_samples_from)] if s.long_samples_from else [])],
                           [run_of(task) / "long_eval.parquet"], [final(task)], group="evaluate"))
     for task in TASKS:
         steps.append(Step(f"generalization {task}",
-                          ["eval", "generalization", "--run-dir", str(run_of(task)), "--samples", str(s.gen_samples)],
+                          ["eval", "generalization", "--run-dir", str(run_of(task)), "--samples", str(s.gen_samples),
+                           *(["--max-segments", str(s.gen_max_segments)] if s.gen_max_segments else [])],
                           [run_of(task) / "generalization.parquet"], [final(task)], group="evaluate"))
     reasoning, trace = final("reasoning"), results / "traces" / f"{s.config}-reasoning"
     steps.append(Step("trace reasoning",
@@ -162,12 +197,13 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
     log: list[dict] = []
     start = time.perf_counter()
     failures: list[int] = []  # once a step fails, no new step starts
+    records = made_from(results)
     for candidates in _groups(list(enumerate(steps, 1))):
         # Decided when the group starts, after the steps before it made the models it reads.
         group = []
         for i, step in candidates:
             forced = any(step.name.startswith(f) for f in force)
-            if step.done() and not forced:
+            if step.done(records, results) and not forced:
                 echo(f"[{i}/{len(steps)}] {step.name}: done already ({', '.join(str(p) for p in step.outputs)})")
                 log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
             else:
@@ -175,6 +211,7 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
         if not group:
             continue
         width = min(jobs, len(group))
+        lock = threading.Lock()
         threads = max(1, (os.cpu_count() or 1) // width)
 
         def one(item):
@@ -182,7 +219,7 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
             head = f"[{i}/{len(steps)}] {step.name}"
             if failures:
                 return {"step": step.name, "status": "not run", "seconds": 0.0}, 0
-            if forced or step.stale():  # start over: nothing of the old result may be resumed or kept
+            if forced or step.stale(records, results):  # start over: nothing old may be resumed or kept
                 for path in [*step.outputs, *([step.clean] if forced and step.clean else [])]:
                     _remove(path)
             again = step.resume_from is not None and step.resume_from.exists() and not forced
@@ -194,6 +231,10 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
             code = run(argv, threads, output)
             seconds = time.perf_counter() - t0
             echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
+            if code == 0 and step.inputs:
+                with lock:
+                    records[step.key(results)] = step.input_digests(results)
+                    write_json(results / MADE_FROM, records)
             if code:
                 failures.append(code)
                 if output is not None and output.exists():  # the end of what the failed step printed
@@ -211,6 +252,24 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
     write_json(results / "reproduce.json", {"steps": log, "jobs": jobs, "total_seconds": round(total, 1)})
     echo(f"reproduced in {total / 60:.1f} min; step times in {results / 'reproduce.json'}")
     return 0
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in name order)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def made_from(results: Path) -> dict[str, dict[str, str]]:
+    """{step: {input: digest}} recorded under `results` when each step last succeeded."""
+    path = results / MADE_FROM
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _groups(numbered: list) -> list[list]:

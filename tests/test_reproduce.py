@@ -38,7 +38,7 @@ def test_quick_plan_covers_every_figure_input(tmp_path):
 
     for step in steps:
         build_parser().parse_args(step.argv)
-    with pytest.raises(ValueError, match="unknown plan 'huge'; plans: \\['quick', 'paper'\\]"):
+    with pytest.raises(ValueError, match="unknown plan 'huge'; plans: \\['quick', 'base', 'paper'\\]"):
         plan("huge")
 
 
@@ -92,17 +92,23 @@ def test_cli_lists_the_plan(tmp_path, capsys):
 def test_a_retrained_model_makes_its_evaluations_stale(tmp_path):
     import os
 
+    from rmt_lab.reproduce import made_from
+
     results = tmp_path / "results"
     steps = plan("quick", results, tmp_path / "figures")
     reproduce(steps, results=results, run=Recorder(steps), echo=lambda s: None)
     gen = next(s for s in steps if s.name == "generalization memorize")
-    assert gen.done()
-    earlier = gen.inputs[0].stat().st_mtime - 10
-    os.utime(gen.outputs[0], (earlier, earlier))  # evaluated before the model was trained again
-    assert gen.stale() and not gen.done()
+    records = made_from(results)
+    assert gen.done(records, results)
+    # Checkout order sets file times in a fresh clone: the same model with a newer time is not a new model.
+    later = gen.outputs[0].stat().st_mtime + 10
+    os.utime(gen.inputs[0], (later, later))
+    assert gen.done(records, results) and gen.stale()  # the record decides; file times alone would redo it
+    gen.inputs[0].write_bytes(b"retrained")  # another model
+    assert gen.stale(records, results) and not gen.done(records, results)
     again = Recorder(steps)
     reproduce(steps, results=results, run=again, echo=lambda s: None)
-    assert gen.argv in again.calls and gen.done()
+    assert gen.argv in again.calls and gen.done(made_from(results), results)
     assert next(s for s in steps if s.name == "train memorize").argv not in again.calls
 
 

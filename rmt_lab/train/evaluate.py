@@ -81,7 +81,8 @@ def generalization_matrix(
     Default M = 1 .. 2 x the largest N (the report used 1..15 for stages 1..7).
     Returns a tidy table: task, trained_segments, eval_segments, accuracy, n_correct, n_samples and the
     95% Wilson interval (ci_low, ci_high). With `out`, each cell is written there as it is measured and
-    cells already there with `n_samples` samples are kept: an interrupted matrix resumes cell by cell.
+    cells already there with `n_samples` samples are kept: an interrupted matrix resumes cell by cell,
+    and a stage measured earlier needs its weights no more.
     """
     config = json.loads((Path(run_dir) / "config.json").read_text())
     checkpoints = stage_checkpoints(run_dir)
@@ -108,9 +109,10 @@ def generalization_matrix(
                 write_parquet(out, pd.DataFrame(rows))
             bar.update()
     bar.close()
+    # Rows of stages whose weights are no longer here stay: a clone keeps the table, not every stage's weights.
     frame = pd.DataFrame(rows)
-    keep = frame["trained_segments"].isin(checkpoints) & frame["eval_segments"].isin(lengths)
-    return frame[keep].sort_values(["trained_segments", "eval_segments"]).reset_index(drop=True)
+    return frame[frame["eval_segments"].isin(lengths)].sort_values(["trained_segments", "eval_segments"]).reset_index(
+        drop=True)
 
 
 def long_accuracy(
@@ -177,7 +179,7 @@ def long_evaluation(
     task: TaskConfig,
     lengths: Iterable[int],
     out: str | Path,
-    n_samples: int = 16,
+    n_samples: int | dict[int, int] = 16,
     batch_size: int = 16,
     split: str = "test",
     compile: str = "",
@@ -186,13 +188,15 @@ def long_evaluation(
 ) -> pd.DataFrame:
     """Accuracy with its 95% Wilson interval, speed and peak memory at each length (in segments).
 
-    Writes `out` (a row per length) and `samples_path(out)` (a row per sample: index, label, prediction).
-    Each length runs in a fresh process, so its peak memory is its own. Resumable at batch grain: a
-    length's finished batches wait in `parts_dir(out, n)` until all its samples are done, and samples
-    already in the tables are not run again (raising `n_samples` runs only the new ones). Under several
-    processes (`torchrun`, `accelerate launch`), each takes samples rank::world of those left, as in
-    training, and the main process merges the batches: the same accuracies as one process.
-    `trained_segments`: the curriculum stage of `checkpoint`, recorded in each row.
+    `n_samples`: per length, or {n_segments: samples}. Writes `samples_path(out)` (a row per sample:
+    index, label, prediction) as lengths finish, and `out` (a row per length, rows of other lengths
+    kept) once all are done, so `out` existing means the evaluation finished. Each length runs in a fresh
+    process, so its peak memory is its own. Resumable at batch grain: a length's finished batches wait
+    in `parts_dir(out, n)` until all its samples are done, and samples already in the table are not run
+    again (raising `n_samples` runs only the new ones). Under several processes (`torchrun`,
+    `accelerate launch`), each takes samples rank::world of those left, as in training, and the main
+    process merges the batches: the same accuracies as one process. `trained_segments`: the curriculum
+    stage of `checkpoint`, recorded in each row.
     """
     from accelerate import PartialState
 
@@ -200,12 +204,12 @@ def long_evaluation(
     state = accelerator.state if accelerator is not None else PartialState(cpu=not torch.cuda.is_available())
     out = Path(out)
     lengths = list(lengths)
+    count = n_samples if isinstance(n_samples, dict) else dict.fromkeys(lengths, n_samples)
     for n in tqdm(lengths, desc=f"long evaluation {task.task}", disable=not state.is_main_process):
         t = TaskConfig(**{**task.to_dict(), "length": n, "unit": "segments"})
         parts = parts_dir(out, n)
         done = set(_sample_rows(out, n)["index"]) | set(_part_rows(parts)["index"])
-        left = [i for i in range(n_samples) if i not in done]
-        mine = left[state.process_index :: state.num_processes]
+        mine = [i for i in range(count[n]) if i not in done][state.process_index :: state.num_processes]
         if mine:
             device = f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu"
             args = [sys.executable, "-m", "rmt_lab.train.evaluate", "--checkpoint", str(checkpoint),
@@ -216,15 +220,18 @@ def long_evaluation(
             if result.returncode != 0:
                 raise RuntimeError(f"long evaluation at {n} segments failed:\n{result.stderr[-2000:]}")
         state.wait_for_everyone()
-        if state.is_main_process and (left or n not in set(_summary(out).get("n_segments", []))):
-            _merge(out, t, parts, state.num_processes, trained_segments)
+        if state.is_main_process:
+            _merge(out, t, parts, state.num_processes)
         state.wait_for_everyone()
-    table = _summary(out)
-    return table[table["n_segments"].isin(lengths)].reset_index(drop=True)
-
-
-def _summary(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(out) if out.exists() else pd.DataFrame()
+    rows = [_summary_row(out, TaskConfig(**{**task.to_dict(), "length": n, "unit": "segments"}), trained_segments)
+            for n in lengths]
+    frame = pd.DataFrame(rows)
+    if state.is_main_process:
+        table = pd.read_parquet(out) if out.exists() else pd.DataFrame({"n_segments": []})
+        table = pd.concat([table[~table["n_segments"].isin(lengths)], frame], ignore_index=True)
+        write_parquet(out, table.sort_values("n_segments").reset_index(drop=True))
+    state.wait_for_everyone()
+    return frame
 
 
 def _sample_rows(out: Path, n_segments: int) -> pd.DataFrame:
@@ -238,21 +245,27 @@ def _part_rows(parts: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame({"index": []})
 
 
-def _merge(out: Path, task: TaskConfig, parts: Path, processes: int, trained_segments: int | None) -> None:
-    """Move a length's finished batches into the per-sample table and rewrite its row of `out`."""
+def _merge(out: Path, task: TaskConfig, parts: Path, processes: int) -> None:
+    """Move a length's finished batches into the per-sample table, then drop them."""
     new = _part_rows(parts)
     new = new[~new["index"].isin(_sample_rows(out, task.n_segments)["index"])]  # merged before an interruption
     if len(new):
         new = new.assign(task=task.task, tokens=task.n_tokens, n_segments=task.n_segments, processes=processes)
         path = samples_path(out)
         old = pd.read_parquet(path) if path.exists() else None
-        write_parquet(path, pd.concat([old, new]) if old is not None else new)
+        write_parquet(path, pd.concat([old, new], ignore_index=True) if old is not None else new)
+    if parts.is_dir():
+        shutil.rmtree(parts)
+
+
+def _summary_row(out: Path, task: TaskConfig, trained_segments: int | None) -> dict:
+    """One length's row of the long-evaluation table, from its per-sample outcomes."""
     rows = _sample_rows(out, task.n_segments)
     k, n = int(rows["correct"].sum()), len(rows)
     low, high = wilson_interval(k / n, n)
     seconds = float(rows["seconds"].sum())
     device = str(rows["device"].iloc[-1])
-    row = {
+    return {
         "task": task.task, "tokens": task.n_tokens, "n_segments": task.n_segments, "accuracy": k / n,
         "n_correct": k, "n_samples": n, "ci_low": float(low), "ci_high": float(high), "seconds": seconds,
         "tokens_per_s": task.n_tokens * n / seconds,  # per process
@@ -260,13 +273,6 @@ def _merge(out: Path, task: TaskConfig, parts: Path, processes: int, trained_seg
         "processes": int(rows["processes"].max()), "trained_segments": trained_segments,
         "memory_source": "cuda max_memory_allocated" if device.startswith("cuda") else "peak RSS (fresh process)",
     }
-    table = _summary(out)
-    if len(table):
-        table = table[table["n_segments"] != task.n_segments]
-    table = pd.concat([table, pd.DataFrame([row])]) if len(table) else pd.DataFrame([row])
-    write_parquet(out, table.sort_values("n_segments").reset_index(drop=True))
-    if parts.is_dir():
-        shutil.rmtree(parts)
 
 
 def _main(argv: list[str] | None = None) -> None:

@@ -84,3 +84,12 @@ def test_generalization_resumes_cell_by_cell(run, tmp_path, monkeypatch):
     resumed = evaluate.generalization_matrix(run, [1, 2, 3], n_samples=4, out=out)
     assert calls == [2, 3]  # stage 2's cells at 2 and 3 segments
     assert resumed.equals(whole)
+
+
+def test_fewer_samples_at_the_longest_lengths(run, tmp_path):
+    out = tmp_path / "tiers.parquet"
+    assert main(["eval", "long", "--run-dir", str(run), "--min-tokens", "64", "--max-tokens", "256", "--samples", "3",
+                 "--samples-from", "256", "2", "--batch-size", "2", "--out", str(out)]) == 0
+    table = pd.read_parquet(out)
+    assert table["tokens"].tolist() == [64, 128, 256] and table["n_samples"].tolist() == [3, 3, 2]
+    assert table["trained_segments"].tolist() == [2, 2, 2]

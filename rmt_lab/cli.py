@@ -792,6 +792,8 @@ def _add_figures(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures (see --list)")
     p.add_argument("--list", action="store_true", help="list the figures and the inputs each one lacks, draw nothing")
     p.add_argument("--strict", action="store_true", help="exit 1 if any figure lacks an input")
+    p.add_argument("--config", help="draw the run and trace figures of this configuration only (default: each "
+                                    "one with results, into OUT/<config>/)")
     p.add_argument("--recompute", action="store_true",
                    help="first rerun every experiment behind the figures (rmt-lab reproduce --quick, all steps)")
 
@@ -814,11 +816,11 @@ def _run_figures(args: argparse.Namespace) -> int:
               "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)", file=sys.stderr)
         return 2
     if args.list:
-        for name, missing in missing_inputs(args.results).items():
+        for name, missing in missing_inputs(args.results, args.config).items():
             print(f"{name}: " + ("ready" if not missing else "missing " + "; ".join(map(str, missing))))
         return 0
     try:
-        report = render_figures(args.results, args.out, only=args.only)
+        report = render_figures(args.results, args.out, only=args.only, config=args.config)
     except ValueError as err:
         print(f"rmt-lab figures: error: {err}", file=sys.stderr)
         return 2

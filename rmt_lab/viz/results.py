@@ -5,6 +5,10 @@ says, for each one it could not draw, which file is missing and which command ma
 here runs an experiment: the commands are only named (`rmt-lab reproduce`, or `rmt-lab figures
 --recompute`, runs them).
 
+Figures drawn from training runs and traces are drawn per configuration (the `<config>` prefix of
+run and trace folder names: quick, base, ...) into `out/<config>/`, each labelled with its config;
+benchmark figures go into `out/`.
+
 The results folder (default data/results/):
     bench/flops.parquet                      rmt-lab bench flops            Figure 3
     bench/memory.parquet                     rmt-lab bench memory           measured memory vs length
@@ -14,7 +18,7 @@ The results folder (default data/results/):
     traces/<name>/trace.json (+ summaries.parquet, maps/, memory/)   a recorded trace (rmt_lab.trace):
         Figure 6 and the read/write profile, write precision and memory trajectory figures
     traces/<name>/probe.parquet              memory probe results (rmt_lab.trace.probe_memory)
-Figure 6 is drawn from the trace folder whose name contains "reasoning" (else the first one).
+Figure 6 is drawn from the config's trace folder whose name contains "reasoning" (else the first one).
 """
 
 from __future__ import annotations
@@ -33,14 +37,15 @@ from rmt_lab.viz.tables import TASK_ORDER
 COMMANDS = {
     "flops": "rmt-lab bench flops",
     "memory": "rmt-lab bench memory",
-    "train": "rmt-lab train --config quick --task {task} --run-dir {results}/runs/quick-{task}",
+    "train": "rmt-lab train --config {config} --task {task} --run-dir {results}/runs/{config}-{task}",
     "generalization": "rmt-lab eval generalization --run-dir {run}",
     "long": "rmt-lab eval long --run-dir {run}",
-    "trace": ("rmt-lab trace --checkpoint {results}/runs/quick-reasoning/checkpoints/stage-7 --task reasoning "
-              "--segments 4 --samples 8 --maps all --keep-memory --out {results}/traces/quick-reasoning"),
-    "probe": ("rmt-lab probe --checkpoint {results}/runs/quick-detect_memorize/checkpoints/stage-7 "
-              "--task detect_memorize --segments 7 --out {results}/traces/quick-detect_memorize-probe/probe.parquet"),
+    "trace": ("rmt-lab trace --checkpoint {results}/runs/{config}-reasoning/checkpoints/stage-7 --task reasoning "
+              "--segments 4 --samples 8 --maps all --keep-memory --out {results}/traces/{config}-reasoning"),
+    "probe": ("rmt-lab probe --checkpoint {results}/runs/{config}-detect_memorize/checkpoints/stage-7 "
+              "--task detect_memorize --segments 7 --out {results}/traces/{config}-detect_memorize-probe/probe.parquet"),
 }
+DEFAULT_CONFIG = "quick"  # named in the hints when a results folder holds no run at all
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Missing:
 class FigureResult:
     name: str
     title: str
+    config: str | None = None  # the training configuration drawn; None for benchmark figures
     files: list[Path] = field(default_factory=list)
     missing: list[Missing] = field(default_factory=list)  # inputs absent (the figure may still be drawn, partly)
     error: str | None = None  # the inputs exist but could not be drawn
@@ -67,32 +73,56 @@ class FigureResult:
 class FigureSpec:
     name: str  # output file stem
     title: str
-    inputs: Callable[[Path], tuple[object | None, list[Missing]]]  # results -> (data or None, missing inputs)
+    inputs: Callable[[Path, str], tuple[object | None, list[Missing]]]  # (results, config) -> (data, missing)
     draw: Callable[[object], dict[str, Figure]]  # data -> {stem: figure}
+    per_config: bool = True  # drawn from a configuration's runs or traces (else from the benchmarks)
 
 
 # ------------------------------------------------------------------ inputs
-def run_folders(results: Path) -> dict[str, Path]:
-    """Run folders (runs/<config>-<task>/, holding config.json) by task; the first per task in name order."""
+def configurations(results: Path) -> list[str]:
+    """The configurations with runs or traces in `results` (folder names `<config>-...`), in name order."""
+    names = {p.parent.name for p in (results / "runs").glob("*/config.json")}
+    names |= {p.parent.name for p in (results / "traces").glob("*/trace.json")}
+    names |= {p.parent.name for p in (results / "traces").glob("*/probe.parquet")}
+    return sorted({name.split("-", 1)[0] for name in names})
+
+
+def run_folders(results: Path, config: str = DEFAULT_CONFIG) -> dict[str, Path]:
+    """Run folders of `config` (runs/<config>-<task>/, holding config.json) by task."""
     found: dict[str, Path] = {}
-    for config in sorted((results / "runs").glob("*/config.json")):
+    for path in sorted((results / "runs").glob(f"{config}-*/config.json")):
         try:
-            task = json.loads(config.read_text())["task"]["task"]
+            task = json.loads(path.read_text())["task"]["task"]
         except (ValueError, KeyError, TypeError):
-            task = config.parent.name.rsplit("-", 1)[-1]
-        found.setdefault(task, config.parent)
+            task = path.parent.name.removeprefix(f"{config}-")
+        found.setdefault(task, path.parent)
     return found
 
 
-def _per_task_table(results: Path, file: str, command: str, tasks=TASK_ORDER) -> tuple[pd.DataFrame | None, list[Missing]]:
-    runs = run_folders(results)
+def config_label(results: Path, config: str) -> str:
+    """What a figure of `config` shows, from its runs' config.json: backbone, memory, segment, adapters."""
+    for run in run_folders(results, config).values():
+        try:
+            c = json.loads((run / "config.json").read_text())
+            rmt = c["rmt"]
+            adapters = f", adapters of rank {rmt['lora_rank']}" if rmt.get("lora_rank") else ""
+            return (f"config {config}: backbone {c['backbone']}{adapters}, {rmt['num_mem_tokens']} memory tokens, "
+                    f"{rmt['segment_size']} tokens per segment")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return f"config {config}"
+
+
+def _per_task_table(results: Path, config: str, file: str, command: str,
+                    tasks=TASK_ORDER) -> tuple[pd.DataFrame | None, list[Missing]]:
+    runs = run_folders(results, config)
     frames, missing = [], []
     for task in tasks:
         run = runs.get(task)
         if run is None:
-            path = f"{results}/runs/quick-{task}/{file}"
-            missing.append(Missing(path, COMMANDS["train"].format(task=task, results=str(results))
-                                   + " && " + command.format(run=f"{results}/runs/quick-{task}")))
+            path = f"{results}/runs/{config}-{task}/{file}"
+            missing.append(Missing(path, COMMANDS["train"].format(task=task, results=str(results), config=config)
+                                   + " && " + command.format(run=f"{results}/runs/{config}-{task}")))
             continue
         path = run / file
         if not path.is_file():
@@ -105,26 +135,27 @@ def _per_task_table(results: Path, file: str, command: str, tasks=TASK_ORDER) ->
     return (pd.concat(frames, ignore_index=True) if frames else None), missing
 
 
-def _single(results: Path, rel: str, command: str) -> tuple[pd.DataFrame | None, list[Missing]]:
+def _single(results: Path, config: str, rel: str, command: str) -> tuple[pd.DataFrame | None, list[Missing]]:
     path = results / rel
     if not path.is_file():
         return None, [Missing(str(path), command)]
     return pd.read_parquet(path), []
 
 
-def _training_inputs(results: Path):
-    runs = run_folders(results)
+def _training_inputs(results: Path, config: str):
+    runs = run_folders(results, config)
     frames = [pd.read_parquet(run / "metrics.parquet").assign(run=run.name) for run in runs.values()
               if (run / "metrics.parquet").is_file()]
     if frames:
         return pd.concat(frames, ignore_index=True), []
-    return None, [Missing(f"{results}/runs/quick-memorize/metrics.parquet",
-                          COMMANDS["train"].format(task="memorize", results=str(results)))]
+    return None, [Missing(f"{results}/runs/{config}-memorize/metrics.parquet",
+                          COMMANDS["train"].format(task="memorize", results=str(results), config=config))]
 
 
-def trace_folders(results: Path) -> list[Path]:
-    """Finished trace folders (with trace.json) under traces/, reasoning ones first."""
-    folders = sorted(p.parent for p in (results / "traces").glob("*/trace.json"))
+def trace_folders(results: Path, config: str | None = None) -> list[Path]:
+    """Finished trace folders (with trace.json) under traces/ (of `config`, if given), reasoning ones first."""
+    pattern = f"{config}-*/trace.json" if config else "*/trace.json"
+    folders = sorted(p.parent for p in (results / "traces").glob(pattern))
     return sorted(folders, key=lambda p: "reasoning" not in p.name)
 
 
@@ -137,11 +168,11 @@ def load_trace(folder: str | Path):
     return Trace.load(folder)
 
 
-def _trace_inputs(results: Path, need: str = "summaries"):
-    folders = trace_folders(results)
-    command = COMMANDS["trace"].format(results=str(results))
+def _trace_inputs(results: Path, config: str, need: str = "summaries"):
+    folders = trace_folders(results, config)
+    command = COMMANDS["trace"].format(results=str(results), config=config)
     if not folders:
-        return None, [Missing(f"{results}/traces/<name>/trace.json", command)]
+        return None, [Missing(f"{results}/traces/{config}-<name>/trace.json", command)]
     trace = load_trace(folders[0])
     if need == "maps" and not trace.map_segments:
         return None, [Missing(f"{folders[0]}/maps/ (full attention maps)", command)]
@@ -153,11 +184,11 @@ def _trace_inputs(results: Path, need: str = "summaries"):
     return trace, []
 
 
-def _probe_inputs(results: Path):
-    paths = sorted((results / "traces").glob("*/probe.parquet"))
+def _probe_inputs(results: Path, config: str):
+    paths = sorted((results / "traces").glob(f"{config}-*/probe.parquet"))
     if not paths:
-        return None, [Missing(f"{results}/traces/<name>/probe.parquet",
-                              COMMANDS["probe"].format(results=str(results)))]
+        return None, [Missing(f"{results}/traces/{config}-<name>/probe.parquet",
+                              COMMANDS["probe"].format(results=str(results), config=config))]
     return pd.read_parquet(paths[0]), []
 
 
@@ -167,30 +198,30 @@ def _figures() -> list[FigureSpec]:
 
     return [
         FigureSpec("fig1_accuracy_vs_length", "Figure 1: accuracy and memory versus input length",
-                   lambda r: _per_task_table(r, "long_eval.parquet", COMMANDS["long"]),
+                   lambda r, c: _per_task_table(r, c, "long_eval.parquet", COMMANDS["long"]),
                    lambda d: {"fig1_accuracy_vs_length": scaling.plot_long_context(d)}),
         FigureSpec("fig3_flops", "Figure 3: FLOPs versus input length, full attention vs RMT",
-                   lambda r: _single(r, "bench/flops.parquet", COMMANDS["flops"]),
-                   lambda d: {"fig3_flops": scaling.plot_flops(d)}),
+                   lambda r, c: _single(r, c, "bench/flops.parquet", COMMANDS["flops"]),
+                   lambda d: {"fig3_flops": scaling.plot_flops(d)}, per_config=False),
         FigureSpec("fig5_generalization", "Figure 5: generalization across lengths",
-                   lambda r: _per_task_table(r, "generalization.parquet", COMMANDS["generalization"]),
+                   lambda r, c: _per_task_table(r, c, "generalization.parquet", COMMANDS["generalization"]),
                    lambda d: {"fig5_generalization": training.plot_generalization(d),
                               "fig5_generalization_heatmap": training.plot_generalization_heatmap(d)}),
         FigureSpec("fig6_memory_operations", "Figure 6: attention maps of memory operations",
-                   lambda r: _trace_inputs(r, "maps"),
+                   lambda r, c: _trace_inputs(r, c, "maps"),
                    lambda t: {"fig6_memory_operations":
                               attention.plot_memory_operations(attention.memory_operation_panels(t))}),
         FigureSpec("training_curves", "Curriculum training curves",
                    _training_inputs, lambda d: {"training_curves": training.plot_training_curves(d)}),
         FigureSpec("memory_vs_length", "Measured memory and throughput, RMT vs full attention",
-                   lambda r: _single(r, "bench/memory.parquet", COMMANDS["memory"]),
-                   lambda d: {"memory_vs_length": scaling.plot_measured_memory(d)}),
+                   lambda r, c: _single(r, c, "bench/memory.parquet", COMMANDS["memory"]),
+                   lambda d: {"memory_vs_length": scaling.plot_measured_memory(d)}, per_config=False),
         FigureSpec("read_write_profile", "Memory read/write profile across segments and layers",
                    _trace_inputs, lambda t: {"read_write_profile": memory.plot_read_write_profile(t.summaries)}),
         FigureSpec("write_precision", "Write precision per segment",
                    _trace_inputs, lambda t: {"write_precision": memory.plot_write_precision(t.summaries)}),
         FigureSpec("memory_trajectory", "Memory state trajectory",
-                   lambda r: _trace_inputs(r, "memory"),
+                   lambda r, c: _trace_inputs(r, c, "memory"),
                    lambda d: {"memory_trajectory": memory.plot_memory_trajectory(memory.memory_projection(*d))}),
         FigureSpec("probe_accuracy", "Probe accuracy versus distance from the fact",
                    _probe_inputs, lambda d: {"probe_accuracy": memory.plot_probe_accuracy(d)}),
@@ -201,27 +232,38 @@ def figure_names() -> list[str]:
     return [spec.name for spec in _figures()]
 
 
-def missing_inputs(results: str | Path = "data/results") -> dict[str, list[Missing]]:
-    """Per figure, the inputs absent from `results` (empty lists: everything is there). Reads the tables."""
+def _jobs(results: Path, config: str | None, specs: list[FigureSpec]) -> list[tuple[FigureSpec, str | None]]:
+    """(figure, config) pairs to draw: benchmark figures once, the others once per configuration."""
+    configs = [config] if config else (configurations(results) or [DEFAULT_CONFIG])
+    return [(spec, c) for spec in specs if not spec.per_config for c in [None]] + [
+        (spec, c) for c in configs for spec in specs if spec.per_config]
+
+
+def missing_inputs(results: str | Path = "data/results", config: str | None = None) -> dict[str, list[Missing]]:
+    """Per figure (`<config>/<name>` for figures of a configuration), the inputs absent from `results`
+    (empty lists: everything is there). Reads the tables."""
     results = Path(results)
     out = {}
-    for spec in _figures():
+    for spec, c in _jobs(results, config, _figures()):
         try:
-            _, missing = spec.inputs(results)
+            _, missing = spec.inputs(results, c or DEFAULT_CONFIG)
         except Exception as err:  # noqa: BLE001 - an unreadable input is reported, not fatal
             missing = [Missing(spec.name, f"(unreadable: {err})")]
-        out[spec.name] = missing
+        out[f"{c}/{spec.name}" if c else spec.name] = missing
     return out
 
 
 def render_figures(results: str | Path = "data/results", out: str | Path = "figures",
-                   only: list[str] | None = None, formats: tuple[str, ...] = ("png", "svg")) -> list[FigureResult]:
+                   only: list[str] | None = None, formats: tuple[str, ...] = ("png", "svg"),
+                   config: str | None = None) -> list[FigureResult]:
     """Draw every figure whose inputs are in `results` into `out` (PNG + SVG); report the rest.
 
+    Figures of runs and traces are drawn for `config`, or for every configuration found, into
+    `out/<config>/`, each labelled with what its configuration is; benchmark figures into `out/`.
     A figure with some inputs missing (e.g. one task of three) is drawn from what is there and its
     result still lists what is missing.
     """
-    from rmt_lab.viz.style import save_figure
+    from rmt_lab.viz.style import label_figure, save_figure
 
     results, out = Path(results), Path(out)
     specs = _figures()
@@ -231,13 +273,15 @@ def render_figures(results: str | Path = "data/results", out: str | Path = "figu
             raise ValueError(f"unknown figures {unknown}; figures: {[s.name for s in specs]}")
         specs = [s for s in specs if s.name in only]
     report = []
-    for spec in specs:
-        result = FigureResult(spec.name, spec.title)
+    for spec, c in _jobs(results, config, specs):
+        result = FigureResult(spec.name, spec.title, config=c)
         try:
-            data, result.missing = spec.inputs(results)
+            data, result.missing = spec.inputs(results, c or DEFAULT_CONFIG)
             if data is not None:
                 for stem, fig in spec.draw(data).items():
-                    result.files += save_figure(fig, out / stem, formats)
+                    if c:
+                        label_figure(fig, config_label(results, c))
+                    result.files += save_figure(fig, (out / c if c else out) / stem, formats)
         except Exception as err:  # noqa: BLE001 - one bad input must not stop the other figures
             result.error = f"{type(err).__name__}: {err}"
         report.append(result)
@@ -248,13 +292,14 @@ def format_report(report: list[FigureResult]) -> str:
     """The figures command's summary: drawn, partly drawn, not drawn (with the commands to run)."""
     lines = []
     for r in report:
+        name = f"{r.config}/{r.name}" if r.config else r.name
         if r.error:
-            lines.append(f"FAILED   {r.name}: {r.error}")
+            lines.append(f"FAILED   {name}: {r.error}")
         elif r.files:
             state = "partial " if r.missing else "drew    "
-            lines.append(f"{state} {r.name}: {', '.join(p.name for p in r.files)}")
+            lines.append(f"{state} {name}: {', '.join(p.name for p in r.files)}")
         else:
-            lines.append(f"missing  {r.name}: {r.title}")
+            lines.append(f"missing  {name}: {r.title}")
         for m in r.missing:
             lines.append(f"           needs {m}")
     return "\n".join(lines)

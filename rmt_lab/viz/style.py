@@ -106,6 +106,11 @@ def plain_log_axis(ax, axis: str = "y") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
+def label_figure(fig: Figure, text: str) -> None:
+    """A line above the figure saying what it was drawn from (e.g. which model configuration)."""
+    fig.text(0.0, 1.0, text, ha="left", va="bottom", fontsize=8, color="0.3", transform=fig.transFigure)
+
+
 def save_figure(fig: Figure, stem: str | Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
     """Write `stem.png` and `stem.svg` (no timestamps inside, so unchanged figures stay unchanged in git)."""
     stem = Path(stem)

@@ -28,7 +28,7 @@ def test_render_draws_what_is_there_and_reports_the_rest(results, tmp_path):
     report = {r.name: r for r in render_figures(results, out)}
     assert set(report) == set(figure_names())
     assert sorted(p.name for p in report["fig3_flops"].files) == ["fig3_flops.png", "fig3_flops.svg"]
-    assert (out / "training_curves.png").is_file()
+    assert (out / "quick" / "training_curves.png").is_file()  # a configuration's figures in its own folder
     gen = report["fig5_generalization"]  # memorize only: drawn, and the two other tasks are named
     assert {p.name for p in gen.files} >= {"fig5_generalization.png", "fig5_generalization_heatmap.png"}
     missing = [str(m) for m in gen.missing]
@@ -51,7 +51,7 @@ def test_a_broken_table_fails_one_figure_only(results, tmp_path):
 
 def test_missing_inputs_lists_commands(results):
     missing = missing_inputs(results)
-    assert missing["fig3_flops"] == [] and missing["training_curves"] == []
+    assert missing["fig3_flops"] == [] and missing["quick/training_curves"] == []
     assert "rmt-lab bench memory" in str(missing["memory_vs_length"][0])
 
 
@@ -63,7 +63,7 @@ def test_cli_figures(results, tmp_path, capsys):
     assert main(["figures", "--results", str(results), "--out", str(out), "--strict",
                  "--only", "fig5_generalization", "memory_vs_length"]) == 1
     text = capsys.readouterr().out
-    assert "make it with: rmt-lab bench memory" in text and "partial  fig5_generalization" in text
+    assert "make it with: rmt-lab bench memory" in text and "partial  quick/fig5_generalization" in text
     assert main(["figures", "--results", str(results), "--list"]) == 0
     assert "fig3_flops: ready" in capsys.readouterr().out
 

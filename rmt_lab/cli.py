@@ -498,6 +498,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
     from rmt_lab.model import COMPILE_MODES
+    from rmt_lab.train.evaluate import EVAL_DTYPES
 
     sub = p.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
     gen = sub.add_parser("generalization", help="every stage checkpoint on 1..M segments (report Figure 5)")
@@ -512,6 +513,10 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     long.add_argument("--min-tokens", type=int, default=16_000, help="first length; lengths double up to the max")
     long.add_argument("--max-tokens", type=int, default=2_048_000, help="last length in tokens (e.g. 10000000)")
     long.add_argument("--samples", type=int, default=16, help="test samples per length")
+    for action in (gen, long):
+        action.add_argument("--dtype", default="float32", choices=list(EVAL_DTYPES),
+                            help="compute dtype: bfloat16 = autocast (weights and memory stay fp32; fast on CPUs "
+                                 "with AMX and on GPUs)")
     long.add_argument("--samples-from", type=int, nargs=2, metavar=("TOKENS", "N"),
                       help="N samples per length from TOKENS tokens on (fewer where a sample costs the most)")
     long.add_argument("--batch-size", type=int, default=16)
@@ -540,7 +545,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.eval_command == "generalization":
         lengths = range(1, args.max_segments + 1) if args.max_segments else None
         out = Path(args.out or run / "generalization.parquet")
-        frame = generalization_matrix(run, lengths, n_samples=args.samples, out=out)
+        frame = generalization_matrix(run, lengths, n_samples=args.samples, out=out, dtype=args.dtype)
         write_parquet(out, frame)
         print(frame.pivot(index="trained_segments", columns="eval_segments", values="accuracy").round(2).to_string())
         print(f"wrote {out}")
@@ -560,7 +565,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     tokens_from, samples_from = args.samples_from or (math.inf, args.samples)
     samples = {n: args.samples if n * task.segment_size < tokens_from else samples_from for n in lengths}
     frame = long_evaluation(checkpoints[stage], task, lengths, out, samples, args.batch_size,
-                            compile=args.compile or "", trained_segments=stage)
+                            compile=args.compile or "", trained_segments=stage, dtype=args.dtype)
     if not PartialState().is_main_process:  # under torchrun: one report (the state long_evaluation formed)
         return 0
     print(frame[["tokens", "n_segments", "accuracy", "n_samples", "ci_low", "ci_high", "peak_mib",

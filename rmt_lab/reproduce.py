@@ -12,8 +12,9 @@ Three plans:
          a trace and a memory probe, the FLOPs table, and the figures: about 20 minutes on 2 cores.
   base   the `base` config (pretrained MiniLM with adapters, 64-token segments) on the three tasks,
          generalization on 1..15 segments at 128 samples a cell, long evaluation of every task to
-         2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there), trace, probe,
-         figures: many hours on 2 CPU cores; every step resumes where it stopped.
+         2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there), evaluations in
+         bf16 autocast, trace, probe, figures: many hours on 2 CPU cores; every step resumes where it
+         stopped.
   paper  the report's setup (`paper` config on the pretrained MiniLM, 3000 steps per stage,
          256 samples per point, long evaluation to 2,043,904 tokens on every task); meant for a GPU.
 The seconds each step took are written to <results>/reproduce.json.
@@ -93,6 +94,7 @@ class PlanSettings:
     probe_samples: int
     bench: list[str]  # the bench action(s) with their options
     gen_max_segments: int | None = None  # generalization lengths 1..this (None: 2 x stages)
+    eval_dtype: str = "float32"  # compute dtype of the evaluations (rmt_lab.train.evaluate.EVAL_DTYPES)
     long_samples_from: tuple[int, int] | None = None  # (tokens, samples): fewer samples at this length and above
 
 
@@ -107,7 +109,7 @@ SETTINGS = {
         config="base", stages=7, gen_samples=128, gen_max_segments=15,
         long_max_tokens={task: 2_048_000 for task in TASKS},
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
-        bench=["bench", "flops"],
+        bench=["bench", "flops"], eval_dtype="bfloat16",
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,
@@ -149,12 +151,14 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
         steps.append(Step(f"long evaluation {task}",
                           ["eval", "long", "--run-dir", str(run_of(task)), "--max-tokens", str(s.long_max_tokens[task]),
                            "--samples", str(s.long_samples), "--batch-size", str(s.long_batch),
-                           *(["--samples-from", *map(str, s.long_samples_from)] if s.long_samples_from else [])],
+                           *(["--samples-from", *map(str, s.long_samples_from)] if s.long_samples_from else []),
+                           "--dtype", s.eval_dtype],
                           [run_of(task) / "long_eval.parquet"], [final(task)], group="evaluate"))
     for task in TASKS:
         steps.append(Step(f"generalization {task}",
                           ["eval", "generalization", "--run-dir", str(run_of(task)), "--samples", str(s.gen_samples),
-                           *(["--max-segments", str(s.gen_max_segments)] if s.gen_max_segments else [])],
+                           *(["--max-segments", str(s.gen_max_segments)] if s.gen_max_segments else []),
+                           "--dtype", s.eval_dtype],
                           [run_of(task) / "generalization.parquet"], [final(task)], group="evaluate"))
     reasoning, trace = final("reasoning"), results / "traces" / f"{s.config}-reasoning"
     steps.append(Step("trace reasoning",

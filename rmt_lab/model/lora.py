@@ -71,3 +71,23 @@ def trained_parameters(body: nn.Module) -> dict[str, nn.Parameter]:
                 if key != "weight" or isinstance(module, nn.LayerNorm):
                     found[f"{name}.{key}" if name else key] = p
     return found
+
+
+def merge_lora(body: nn.Module) -> int:
+    """Fold each adapter into its layer: an `nn.Linear` with weight W + (alpha/r) B A; returns their count.
+
+    For evaluation: one product per layer instead of three (rank 32 on MiniLM: ~17% fewer FLOPs).
+    """
+    adapted = [(name, m) for name, m in body.named_modules() if isinstance(m, LoRALinear)]
+    for name, module in adapted:
+        merged = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                           device=module.weight.device, dtype=module.weight.dtype)
+        with torch.no_grad():
+            merged.weight.copy_(module.weight + module.scale * module.lora_b @ module.lora_a)
+            if module.bias is not None:
+                merged.bias.copy_(module.bias)
+        merged.requires_grad_(False)
+        parent_name, _, child = name.rpartition(".")
+        setattr(body.get_submodule(parent_name) if parent_name else body, child, merged)
+    return len(adapted)
+

@@ -33,7 +33,7 @@ from rmt_lab.model.backbones import (
 )
 from rmt_lab.model.cell import MemoryCell
 from rmt_lab.model.config import RMTConfig, check_keep
-from rmt_lab.model.lora import trained_parameters
+from rmt_lab.model.lora import merge_lora, trained_parameters
 from rmt_lab.model.segments import IGNORE_INDEX, Segment, count_segments, iter_segments
 
 CONFIG_FILE = "rmt_config.json"
@@ -65,6 +65,7 @@ class RecurrentWrapper(nn.Module):
         # Recompute each segment's forward during backward instead of storing its activations:
         # training memory then holds one segment's activations plus the memory states between segments.
         self.checkpoint_segments = False
+        self.adapters_merged = False  # set by merge_adapters (evaluation only)
 
     @classmethod
     def from_backbone(cls, name: str, config: RMTConfig, dropout: float | None = None) -> RecurrentWrapper:
@@ -102,6 +103,16 @@ class RecurrentWrapper(nn.Module):
             self.cell.model.set_attn_implementation(kernels.FUSED_IMPL)
         self.cell.adapter.body(self.cell.model).compile(dynamic=False)
         self.cell.backbone_context = functools.partial(inductor_config.patch, options)
+        return self
+
+    def merge_adapters(self) -> RecurrentWrapper:
+        """For evaluation: fold the adapters (`RMTConfig.lora_rank`) into the backbone's weights; returns self.
+
+        The same function (float rounding aside) with one product per layer instead of three; the model
+        can no longer be trained as adapters or saved (save_pretrained refuses).
+        """
+        if merge_lora(self.cell.adapter.body(self.cell.model)):
+            self.adapters_merged = True
         return self
 
     # ------------------------------------------------------------------ running
@@ -237,6 +248,9 @@ class RecurrentWrapper(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:
         """Weights (safetensors) and configs (JSON), each written atomically."""
+        if self.adapters_merged:
+            raise ValueError("this model's adapters were merged into its weights for evaluation; save it before "
+                             "merge_adapters(), or load the checkpoint again")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / WEIGHTS_FILE) as tmp:

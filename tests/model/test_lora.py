@@ -74,3 +74,20 @@ def test_adapters_need_linear_layers_and_a_positive_alpha():
         RMTConfig(lora_rank=-1)
     with pytest.raises(ConfigError, match="lora_alpha"):
         RMTConfig(lora_rank=4, lora_alpha=0)
+
+
+def test_merged_adapters_compute_the_same_and_refuse_to_save(tmp_path):
+    model = tiny(lora_rank=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_b"):
+                p.normal_()
+    ids = tokens(2, 40)
+    with torch.no_grad():
+        before = model(ids).logits
+        after = model.merge_adapters()(ids).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    with pytest.raises(ValueError, match="merged"):
+        model.save_pretrained(tmp_path)
+

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import torch
 import pytest
 
 from rmt_lab.cli import main
@@ -93,3 +94,14 @@ def test_fewer_samples_at_the_longest_lengths(run, tmp_path):
     table = pd.read_parquet(out)
     assert table["tokens"].tolist() == [64, 128, 256] and table["n_samples"].tolist() == [3, 3, 2]
     assert table["trained_segments"].tolist() == [2, 2, 2]
+
+
+def test_bfloat16_evaluation_is_recorded_as_such(run, tmp_path):
+    out = tmp_path / "bf16.parquet"
+    table = long_evaluation(stage_checkpoints(run)[2], _task(2), [2], out, n_samples=4, batch_size=4,
+                            dtype="bfloat16")
+    assert table["dtype"].tolist() == ["bfloat16"] and table["n_samples"].tolist() == [4]
+    with pytest.raises(ValueError, match="allowed: \\['float32', 'bfloat16'\\]"):
+        from rmt_lab.train.evaluate import compute_dtype
+
+        compute_dtype(torch.device("cpu"), "int8")

@@ -506,6 +506,12 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     gen.add_argument("--max-segments", type=int, help="M (default 2 x the largest trained length)")
     gen.add_argument("--samples", type=int, default=256, help="test samples per point")
     gen.add_argument("--out", help="parquet path (default <run>/generalization.parquet)")
+    ablation = sub.add_parser("ablation", help="the last stage without recurrence: every segment sees the initial "
+                                               "memory (control: near chance beyond 1 segment if memory is used)")
+    ablation.add_argument("--run-dir", "--run", dest="run", required=True, help="run folder made by rmt-lab train")
+    ablation.add_argument("--max-segments", type=int, default=7, help="lengths 1..this (default 7)")
+    ablation.add_argument("--samples", type=int, default=128, help="test samples per point")
+    ablation.add_argument("--out", help="parquet path (default <run>/no_recurrence.parquet)")
     long = sub.add_parser("long", help="one checkpoint streamed at lengths up to millions of tokens (report Figure 1)")
     long.add_argument("--run-dir", "--run", dest="run", required=True,
                       help="run folder made by rmt-lab train (--run-dir passes through torchrun; --run does not)")
@@ -513,7 +519,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     long.add_argument("--min-tokens", type=int, default=16_000, help="first length; lengths double up to the max")
     long.add_argument("--max-tokens", type=int, default=2_048_000, help="last length in tokens (e.g. 10000000)")
     long.add_argument("--samples", type=int, default=16, help="test samples per length")
-    for action in (gen, long):
+    for action in (gen, ablation, long):
         action.add_argument("--dtype", default="float32", choices=list(EVAL_DTYPES),
                             help="compute dtype: bfloat16 = autocast (weights and memory stay fp32; fast on CPUs "
                                  "with AMX and on GPUs)")
@@ -548,6 +554,17 @@ def _run_eval(args: argparse.Namespace) -> int:
         frame = generalization_matrix(run, lengths, n_samples=args.samples, out=out, dtype=args.dtype)
         write_parquet(out, frame)
         print(frame.pivot(index="trained_segments", columns="eval_segments", values="accuracy").round(2).to_string())
+        print(f"wrote {out}")
+        return 0
+    if args.eval_command == "ablation":
+        out = Path(args.out or run / "no_recurrence.parquet")
+        stage = max(stage_checkpoints(run))
+        frame = generalization_matrix(run, range(1, args.max_segments + 1), n_samples=args.samples, out=out,
+                                      dtype=args.dtype, stages=[stage], carry_memory=False)
+        write_parquet(out, frame)
+        print(f"stage-{stage} model without recurrence (accuracy, 95% interval):")
+        for row in frame.itertuples():
+            print(f"  {row.eval_segments:>3} segments: {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]")
         print(f"wrote {out}")
         return 0
     checkpoints = stage_checkpoints(run)

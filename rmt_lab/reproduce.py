@@ -12,8 +12,8 @@ Three plans:
          a trace and a memory probe, the FLOPs table, and the figures: about 20 minutes on 2 cores.
   base   the `base` config (pretrained MiniLM with adapters, 64-token segments) on the three tasks,
          generalization on 1..15 segments at 128 samples a cell, long evaluation of every task to
-         2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there), evaluations in
-         bf16 autocast, trace, probe, figures: many hours on 2 CPU cores; every step resumes where it
+         2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there), the
+         no-recurrence control on 1..7 segments, evaluations in bf16 autocast, trace, probe, figures: many hours on 2 CPU cores; every step resumes where it
          stopped.
   paper  the report's setup (`paper` config on the pretrained MiniLM, 3000 steps per stage,
          256 samples per point, long evaluation to 2,043,904 tokens on every task); meant for a GPU.
@@ -95,6 +95,7 @@ class PlanSettings:
     bench: list[str]  # the bench action(s) with their options
     gen_max_segments: int | None = None  # generalization lengths 1..this (None: 2 x stages)
     eval_dtype: str = "float32"  # compute dtype of the evaluations (rmt_lab.train.evaluate.EVAL_DTYPES)
+    ablation_samples: int = 0  # samples per point of the no-recurrence control on 1..stages segments; 0 = none
     long_samples_from: tuple[int, int] | None = None  # (tokens, samples): fewer samples at this length and above
 
 
@@ -109,7 +110,7 @@ SETTINGS = {
         config="base", stages=7, gen_samples=128, gen_max_segments=15,
         long_max_tokens={task: 2_048_000 for task in TASKS},
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
-        bench=["bench", "flops"], eval_dtype="bfloat16",
+        bench=["bench", "flops"], eval_dtype="bfloat16", ablation_samples=128,
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,
@@ -160,6 +161,11 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                            *(["--max-segments", str(s.gen_max_segments)] if s.gen_max_segments else []),
                            "--dtype", s.eval_dtype],
                           [run_of(task) / "generalization.parquet"], [final(task)], group="evaluate"))
+    for task in TASKS if s.ablation_samples else ():
+        steps.append(Step(f"no-recurrence control {task}",
+                          ["eval", "ablation", "--run-dir", str(run_of(task)), "--max-segments", str(s.stages),
+                           "--samples", str(s.ablation_samples), "--dtype", s.eval_dtype],
+                          [run_of(task) / "no_recurrence.parquet"], [final(task)], group="evaluate"))
     reasoning, trace = final("reasoning"), results / "traces" / f"{s.config}-reasoning"
     steps.append(Step("trace reasoning",
                       ["trace", "--checkpoint", str(reasoning), "--task", "reasoning", "--segments", "4",

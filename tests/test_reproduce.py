@@ -158,3 +158,19 @@ def test_fresh_clone_with_committed_results_retrains_then_reevaluates(tmp_path):
     fake = Recorder(steps)
     assert reproduce(steps, results=results, run=fake, echo=lambda s: None) == 0
     assert all(step.argv in fake.calls for step in evaluations)  # judged after the trainings ran
+
+
+def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
+    from rmt_lab.cli import build_parser
+
+    steps = {s.name: s for s in plan("base", tmp_path / "results", tmp_path / "figures")}
+    for step in steps.values():
+        build_parser().parse_args(step.argv)
+    for task in TASKS:
+        long = steps[f"long evaluation {task}"].argv
+        assert long[long.index("--max-tokens") + 1] == "2048000" and long[long.index("--samples") + 1] == "64"
+        assert long[long.index("--samples-from") + 1: long.index("--samples-from") + 3] == ["512000", "16"]
+        gen = steps[f"generalization {task}"].argv
+        assert gen[gen.index("--max-segments") + 1] == "15" and gen[gen.index("--samples") + 1] == "128"
+        assert f"no-recurrence control {task}" in steps
+        assert steps[f"train {task}"].argv[:3] == ["train", "--config", "base"]

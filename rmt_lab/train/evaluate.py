@@ -46,10 +46,12 @@ def accuracy(
     batch_size: int = 64,
     accelerator=None,
     dtype: str = "float32",
+    carry_memory: bool = True,
 ) -> float:
     """Share of `n_samples` samples of `split` whose answer the model classifies right.
 
     Under several processes each takes samples rank::world and the counts are summed.
+    `carry_memory=False`: every segment starts from the initial memory (the no-recurrence ablation).
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = next(model.parameters()).device
@@ -66,7 +68,8 @@ def accuracy(
                 items.append({"input_ids": s.tokens(), "label": s.label, "answer": s.answer, "index": i})
             batch = collate(items)
             with compute_dtype(device, dtype):
-                out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                            carry_memory=carry_memory)
             correct += int((out.logits.argmax(-1).cpu() == batch["labels"]).sum())
     model.train(was_training)
     counts = torch.tensor([correct, len(mine)], device=device)
@@ -92,10 +95,13 @@ def generalization_matrix(
     split: str = "test",
     out: str | Path | None = None,
     dtype: str = "float32",
+    stages: Iterable[int] | None = None,
+    carry_memory: bool = True,
 ) -> pd.DataFrame:
     """Every stage checkpoint (trained on N segments) evaluated on M segments for M in `eval_segments`.
 
-    Default M = 1 .. 2 x the largest N (the report used 1..15 for stages 1..7).
+    Default M = 1 .. 2 x the largest N (the report used 1..15 for stages 1..7); `stages`: only these
+    checkpoints. `carry_memory=False` evaluates without recurrence (each segment sees the initial memory).
     Returns a tidy table: task, trained_segments, eval_segments, accuracy, n_correct, n_samples and the
     95% Wilson interval (ci_low, ci_high). With `out`, each cell is written there as it is measured and
     cells already there with `n_samples` samples are kept: an interrupted matrix resumes cell by cell,
@@ -104,6 +110,11 @@ def generalization_matrix(
     config = json.loads((Path(run_dir) / "config.json").read_text())
     checkpoints = stage_checkpoints(run_dir)
     lengths = list(eval_segments) if eval_segments else list(range(1, 2 * max(checkpoints) + 1))
+    if stages is not None:
+        unknown = sorted(set(stages) - set(checkpoints))
+        if unknown:
+            raise ValueError(f"no stage checkpoints {unknown} in {run_dir}; available: {sorted(checkpoints)}")
+        checkpoints = {n: folder for n, folder in checkpoints.items() if n in set(stages)}
     task = TaskConfig.from_dict(config["task"])
     rows = []
     if out is not None and Path(out).exists():
@@ -117,11 +128,11 @@ def generalization_matrix(
         model = RecurrentWrapper.from_pretrained(folder).merge_adapters()
         for m in todo:
             t = TaskConfig(**{**task.to_dict(), "length": m, "unit": "segments"})
-            acc = accuracy(model, t, split, n_samples, batch_size, dtype=dtype)
+            acc = accuracy(model, t, split, n_samples, batch_size, dtype=dtype, carry_memory=carry_memory)
             low, high = wilson_interval(acc, n_samples)
             rows.append({"task": task.task, "trained_segments": trained, "eval_segments": m, "accuracy": acc,
                          "n_correct": round(acc * n_samples), "n_samples": n_samples, "ci_low": float(low),
-                         "ci_high": float(high), "split": split, "dtype": dtype})
+                         "ci_high": float(high), "split": split, "dtype": dtype, "carry_memory": carry_memory})
             if out is not None:
                 write_parquet(out, pd.DataFrame(rows))
             bar.update()

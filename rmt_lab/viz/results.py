@@ -15,6 +15,7 @@ The results folder (default data/results/):
     runs/<config>-<task>/metrics.parquet     rmt-lab train                  training curves
     runs/<config>-<task>/generalization.parquet  rmt-lab eval generalization  Figure 5
     runs/<config>-<task>/long_eval.parquet   rmt-lab eval long              Figure 1
+    runs/<config>-<task>/no_recurrence.parquet  rmt-lab eval ablation       control without recurrence
     traces/<name>/trace.json (+ summaries.parquet, maps/, memory/)   a recorded trace (rmt_lab.trace):
         Figure 6 and the read/write profile, write precision and memory trajectory figures
     traces/<name>/probe.parquet              memory probe results (rmt_lab.trace.probe_memory)
@@ -40,6 +41,7 @@ COMMANDS = {
     "train": "rmt-lab train --config {config} --task {task} --run-dir {results}/runs/{config}-{task}",
     "generalization": "rmt-lab eval generalization --run-dir {run}",
     "long": "rmt-lab eval long --run-dir {run}",
+    "ablation": "rmt-lab eval ablation --run-dir {run}",
     "trace": ("rmt-lab trace --checkpoint {results}/runs/{config}-reasoning/checkpoints/stage-7 --task reasoning "
               "--segments 4 --samples 8 --maps all --keep-memory --out {results}/traces/{config}-reasoning"),
     "probe": ("rmt-lab probe --checkpoint {results}/runs/{config}-detect_memorize/checkpoints/stage-7 "
@@ -142,6 +144,14 @@ def _single(results: Path, config: str, rel: str, command: str) -> tuple[pd.Data
     return pd.read_parquet(path), []
 
 
+def _ablation_inputs(results: Path, config: str):
+    ablation, missing = _per_task_table(results, config, "no_recurrence.parquet", COMMANDS["ablation"])
+    generalization, more = _per_task_table(results, config, "generalization.parquet", COMMANDS["generalization"])
+    if ablation is None or generalization is None:
+        return None, missing + more
+    return (generalization, ablation), missing + more
+
+
 def _training_inputs(results: Path, config: str):
     runs = run_folders(results, config)
     frames = [pd.read_parquet(run / "metrics.parquet").assign(run=run.name) for run in runs.values()
@@ -207,6 +217,8 @@ def _figures() -> list[FigureSpec]:
                    lambda r, c: _per_task_table(r, c, "generalization.parquet", COMMANDS["generalization"]),
                    lambda d: {"fig5_generalization": training.plot_generalization(d),
                               "fig5_generalization_heatmap": training.plot_generalization_heatmap(d)}),
+        FigureSpec("ablation_no_recurrence", "Control: the last stage's model without recurrence",
+                   _ablation_inputs, lambda d: {"ablation_no_recurrence": training.plot_recurrence_ablation(*d)}),
         FigureSpec("fig6_memory_operations", "Figure 6: attention maps of memory operations",
                    lambda r, c: _trace_inputs(r, c, "maps"),
                    lambda t: {"fig6_memory_operations":

@@ -4,6 +4,7 @@
   evaluated on 1..M segments, one panel per task; `plot_generalization_heatmap` is the same matrix
   as a heatmap (trained length on the rows, evaluated length on the columns).
 - `plot_training_curves`: loss and validation accuracy over the curriculum, stage boundaries marked.
+- `plot_recurrence_ablation`: the last stage's model with and without memory carried between segments.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from rmt_lab.stats import wilson_interval
 from rmt_lab.viz.style import CHANCE_STYLE, SEQUENTIAL, colors, empty_axes, new_figure, ordered_colors, styled
 from rmt_lab.viz.tables import N_CLASSES, ordered_tasks, require_columns, task_title
 
@@ -143,3 +145,39 @@ def plot_training_curves(metrics: pd.DataFrame, runs: str = "run") -> Figure:
     fig.suptitle("Curriculum training: each stage adds one segment to the input"
                  + (f" ({names[0]})" if len(names) == 1 and names[0] != "run" else ""))
     return fig
+
+
+@styled
+def plot_recurrence_ablation(generalization: pd.DataFrame, ablation: pd.DataFrame) -> Figure:
+    """Control: the last stage's model with memory carried (its generalization row) against the same model
+    with every segment fed the initial memory (`rmt-lab eval ablation`), one panel per task, 95% intervals.
+
+    If the answer comes through memory, the ablated model drops to chance once the fact and the question
+    lie in different segments (beyond 1 segment).
+    """
+    require_columns(ablation, ("task", "trained_segments", "eval_segments", "accuracy", "n_samples"),
+                    "no-recurrence table (rmt-lab eval ablation)")
+    require_columns(generalization, (*GENERALIZATION_COLUMNS, "n_samples"), "generalization table")
+    tasks = ordered_tasks(ablation["task"])
+    fig, axes = new_figure(1, len(tasks), figsize=(4.2 * len(tasks) + 1.2, 3.8), sharey=True)
+    with_memory, without = colors(2)
+    for ax, task in zip(axes[0], tasks):
+        a = ablation[ablation["task"] == task].sort_values("eval_segments")
+        stage = int(a["trained_segments"].max())
+        g = generalization[(generalization["task"] == task) & (generalization["trained_segments"] == stage)
+                           & generalization["eval_segments"].isin(a["eval_segments"])].sort_values("eval_segments")
+        for d, color, label in ((g, with_memory, "memory carried"), (a, without, "no recurrence")):
+            if d.empty:
+                continue
+            low, high = wilson_interval(d["accuracy"], d["n_samples"])
+            ax.fill_between(d["eval_segments"], low, high, color=color, alpha=0.18, linewidth=0)
+            ax.plot(d["eval_segments"], d["accuracy"], color=color, marker="o", markersize=4, label=label)
+        ax.axhline(1 / N_CLASSES, **CHANCE_STYLE)
+        ax.set_title(f"{task_title(task)} (trained on {stage} segments)")
+        ax.set_xlabel("evaluated on (segments)")
+        ax.set_ylim(0, 1.04)
+    axes[0, 0].set_ylabel(f"accuracy (n = {int(ablation['n_samples'].min())}+ per point)")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right center", fontsize="small")
+    fig.suptitle("Control: the same model without recurrence (every segment sees the initial memory)")
+    return fig
+

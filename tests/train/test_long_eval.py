@@ -105,3 +105,19 @@ def test_bfloat16_evaluation_is_recorded_as_such(run, tmp_path):
         from rmt_lab.train.evaluate import compute_dtype
 
         compute_dtype(torch.device("cpu"), "int8")
+
+
+def test_no_recurrence_ablation_feeds_every_segment_the_initial_memory(run, tmp_path, capsys, monkeypatch):
+    from rmt_lab.model import RecurrentWrapper
+
+    seen = []
+    real = RecurrentWrapper.forward
+    monkeypatch.setattr(RecurrentWrapper, "forward", lambda self, *a, **k: seen.append(k["carry_memory"])
+                        or real(self, *a, **k))
+    out = tmp_path / "ablation.parquet"
+    assert main(["eval", "ablation", "--run-dir", str(run), "--max-segments", "3", "--samples", "4",
+                 "--out", str(out)]) == 0
+    table = pd.read_parquet(out)
+    assert table["eval_segments"].tolist() == [1, 2, 3] and not table["carry_memory"].any()
+    assert table["trained_segments"].tolist() == [2, 2, 2] and seen and not any(seen)
+    assert "without recurrence" in capsys.readouterr().out

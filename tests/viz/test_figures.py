@@ -7,11 +7,11 @@ from matplotlib.figure import Figure
 
 from rmt_lab.viz import (
     TableError, memory_projection, plot_flops, plot_generalization, plot_generalization_heatmap, plot_long_context,
-    plot_measured_memory, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile, plot_training_curves,
-    plot_write_precision, save_figure,
+    plot_measured_memory, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile,
+    plot_recurrence_ablation, plot_training_curves, plot_write_precision, save_figure,
 )
-from rmt_lab.viz.scaling import REPORT_OPT_MODELS
 from rmt_lab.stats import wilson_interval
+from rmt_lab.viz.scaling import REPORT_OPT_MODELS
 from tests.viz import helpers
 
 
@@ -88,6 +88,19 @@ def test_generalization_heatmap_matrix():
     assert image.shape == (3, 5) and np.allclose(image, expected)
     assert ax.get_ylabel() == "trained on (segments)" and ax.get_xlabel() == "evaluated on (segments)"
     assert len(ax.patches) == 3  # each trained length boxed on its own column
+
+
+def test_recurrence_ablation_against_the_same_model_with_memory():
+    generalization = helpers.generalization_table()
+    ablation = generalization[generalization["trained_segments"] == 3].assign(accuracy=1 / 6)
+    fig = plot_recurrence_ablation(generalization, ablation)
+    axes = data_axes(fig)
+    assert [ax.get_title() for ax in axes] == [f"{t} (trained on 3 segments)" for t in
+                                               ("Memorize", "Detect & Memorize", "Reasoning")]
+    with_memory, without = (line for line in axes[0].get_lines() if len(line.get_xdata()) == 5)
+    assert np.allclose(with_memory.get_ydata(), [1, 1, 1, 1 / 6 + 0.3, 1 / 6 + 0.3])
+    assert np.allclose(without.get_ydata(), 1 / 6)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["memory carried", "no recurrence"]
 
 
 def test_training_curves():

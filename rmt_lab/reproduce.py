@@ -13,7 +13,9 @@ Three plans:
   base   the `base` config (pretrained MiniLM with adapters, 64-token segments) on the three tasks,
          generalization on 1..15 segments at 128 samples a cell, long evaluation of every task to
          2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there), the
-         no-recurrence control on 1..7 segments, evaluations in bf16 autocast, trace, probe, figures: many hours on 2 CPU cores; every step resumes where it
+         no-recurrence control on 1..7 segments, a memory-size sweep (memorize trained with 1, 2, 5
+         and 20 memory tokens besides 10, each evaluated at 128,000 tokens), evaluations in bf16
+         autocast, trace, probe, figures: many hours on 2 CPU cores; every step resumes where it
          stopped.
   paper  the report's setup (`paper` config on the pretrained MiniLM, 3000 steps per stage,
          256 samples per point, long evaluation to 2,043,904 tokens on every task); meant for a GPU.
@@ -49,7 +51,7 @@ class Step:
     outputs: list[Path]  # the step is done when all of these exist and are newer than its inputs
     inputs: list[Path] = field(default_factory=list)  # made by earlier steps (a model checkpoint)
     resume: list[str] = field(default_factory=list)  # extra arguments when `resume_from` exists
-    resume_from: Path | None = None  # left by an interrupted earlier attempt (a checkpoint pointer)
+    resume_from: Path | None = None  # left by an interrupted earlier attempt (a checkpoint folder)
     clean: Path | None = None  # removed before a forced rerun (a run folder that would refuse a fresh start)
     group: str = ""  # neighbouring steps of one group may run at the same time (`jobs`)
 
@@ -96,6 +98,9 @@ class PlanSettings:
     gen_max_segments: int | None = None  # generalization lengths 1..this (None: 2 x stages)
     eval_dtype: str = "float32"  # compute dtype of the evaluations (rmt_lab.train.evaluate.EVAL_DTYPES)
     ablation_samples: int = 0  # samples per point of the no-recurrence control on 1..stages segments; 0 = none
+    memory_sweep: tuple[int, ...] = ()  # memory sizes trained on `sweep_task` besides the config's own
+    sweep_task: str = "memorize"
+    sweep_tokens: int = 128_000  # the one long length each memory size is evaluated at (a length of the main runs)
     long_samples_from: tuple[int, int] | None = None  # (tokens, samples): fewer samples at this length and above
 
 
@@ -110,7 +115,7 @@ SETTINGS = {
         config="base", stages=7, gen_samples=128, gen_max_segments=15,
         long_max_tokens={task: 2_048_000 for task in TASKS},
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
-        bench=["bench", "flops"], eval_dtype="bfloat16", ablation_samples=128,
+        bench=["bench", "flops"], eval_dtype="bfloat16", ablation_samples=128, memory_sweep=(1, 2, 5, 20),
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,
@@ -119,6 +124,11 @@ SETTINGS = {
         bench=["bench", "all"],
     ),
 }
+
+
+def memory_sweep_run(results: Path, config: str, task: str, num_mem_tokens: int) -> Path:
+    """The run folder of the memory-size sweep's model with `num_mem_tokens` memory tokens."""
+    return results / "sweeps" / "memory" / f"{config}-{task}-m{num_mem_tokens}"
 
 
 def default_jobs(name: str) -> int:
@@ -146,7 +156,8 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
         run = run_of(task)
         steps.append(Step(f"train {task}", ["train", "--config", s.config, "--task", task, "--run-dir", str(run)],
                           [final(task)], resume=["--resume"],
-                          resume_from=run / "checkpoints" / "LATEST", clean=run / "checkpoints", group="train"))
+                          # any checkpoint: LATEST, or in a clone only the stage-N folder kept with the results
+                          resume_from=run / "checkpoints", clean=run / "checkpoints", group="train"))
     # So may the evaluations, which read finished models; the longest one goes first.
     for task in sorted(TASKS, key=lambda t: -s.long_max_tokens[t]):
         steps.append(Step(f"long evaluation {task}",
@@ -166,6 +177,18 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                           ["eval", "ablation", "--run-dir", str(run_of(task)), "--max-segments", str(s.stages),
                            "--samples", str(s.ablation_samples), "--dtype", s.eval_dtype],
                           [run_of(task) / "no_recurrence.parquet"], [final(task)], group="evaluate"))
+    for m in s.memory_sweep:  # each memory size trained and evaluated like the main run, at one long length
+        run = memory_sweep_run(results, s.config, s.sweep_task, m)
+        stage = run / "checkpoints" / f"stage-{s.stages}"
+        steps.append(Step(f"train {s.sweep_task} with {m} memory tokens",
+                          ["train", "--config", s.config, "--task", s.sweep_task, "--run-dir", str(run),
+                           "--set", f"rmt.num_mem_tokens={m}"], [stage], resume=["--resume"],
+                          resume_from=run / "checkpoints", clean=run / "checkpoints", group="sweep"))
+        steps.append(Step(f"long evaluation {s.sweep_task} with {m} memory tokens",
+                          ["eval", "long", "--run-dir", str(run), "--min-tokens", str(s.sweep_tokens), "--max-tokens",
+                           str(s.sweep_tokens), "--samples", str(s.long_samples), "--batch-size", str(s.long_batch),
+                           "--dtype", s.eval_dtype],
+                          [run / "long_eval.parquet"], [stage], group="sweep evaluate"))
     reasoning, trace = final("reasoning"), results / "traces" / f"{s.config}-reasoning"
     steps.append(Step("trace reasoning",
                       ["trace", "--checkpoint", str(reasoning), "--task", "reasoning", "--segments", "4",

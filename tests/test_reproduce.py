@@ -59,14 +59,14 @@ def test_interrupted_training_resumes_and_force_starts_over(tmp_path):
     results = tmp_path / "results"
     steps = plan("quick", results, tmp_path / "figures")
     train = next(s for s in steps if s.name == "train memorize")
-    train.resume_from.parent.mkdir(parents=True)
-    train.resume_from.write_text('{"checkpoint": "step-0000050"}')
+    train.resume_from.mkdir(parents=True)
+    (train.resume_from / "LATEST").write_text('{"checkpoint": "step-0000050"}')
     fake = Recorder(steps)
     reproduce([train], results=results, run=fake, echo=lambda s: None)
     assert fake.calls == [train.argv + ["--resume"]]
     forced = Recorder(steps)
     reproduce([train], force=["train memorize"], results=results, run=forced, echo=lambda s: None)
-    assert forced.calls == [train.argv] and not train.resume_from.exists()
+    assert forced.calls == [train.argv] and not (train.resume_from / "LATEST").exists()
 
 
 def test_stops_at_the_first_failure_and_names_bad_steps(tmp_path):
@@ -174,3 +174,8 @@ def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
         assert gen[gen.index("--max-segments") + 1] == "15" and gen[gen.index("--samples") + 1] == "128"
         assert f"no-recurrence control {task}" in steps
         assert steps[f"train {task}"].argv[:3] == ["train", "--config", "base"]
+    sweep = [name for name in steps if "memory tokens" in name]
+    assert len(sweep) == 8 and "train memorize with 1 memory tokens" in sweep
+    train1 = steps["train memorize with 1 memory tokens"].argv
+    assert train1[-2:] == ["--set", "rmt.num_mem_tokens=1"] and "sweeps/memory/base-memorize-m1" in train1[-3]
+

@@ -16,6 +16,7 @@ The results folder (default data/results/):
     runs/<config>-<task>/generalization.parquet  rmt-lab eval generalization  Figure 5
     runs/<config>-<task>/long_eval.parquet   rmt-lab eval long              Figure 1
     runs/<config>-<task>/no_recurrence.parquet  rmt-lab eval ablation       control without recurrence
+    sweeps/memory/<config>-<task>-m<N>/long_eval.parquet  models with N memory tokens, one long length
     traces/<name>/trace.json (+ summaries.parquet, maps/, memory/)   a recorded trace (rmt_lab.trace):
         Figure 6 and the read/write profile, write precision and memory trajectory figures
     traces/<name>/probe.parquet              memory probe results (rmt_lab.trace.probe_memory)
@@ -152,6 +153,27 @@ def _ablation_inputs(results: Path, config: str):
     return (generalization, ablation), missing + more
 
 
+def _memory_sweep_inputs(results: Path, config: str):
+    """The sweep's long evaluations (sweeps/memory/<config>-<task>-m<N>/) with the main run's row at
+    the same length (its own memory size)."""
+    frames = []
+    for path in sorted((results / "sweeps" / "memory").glob(f"{config}-*/long_eval.parquet")):
+        memory = json.loads((path.parent / "config.json").read_text())["rmt"]["num_mem_tokens"]
+        frames.append(pd.read_parquet(path).assign(num_mem_tokens=memory))
+    if not frames:
+        return None, [Missing(f"{results}/sweeps/memory/{config}-<task>-m<N>/long_eval.parquet",
+                              f"rmt-lab reproduce --{config} (its memory-size sweep steps)")]
+    sweep = pd.concat(frames, ignore_index=True)
+    for task, run in run_folders(results, config).items():
+        main = run / "long_eval.parquet"
+        if task in set(sweep["task"]) and main.is_file():
+            rows = pd.read_parquet(main)
+            memory = json.loads((run / "config.json").read_text())["rmt"]["num_mem_tokens"]
+            rows = rows[(rows["task"] == task) & rows["tokens"].isin(sweep["tokens"])]
+            frames.append(rows.assign(num_mem_tokens=memory))
+    return pd.concat(frames, ignore_index=True), []
+
+
 def _training_inputs(results: Path, config: str):
     runs = run_folders(results, config)
     frames = [pd.read_parquet(run / "metrics.parquet").assign(run=run.name) for run in runs.values()
@@ -219,6 +241,8 @@ def _figures() -> list[FigureSpec]:
                               "fig5_generalization_heatmap": training.plot_generalization_heatmap(d)}),
         FigureSpec("ablation_no_recurrence", "Control: the last stage's model without recurrence",
                    _ablation_inputs, lambda d: {"ablation_no_recurrence": training.plot_recurrence_ablation(*d)}),
+        FigureSpec("memory_size_sweep", "Accuracy at one long length versus memory size",
+                   _memory_sweep_inputs, lambda d: {"memory_size_sweep": scaling.plot_memory_size_sweep(d)}),
         FigureSpec("fig6_memory_operations", "Figure 6: attention maps of memory operations",
                    lambda r, c: _trace_inputs(r, c, "maps"),
                    lambda t: {"fig6_memory_operations":

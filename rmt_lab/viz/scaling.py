@@ -218,3 +218,31 @@ def plot_measured_memory(memory: pd.DataFrame) -> Figure:
     fig.suptitle("Measured memory and throughput versus length, RMT against full attention"
                  + (f" ({', '.join(where)}{note})" if where else ""))
     return fig
+
+
+@styled
+def plot_memory_size_sweep(sweep: pd.DataFrame) -> Figure:
+    """Accuracy at one long input length versus the number of memory tokens the model was trained with
+    (one line per task and length, 95% Wilson intervals): how much memory the task needs."""
+    require_columns(sweep, ["task", "num_mem_tokens", "tokens", "accuracy", "n_samples"],
+                    "memory-size sweep table (long evaluations of models with other memory sizes)")
+    fig, axes = new_figure(1, 1, figsize=(6.5, 4.0))
+    ax = axes[0, 0]
+    groups = list(sweep.groupby(["task", "tokens"]))
+    for color, ((task, tokens), d) in zip(colors(len(groups)), groups):
+        d = d.sort_values("num_mem_tokens")
+        lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
+        ax.errorbar(d["num_mem_tokens"], d["accuracy"], yerr=[d["accuracy"] - lo, hi - d["accuracy"]], marker="o",
+                    color=color, capsize=3, label=f"{task_title(task)}, {tokens:,} tokens")
+    ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label="chance (1/6)")
+    ax.set_xscale("log", base=2)
+    ticks = sorted(sweep["num_mem_tokens"].unique())
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("memory tokens")
+    ax.set_ylabel(f"accuracy (n = {int(sweep['n_samples'].min())}+ per point)")
+    ax.set_ylim(0, 1.04)
+    ax.legend(fontsize="small", loc="lower right")
+    fig.suptitle("How many memory tokens does the task need? (one long input length)")
+    return fig
+

@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 
 from rmt_lab.viz import (
     TableError, memory_projection, plot_flops, plot_generalization, plot_generalization_heatmap, plot_long_context,
-    plot_measured_memory, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile,
+    plot_measured_memory, plot_memory_size_sweep, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile,
     plot_recurrence_ablation, plot_training_curves, plot_write_precision, save_figure,
 )
 from rmt_lab.stats import wilson_interval
@@ -101,6 +101,15 @@ def test_recurrence_ablation_against_the_same_model_with_memory():
     assert np.allclose(with_memory.get_ydata(), [1, 1, 1, 1 / 6 + 0.3, 1 / 6 + 0.3])
     assert np.allclose(without.get_ydata(), 1 / 6)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["memory carried", "no recurrence"]
+
+
+def test_memory_size_sweep_one_line_per_task_and_length():
+    table = pd.DataFrame({"task": "memorize", "num_mem_tokens": [1, 2, 5, 10, 20], "tokens": 128_000,
+                          "accuracy": [0.2, 0.5, 0.9, 1.0, 1.0], "n_samples": 64})
+    ax = data_axes(plot_memory_size_sweep(table))[0]
+    line = next(line for line in ax.get_lines() if len(line.get_xdata()) == 5)
+    assert np.allclose(line.get_xdata(), [1, 2, 5, 10, 20]) and np.allclose(line.get_ydata(), table["accuracy"])
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "5", "10", "20"]
 
 
 def test_training_curves():

@@ -99,3 +99,22 @@ def test_trace_figures_from_a_recorded_trace_folder(tmp_path):
     report = render_figures(tmp_path / "results", tmp_path / "figures", only=names, formats=("png",))
     assert [(r.name, r.error, r.missing) for r in report] == [(n, None, []) for n in names]
     assert all(r.files and r.files[0].stat().st_size > 10_000 for r in report)
+
+
+def test_memory_size_sweep_joins_the_main_run_at_the_sweep_length(tmp_path):
+    import pandas as pd
+
+    from rmt_lab.viz.results import _memory_sweep_inputs
+
+    results = tmp_path / "results"
+    for folder, memory, tokens in ((results / "sweeps" / "memory" / "quick-memorize-m2", 2, [128_000]),
+                                   (results / "runs" / "quick-memorize", 4, [64_000, 128_000])):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"task": {"task": "memorize"},
+                                                        "rmt": {"num_mem_tokens": memory}}))
+        pd.DataFrame({"task": "memorize", "tokens": tokens, "accuracy": 0.5, "n_samples": 8}).to_parquet(
+            folder / "long_eval.parquet")
+    table, missing = _memory_sweep_inputs(results, "quick")
+    assert not missing and sorted(zip(table["num_mem_tokens"], table["tokens"])) == [(2, 128_000), (4, 128_000)]
+    report = render_figures(results, tmp_path / "figures", only=["memory_size_sweep"], formats=("png",))
+    assert [p.name for p in report[0].files] == ["memory_size_sweep.png"] and report[0].config == "quick"

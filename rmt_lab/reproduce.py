@@ -182,7 +182,7 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
         stage = run / "checkpoints" / f"stage-{s.stages}"
         steps.append(Step(f"train {s.sweep_task} with {m} memory tokens",
                           ["train", "--config", s.config, "--task", s.sweep_task, "--run-dir", str(run),
-                           "--set", f"rmt.num_mem_tokens={m}"], [stage], resume=["--resume"],
+                           "--set", f"rmt.num_mem_tokens={m}", f"name={run.name}"], [stage], resume=["--resume"],
                           resume_from=run / "checkpoints", clean=run / "checkpoints", group="sweep"))
         steps.append(Step(f"long evaluation {s.sweep_task} with {m} memory tokens",
                           ["eval", "long", "--run-dir", str(run), "--min-tokens", str(s.sweep_tokens), "--max-tokens",

@@ -177,5 +177,6 @@ def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
     sweep = [name for name in steps if "memory tokens" in name]
     assert len(sweep) == 8 and "train memorize with 1 memory tokens" in sweep
     train1 = steps["train memorize with 1 memory tokens"].argv
-    assert train1[-2:] == ["--set", "rmt.num_mem_tokens=1"] and "sweeps/memory/base-memorize-m1" in train1[-3]
+    assert train1[-3:] == ["--set", "rmt.num_mem_tokens=1", "name=base-memorize-m1"]
+    assert train1[train1.index("--run-dir") + 1].endswith("sweeps/memory/base-memorize-m1")
 

@@ -97,6 +97,7 @@ class PlanSettings:
     bench: list[str]  # the bench action(s) with their options
     gen_max_segments: int | None = None  # generalization lengths 1..this (None: 2 x stages)
     eval_dtype: str = "float32"  # compute dtype of the evaluations (rmt_lab.train.evaluate.EVAL_DTYPES)
+    long_compile: str = ""  # torch.compile mode of the long evaluations' backbone ("" = eager)
     ablation_samples: int = 0  # samples per point of the no-recurrence control on 1..stages segments; 0 = none
     memory_sweep: tuple[int, ...] = ()  # memory sizes trained on `sweep_task` besides the config's own
     sweep_task: str = "memorize"
@@ -115,7 +116,8 @@ SETTINGS = {
         config="base", stages=7, gen_samples=128, gen_max_segments=15,
         long_max_tokens={task: 2_048_000 for task in TASKS},
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
-        bench=["bench", "flops"], eval_dtype="bfloat16", ablation_samples=128, memory_sweep=(1, 2, 5, 20),
+        bench=["bench", "flops"], eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
+        memory_sweep=(1, 2, 5, 20),
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,
@@ -164,7 +166,7 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                           ["eval", "long", "--run-dir", str(run_of(task)), "--max-tokens", str(s.long_max_tokens[task]),
                            "--samples", str(s.long_samples), "--batch-size", str(s.long_batch),
                            *(["--samples-from", *map(str, s.long_samples_from)] if s.long_samples_from else []),
-                           "--dtype", s.eval_dtype],
+                           "--dtype", s.eval_dtype, *(["--compile", s.long_compile] if s.long_compile else [])],
                           [run_of(task) / "long_eval.parquet"], [final(task)], group="evaluate"))
     for task in TASKS:
         steps.append(Step(f"generalization {task}",

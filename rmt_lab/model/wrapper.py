@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig
 
 import rmt_lab
+from rmt_lab.assets import sha256_file
 from rmt_lab.config import ConfigError, from_dict, to_dict
 from rmt_lab.io import atomic_path, write_json
 from rmt_lab.model.backbones import (
@@ -258,7 +259,9 @@ class RecurrentWrapper(nn.Module):
                 save_file({k: v.contiguous() for k, v in self.trained_state().items()}, str(tmp))
             else:
                 save_model(self, str(tmp))
-        write_json(directory / CONFIG_FILE, self.describe())
+            digest = sha256_file(tmp)
+        # The weights' digest, checked on load: safetensors would read altered bytes as other numbers.
+        write_json(directory / CONFIG_FILE, {**self.describe(), "weights_sha256": digest})
         return directory
 
     @property
@@ -314,6 +317,10 @@ class RecurrentWrapper(nn.Module):
             config = from_dict(RMTConfig, rmt)
         except ConfigError as err:
             raise ValueError(f"{config_path}: {err}") from err
+        expected = meta.get("weights_sha256")  # absent in checkpoints written before digests were kept
+        if expected is not None and sha256_file(weights_path) != expected:
+            raise ValueError(f"{weights_path} does not match the sha256 recorded in {config_path}: the file was "
+                             "altered or damaged after it was saved; refusing to load it")
         weights = meta.get("weights", "all")
         if weights not in ("all", "trained"):
             raise ValueError(f"{config_path}: weights={weights!r}; allowed values: ['all', 'trained']")

@@ -130,6 +130,11 @@ def test_save_load_round_trip_is_exact(tmp_path, name):
 def test_corrupt_or_mismatched_checkpoint_fails_clearly(tmp_path):
     tiny().save_pretrained(tmp_path / "a")
     (tmp_path / "a" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        RecurrentWrapper.from_pretrained(tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / "rmt_config.json").read_text())
+    del meta["weights_sha256"]  # a checkpoint written before digests were kept
+    (tmp_path / "a" / "rmt_config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="cannot be loaded"):
         RecurrentWrapper.from_pretrained(tmp_path / "a")
     tiny().save_pretrained(tmp_path / "b")
@@ -250,3 +255,16 @@ def test_a_segment_from_elsewhere_must_be_left_packed():
     holes = torch.tensor([[True, False, True, True, False, False, False, False]])
     with pytest.raises(ValueError, match="left-packed: padding only at the end of each row"):
         model.stream([Segment(ids, holes)])
+
+
+def test_a_checkpoint_with_an_altered_weights_file_is_refused(tmp_path):
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "rmt_config.json").read_text())
+    assert len(meta["weights_sha256"]) == 64
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x40  # one bit inside a tensor: safetensors alone would read it as another number
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        RecurrentWrapper.from_pretrained(tmp_path)

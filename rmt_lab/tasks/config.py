@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -55,6 +56,10 @@ class TaskConfig:
     @property
     def n_segments(self) -> int:
         return math.ceil(self.n_tokens / self.segment_size)
+
+    def at_segments(self, n_segments: int, **changes) -> TaskConfig:
+        """This task with inputs of `n_segments` segments (and any other `changes`)."""
+        return dataclasses.replace(self, length=n_segments, unit="segments", **changes)
 
     @classmethod
     def from_dict(cls, data: dict) -> TaskConfig:

@@ -105,7 +105,7 @@ class ExperimentConfig:
 
     def task_at(self, n_segments: int, **changes: Any) -> TaskConfig:
         """The task config for inputs of `n_segments` segments."""
-        return dataclasses.replace(self.task, length=n_segments, unit="segments", **changes)
+        return self.task.at_segments(n_segments, **changes)
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -127,7 +127,7 @@ def generalization_matrix(
             continue
         model = RecurrentWrapper.from_pretrained(folder).merge_adapters()
         for m in todo:
-            t = TaskConfig(**{**task.to_dict(), "length": m, "unit": "segments"})
+            t = task.at_segments(m)
             acc = accuracy(model, t, split, n_samples, batch_size, dtype=dtype, carry_memory=carry_memory)
             low, high = wilson_interval(acc, n_samples)
             rows.append({"task": task.task, "trained_segments": trained, "eval_segments": m, "accuracy": acc,
@@ -239,7 +239,7 @@ def long_evaluation(
     lengths = list(lengths)
     count = n_samples if isinstance(n_samples, dict) else dict.fromkeys(lengths, n_samples)
     for n in tqdm(lengths, desc=f"long evaluation {task.task}", disable=not state.is_main_process):
-        t = TaskConfig(**{**task.to_dict(), "length": n, "unit": "segments"})
+        t = task.at_segments(n)
         parts = parts_dir(out, n)
         done = set(_sample_rows(out, n)["index"]) | set(_part_rows(parts)["index"])
         mine = [i for i in range(count[n]) if i not in done][state.process_index :: state.num_processes]
@@ -256,8 +256,7 @@ def long_evaluation(
         if state.is_main_process:
             _merge(out, t, parts, state.num_processes)
         state.wait_for_everyone()
-    rows = [_summary_row(out, TaskConfig(**{**task.to_dict(), "length": n, "unit": "segments"}), trained_segments)
-            for n in lengths]
+    rows = [_summary_row(out, task.at_segments(n), trained_segments) for n in lengths]
     frame = pd.DataFrame(rows)
     if state.is_main_process:
         table = pd.read_parquet(out) if out.exists() else pd.DataFrame({"n_segments": []})

@@ -787,14 +787,21 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
                    help="steps run side by side (trainings, evaluations); default: the CPU count up to 3 for "
                         "--quick and --base, 1 for --paper")
     p.add_argument("--list", action="store_true", help="print the steps, their commands and whether each is done")
+    p.add_argument("--adopt", action="store_true",
+                   help="record the models that steps' existing outputs were made from (results made by running "
+                        "a step's command by hand), so that a clone judges them by content, not file times")
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rmt_lab.reproduce import default_jobs, made_from, plan, reproduce
+    from rmt_lab.reproduce import adopt, default_jobs, made_from, plan, reproduce
 
     steps = plan(args.plan, args.results, args.figures)
+    if args.adopt:
+        adopted = adopt(steps, args.results)
+        print(f"recorded the inputs of {len(adopted)} step(s): {', '.join(s.name for s in adopted) or 'none'}")
+        return 0
     if args.list:
         records = made_from(Path(args.results))
         for i, step in enumerate(steps, 1):

@@ -180,3 +180,22 @@ def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
     assert train1[-3:] == ["--set", "rmt.num_mem_tokens=1", "name=base-memorize-m1"]
     assert train1[train1.index("--run-dir") + 1].endswith("sweeps/memory/base-memorize-m1")
 
+
+def test_adopting_hand_made_results_records_their_models(tmp_path, capsys):
+    import os
+
+    from rmt_lab.reproduce import made_from
+
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    gen = next(s for s in steps if s.name == "generalization memorize")
+    for path in [*gen.inputs, *gen.outputs]:  # a model and its evaluation, made by hand
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(path.name.encode())
+    later = gen.outputs[0].stat().st_mtime + 10
+    os.utime(gen.inputs[0], (later, later))  # checkout order: the model looks newer
+    assert gen.stale()
+    assert main(["reproduce", "--quick", "--adopt", "--results", str(results)]) == 0
+    assert "generalization memorize" in capsys.readouterr().out
+    assert gen.done(made_from(results), results)
+

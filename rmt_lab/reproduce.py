@@ -308,11 +308,11 @@ def made_from(results: Path) -> dict[str, dict[str, str]]:
 
 
 def adopt(steps: Sequence[Step], results: str | Path) -> list[Step]:
-    """Record, for each step whose outputs all exist and that has no record, its inputs here now as
-    what the outputs were made from: for results made by running a step's command by hand. Returns them."""
+    """Record, for each step whose outputs and inputs all exist and that has no record, its inputs here now
+    as what the outputs were made from: for results made by running a step's command by hand. Returns them."""
     results = Path(results)
     records = made_from(results)
-    adopted = [s for s in steps if s.inputs and s.outputs and all(p.exists() for p in s.outputs)
+    adopted = [s for s in steps if s.inputs and s.outputs and all(p.exists() for p in [*s.outputs, *s.inputs])
                and s.key(results) not in records]
     for step in adopted:
         records[step.key(results)] = step.input_digests(results)

@@ -138,6 +138,8 @@ class MemoryCell(nn.Module):
         )
 
     def init_memory(self, batch_size: int) -> Tensor:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
         return self.memory.unsqueeze(0).expand(batch_size, -1, -1)  # (batch, n_mem, d_model)
 
     def check_memory(self, memory: Tensor, batch_size: int) -> None:
@@ -154,6 +156,9 @@ class MemoryCell(nn.Module):
         `attention_mask=None`: every token is valid, known without reading a mask on the device.
         """
         batch, seg_len = input_ids.shape
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected the segment's "
+                             f"{tuple(input_ids.shape)}")
         if seg_len > self.config.segment_size:
             raise ValueError(f"segment of {seg_len} tokens is longer than segment_size={self.config.segment_size}")
         self.check_memory(memory, batch)

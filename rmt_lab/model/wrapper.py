@@ -131,10 +131,18 @@ class RecurrentWrapper(nn.Module):
     ) -> RMTOutput:
         """Run a whole input. `labels`: (batch,) class ids, or (batch, length) token ids for the LM loss."""
         input_ids = _check_ids(input_ids)
+        vocab = self.cell.embeddings.num_embeddings
+        if input_ids.numel():
+            low, high = torch.aminmax(input_ids)
+            if int(low) < 0 or int(high) >= vocab:
+                raise ValueError(f"token ids must lie in [0, {vocab}) (the backbone's vocabulary); got ids from "
+                                 f"{int(low)} to {int(high)}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
         mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         lengths = mask.sum(1)
+        if input_ids.shape[0] == 0:
+            raise ValueError(f"empty batch: input_ids has shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] == 0 or bool((lengths == 0).any()):
             empty = [] if input_ids.shape[1] == 0 else (lengths == 0).nonzero().flatten().tolist()
             raise ValueError(f"empty input: sample(s) {empty or 'all'} have no tokens")
@@ -188,6 +196,8 @@ class RecurrentWrapper(nn.Module):
                     memory = init
                 else:
                     self.cell.check_memory(memory, batch)
+                    if not bool(torch.isfinite(memory).all()):  # once, at the edge: NaN memory gives NaN logits
+                        raise ValueError("the memory given holds NaN or infinite values")
             elif batch != init.shape[0]:
                 raise ValueError(f"segment {seen} has batch {batch}, earlier segments had {init.shape[0]}")
             if not carry_memory:
@@ -230,6 +240,9 @@ class RecurrentWrapper(nn.Module):
                 raise ValueError("class labels given but the model has no classifier (RMTConfig.num_classes=0)")
             if labels.shape != (summary.shape[0],):
                 raise ValueError(f"class labels have shape {tuple(labels.shape)}; expected ({summary.shape[0]},)")
+            n_classes = self.config.num_classes
+            if bool(((labels < 0) | (labels >= n_classes)).any()):
+                raise ValueError(f"class labels must lie in [0, {n_classes}); got {labels.tolist()}")
             loss = F.cross_entropy(logits, labels)
         elif lm_loss_sum is not None:
             loss = lm_loss_sum / max(lm_count, 1)
@@ -367,8 +380,11 @@ def _as_segment(item: Tensor | Segment, segment_size: int) -> Segment:
     else:
         ids = _check_ids(item)
         seg = Segment(ids, torch.ones_like(ids, dtype=torch.bool), full=True)
-    if seg.input_ids.shape[1] > segment_size:
-        raise ValueError(f"segment of {seg.input_ids.shape[1]} tokens is longer than segment_size={segment_size}")
+    batch, length = seg.input_ids.shape
+    if length > segment_size:
+        raise ValueError(f"segment of {length} tokens is longer than segment_size={segment_size}")
+    if length == 0 or batch == 0:
+        raise ValueError(f"empty segment of shape {(batch, length)}: a segment needs a batch and at least one token")
     return seg
 
 

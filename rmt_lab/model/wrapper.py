@@ -355,7 +355,7 @@ class RecurrentWrapper(nn.Module):
                 f"{weights_path} does not match backbone {name!r} with {config}: "
                 f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
-        return model
+        return model.eval()  # as HF's from_pretrained: dropout off until .train()
 
 
 def _check_ids(input_ids: Tensor) -> Tensor:

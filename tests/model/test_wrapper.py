@@ -289,3 +289,10 @@ def test_bad_input_at_the_api_edge_is_a_clear_error(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         with torch.no_grad():
             call(tiny())
+
+
+def test_a_loaded_model_is_in_eval_mode(tmp_path):
+    tiny(dropout=0.3).train().save_pretrained(tmp_path)
+    loaded = RecurrentWrapper.from_pretrained(tmp_path)
+    assert not loaded.training and not any(m.training for m in loaded.modules())
+

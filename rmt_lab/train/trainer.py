@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -141,22 +142,17 @@ class Trainer:
 
     def _check_run_dir(self) -> None:
         path = self.run_dir / CONFIG_FILE
-        mine = self.config.to_dict()
         if path.exists():
             import json
 
-            saved = json.loads(path.read_text())
-            if saved != mine:
-                from rmt_lab.train.checkpoint import _first_difference
-
-                raise CheckpointError(
-                    f"{self.run_dir} holds a run of another config ({_first_difference(mine, saved)}); "
-                    "use a new run folder"
-                )
+            # Through the dataclass, so that settings added since the run began read as their defaults.
+            diff = self.config.experiment_difference(ExperimentConfig.from_dict(json.loads(path.read_text())))
+            if diff is not None:
+                raise CheckpointError(f"{self.run_dir} holds a run of another config ({diff}); use a new run folder")
             if not self.resume and latest_checkpoint(self.checkpoint_root) is not None:
                 raise CheckpointError(f"{self.run_dir} already holds a run: pass resume=True (--resume) or a new folder")
         if self.accelerator.is_main_process:
-            write_json(path, mine)
+            write_json(path, self.config.to_dict())
 
     def _new_stage_optimizer(self) -> None:
         c = self.config.optim
@@ -217,7 +213,8 @@ class Trainer:
         self.ddp_model.train()
         with acc.autocast():
             out = self.ddp_model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
-        loss = out.loss
+        smoothing = c.optim.label_smoothing
+        loss = F.cross_entropy(out.logits, batch["labels"], label_smoothing=smoothing) if smoothing else out.loss
         if not torch.isfinite(loss.detach()).all():
             self._diverged(float(loss.detach()))
         acc.backward(loss)
@@ -262,6 +259,7 @@ class Trainer:
             "tokens_per_s": math.nan,
             "wall_time": self.state["wall"],
             "processes": self.accelerator.num_processes,
+            "mixed_precision": self.config.run.mixed_precision,
             **values,
         }
         self.rows.append(row)

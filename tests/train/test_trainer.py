@@ -135,3 +135,32 @@ def test_a_run_resumes_from_its_last_stage_folder_alone(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     cols = ["kind", "stage", "step", "global_step", "loss", "accuracy", "lr"]
     assert whole[cols].equals(resumed[cols])
+
+
+def test_a_resume_may_change_how_the_run_executes_but_not_what_it_learns(tmp_path):
+    config = tiny_experiment(max_steps=3)
+    run_experiment(config, tmp_path / "run", callbacks=[])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    del saved["optim"]["label_smoothing"]  # a run begun before the setting existed reads it as its default
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    leaner = dataclasses.replace(config, run=dataclasses.replace(config.run, gradient_checkpointing=True,
+                                                                  checkpoint_every=7))
+    Trainer(leaner, tmp_path / "run", callbacks=[], resume=True).setup()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["run"]["checkpoint_every"] == 7
+    smoothed = dataclasses.replace(config, optim=dataclasses.replace(config.optim, label_smoothing=0.1))
+    with pytest.raises(CheckpointError, match=r"optim.label_smoothing: this run has 0.1, the checkpoint has 0.0"):
+        Trainer(smoothed, tmp_path / "run", callbacks=[], resume=True).setup()
+
+
+def test_label_smoothing_keeps_the_loss_above_its_floor(tmp_path):
+    with pytest.raises(ConfigError, match=r"label_smoothing=1.0 must lie in \[0, 1\)"):
+        dataclasses.replace(tiny_experiment().optim, label_smoothing=1.0)
+    config = tiny_experiment(max_steps=4)
+    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, label_smoothing=0.5))
+    metrics = run_experiment(config, tmp_path / "run", callbacks=[])
+    # with half the target mass spread over 5 other classes the loss cannot fall below that target's entropy
+    q = torch.tensor([0.5 + 0.1] + [0.1] * 5)
+    floor = float(-(q * q.log()).sum())
+    train = metrics[metrics["kind"] == "train"]
+    assert (train["loss"] >= floor - 1e-4).all()
+    assert set(train["mixed_precision"]) == {"no"}

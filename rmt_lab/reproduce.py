@@ -24,6 +24,7 @@ The seconds each step took are written to <results>/reproduce.json.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmt_lab.io import write_json
+from rmt_lab.runtime import THREADS_FILE_ENV, write_thread_budget
 
 TASKS = ("memorize", "detect_memorize", "reasoning")
 MADE_FROM = "made_from.json"  # under the results folder: each step's input digests when it last succeeded
@@ -213,14 +215,19 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
 
 def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | Path = "data/results",
               jobs: int = 1, run: Callable[[list[str], int, Path | None], int] | None = None,
-              echo: Callable[[str], None] = print) -> int:
+              echo: Callable[[str], None] = print, status: Callable[[str], None] | None = None,
+              status_every: float = 30.0) -> int:
     """Run the steps not yet done (and those named in `force`, matched by prefix); stop at the first failure.
 
     Steps of the same `group` that are next to each other run `jobs` at a time, each in its own process
-    on cpu_count // jobs threads, its output going to <results>/logs/<step>.log (with jobs=1 every step
+    on its share of the cores, its output going to <results>/logs/<step>.log (with jobs=1 every step
     runs alone on all threads and prints to the terminal). Small models gain from this: two 1-thread
-    trainings do more work per second than one 2-thread training. Returns 0, or the failing step's
-    exit code. Step timings go to <results>/reproduce.json.
+    trainings do more work per second than one 2-thread training. When a group has no step left to
+    start, a finishing step's cores go to the steps still running (`rmt_lab.runtime`). `status`
+    receives one overall line (steps done, running, left; elapsed; an estimate from the step times of
+    the last reproduction) every `status_every` seconds; on a terminal (the default) it is redrawn in
+    place below the step lines at every change too. Returns 0, or the failing step's exit code. Step timings go to
+    <results>/reproduce.json.
     """
     run = run or _run_process
     unknown = [f for f in force if not any(step.name.startswith(f) for step in steps)]
@@ -229,64 +236,172 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be >= 1")
     results = Path(results)
+    # On a terminal the status line is redrawn in place at every change; elsewhere (a log) it is a line per tick.
+    live = status is None and echo is print and sys.stdout.isatty()
+    board = _Board(steps, _last_seconds(results), status or (_live_show if live else echo), live=live)
+    echo = board.wrap(echo)
     log: list[dict] = []
-    start = time.perf_counter()
     failures: list[int] = []  # once a step fails, no new step starts
     records = made_from(results)
-    for candidates in _groups(list(enumerate(steps, 1))):
-        # Decided when the group starts, after the steps before it made the models it reads.
-        group = []
-        for i, step in candidates:
-            forced = any(step.name.startswith(f) for f in force)
-            if step.done(records, results) and not forced:
-                echo(f"[{i}/{len(steps)}] {step.name}: done already ({', '.join(str(p) for p in step.outputs)})")
-                log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
-            else:
-                group.append((i, step, forced))
-        if not group:
-            continue
-        width = min(jobs, len(group))
-        lock = threading.Lock()
-        threads = max(1, (os.cpu_count() or 1) // width)
+    cores = os.cpu_count() or 1
+    with board.ticking(status_every):
+        for candidates in _groups(list(enumerate(steps, 1))):
+            # Decided when the group starts, after the steps before it made the models it reads.
+            group = []
+            for i, step in candidates:
+                forced = any(step.name.startswith(f) for f in force)
+                if step.done(records, results) and not forced:
+                    echo(f"[{i}/{len(steps)}] {step.name}: done already ({', '.join(str(p) for p in step.outputs)})")
+                    log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
+                    board.finish(step.name)
+                else:
+                    group.append((i, step, forced))
+            if not group:
+                continue
+            width = min(jobs, len(group))
+            lock = threading.Lock()
+            budgets: dict[str, Path] = {}  # running step -> the file its process takes its thread count from
+            waiting = [len(group)]
 
-        def one(item):
-            i, step, forced = item
-            head = f"[{i}/{len(steps)}] {step.name}"
-            if failures:
-                return {"step": step.name, "status": "not run", "seconds": 0.0}, 0
-            if forced or step.stale(records, results):  # start over: nothing old may be resumed or kept
-                for path in [*step.outputs, *([step.clean] if forced and step.clean else [])]:
-                    _remove(path)
-            again = step.resume_from is not None and step.resume_from.exists() and not forced
-            argv = step.argv + (step.resume if again else [])
-            output = results / "logs" / (step.name.replace(" ", "_") + ".log") if width > 1 else None
-            where = f"  (log: {output}, {threads} thread{'s' * (threads > 1)})" if output else ""
-            echo(f"{head}: rmt-lab {' '.join(argv)}{where}")
-            t0 = time.perf_counter()
-            code = run(argv, threads, output)
-            seconds = time.perf_counter() - t0
-            echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
-            if code == 0 and step.inputs:
+            def one(item):
+                i, step, forced = item
+                head = f"[{i}/{len(steps)}] {step.name}"
                 with lock:
-                    records[step.key(results)] = step.input_digests(results)
-                    write_json(results / MADE_FROM, records)
-            if code:
-                failures.append(code)
-                if output is not None and output.exists():  # the end of what the failed step printed
-                    echo("".join(output.read_text(errors="replace").splitlines(keepends=True)[-20:]))
-            return {"step": step.name, "status": "ok" if code == 0 else f"exit {code}", "seconds": round(seconds, 1),
-                    "threads": threads}, code
+                    waiting[0] -= 1
+                if failures:
+                    return {"step": step.name, "status": "not run", "seconds": 0.0}, 0
+                if forced or step.stale(records, results):  # start over: nothing old may be resumed or kept
+                    for path in [*step.outputs, *([step.clean] if forced and step.clean else [])]:
+                        _remove(path)
+                again = step.resume_from is not None and step.resume_from.exists() and not forced
+                argv = step.argv + (step.resume if again else [])
+                output = results / "logs" / (step.name.replace(" ", "_") + ".log") if width > 1 else None
+                threads = max(1, cores // width)
+                if output is not None:
+                    output.parent.mkdir(parents=True, exist_ok=True)
+                    with lock:
+                        budgets[step.name] = output.with_suffix(".threads")
+                        write_thread_budget(budgets[step.name], threads)
+                where = f"  (log: {output}, {threads} thread{'s' * (threads > 1)})" if output else ""
+                echo(f"{head}: rmt-lab {' '.join(argv)}{where}")
+                board.start(step.name)
+                t0 = time.perf_counter()
+                code = run(argv, threads, output)
+                seconds = time.perf_counter() - t0
+                board.finish(step.name)
+                echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
+                with lock:
+                    budgets.pop(step.name, None)
+                    if not waiting[0] and budgets:  # nothing left to start: share the freed cores
+                        for k, (name, path) in enumerate(sorted(budgets.items())):
+                            share = cores // len(budgets) + (k < cores % len(budgets))
+                            write_thread_budget(path, max(1, share))
+                            echo(f"  {name}: now {max(1, share)} thread(s)")
+                if code == 0 and step.inputs:
+                    with lock:
+                        records[step.key(results)] = step.input_digests(results)
+                        write_json(results / MADE_FROM, records)
+                if code:
+                    failures.append(code)
+                    if output is not None and output.exists():  # the end of what the failed step printed
+                        echo("".join(output.read_text(errors="replace").splitlines(keepends=True)[-20:]))
+                return {"step": step.name, "status": "ok" if code == 0 else f"exit {code}",
+                        "seconds": round(seconds, 1), "threads": threads}, code
 
-        with ThreadPoolExecutor(max_workers=width) as pool:
-            outcomes = list(pool.map(one, group))
-        log.extend(entry for entry, _ in outcomes)
-        write_json(results / "reproduce.json", {"steps": log, "jobs": jobs})
-        if failures:
-            return failures[0]
-    total = time.perf_counter() - start
+            with ThreadPoolExecutor(max_workers=width) as pool:
+                outcomes = list(pool.map(one, group))
+            log.extend(entry for entry, _ in outcomes)
+            write_json(results / "reproduce.json", {"steps": log, "jobs": jobs})
+            if failures:
+                return failures[0]
+    total = board.elapsed()
     write_json(results / "reproduce.json", {"steps": log, "jobs": jobs, "total_seconds": round(total, 1)})
     echo(f"reproduced in {total / 60:.1f} min; step times in {results / 'reproduce.json'}")
     return 0
+
+
+class _Board:
+    """The overall progress of a reproduction, as one line."""
+
+    def __init__(self, steps: Sequence[Step], before: dict[str, float], show: Callable[[str], None], live: bool):
+        self.names = [step.name for step in steps]
+        self.before, self.show, self.live = before, show, live
+        self.running: dict[str, float] = {}  # name -> start time
+        self.finished: set[str] = set()
+        self.t0 = time.perf_counter()
+        self.lock = threading.Lock()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def start(self, name: str) -> None:
+        with self.lock:
+            self.running[name] = time.perf_counter()
+        self.update()
+
+    def finish(self, name: str) -> None:
+        with self.lock:
+            self.running.pop(name, None)
+            self.finished.add(name)
+        self.update()
+
+    def line(self) -> str:
+        with self.lock:
+            now = time.perf_counter()
+            left = [n for n in self.names if n not in self.finished and n not in self.running]
+            text = (f"reproduce: {len(self.finished)}/{len(self.names)} done, {len(self.running)} running, "
+                    f"{len(left)} to start; {self.elapsed() / 60:.1f} min elapsed")
+            # Known only for steps that ran in the last reproduction; skipped steps took 0 s there.
+            ahead = [n for n in [*self.running, *left] if self.before.get(n)]
+            if ahead and len(ahead) == len(self.running) + len(left):
+                rest = sum(max(self.before[n] - (now - self.running.get(n, now)), 0.0) for n in ahead)
+                text += f", ~{rest / 60:.0f} min of step time left (last run's times)"
+            return text
+
+    def update(self, tick: bool = False) -> None:
+        if self.live or tick:
+            self.show(self.line())
+
+    def wrap(self, echo: Callable[[str], None]) -> Callable[[str], None]:
+        """`echo` for step lines, clearing the live line first on a terminal."""
+        def locked(text: str) -> None:
+            with self.lock:
+                if self.live:
+                    sys.stdout.write("\r\033[K")
+                echo(text)
+        return locked
+
+    @contextlib.contextmanager
+    def ticking(self, every: float):
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(every):
+                self.update(tick=True)
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
+            if self.live:
+                sys.stdout.write("\n")
+
+
+def _live_show(text: str) -> None:
+    sys.stdout.write("\r\033[K" + text)
+    sys.stdout.flush()
+
+
+def _last_seconds(results: Path) -> dict[str, float]:
+    """Each step's seconds in the last reproduction under `results` (steps it ran; skipped ones are 0)."""
+    path = results / "reproduce.json"
+    try:
+        return {s["step"]: float(s["seconds"]) for s in json.loads(path.read_text())["steps"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def digest(path: Path) -> str:
@@ -339,6 +454,7 @@ def _run_process(argv: list[str], threads: int, output: Path | None) -> int:
     command = [sys.executable, "-m", "rmt_lab", *argv]
     if output is None:
         return subprocess.run(command, env=env, check=False).returncode
+    env[THREADS_FILE_ENV] = str(output.with_suffix(".threads"))  # see reproduce(): cores freed later
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as stream:
         return subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT, check=False).returncode

@@ -199,3 +199,48 @@ def test_adopting_hand_made_results_records_their_models(tmp_path, capsys):
     assert "generalization memorize" in capsys.readouterr().out
     assert gen.done(made_from(results), results)
 
+
+
+def test_a_finished_step_s_cores_go_to_the_step_still_running(tmp_path, monkeypatch):
+    import os
+    import time
+
+    results = tmp_path / "results"
+    steps = [s for s in plan("quick", results, tmp_path / "figures") if s.name.startswith("train")][:2]
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    budgets = []
+
+    def fake(argv, threads, output):
+        if argv[4] == "memorize":
+            return 0  # finishes at once
+        budget = output.with_suffix(".threads")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and budget.read_text() != "4":
+            time.sleep(0.01)
+        budgets.append((threads, budget.read_text()))
+        return 0
+
+    echoed = []
+    assert reproduce(steps, results=results, jobs=2, run=fake, echo=echoed.append) == 0
+    assert budgets == [(2, "4")]  # started on its half, then given all four cores
+    assert any("now 4 thread(s)" in line for line in echoed)
+
+
+def test_one_status_line_counts_steps_and_estimates_from_the_last_run(tmp_path):
+    import time
+
+    results = tmp_path / "results"
+    steps = [s for s in plan("quick", results, tmp_path / "figures") if s.name.startswith("train")]
+    results.mkdir(parents=True)
+    (results / "reproduce.json").write_text(json.dumps({"steps": [{"step": s.name, "seconds": 600.0} for s in steps]}))
+    lines = []
+
+    def slow(argv, threads, output):
+        time.sleep(0.2)
+        return Recorder(steps)(argv)
+
+    assert reproduce(steps, results=results, run=slow, echo=lambda s: None, status=lines.append,
+                     status_every=0.05) == 0
+    assert lines and all(line.startswith("reproduce: ") for line in lines)
+    assert any(f"0/{len(steps)} done, 1 running, {len(steps) - 1} to start" in line for line in lines)
+    assert "~30 min of step time left" in lines[0]  # three steps of 10 minutes, the first just begun

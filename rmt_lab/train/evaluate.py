@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from rmt_lab.bench.machine import peak_rss_mib
 from rmt_lab.io import write_parquet
-from rmt_lab.model import RecurrentWrapper
+from rmt_lab.model import RecurrentWrapper, Segment
+from rmt_lab.runtime import follow_thread_budget
 from rmt_lab.stats import wilson_interval
 from rmt_lab.tasks import TaskConfig, TaskGenerator, collate, iter_batch_segments
 
@@ -62,6 +63,7 @@ def accuracy(
     model.eval()
     with torch.no_grad():
         for start in range(0, len(mine), batch_size):
+            follow_thread_budget()
             items = []
             for i in mine[start : start + batch_size]:
                 s = gen.sample(split, i)
@@ -173,7 +175,7 @@ def long_accuracy(
             samples = [gen.sample(split, i) for i in chunk]
             t0 = time.perf_counter()
             with compute_dtype(device, dtype):
-                out = model.stream((seg.to(device) for seg in iter_batch_segments(samples)),
+                out = model.stream(_followed(seg.to(device) for seg in iter_batch_segments(samples)),
                                    n_segments=task.n_segments)
             predicted = out.logits.argmax(-1).cpu().tolist()
             seconds = time.perf_counter() - t0
@@ -185,6 +187,13 @@ def long_accuracy(
             })
             frame["correct"] = frame["label"] == frame["predicted"]
             write_parquet(Path(parts) / f"b{chunk[0]:07d}.parquet", frame)
+
+
+def _followed(segments: Iterator[Segment]) -> Iterator[Segment]:
+    """`segments`, taking up a changed thread budget between them (a batch at 2M tokens runs for an hour)."""
+    for seg in segments:
+        follow_thread_budget()
+        yield seg
 
 
 def _peak_mib(device: torch.device) -> float:

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from rmt_lab.io import write_json, write_parquet
+from rmt_lab.runtime import follow_thread_budget
 from rmt_lab.model import RecurrentWrapper
 from rmt_lab.tasks import TaskGenerator, collate
 from rmt_lab.train.checkpoint import (
@@ -205,6 +206,7 @@ class Trainer:
 
     def _train_step(self, gen: TaskGenerator) -> tuple[float, float, int, float]:
         acc, c = self.accelerator, self.config
+        follow_thread_budget()
         start = time.perf_counter()
         lr = lr_at(self.state["step"], c)
         for group in self.optimizer.param_groups:

@@ -1,29 +1,67 @@
-"""Ready backbones by name: tiny random ones for tests and quick CPU runs, and the pretrained MiniLM.
+"""Backbones: ready ones by name, and any HF model given as an object or a local folder.
 
-Every backbone uses the offline WordPiece tokenizer of `rmt_lab.assets` (vocab 30522), so one
-tokenizer serves all tasks. Weights are built from configs or loaded from the verified local file;
-nothing is downloaded.
+Ready backbones are tiny random ones for tests and quick CPU runs and the pretrained MiniLM; they all
+use the offline WordPiece tokenizer of `rmt_lab.assets` (vocab 30522), so one tokenizer serves all
+tasks. Weights are built from configs or loaded from verified local files; nothing is downloaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import transformers
 from torch import nn
-from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, BertConfig, GPT2Config, PretrainedConfig
 
 from rmt_lab import assets
-from rmt_lab.model.adapters import BackboneAdapter, adapter_for
+from rmt_lab.model.adapters import BackboneAdapter, adapter_for, default_class_name
 
 VOCAB_SIZE = 30522  # the MiniLM WordPiece vocabulary shared by every ready backbone
 
 
 @dataclass(frozen=True)
 class SpecialTokens:
-    cls: int  # [CLS], first position of an encoder segment; its final state feeds the classifier
-    sep: int  # [SEP], closes the memory block and the segment
-    pad: int  # [PAD], filler for positions masked out
+    # Only the encoder layout puts special tokens into a segment (cell.py): a decoder needs none of them.
+    cls: int | None  # [CLS], first position of an encoder segment; its final state feeds the classifier
+    sep: int | None  # [SEP], closes the memory block and the segment
+    pad: int | None  # [PAD], the tokenizer's filler; never fed to the backbone (padding is masked out)
+
+
+# Where a model config names [CLS] and [SEP] when it has no cls/sep_token_id: RoBERTa and ALBERT call
+# them bos and eos (<s> and </s>, [CLS] and [SEP] are those ids in their tokenizers).
+CONFIG_KEYS = {"cls": ("cls_token_id", "bos_token_id"), "sep": ("sep_token_id", "eos_token_id"),
+               "pad": ("pad_token_id",)}
+
+
+def resolve_special_tokens(layout: str, config: PretrainedConfig, special_tokens: Mapping[str, int] | None = None,
+                           tokenizer=None, name: str = "the backbone") -> SpecialTokens:
+    """Each id from `special_tokens` (keys cls, sep, pad), else the tokenizer, else the model config.
+    An encoder needs cls and sep; a missing one is an error naming what to pass."""
+    given = dict(special_tokens or {})
+    unknown = sorted(set(given) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"special_tokens has unknown keys {unknown}; allowed keys: {list(CONFIG_KEYS)}")
+    ids = {}
+    for field, config_keys in CONFIG_KEYS.items():
+        value = given.get(field)
+        if value is None and tokenizer is not None:
+            value = getattr(tokenizer, f"{field}_token_id", None)
+        for key in config_keys:
+            value = getattr(config, key, None) if value is None else value
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"special token {field}={value!r} of {name} must be an integer token id")
+        ids[field] = value
+    missing = [f for f in ("cls", "sep") if ids[f] is None] if layout == "encoder" else []
+    if missing:
+        raise ValueError(
+            f"{name} is an encoder, whose segments start with [CLS] and end with [SEP], but the id of {missing} is "
+            "known neither from special_tokens, nor from a tokenizer, nor from the model config "
+            f"({', '.join(k for f in missing for k in CONFIG_KEYS[f])}); pass special_tokens={{'cls': ..., "
+            "'sep': ...}} or tokenizer=<the model's tokenizer or its local folder>"
+        )
+    return SpecialTokens(**ids)
 
 
 @dataclass
@@ -95,15 +133,60 @@ def available_backbones() -> list[str]:
     return sorted(BACKBONES)
 
 
-def backbone_from_config(name: str, config: PretrainedConfig, special: SpecialTokens | None = None) -> Backbone:
-    """A randomly initialised backbone of `config` (used when loading a saved RMT)."""
+def backbone_from_config(name: str, config: PretrainedConfig, special: SpecialTokens | None = None,
+                         class_name: str | None = None, init_kwargs: dict | None = None) -> Backbone:
+    """A randomly initialised backbone of `config` (used when loading a saved RMT); `class_name` and
+    `init_kwargs` as in `BackboneAdapter.build`. `special`: None for the ready backbones' tokenizer."""
     adapter = adapter_for(config)
-    return Backbone(name, adapter.build(config), adapter, special or _tokenizer_specials())
+    return Backbone(name, adapter.build(config, class_name, init_kwargs), adapter, special or _tokenizer_specials())
 
 
-DROPOUT_KEYS = (  # every dropout probability of the supported HF configs
-    "hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
-)
+def backbone_from_model(model: nn.Module, name: str | None = None, special_tokens: Mapping[str, int] | None = None,
+                        tokenizer=None) -> Backbone:
+    """Wrap a built `transformers.PreTrainedModel` (a base model or one with a head); see `BackboneAdapter.keep`.
+    `name` defaults to the model's class name, which no ready backbone's name can equal."""
+    if not isinstance(model, transformers.PreTrainedModel):
+        raise TypeError(f"a backbone must be a ready name {available_backbones()}, a local folder written by "
+                        f"save_pretrained, or a transformers.PreTrainedModel; got {type(model).__name__}")
+    adapter = adapter_for(model.config)
+    name = name or type(model).__name__
+    special = resolve_special_tokens(adapter.layout, model.config, special_tokens, tokenizer, name)
+    return Backbone(name, adapter.keep(model), adapter, special)
+
+
+def backbone_from_folder(folder: str | Path, special_tokens: Mapping[str, int] | None = None, tokenizer=None,
+                         dropout: float | None = None) -> Backbone:
+    """Load a HF model from a local folder written by `save_pretrained` (never from the hub), as the class it
+    was saved as (`config.architectures`) or else the layout's default class. A tokenizer is taken from
+    `tokenizer` (an object or a local folder), else from the model folder when it holds one."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no config.json: not a folder written by a HF model's "
+                                f"save_pretrained, and not a ready backbone {available_backbones()}")
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    set_dropout(config, dropout)
+    saved_as = (getattr(config, "architectures", None) or [None])[0]
+    model_class = getattr(transformers, saved_as or default_class_name(config, adapter_for(config).layout), None)
+    if model_class is None:
+        raise ValueError(f"{folder}: transformers {transformers.__version__} has no model class {saved_as!r}")
+    model = model_class.from_pretrained(str(folder), config=config, local_files_only=True)
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    elif tokenizer is None and (folder / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    # The absolute path names the model in checkpoints and traces, and cannot be a ready backbone's name.
+    return backbone_from_model(model, str(folder.resolve()), special_tokens, tokenizer)
+
+
+def set_dropout(config: PretrainedConfig, dropout: float | None) -> None:
+    """Set every dropout probability of `config` (HF names them *dropout* or *pdrop*) to `dropout`; None keeps them."""
+    if dropout is None:
+        return
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
+    for key, value in config.to_dict().items():
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+            setattr(config, key, float(dropout))
 
 
 def backbone_config(name: str, dropout: float | None = None) -> PretrainedConfig:
@@ -114,12 +197,7 @@ def backbone_config(name: str, dropout: float | None = None) -> PretrainedConfig
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; available backbones: {available_backbones()}")
     config = BACKBONES[name].make_config()
-    if dropout is not None:
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout} must be in [0, 1)")
-        for key in DROPOUT_KEYS:
-            if hasattr(config, key):
-                setattr(config, key, dropout)
+    set_dropout(config, dropout)
     return config
 
 

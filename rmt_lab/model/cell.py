@@ -19,11 +19,20 @@ final hidden state at the write positions. Attention follows the backbone's caus
     content token and never a write slot;
   * a write slot sees every read slot, every content token and the write slots up to itself.
 Write slots sit right after each sample's last token, so positions stay contiguous under padding.
+
+Memory has the width of the backbone's final hidden states (`BackboneAdapter.hidden_size`), since
+that is what the write positions produce. Where the token embeddings are narrower (factorized
+embeddings: ALBERT, ELECTRA with embedding_size < hidden_size, whose first layer maps embeddings up to
+the hidden size), memory is read through a learned linear map into the embedding space
+(`MemoryCell.memory_in`, no bias, trained with the rest). The model's own map runs the other way and
+has no inverse in general, and keeping memory in the narrower embedding width would need a learned
+map on the write side instead, which drops information the layers computed before it is carried.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ContextManager, Literal
@@ -76,6 +85,10 @@ class MemoryCell(nn.Module):
                 f"RMTConfig.layout={config.layout!r} does not fit backbone {backbone.name!r}, "
                 f"whose architecture {backbone.config.model_type!r} needs layout {self.layout!r}"
             )
+        body = self.adapter.body(self.model)
+        if "inputs_embeds" not in inspect.signature(body.forward).parameters:
+            raise ValueError(f"backbone {backbone.name!r}: {type(body).__name__}.forward takes no inputs_embeds, "
+                             "and the memory cell feeds memory to the backbone as input embeddings")
         max_positions = self.adapter.max_positions(backbone.config)
         if self.positions_per_segment > max_positions:
             raise ValueError(
@@ -88,7 +101,17 @@ class MemoryCell(nn.Module):
             for p in self.model.parameters():  # the embeddings and any head too: only what attach_lora picks trains
                 p.requires_grad_(False)
             attach_lora(self.adapter.body(self.model), config.lora_rank, config.lora_alpha)
-        self.d_model = self.embeddings.embedding_dim
+        vocab = self.embeddings.num_embeddings
+        for field in ("cls", "sep") if self.layout == "encoder" else ():  # the ids a segment holds (layouts above)
+            token_id = getattr(self.special, field)
+            if not 0 <= token_id < vocab:
+                raise ValueError(f"special token {field}={token_id} of backbone {backbone.name!r} lies outside its "
+                                 f"vocabulary [0, {vocab})")
+        self.d_model = self.adapter.hidden_size(backbone.config)
+        d_embed = self.embeddings.embedding_dim
+        # Factorized embeddings: memory is read through a learned map into the embedding space (module docstring).
+        needs_map = d_embed != self.d_model and config.num_mem_tokens > 0
+        self.memory_in = nn.Linear(self.d_model, d_embed, bias=False) if needs_map else None
         # Initial memory: learned, drawn like the token embeddings (the report adds memory tokens to the vocab).
         std = float(self.embeddings.weight.detach().float().std())
         self.memory = nn.Parameter(torch.randn(config.num_mem_tokens, self.d_model) * std)
@@ -171,9 +194,10 @@ class MemoryCell(nn.Module):
             mask = attention_mask.bool()
             lengths, full = mask.sum(1), bool(mask.all())  # (batch,); left-packed: all valid = every row full
         active = lengths > 0
-        tokens = self.embeddings(input_ids)  # (batch, seg_len, d_model)
+        tokens = self.embeddings(input_ids)  # (batch, seg_len, d_embed)
+        read = memory if self.memory_in is None else self.memory_in(memory)  # (batch, n_mem, d_embed)
         build = self._encoder_inputs if self.layout == "encoder" else self._decoder_inputs
-        embeds, full_mask, write_pos, summary_pos = build(tokens, lengths, memory)
+        embeds, full_mask, write_pos, summary_pos = build(tokens, lengths, read)
         if full:
             full_mask = None
         with self.backbone_context():
@@ -191,7 +215,7 @@ class MemoryCell(nn.Module):
 
     def _special(self, token_id: int, batch: int, like: Tensor) -> Tensor:
         ids = torch.full((batch, 1), token_id, dtype=torch.long, device=like.device)
-        return self.embeddings(ids)  # (batch, 1, d_model)
+        return self.embeddings(ids)  # (batch, 1, d_embed)
 
     def _encoder_inputs(self, tokens: Tensor, lengths: Tensor, memory: Tensor):
         batch, seg_len, _ = tokens.shape
@@ -199,7 +223,7 @@ class MemoryCell(nn.Module):
         cls = self._special(self.special.cls, batch, tokens)
         sep = self._special(self.special.sep, batch, tokens)
         parts = [cls, memory, sep] if m else [cls]
-        embeds = torch.cat([*parts, tokens, sep], dim=1)  # (batch, prefix + seg_len + 1, d_model)
+        embeds = torch.cat([*parts, tokens, sep], dim=1)  # (batch, prefix + seg_len + 1, d_embed)
         where = self.positions(lengths, seg_len)
         pos = torch.arange(where.n_positions, device=tokens.device)  # (positions,)
         end = where.content.start + lengths  # (batch,) position of each row's closing [SEP]
@@ -209,7 +233,7 @@ class MemoryCell(nn.Module):
     def _decoder_inputs(self, tokens: Tensor, lengths: Tensor, memory: Tensor):
         batch, seg_len, d = tokens.shape
         m = self.config.num_mem_tokens
-        embeds = torch.cat([memory, tokens, memory], dim=1)  # (batch, m + seg_len + m, d_model)
+        embeds = torch.cat([memory, tokens, memory], dim=1)  # (batch, m + seg_len + m, d_embed)
         where = self.positions(lengths, seg_len)
         if m:
             embeds = embeds.scatter(1, where.write[..., None].expand(-1, -1, d), memory)

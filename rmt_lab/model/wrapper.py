@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,14 +23,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file, save_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoConfig
+from transformers import AutoConfig, PreTrainedModel
 
 import rmt_lab
 from rmt_lab.assets import sha256_file
 from rmt_lab.config import ConfigError, from_dict, to_dict
 from rmt_lab.io import atomic_path, write_json
+from rmt_lab.model.adapters import init_kwargs
 from rmt_lab.model.backbones import (
-    BACKBONES, SpecialTokens, backbone_from_config, load_backbone, load_pretrained_weights,
+    BACKBONES, SpecialTokens, available_backbones, backbone_from_config, backbone_from_folder, backbone_from_model,
+    load_backbone, load_pretrained_weights,
 )
 from rmt_lab.model.cell import MemoryCell
 from rmt_lab.model.config import RMTConfig, check_keep
@@ -69,9 +71,33 @@ class RecurrentWrapper(nn.Module):
         self.adapters_merged = False  # set by merge_adapters (evaluation only)
 
     @classmethod
-    def from_backbone(cls, name: str, config: RMTConfig, dropout: float | None = None) -> RecurrentWrapper:
-        """An RMT over the ready backbone `name` (see `available_backbones()`); `dropout` overrides its own."""
-        return cls(MemoryCell(load_backbone(name, dropout), config))
+    def from_backbone(cls, backbone: str | Path | PreTrainedModel, config: RMTConfig, *, tokenizer=None,
+                      special_tokens: Mapping[str, int] | None = None, dropout: float | None = None
+                      ) -> RecurrentWrapper:
+        """An RMT over `backbone`: a ready name (`available_backbones()`), a local folder written by a HF
+        model's `save_pretrained` (loaded with local_files_only, never from the hub), or a built
+        `transformers.PreTrainedModel`, a base model or one with a head (see `BackboneAdapter.keep`; the
+        object is used, not copied). A ready name wins over a folder of the same name.
+
+        Encoders need the ids of [CLS] and [SEP]: from `special_tokens` (a dict with keys cls, sep, pad),
+        else `tokenizer` (an object or a local folder; a model folder's own tokenizer by default), else
+        the model config. `dropout` sets every dropout probability of the backbone's config before the
+        model is built, so it cannot apply to a model object (set its config before building it).
+        """
+        if isinstance(backbone, str) and backbone in BACKBONES:
+            if tokenizer is not None or special_tokens is not None:
+                raise ValueError(f"ready backbone {backbone!r} uses rmt_lab's own tokenizer and special tokens; "
+                                 "tokenizer= and special_tokens= are for a model folder or object")
+            return cls(MemoryCell(load_backbone(backbone, dropout), config))
+        if isinstance(backbone, (str, Path)):
+            if not Path(backbone).is_dir():
+                raise ValueError(f"unknown backbone {str(backbone)!r}: neither a ready backbone, available backbones: "
+                                 f"{available_backbones()}, nor a local folder written by save_pretrained")
+            return cls(MemoryCell(backbone_from_folder(backbone, special_tokens, tokenizer, dropout), config))
+        if dropout is not None:
+            raise ValueError(f"dropout={dropout!r} cannot reach the dropout modules of a model already built; set the "
+                             "probabilities on its config before building it, or pass its save_pretrained folder")
+        return cls(MemoryCell(backbone_from_model(backbone, special_tokens=special_tokens, tokenizer=tokenizer), config))
 
     def compile_backbone(self, mode: str = "default", freeze: bool = False) -> RecurrentWrapper:
         """Compile the backbone body in place with torch.compile (inductor); returns self.
@@ -281,7 +307,8 @@ class RecurrentWrapper(nn.Module):
     def saves_trained_only(self) -> bool:
         """Whether checkpoints hold only the trained tensors: adapters on a frozen backbone whose weights
         can be rebuilt, verified, from its name (a pretrained ready backbone)."""
-        return bool(self.config.lora_rank) and BACKBONES[self.cell.backbone_name].pretrained
+        spec = BACKBONES.get(self.cell.backbone_name)
+        return bool(self.config.lora_rank) and spec is not None and spec.pretrained
 
     def trained_state(self) -> dict[str, Tensor]:
         """The state-dict entries that training changes: all of them, or with adapters on a frozen
@@ -301,6 +328,11 @@ class RecurrentWrapper(nn.Module):
             "rmt_lab_version": rmt_lab.__version__,
             "backbone": cell.backbone_name,
             "backbone_config": cell.model.config.to_dict(),
+            # The transformers class the backbone module is and its constructor arguments: with the config
+            # they rebuild exactly the module tree whose weights are saved (a body with or without a pooler,
+            # a causal LM with its head), whether it came from a ready name, a folder or a model object.
+            "backbone_class": type(cell.model).__name__,
+            "backbone_init": init_kwargs(cell.model),
             "special_tokens": vars(cell.special),
             "rmt": to_dict(self.config),
             # "trained": the weights file holds the trained tensors only; the frozen rest is `backbone`'s own.
@@ -322,6 +354,9 @@ class RecurrentWrapper(nn.Module):
             special = SpecialTokens(**meta["special_tokens"])
             name = meta["backbone"]
             rmt = meta["rmt"]
+            # Absent from checkpoints of ready backbones written before they were recorded: those hold the
+            # layout's default class, which is what None builds.
+            class_name, init = meta.get("backbone_class"), meta.get("backbone_init")
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{config_path} is corrupt or not an RMT config: {err!r}") from err
         if version != FORMAT_VERSION:
@@ -338,7 +373,7 @@ class RecurrentWrapper(nn.Module):
         if weights not in ("all", "trained"):
             raise ValueError(f"{config_path}: weights={weights!r}; allowed values: ['all', 'trained']")
         hf_config = AutoConfig.for_model(model_type, **backbone_config)
-        backbone = backbone_from_config(name, hf_config, special)
+        backbone = backbone_from_config(name, hf_config, special, class_name, init)
         if weights == "trained":  # the frozen weights are the named pretrained backbone's own (verified on load)
             if name not in BACKBONES or not BACKBONES[name].pretrained:
                 raise ValueError(f"{config_path} holds trained tensors only, but {name!r} is not a pretrained backbone")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from rmt_lab.trace.layout import MEM, SLOT0, SegmentLayout
@@ -46,7 +46,7 @@ _SESSIONS: dict[int, object] = {}  # id(backbone config) -> recording session, o
 
 def traced_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """Registered as "rmt_trace": plain sdpa unless a recorder is recording this backbone."""
-    session = _SESSIONS.get(id(module.config))
+    session = _SESSIONS.get(id(getattr(module, "config", None)))
     if session is None or session.layout is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
@@ -98,6 +98,8 @@ def fused_attention(module, query, key, value, attention_mask, dropout, scaling,
     (extra-channel path). Returns (output, mass or None, lse or None)."""
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if use_lse:
+        # The flash kernel wants a key and value head per query head (grouped-query attention has fewer).
+        key, value = (repeat_kv(t, query.shape[1] // t.shape[1]) for t in (key, value))
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         causal = bool(query.shape[2] > 1 and attention_mask is None and causal)  # sdpa_attention_forward's rule
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from transformers.integrations.sdpa_attention import repeat_kv
 
 import rmt_lab
 from rmt_lab.config import to_dict
@@ -127,12 +128,17 @@ class Recorder:
                              "twice; record under torch.no_grad() or turn checkpoint_segments off")
         if id(hf) in attention._SESSIONS:
             raise RuntimeError("this model is already being recorded by another Recorder")
-        # The attention modules: they carry their layer index and share the backbone config (BERT, GPT-2).
-        self.attn_modules = [m for m in cell.model.modules() if "layer_idx" in m.__dict__ and m.__dict__.get("config")
-                             is hf]
-        if len(self.attn_modules) != self.n_layers:
-            raise RuntimeError(f"found {len(self.attn_modules)} attention modules in backbone "
-                               f"{cell.backbone_name!r}, expected {self.n_layers} (one per layer)")
+        # Layers are told apart by the order of their attention calls within a segment (each layer attends
+        # once per cell call), which serves families whose attention modules carry no layer index or are
+        # shared between layers (DistilBERT, ALBERT). What the recorder cannot see is attention computed
+        # outside transformers' AttentionInterface: HF marks those classes (DeBERTa, BLOOM, Falcon).
+        body = cell.adapter.body(cell.model)
+        if not getattr(body, "_supports_attention_backend", False):
+            raise ValueError(
+                f"backbone {cell.backbone_name!r} ({hf.model_type}) computes attention in its own code rather than "
+                f"through transformers' AttentionInterface ({type(body).__name__}._supports_attention_backend is "
+                "False), so the recorder cannot see its attention; trace a family that uses the interface"
+            )
         if self.out is not None and (self.out / INDEX_FILE).exists():
             if not self.overwrite:
                 raise FileExistsError(f"{self.out} already holds a trace; pass overwrite=True or another folder")
@@ -175,7 +181,6 @@ class Recorder:
         self._float_mask = FloatMask()
         self._map_dtype = getattr(torch, c.map_dtype)
         self._tokenizer = None
-        self._layer_of = {id(m): i for i, m in enumerate(self.attn_modules)}
         self._started = time.perf_counter()
         try:
             self._handles.append(cell.register_forward_pre_hook(self._before, with_kwargs=True))
@@ -241,6 +246,7 @@ class Recorder:
         self._ids = input_ids
         self._memory_in = memory
         self._seen = [False] * self.n_layers
+        self._calls = 0  # attention calls in this segment so far: the next call's layer
         self._kept_maps = False
 
     def _first_segment(self, cell, batch: int, device: torch.device) -> None:
@@ -291,7 +297,20 @@ class Recorder:
     def attend(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
         """Called by the registered attention function for every layer of a recorded segment."""
         lay, c = self.layout, self.config
-        layer = self._layer_of[id(module)]
+        layer, self._calls = self._calls, self._calls + 1
+        if layer >= self.n_layers:
+            raise RuntimeError(f"segment {self.segment}: attention was called more than once per layer "
+                               f"({self.n_layers} layers): the recorder cannot tell the layers apart")
+        window = kwargs.get("sliding_window")
+        if window is not None and window < lay.n_positions:
+            # The summaries' row masks (layout.py) let a query see every earlier valid position.
+            raise ValueError(
+                f"layer {layer} of backbone {self.model.cell.backbone_name!r} attends within a sliding window of "
+                f"{window} positions, fewer than the {lay.n_positions} of a segment: the recorder's summaries assume "
+                f"every earlier position is visible; record with segments of at most {window} positions"
+            )
+        # Grouped-query / multi-query attention: the summaries need a key per query head (sdpa repeats them too).
+        key_heads = repeat_kv(key, query.shape[1] // key.shape[1])  # (batch, heads, L, d)
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         self._scale = scale
         capture = layer in self.capture_layers
@@ -299,7 +318,7 @@ class Recorder:
             out, _ = attention.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                                       scaling=scaling, is_causal=is_causal, **kwargs)
             if capture:
-                self._capture(module, query, key, attention_mask, scale, is_causal, layer)
+                self._capture(module, query, key_heads, attention_mask, scale, is_causal, layer)
             return out, None
         if self._use_lse is None:  # "auto": decided once, on the first layer of the recording
             self._use_lse = lse_path_ok(query, key, value, kwargs)
@@ -308,7 +327,7 @@ class Recorder:
         out, read, lse = self._fused(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
                                      use_lse)
         with torch.no_grad(), own_threads(c.own_threads):
-            q, k = query.detach(), key.detach()
+            q, k = query.detach(), key_heads.detach()
             row_scores(q, k, lay, out=rows[layer])
             if lse is None:
                 reads[layer, :, :, 0] = read  # the mass itself (extra-channel path)
@@ -317,7 +336,7 @@ class Recorder:
                 lses[layer] = lse
             self._seen[layer] = True
         if capture:
-            self._capture(module, query, key, attention_mask, scale, is_causal, layer)
+            self._capture(module, query, key_heads, attention_mask, scale, is_causal, layer)
         return out, None
 
     def _fused(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs, use_lse):

@@ -85,6 +85,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _add_bench_flops(p: argparse.ArgumentParser) -> None:
     from rmt_lab.bench.flops_sweep import FlopsSweepConfig
+    from rmt_lab.recipes import bench_flops, defaults
 
     d = FlopsSweepConfig()
     p.add_argument("--models", nargs="+", default=list(d.models), help="known model names (default: the OPT family)")
@@ -95,39 +96,30 @@ def _add_bench_flops(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["forward", "train"], default=d.mode, help="forward pass, or forward + backward")
     p.add_argument("--ratio-tokens", type=int, default=d.ratio_tokens, help="length of the full / RMT ratio table")
     p.add_argument("--measure", action="store_true", help="also count every point with FlopCounterMode (meta device)")
-    p.add_argument("--out", default="data/results/bench", help="folder for flops.parquet and flops_ratio.parquet")
+    p.add_argument("--out", default=defaults(bench_flops)["out"], help="folder for flops.parquet and flops_ratio.parquet")
 
 
 def _run_bench_flops(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import pandas as pd
-
-    from rmt_lab.bench.flops_sweep import FlopsSweepConfig, flops_ratio_table, flops_sweep
-    from rmt_lab.config import ConfigError, from_dict
-    from rmt_lab.io import write_parquet
+    from rmt_lab.config import ConfigError
+    from rmt_lab.recipes import bench_flops
 
     try:
-        config = from_dict(FlopsSweepConfig, {
-            "models": args.models, "lengths": args.lengths, "segment_len": args.segment_len, "num_mem": args.num_mem,
-            "head": args.head, "mode": args.mode, "ratio_tokens": args.ratio_tokens, "measure": args.measure,
-        })
+        frame, ratio = bench_flops(args.out, models=args.models, lengths=args.lengths, segment_len=args.segment_len,
+                                   num_mem=args.num_mem, head=args.head, mode=args.mode,
+                                   ratio_tokens=args.ratio_tokens, measure=args.measure)
     except ConfigError as err:
         print(f"rmt-lab bench flops: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    previous = pd.read_parquet(out / "flops.parquet") if (out / "flops.parquet").exists() else None
-    frame = flops_sweep(config, previous=previous, progress=args.measure)
-    ratio = flops_ratio_table(frame, config.ratio_tokens)
-    write_parquet(out / "flops.parquet", frame)
-    write_parquet(out / "flops_ratio.parquet", ratio)
-    print(f"{config.mode} FLOPs, full attention / RMT (segment {config.segment_len}, {config.num_mem} memory tokens, "
-          f"head {config.head}) at {config.ratio_tokens:,} tokens:")
+    print(f"{args.mode} FLOPs, full attention / RMT (segment {args.segment_len}, {args.num_mem} memory tokens, "
+          f"head {args.head}) at {args.ratio_tokens:,} tokens:")
     shown = ratio[["model", "full_flops", "rmt_flops", "full_over_rmt"]]
     print(shown.to_string(index=False, formatters={
         "full_flops": "{:.3e}".format, "rmt_flops": "{:.3e}".format, "full_over_rmt": "{:,.1f}".format,
     }))
-    if config.measure:
+    if args.measure:
         worst = (frame["measured_flops"] / frame["flops"] - 1).abs().max()
         print(f"measured (FlopCounterMode, meta device) vs analytic: largest relative difference {worst:.2e}")
     print(f"wrote {out / 'flops.parquet'} ({len(frame)} rows) and {out / 'flops_ratio.parquet'}")
@@ -438,36 +430,13 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_overrides(data: dict, pairs: list[str]) -> dict:
-    """Apply `a.b=value` overrides (value parsed as JSON when it parses) to a nested config dict."""
-    import json
-
-    from rmt_lab.config import ConfigError
-
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"override {pair!r} must look like key.subkey=value")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"override {key!r}: {part!r} is not a config section; sections: "
-                                  f"{sorted(k for k, v in node.items() if isinstance(v, dict))}")
-            node = node[part]
-        if leaf not in node:
-            raise ConfigError(f"override {key!r}: unknown key {leaf!r}; allowed keys: {sorted(node)}")
-        node[leaf] = value
-    return data
-
-
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="quick", help="named configuration: quick (CPU, minutes) or paper (GPU)")
-    p.add_argument("--task", default="memorize", help="memorize, detect_memorize or reasoning")
+    from rmt_lab.recipes import defaults, train
+
+    d = defaults(train)
+    p.add_argument("--config", default=d["config"], help="named configuration: quick (CPU, minutes), base (the "
+                                                          "pretrained MiniLM with adapters: hours) or paper (GPU)")
+    p.add_argument("--task", default=d["task"], help="memorize, detect_memorize or reasoning")
     p.add_argument("--run-dir", help="run folder (default runs/<config>-<task>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -476,136 +445,109 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from rmt_lab.config import ConfigError
-    from rmt_lab.train import CheckpointError, ExperimentConfig, TrainingDiverged, preset, run_experiment
+    from rmt_lab.recipes import experiment_config, train
+    from rmt_lab.train import CheckpointError, TrainingDiverged
 
     try:
-        config = ExperimentConfig.from_dict(_apply_overrides(preset(args.config, args.task).to_dict(), args.set))
+        experiment_config(args.config, args.task, args.set)  # a bad config is a usage error (2), not a failed run
     except (ConfigError, ValueError) as err:
         print(f"rmt-lab train: error: {err}", file=sys.stderr)
         return 2
-    run_dir = args.run_dir or f"runs/{config.name}"
     try:
-        metrics = run_experiment(config, run_dir, resume=args.resume)
+        result = train(args.config, args.task, args.run_dir, resume=args.resume, overrides=args.set)
     except (CheckpointError, TrainingDiverged) as err:
         print(f"rmt-lab train: error: {err}", file=sys.stderr)
         return 1
-    val = metrics[metrics["kind"] == "val"].groupby("n_segments")["accuracy"].last()
-    print(f"run folder {run_dir}; validation accuracy at the end of each stage:")
-    for n, acc in val.items():
+    print(f"run folder {result.run_dir}; validation accuracy at the end of each stage:")
+    for n, acc in result.stage_accuracy().items():
         print(f"  {n:>3} segments: {acc:.3f}")
     return 0
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
     from rmt_lab.model import COMPILE_MODES
+    from rmt_lab.recipes import defaults, eval_ablation, eval_generalization, eval_long
     from rmt_lab.train.evaluate import EVAL_DTYPES
 
     sub = p.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
+    run_help = "run folder made by rmt-lab train (--run-dir passes through torchrun; --run does not)"
     gen = sub.add_parser("generalization", help="every stage checkpoint on 1..M segments (report Figure 5)")
-    gen.add_argument("--run-dir", "--run", dest="run", required=True, help="run folder made by rmt-lab train")
+    d = defaults(eval_generalization)
     gen.add_argument("--max-segments", type=int, help="M (default 2 x the largest trained length)")
-    gen.add_argument("--samples", type=int, default=256, help="test samples per point")
+    gen.add_argument("--samples", type=int, default=d["samples"], help="test samples per point")
     gen.add_argument("--out", help="parquet path (default <run>/generalization.parquet)")
     ablation = sub.add_parser("ablation", help="the last stage without recurrence: every segment sees the initial "
                                                "memory (control: near chance beyond 1 segment if memory is used)")
-    ablation.add_argument("--run-dir", "--run", dest="run", required=True, help="run folder made by rmt-lab train")
-    ablation.add_argument("--max-segments", type=int, default=7, help="lengths 1..this (default 7)")
-    ablation.add_argument("--samples", type=int, default=128, help="test samples per point")
+    d = defaults(eval_ablation)
+    ablation.add_argument("--max-segments", type=int, default=d["max_segments"], help="lengths 1..this")
+    ablation.add_argument("--samples", type=int, default=d["samples"], help="test samples per point")
     ablation.add_argument("--out", help="parquet path (default <run>/no_recurrence.parquet)")
     long = sub.add_parser("long", help="one checkpoint streamed at lengths up to millions of tokens (report Figure 1)")
-    long.add_argument("--run-dir", "--run", dest="run", required=True,
-                      help="run folder made by rmt-lab train (--run-dir passes through torchrun; --run does not)")
+    d = defaults(eval_long)
     long.add_argument("--stage", type=int, help="segments of the stage checkpoint to use (default: the largest)")
-    long.add_argument("--min-tokens", type=int, default=16_000, help="first length; lengths double up to the max")
-    long.add_argument("--max-tokens", type=int, default=2_048_000, help="last length in tokens (e.g. 10000000)")
-    long.add_argument("--samples", type=int, default=16, help="test samples per length")
-    for action in (gen, ablation, long):
-        action.add_argument("--dtype", default="float32", choices=list(EVAL_DTYPES),
-                            help="compute dtype: bfloat16 = autocast (weights and memory stay fp32; fast on CPUs "
-                                 "with AMX and on GPUs)")
+    long.add_argument("--min-tokens", type=int, default=d["min_tokens"], help="first length; lengths double up to the max")
+    long.add_argument("--max-tokens", type=int, default=d["max_tokens"], help="last length in tokens (e.g. 10000000)")
+    long.add_argument("--samples", type=int, default=d["samples"], help="test samples per length")
     long.add_argument("--samples-from", type=int, nargs=2, metavar=("TOKENS", "N"),
                       help="N samples per length from TOKENS tokens on (fewer where a sample costs the most)")
-    long.add_argument("--batch-size", type=int, default=16)
+    long.add_argument("--batch-size", type=int, default=d["batch_size"])
     long.add_argument("--compile", choices=COMPILE_MODES,
                       help="torch.compile the backbone with this mode, weights frozen (default: eager)")
     long.add_argument("--out", help="parquet path (default <run>/long_eval.parquet); existing points are kept")
+    for action in (gen, ablation, long):
+        action.add_argument("--run-dir", "--run", dest="run", required=True, help=run_help)
+        action.add_argument("--dtype", default="float32", choices=list(EVAL_DTYPES),
+                            help="compute dtype: bfloat16 = autocast (weights and memory fp32; fast on CPUs with "
+                                 "AMX and on GPUs)")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    import json
-    import math
-    from pathlib import Path
-
-
-    from rmt_lab.io import write_parquet
-    from rmt_lab.tasks import TaskConfig
     from accelerate import PartialState
 
-    from rmt_lab.train import generalization_matrix, long_evaluation, stage_checkpoints
+    from rmt_lab.recipes import eval_ablation, eval_generalization, eval_long
 
-    run = Path(args.run)
-    if not (run / "config.json").is_file():
-        print(f"rmt-lab eval: error: {run} is not a run folder (no config.json); make one with rmt-lab train",
-              file=sys.stderr)
+    try:
+        if args.eval_command == "generalization":
+            frame = eval_generalization(args.run, args.max_segments, args.samples, args.dtype, args.out)
+            print(frame.pivot(index="trained_segments", columns="eval_segments", values="accuracy").round(2)
+                  .to_string())
+        elif args.eval_command == "ablation":
+            frame = eval_ablation(args.run, args.max_segments, args.samples, args.dtype, args.out)
+            print(f"stage-{frame['trained_segments'].iloc[0]} model without recurrence (accuracy, 95% interval):")
+            for row in frame.itertuples():
+                print(f"  {row.eval_segments:>3} segments: {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]")
+        else:
+            frame = eval_long(args.run, args.stage, args.min_tokens, args.max_tokens, args.samples,
+                              tuple(args.samples_from) if args.samples_from else None, args.batch_size,
+                              args.compile or "", args.dtype, args.out)
+            if not PartialState().is_main_process:  # under torchrun: one report
+                return 0
+            print(frame[["tokens", "n_segments", "accuracy", "n_samples", "ci_low", "ci_high", "peak_mib",
+                         "tokens_per_s"]].to_string(index=False))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"rmt-lab eval: error: {err}", file=sys.stderr)
         return 2
-    if args.eval_command == "generalization":
-        lengths = range(1, args.max_segments + 1) if args.max_segments else None
-        out = Path(args.out or run / "generalization.parquet")
-        frame = generalization_matrix(run, lengths, n_samples=args.samples, out=out, dtype=args.dtype)
-        write_parquet(out, frame)
-        print(frame.pivot(index="trained_segments", columns="eval_segments", values="accuracy").round(2).to_string())
-        print(f"wrote {out}")
-        return 0
-    if args.eval_command == "ablation":
-        out = Path(args.out or run / "no_recurrence.parquet")
-        stage = max(stage_checkpoints(run))
-        frame = generalization_matrix(run, range(1, args.max_segments + 1), n_samples=args.samples, out=out,
-                                      dtype=args.dtype, stages=[stage], carry_memory=False)
-        write_parquet(out, frame)
-        print(f"stage-{stage} model without recurrence (accuracy, 95% interval):")
-        for row in frame.itertuples():
-            print(f"  {row.eval_segments:>3} segments: {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]")
-        print(f"wrote {out}")
-        return 0
-    checkpoints = stage_checkpoints(run)
-    stage = args.stage or max(checkpoints)
-    if stage not in checkpoints:
-        print(f"rmt-lab eval: error: no stage-{stage} checkpoint; available: {sorted(checkpoints)}", file=sys.stderr)
-        return 2
-    task = TaskConfig.from_dict(json.loads((run / "config.json").read_text())["task"])
-    tokens, lengths = args.min_tokens, []
-    while tokens < args.max_tokens:
-        lengths.append(math.ceil(tokens / task.segment_size))
-        tokens *= 2
-    lengths.append(math.ceil(args.max_tokens / task.segment_size))
-    out = Path(args.out or run / "long_eval.parquet")
-    tokens_from, samples_from = args.samples_from or (math.inf, args.samples)
-    samples = {n: args.samples if n * task.segment_size < tokens_from else samples_from for n in lengths}
-    frame = long_evaluation(checkpoints[stage], task, lengths, out, samples, args.batch_size,
-                            compile=args.compile or "", trained_segments=stage, dtype=args.dtype)
-    if not PartialState().is_main_process:  # under torchrun: one report (the state long_evaluation formed)
-        return 0
-    print(frame[["tokens", "n_segments", "accuracy", "n_samples", "ci_low", "ci_high", "peak_mib",
-                 "tokens_per_s"]].to_string(index=False))
-    print(f"wrote {out}")
+    default = {"generalization": "generalization", "ablation": "no_recurrence", "long": "long_eval"}
+    print(f"wrote {args.out or f'{args.run}/{default[args.eval_command]}.parquet'}")
     return 0
 
 
 def _add_trace(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.recipes import defaults, trace
     from rmt_lab.trace import TraceConfig
 
-    d = TraceConfig()
+    d, r = TraceConfig(), defaults(trace)
     model = p.add_argument_group("model")
-    model.add_argument("--backbone", default="minilm", help="ready backbone for an untrained RMT (default minilm)")
+    model.add_argument("--backbone", default=r["backbone"], help="ready backbone for an untrained RMT")
     model.add_argument("--checkpoint", help="an RMT saved with save_pretrained (overrides --backbone)")
-    model.add_argument("--num-mem", type=int, default=10, help="memory tokens of an untrained RMT (default 10)")
+    model.add_argument("--num-mem", type=int, default=r["num_mem"], help="memory tokens of an untrained RMT")
     data = p.add_argument_group(
         "input", "task samples, 4 segments long unless --segments or --tokens; a checkpoint keeps its segment size"
     )
     _task_config_args(data)
-    data.add_argument("--samples", type=int, default=1, help="samples traced together as one batch")
+    data.add_argument("--samples", type=int, default=r["samples"], help="samples traced together as one batch")
     keep = p.add_argument_group("what to keep")
-    keep.add_argument("--maps", default="facts,last",
+    keep.add_argument("--maps", default=r["maps"],
                       help="segments with full maps: none, all, or e.g. '0,2-4,every:10,facts,last'")
     keep.add_argument("--layers", type=int, nargs="+", help="layers with full maps (default all)")
     keep.add_argument("--heads", type=int, nargs="+", help="heads with full maps (default all)")
@@ -633,52 +575,30 @@ def _run_trace(args: argparse.Namespace) -> int:
     if not args.out:
         print("rmt-lab trace: error: --out is required (the trace folder to write)", file=sys.stderr)
         return 2
-    import time
-
-    import torch
-
-    from rmt_lab.config import ConfigError, from_dict
-    from rmt_lab.model import RecurrentWrapper, RMTConfig
-    from rmt_lab.tasks import NoiseError, TaskConfig, TaskGenerator
-    from rmt_lab.trace import TraceConfig, TraceBudgetError, fact_alignment, record
+    from rmt_lab.recipes import trace
+    from rmt_lab.tasks import NoiseError
+    from rmt_lab.trace import TraceBudgetError
 
     try:
-        config = from_dict(TraceConfig, {
-            "segments": args.maps, "layers": args.layers, "heads": args.heads, "top_k": args.top_k,
-            "keep_memory": args.keep_memory, "budget_mib": args.budget_mib, "map_dtype": args.map_dtype,
-        })
-        if args.checkpoint:
-            model = RecurrentWrapper.from_pretrained(args.checkpoint)
-        else:
-            model = RecurrentWrapper.from_backbone(args.backbone, RMTConfig(
-                num_mem_tokens=args.num_mem, segment_size=args.segment_size, num_classes=6))
-        model.eval()
-        size = model.config.segment_size  # a checkpoint brings its own
-        unit, length = ("tokens", args.tokens) if args.tokens is not None else ("segments", args.segments or 4)
-        task = TaskConfig(task=args.task, segment_size=size, length=length, unit=unit, placement=args.placement,
-                          seed=args.seed, noise=args.noise)
-        generator = TaskGenerator(task)
-        samples = [generator.sample(args.split, i) for i in range(args.samples)]
-        start = time.perf_counter()
-        out, trace = record(model, samples, config, out=args.out, overwrite=args.overwrite)
-        seconds = time.perf_counter() - start
-    except (ConfigError, NoiseError, ValueError, FileExistsError, TraceBudgetError) as err:
+        r = trace(args.out, args.checkpoint, args.backbone, args.num_mem, args.task, args.segments, args.tokens,
+                  args.segment_size, args.placement, args.seed, args.noise, args.split, args.samples, args.maps,
+                  args.layers, args.heads, args.top_k, args.keep_memory, args.budget_mib, args.map_dtype,
+                  args.overwrite)
+    except (ValueError, FileExistsError, NoiseError, TraceBudgetError) as err:
         print(f"rmt-lab trace: error: {err}", file=sys.stderr)
         return 2
-    n_tokens = samples[0].n_tokens * len(samples)
-    correct = int((out.logits.argmax(-1) == torch.tensor([s.label for s in samples])).sum())
-    print(f"traced {len(samples)} {task.task} sample(s) of {samples[0].n_tokens:,} tokens ({trace.n_segments:,} "
-          f"segments) through {model.cell.backbone_name!r} in {seconds:.1f} s ({n_tokens / seconds:,.0f} tokens/s); "
-          f"answered {correct}/{len(samples)}")
-    print(f"full maps kept for segments {trace.map_segments}; facts in segments "
-          f"{sorted({seg for s in samples for span in s.facts for seg in span.segments})}")
-    profile = fact_alignment(trace.summaries).groupby(["segment", "has_fact"]).mean(numeric_only=True)
-    profile = profile.drop(columns=["sample"]).reset_index()
+    first = r.samples[0]
+    print(f"traced {len(r.samples)} {first.task} sample(s) of {first.n_tokens:,} tokens ({r.trace.n_segments:,} "
+          f"segments) through {r.backbone!r} in {r.seconds:.1f} s ({r.tokens_per_s:,.0f} tokens/s); "
+          f"answered {r.correct}/{len(r.samples)}")
+    print(f"full maps kept for segments {r.trace.map_segments}; facts in segments "
+          f"{sorted({seg for s in r.samples for span in s.facts for seg in span.segments})}")
+    profile = r.profile()
     shown = profile if len(profile) <= 12 else profile.iloc[list(range(6)) + list(range(len(profile) - 6,
                                                                                            len(profile)))]
     print("per segment, mean over samples, layers and heads:")
     print(shown.to_string(index=False, float_format="{:.3f}".format))
-    print(f"wrote {args.out}: trace.json, summaries.parquet ({len(trace.summaries):,} rows), written.parquet, "
+    print(f"wrote {args.out}: trace.json, summaries.parquet ({len(r.trace.summaries):,} rows), written.parquet, "
           f"maps/ (load with rmt_lab.trace.Trace.load)")
     return 0
 
@@ -734,39 +654,30 @@ def _run_trace_bench(args: argparse.Namespace) -> int:
 
 
 def _add_probe(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.recipes import defaults, probe
+
+    d = defaults(probe)
     p.add_argument("--checkpoint", required=True, help="an RMT saved with save_pretrained (a stage checkpoint)")
-    p.add_argument("--task", default="detect_memorize", help="memorize, detect_memorize or reasoning")
-    p.add_argument("--segments", type=int, default=7, help="segments per sample")
-    p.add_argument("--samples", type=int, default=256, help="samples; half train the probes, half test them")
-    p.add_argument("--split", default="test", help="train, validation or test")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", default=d["task"], help="memorize, detect_memorize or reasoning")
+    p.add_argument("--segments", type=int, default=d["segments"], help="segments per sample")
+    p.add_argument("--samples", type=int, default=d["samples"], help="samples; half train the probes, half test them")
+    p.add_argument("--split", default=d["split"], help="train, validation or test")
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--out", required=True, help="parquet file to write (e.g. <trace folder>/probe.parquet)")
 
 
 def _run_probe(args: argparse.Namespace) -> int:
-    from rmt_lab.io import write_parquet
-    from rmt_lab.model import RecurrentWrapper
-    from rmt_lab.tasks import TaskConfig, TaskGenerator
+    from rmt_lab.recipes import probe, probe_by_distance
     from rmt_lab.train import CheckpointError
-    from rmt_lab.trace import collect_memory_states, probe_memory
 
     try:
-        model = RecurrentWrapper.from_pretrained(args.checkpoint).eval()
-        task = TaskConfig(task=args.task, segment_size=model.config.segment_size, length=args.segments,
-                          unit="segments", seed=args.seed)
-        generator = TaskGenerator(task)
-        samples = [generator.sample(args.split, i) for i in range(args.samples)]
-        collected = collect_memory_states(model, samples)
-        frame = probe_memory(collected["states"], collected["labels"], collected["fact_segment"], n_classes=6)
+        frame = probe(args.checkpoint, args.out, args.task, args.segments, args.samples, args.split, args.seed)
     except (CheckpointError, ValueError, OSError) as err:
         print(f"rmt-lab probe: error: {err}", file=sys.stderr)
         return 2
-    frame["task"], frame["checkpoint"] = args.task, str(args.checkpoint)
-    write_parquet(args.out, frame)
-    by_distance = frame.assign(hits=frame["accuracy"] * frame["n"]).groupby("distance")[["hits", "n"]].sum()
     print(f"linear probe on the memory state, {args.task}, {args.samples} samples of {args.segments} segments "
           "(half train, half test); accuracy by distance from the fact segment (chance 0.167):")
-    print((by_distance["hits"] / by_distance["n"]).round(3).to_string())
+    print(probe_by_distance(frame).round(3).to_string())
     print(f"wrote {args.out}")
     return 0
 

@@ -1,0 +1,265 @@
+"""Every experiment as one function: what `rmt-lab` runs and what a notebook calls, with the same defaults.
+
+The CLI parses options into these arguments and prints what comes back; it takes its defaults from
+the signatures here (`defaults(recipe)`), so a notebook calling `eval_long(run_dir)` gets exactly
+what `rmt-lab eval long --run-dir RUN` does. Recipes raise on bad input (ValueError and its
+subclasses, FileNotFoundError) with a message naming the value and what is allowed; they never print.
+
+    from rmt_lab import recipes
+    metrics = recipes.train("quick", "memorize", "runs/quick-memorize").metrics
+    table = recipes.eval_generalization("runs/quick-memorize", samples=64)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rmt_lab.io import write_parquet
+from rmt_lab.trace.config import TraceConfig
+
+_TRACE = TraceConfig()  # the trace recipe's defaults are the config's
+
+
+def defaults(recipe: Callable) -> dict:
+    """{argument: default} of a recipe: the CLI shows and uses these."""
+    return {name: p.default for name, p in inspect.signature(recipe).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+# ------------------------------------------------------------------------------------------ training
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: pd.DataFrame  # every metric row of the run (rmt_lab.train.Trainer.metrics)
+
+    def stage_accuracy(self) -> pd.Series:
+        """Validation accuracy at the end of each stage, by segments."""
+        val = self.metrics[self.metrics["kind"] == "val"]
+        return val.groupby("n_segments")["accuracy"].last()
+
+
+def experiment_config(config: str = "quick", task: str = "memorize", overrides: Sequence[str] = ()):
+    """The named configuration `config` for `task` with `key.subkey=value` overrides (values parsed as JSON
+    when they parse), e.g. ("curriculum.max_steps=200", "optim.lr=3e-4")."""
+    from rmt_lab.train import ExperimentConfig, preset
+
+    return ExperimentConfig.from_dict(_apply_overrides(preset(config, task).to_dict(), overrides))
+
+
+def train(config: str = "quick", task: str = "memorize", run_dir: str | Path | None = None, resume: bool = False,
+          overrides: Sequence[str] = ()) -> TrainResult:
+    """Train an RMT with the curriculum of configuration `config` (see `experiment_config`) into `run_dir`
+    (default runs/<config name>); `resume` continues from the folder's last checkpoint."""
+    from rmt_lab.train import run_experiment
+
+    experiment = experiment_config(config, task, overrides)
+    run_dir = Path(run_dir or f"runs/{experiment.name}")
+    return TrainResult(run_dir, run_experiment(experiment, run_dir, resume=resume))
+
+
+def _apply_overrides(data: dict, pairs: Sequence[str]) -> dict:
+    from rmt_lab.config import ConfigError
+
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"override {pair!r} must look like key.subkey=value")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a config section; sections: "
+                                  f"{sorted(k for k, v in node.items() if isinstance(v, dict))}")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"override {key!r}: unknown key {leaf!r}; allowed keys: {sorted(node)}")
+        node[leaf] = value
+    return data
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def _run_folder(run_dir: str | Path) -> Path:
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.json); make one with rmt-lab train")
+    return run
+
+
+def eval_generalization(run_dir: str | Path, max_segments: int | None = None, samples: int = 256,
+                        dtype: str = "float32", out: str | Path | None = None) -> pd.DataFrame:
+    """Every stage's model of a run on 1..`max_segments` segments (default 2 x the largest trained length),
+    `samples` test samples a cell, with 95% Wilson intervals (report Figure 5). Written to `out` (default
+    <run>/generalization.parquet) cell by cell, so an interrupted evaluation resumes."""
+    from rmt_lab.train import generalization_matrix
+
+    run = _run_folder(run_dir)
+    out = Path(out or run / "generalization.parquet")
+    lengths = range(1, max_segments + 1) if max_segments else None
+    frame = generalization_matrix(run, lengths, n_samples=samples, out=out, dtype=dtype)
+    write_parquet(out, frame)
+    return frame
+
+
+def eval_ablation(run_dir: str | Path, max_segments: int = 7, samples: int = 128, dtype: str = "float32",
+                  out: str | Path | None = None) -> pd.DataFrame:
+    """The last stage's model on 1..`max_segments` segments with every segment reading the initial memory:
+    the control that shows the task needs recurrence (near chance beyond 1 segment). Default `out`:
+    <run>/no_recurrence.parquet."""
+    from rmt_lab.train import generalization_matrix, stage_checkpoints
+
+    run = _run_folder(run_dir)
+    out = Path(out or run / "no_recurrence.parquet")
+    frame = generalization_matrix(run, range(1, max_segments + 1), n_samples=samples, out=out, dtype=dtype,
+                                  stages=[max(stage_checkpoints(run))], carry_memory=False)
+    write_parquet(out, frame)
+    return frame
+
+
+def long_lengths(min_tokens: int, max_tokens: int, segment_size: int) -> list[int]:
+    """Segment counts from `min_tokens` doubling up to `max_tokens` (always included)."""
+    if not 0 < min_tokens <= max_tokens:
+        raise ValueError(f"lengths need 0 < min_tokens <= max_tokens; got {min_tokens:,} and {max_tokens:,}")
+    tokens, lengths = min_tokens, []
+    while tokens < max_tokens:
+        lengths.append(math.ceil(tokens / segment_size))
+        tokens *= 2
+    lengths.append(math.ceil(max_tokens / segment_size))
+    return lengths
+
+
+def eval_long(run_dir: str | Path, stage: int | None = None, min_tokens: int = 16_000, max_tokens: int = 2_048_000,
+              samples: int = 16, samples_from: tuple[int, int] | None = None, batch_size: int = 16,
+              compile: str = "", dtype: str = "float32", out: str | Path | None = None) -> pd.DataFrame:
+    """A stage's model (default the last) streamed at lengths from `min_tokens` doubling to `max_tokens`,
+    `samples` test samples a length, or `samples_from=(tokens, n)`: n samples from that length on (report
+    Figure 1). Resumable batch by batch; under torchrun each process takes its share of the samples
+    (`rmt_lab.train.long_evaluation`). Default `out`: <run>/long_eval.parquet (points already there kept)."""
+    from rmt_lab.tasks import TaskConfig
+    from rmt_lab.train import long_evaluation, stage_checkpoints
+
+    run = _run_folder(run_dir)
+    checkpoints = stage_checkpoints(run)
+    stage = stage or max(checkpoints)
+    if stage not in checkpoints:
+        raise ValueError(f"no stage-{stage} checkpoint in {run}; available stages: {sorted(checkpoints)}")
+    task = TaskConfig.from_dict(json.loads((run / "config.json").read_text())["task"])
+    lengths = long_lengths(min_tokens, max_tokens, task.segment_size)
+    tokens_from, samples_from_there = samples_from or (math.inf, samples)
+    counts = {n: samples if n * task.segment_size < tokens_from else samples_from_there for n in lengths}
+    return long_evaluation(checkpoints[stage], task, lengths, Path(out or run / "long_eval.parquet"), counts,
+                           batch_size, compile=compile, trained_segments=stage, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------ traces, probes
+@dataclass
+class TraceResult:
+    trace: object  # rmt_lab.trace.Trace
+    samples: list  # the task samples traced
+    correct: int  # samples answered right
+    seconds: float
+    backbone: str
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(s.n_tokens for s in self.samples) / self.seconds
+
+    def profile(self) -> pd.DataFrame:
+        """Read, write and retain per segment and whether it holds a fact, means over samples, layers, heads."""
+        from rmt_lab.trace import fact_alignment
+
+        frame = fact_alignment(self.trace.summaries).groupby(["segment", "has_fact"]).mean(numeric_only=True)
+        return frame.drop(columns=["sample"]).reset_index()
+
+
+def trace(out: str | Path, checkpoint: str | Path | None = None, backbone: str = "minilm", num_mem: int = 10,
+          task: str = "memorize", segments: int | None = None, tokens: int | None = None, segment_size: int = 499,
+          placement: str = "segment", seed: int = 0, noise: str = "pydoc", split: str = "train", samples: int = 1,
+          maps: str = "facts,last", layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+          top_k: int = _TRACE.top_k, keep_memory: bool = False, budget_mib: float = _TRACE.budget_mib,
+          map_dtype: str = _TRACE.map_dtype, overwrite: bool = False) -> TraceResult:
+    """Record `samples` task samples (4 segments unless `segments` or `tokens`) through the RMT saved at
+    `checkpoint` (which brings its segment size), or an untrained one over `backbone`, into the trace folder
+    `out`: per-segment summaries, full maps of the segments `maps` selects (`layers`, `heads`: None = all),
+    the `top_k` tokens written per memory slot, memory states if `keep_memory` (rmt_lab.trace.TraceConfig)."""
+    import torch
+
+    from rmt_lab.config import from_dict
+    from rmt_lab.model import RecurrentWrapper, RMTConfig
+    from rmt_lab.tasks import TaskConfig, TaskGenerator
+    from rmt_lab.trace import record
+
+    config = from_dict(TraceConfig, {"segments": maps, "layers": None if layers is None else list(layers),
+                                     "heads": None if heads is None else list(heads), "keep_memory": keep_memory,
+                                     "top_k": top_k, "budget_mib": budget_mib, "map_dtype": map_dtype})
+    if checkpoint:
+        model = RecurrentWrapper.from_pretrained(checkpoint)
+    else:
+        model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem, segment_size=segment_size,
+                                                                   num_classes=6))
+    model.eval()
+    unit, length = ("tokens", tokens) if tokens is not None else ("segments", segments or 4)
+    task_config = TaskConfig(task=task, segment_size=model.config.segment_size, length=length, unit=unit,
+                             placement=placement, seed=seed, noise=noise)
+    generator = TaskGenerator(task_config)
+    chosen = [generator.sample(split, i) for i in range(samples)]
+    start = time.perf_counter()
+    output, recorded = record(model, chosen, config, out=out, overwrite=overwrite)
+    seconds = time.perf_counter() - start
+    correct = int((output.logits.argmax(-1) == torch.tensor([s.label for s in chosen])).sum())
+    return TraceResult(recorded, chosen, correct, seconds, model.cell.backbone_name)
+
+
+def probe(checkpoint: str | Path, out: str | Path, task: str = "detect_memorize", segments: int = 7,
+          samples: int = 256, split: str = "test", seed: int = 0) -> pd.DataFrame:
+    """Linear probes on the memory state after every segment: how well the answer decodes at each distance
+    from the fact segment (half the samples train the probes, half test them). Written to `out`."""
+    from rmt_lab.model import RecurrentWrapper
+    from rmt_lab.tasks import PLACES, TaskConfig, TaskGenerator
+    from rmt_lab.trace import collect_memory_states, probe_memory
+
+    model = RecurrentWrapper.from_pretrained(checkpoint).eval()
+    config = TaskConfig(task=task, segment_size=model.config.segment_size, length=segments, unit="segments",
+                        seed=seed)
+    generator = TaskGenerator(config)
+    collected = collect_memory_states(model, [generator.sample(split, i) for i in range(samples)])
+    frame = probe_memory(collected["states"], collected["labels"], collected["fact_segment"],
+                         n_classes=len(PLACES))
+    frame["task"], frame["checkpoint"] = task, str(checkpoint)
+    write_parquet(out, frame)
+    return frame
+
+
+def probe_by_distance(frame: pd.DataFrame) -> pd.Series:
+    """A probe table's accuracy by distance from the fact segment, pooled over segments."""
+    pooled = frame.assign(hits=frame["accuracy"] * frame["n"]).groupby("distance")[["hits", "n"]].sum()
+    return pooled["hits"] / pooled["n"]
+
+
+# --------------------------------------------------------------------------------------- benchmarks
+def bench_flops(out: str | Path = "data/results/bench", **settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Forward (or training) FLOPs versus length, full attention against RMT (report Figure 3), and their
+    ratio at one length; `settings`: fields of rmt_lab.bench.flops_sweep.FlopsSweepConfig. Writes
+    <out>/flops.parquet (points already there reused) and <out>/flops_ratio.parquet."""
+    from rmt_lab.bench.flops_sweep import FlopsSweepConfig, flops_ratio_table, flops_sweep
+    from rmt_lab.config import from_dict
+
+    config = from_dict(FlopsSweepConfig, settings)
+    out = Path(out)
+    previous = pd.read_parquet(out / "flops.parquet") if (out / "flops.parquet").exists() else None
+    frame = flops_sweep(config, previous=previous, progress=config.measure)
+    ratio = flops_ratio_table(frame, config.ratio_tokens)
+    write_parquet(out / "flops.parquet", frame)
+    write_parquet(out / "flops_ratio.parquet", ratio)
+    return frame, ratio

@@ -1,0 +1,59 @@
+"""Every experiment callable from a notebook with the CLI's defaults, on tiny settings."""
+
+import pytest
+
+from rmt_lab import recipes
+from rmt_lab.cli import build_parser
+from rmt_lab.config import ConfigError
+
+TINY = ["backbone=tiny-bert", "rmt.num_mem_tokens=2", "rmt.segment_size=16", "task.segment_size=16",
+        "curriculum.stages=[1,2]", "curriculum.max_steps=2", "curriculum.min_steps=0", "optim.batch_size=4",
+        "run.eval_every=2", "run.eval_samples=8", "run.log_every=1", "run.checkpoint_every=2"]
+
+
+@pytest.mark.parametrize("argv, recipe", [
+    (["train"], recipes.train),
+    (["eval", "generalization", "--run-dir", "r"], recipes.eval_generalization),
+    (["eval", "ablation", "--run-dir", "r"], recipes.eval_ablation),
+    (["eval", "long", "--run-dir", "r"], recipes.eval_long),
+    (["trace", "--out", "t"], recipes.trace),
+    (["probe", "--checkpoint", "c", "--out", "p"], recipes.probe),
+    (["bench", "flops"], recipes.bench_flops),
+])
+def test_the_cli_shows_the_recipe_defaults(argv, recipe):
+    args = vars(build_parser().parse_args(argv))
+    shared = {name: value for name, value in recipes.defaults(recipe).items() if name in args}
+    assert shared, "the command shares no option with its recipe"
+    # options the CLI leaves unset (None) mean the recipe's default
+    assert {k: (args[k] if args[k] is not None else v) for k, v in shared.items()} == shared
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return recipes.train("quick", "memorize", tmp_path_factory.mktemp("recipes") / "run", overrides=TINY)
+
+
+def test_train_then_every_evaluation_from_python(run, tmp_path):
+    assert list(run.stage_accuracy().index) == [1, 2]
+    gen = recipes.eval_generalization(run.run_dir, max_segments=3, samples=4)
+    assert len(gen) == 2 * 3 and (run.run_dir / "generalization.parquet").exists()
+    ablation = recipes.eval_ablation(run.run_dir, max_segments=2, samples=4)
+    assert set(ablation["trained_segments"]) == {2} and not ablation["carry_memory"].any()
+    long = recipes.eval_long(run.run_dir, min_tokens=32, max_tokens=64, samples=2, samples_from=(64, 1),
+                             batch_size=2)
+    assert list(long["n_segments"]) == [2, 4] and list(long["n_samples"]) == [2, 1]
+    checkpoint = run.run_dir / "checkpoints" / "stage-2"
+    probe = recipes.probe(checkpoint, tmp_path / "probe.parquet", task="memorize", segments=2, samples=8)
+    assert 0.0 <= recipes.probe_by_distance(probe).min() <= 1.0
+    traced = recipes.trace(tmp_path / "trace", checkpoint=checkpoint, segments=2, samples=2)
+    assert traced.trace.n_segments == 2 and 0 <= traced.correct <= 2 and len(traced.profile()) >= 2
+
+
+def test_recipes_refuse_bad_input_by_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a run folder"):
+        recipes.eval_long(tmp_path)
+    with pytest.raises(ValueError, match="min_tokens <= max_tokens"):
+        recipes.long_lengths(64, 32, 16)
+    with pytest.raises(ConfigError, match="unknown key 'lrr'"):
+        recipes.experiment_config("quick", "memorize", ["optim.lrr=1"])
+    assert recipes.long_lengths(16_000, 64_000, 64) == [250, 500, 1000]

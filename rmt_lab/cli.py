@@ -160,14 +160,11 @@ def _add_sweep_common(p: argparse.ArgumentParser) -> None:
     _add_budget(p)
 
 
-def _sweep_config(cls, quick: dict, args: argparse.Namespace, fields: dict):
-    """The sweep config: defaults, then the --quick preset, then every option given explicitly."""
-    from rmt_lab.config import from_dict
-
+def _sweep_settings(args: argparse.Namespace, fields: dict) -> dict:
+    """The options given explicitly (the recipe applies them over the defaults or the --quick preset)."""
     given = {"backbone": args.backbone, "num_mem": args.num_mem, "segment_size": args.segment_size,
              "device": args.device, "dtype": args.dtype, **fields}
-    given = {k: v for k, v in given.items() if v is not None}
-    return from_dict(cls, {**(quick if args.quick else {}), **given, **_budget_overrides(args)})
+    return {**{k: v for k, v in given.items() if v is not None}, **_budget_overrides(args)}
 
 
 def _add_bench_memory(p: argparse.ArgumentParser) -> None:
@@ -182,10 +179,8 @@ def _add_bench_memory(p: argparse.ArgumentParser) -> None:
     _add_sweep_common(p)
 
 
-def _memory_config(args: argparse.Namespace):
-    from rmt_lab.bench.memory import QUICK, MemorySweepConfig
-
-    return _sweep_config(MemorySweepConfig, QUICK, args, {
+def _memory_settings(args: argparse.Namespace) -> dict:
+    return _sweep_settings(args, {
         "lengths": args.lengths, "train_lengths": args.train_lengths, "methods": args.methods,
         "modes": args.modes, "bptt_depths": args.bptt, "batch": args.batch,
     })
@@ -209,28 +204,26 @@ def _print_memory(frame) -> None:
               f"max/min from {f['low_tokens']:,} up: {f['max_over_min']:.3f}x)")
 
 
-def _run_sweep(args: argparse.Namespace, name: str, make_config, sweep, show) -> int:
-    """One measured sweep (memory or speed): config from the options, resume from <out>/<name>.parquet."""
+def _run_sweep(args: argparse.Namespace, name: str, settings: dict, show) -> int:
+    """One measured sweep (memory or speed) through its recipe, resuming from <out>/<name>.parquet."""
     from pathlib import Path
 
+    from rmt_lab import recipes
     from rmt_lab.config import ConfigError
 
     try:
-        config = make_config(args)
-        path = Path(args.out) / f"{name}.parquet"
-        frame = sweep(config, path, progress=not args.no_progress, remeasure=args.remeasure)
+        frame = getattr(recipes, f"bench_{name}")(args.out, quick=args.quick, remeasure=args.remeasure,
+                                                  progress=not args.no_progress, **settings)
     except ConfigError as err:
         print(f"rmt-lab bench {name}: {err}", file=sys.stderr)
         return 2
     show(frame)
-    print(f"\nwrote {path} ({len(frame)} rows of this sweep)")
+    print(f"\nwrote {Path(args.out) / f'{name}.parquet'} ({len(frame)} rows of this sweep)")
     return 0
 
 
 def _run_bench_memory(args: argparse.Namespace) -> int:
-    from rmt_lab.bench.memory import memory_sweep
-
-    return _run_sweep(args, "memory", _memory_config, memory_sweep, _print_memory)
+    return _run_sweep(args, "memory", _memory_settings(args), _print_memory)
 
 
 def _add_bench_speed(p: argparse.ArgumentParser) -> None:
@@ -248,10 +241,8 @@ def _add_bench_speed(p: argparse.ArgumentParser) -> None:
     _add_sweep_common(p)
 
 
-def _speed_config(args: argparse.Namespace):
-    from rmt_lab.bench.speed import QUICK, SpeedSweepConfig
-
-    return _sweep_config(SpeedSweepConfig, QUICK, args, {
+def _speed_settings(args: argparse.Namespace) -> dict:
+    return _sweep_settings(args, {
         "batches": args.batches, "segments": args.segments, "methods": args.methods,
         "matmul_n": args.matmul_n, "matmul_repeats": args.matmul_repeats, "compile": args.compile,
         "train_batch": args.train_batch, "train_segments": args.train_segments,
@@ -327,9 +318,7 @@ def _print_speed(frame) -> None:
 
 
 def _run_bench_speed(args: argparse.Namespace) -> int:
-    from rmt_lab.bench.speed import speed_sweep
-
-    return _run_sweep(args, "speed", _speed_config, speed_sweep, _print_speed)
+    return _run_sweep(args, "speed", _speed_settings(args), _print_speed)
 
 
 def _add_bench_all(p: argparse.ArgumentParser) -> None:
@@ -495,7 +484,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                       help="torch.compile the backbone with this mode, weights frozen (default: eager)")
     long.add_argument("--out", help="parquet path (default <run>/long_eval.parquet); existing points are kept")
     for action in (gen, ablation, long):
-        action.add_argument("--run-dir", "--run", dest="run", required=True, help=run_help)
+        action.add_argument("--run-dir", "--run", dest="run_dir", required=True, help=run_help)
         action.add_argument("--dtype", default="float32", choices=list(EVAL_DTYPES),
                             help="compute dtype: bfloat16 = autocast (weights and memory fp32; fast on CPUs with "
                                  "AMX and on GPUs)")
@@ -508,16 +497,16 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     try:
         if args.eval_command == "generalization":
-            frame = eval_generalization(args.run, args.max_segments, args.samples, args.dtype, args.out)
+            frame = eval_generalization(args.run_dir, args.max_segments, args.samples, args.dtype, args.out)
             print(frame.pivot(index="trained_segments", columns="eval_segments", values="accuracy").round(2)
                   .to_string())
         elif args.eval_command == "ablation":
-            frame = eval_ablation(args.run, args.max_segments, args.samples, args.dtype, args.out)
+            frame = eval_ablation(args.run_dir, args.max_segments, args.samples, args.dtype, args.out)
             print(f"stage-{frame['trained_segments'].iloc[0]} model without recurrence (accuracy, 95% interval):")
             for row in frame.itertuples():
                 print(f"  {row.eval_segments:>3} segments: {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]")
         else:
-            frame = eval_long(args.run, args.stage, args.min_tokens, args.max_tokens, args.samples,
+            frame = eval_long(args.run_dir, args.stage, args.min_tokens, args.max_tokens, args.samples,
                               tuple(args.samples_from) if args.samples_from else None, args.batch_size,
                               args.compile or "", args.dtype, args.out)
             if not PartialState().is_main_process:  # under torchrun: one report
@@ -528,7 +517,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"rmt-lab eval: error: {err}", file=sys.stderr)
         return 2
     default = {"generalization": "generalization", "ablation": "no_recurrence", "long": "long_eval"}
-    print(f"wrote {args.out or f'{args.run}/{default[args.eval_command]}.parquet'}")
+    print(f"wrote {args.out or f'{args.run_dir}/{default[args.eval_command]}.parquet'}")
     return 0
 
 

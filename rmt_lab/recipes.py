@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rmt_lab.catalog import run_file
 from rmt_lab.io import write_parquet
 from rmt_lab.trace.config import TraceConfig
 
@@ -105,7 +106,7 @@ def eval_generalization(run_dir: str | Path, max_segments: int | None = None, sa
     from rmt_lab.train import generalization_matrix
 
     run = _run_folder(run_dir)
-    out = Path(out or run / "generalization.parquet")
+    out = Path(out or run_file("generalization", run))
     lengths = range(1, max_segments + 1) if max_segments else None
     frame = generalization_matrix(run, lengths, n_samples=samples, out=out, dtype=dtype)
     write_parquet(out, frame)
@@ -120,7 +121,7 @@ def eval_ablation(run_dir: str | Path, max_segments: int = 7, samples: int = 128
     from rmt_lab.train import generalization_matrix, stage_checkpoints
 
     run = _run_folder(run_dir)
-    out = Path(out or run / "no_recurrence.parquet")
+    out = Path(out or run_file("no_recurrence", run))
     frame = generalization_matrix(run, range(1, max_segments + 1), n_samples=samples, out=out, dtype=dtype,
                                   stages=[max(stage_checkpoints(run))], carry_memory=False)
     write_parquet(out, frame)
@@ -158,7 +159,7 @@ def eval_long(run_dir: str | Path, stage: int | None = None, min_tokens: int = 1
     lengths = long_lengths(min_tokens, max_tokens, task.segment_size)
     tokens_from, samples_from_there = samples_from or (math.inf, samples)
     counts = {n: samples if n * task.segment_size < tokens_from else samples_from_there for n in lengths}
-    return long_evaluation(checkpoints[stage], task, lengths, Path(out or run / "long_eval.parquet"), counts,
+    return long_evaluation(checkpoints[stage], task, lengths, Path(out or run_file("long_eval", run)), counts,
                            batch_size, compile=compile, trained_segments=stage, dtype=dtype)
 
 
@@ -263,3 +264,82 @@ def bench_flops(out: str | Path = "data/results/bench", **settings) -> tuple[pd.
     write_parquet(out / "flops.parquet", frame)
     write_parquet(out / "flops_ratio.parquet", ratio)
     return frame, ratio
+
+
+def bench_memory(out: str | Path = "data/results/bench", quick: bool = False, remeasure: bool = False,
+                 progress: bool = True, **settings) -> pd.DataFrame:
+    """Measured peak memory and time versus length, RMT against full attention, each point in a fresh
+    process under a time and memory budget; `settings`: fields of rmt_lab.bench.memory.MemorySweepConfig
+    over its defaults (or its `quick` preset). Resumes from <out>/memory.parquet unless `remeasure`."""
+    from rmt_lab.bench.memory import QUICK, MemorySweepConfig, memory_sweep
+    from rmt_lab.config import from_dict
+
+    config = from_dict(MemorySweepConfig, {**(QUICK if quick else {}), **settings})
+    return memory_sweep(config, Path(out) / "memory.parquet", progress=progress, remeasure=remeasure)
+
+
+def bench_speed(out: str | Path = "data/results/bench", quick: bool = False, remeasure: bool = False,
+                progress: bool = True, **settings) -> pd.DataFrame:
+    """RMT forward (eager, compiled) and training-step speed against the matmul peak, the bare backbone and
+    a naive loop; `settings`: fields of rmt_lab.bench.speed.SpeedSweepConfig over its defaults (or its
+    `quick` preset). Resumes from <out>/speed.parquet unless `remeasure`."""
+    from rmt_lab.bench.speed import QUICK, SpeedSweepConfig, speed_sweep
+    from rmt_lab.config import from_dict
+
+    config = from_dict(SpeedSweepConfig, {**(QUICK if quick else {}), **settings})
+    return speed_sweep(config, Path(out) / "speed.parquet", progress=progress, remeasure=remeasure)
+
+
+# --------------------------------------------------------------------------------------------- figures
+def figures(results: str | Path = "data/results", out: str | Path = "figures", only: Sequence[str] | None = None,
+            config: str | None = None) -> list:
+    """Draw every figure whose inputs are in `results` into `out` (rmt_lab.viz.render_figures); returns the
+    report of what was drawn and what each missing figure lacks."""
+    from rmt_lab.viz import render_figures
+
+    return render_figures(results, out, only=list(only) if only else None, config=config)
+
+
+# ------------------------------------------------------------------------------ one recipe, one process
+def _summary(result: object) -> str:
+    """What a step's log shows of its recipe's result."""
+    if isinstance(result, TrainResult):
+        return "validation accuracy at the end of each stage:\n" + result.stage_accuracy().to_string()
+    if isinstance(result, TraceResult):
+        return (f"traced {len(result.samples)} sample(s), {result.trace.n_segments} segments, "
+                f"{result.tokens_per_s:,.0f} tokens/s; answered {result.correct}/{len(result.samples)}")
+    if isinstance(result, pd.DataFrame):
+        return result.to_string(max_rows=60, max_cols=14)
+    if isinstance(result, tuple):
+        return "\n\n".join(_summary(r) for r in result)
+    if isinstance(result, list) and result and hasattr(result[0], "files"):
+        from rmt_lab.viz import format_report
+
+        return format_report(result)
+    return repr(result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m rmt_lab.recipes RECIPE JSON_ARGUMENTS`: one recipe in this process (how `rmt-lab reproduce`
+    runs each step). Exit 0, 2 for bad input, 1 when the figures recipe drew nothing or failed one."""
+    import sys
+
+    from rmt_lab.catalog import COMMANDS
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 2 or argv[0] not in COMMANDS:
+        print(f"usage: python -m rmt_lab.recipes RECIPE JSON; recipes: {sorted(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        result = globals()[argv[0]](**json.loads(argv[1]))
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"recipe {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+    print(_summary(result))
+    if argv[0] == "figures" and (not any(r.files for r in result) or any(r.error for r in result)):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

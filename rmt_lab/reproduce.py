@@ -1,6 +1,7 @@
 """`rmt-lab reproduce`: every experiment behind the figures, in order, then the figures.
 
-A plan is a list of steps; each step is one `rmt-lab` command line and the files it makes. A step
+A plan is a list of steps; each step is one recipe call (`rmt_lab.recipes`, run in a fresh process)
+and the files it makes, at the paths of `rmt_lab.catalog`. A step
 whose files all exist, newer than the checkpoint it reads, is skipped (make's rule): an interrupted
 reproduction continues where it stopped (a training run cut off mid-way resumes from its last
 checkpoint), a retrained model has its evaluations redone, and results that need no model (the
@@ -37,7 +38,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from rmt_lab.catalog import command_line, path, recipe_command, run_file
 from rmt_lab.io import write_json
 from rmt_lab.runtime import THREADS_FILE_ENV, write_thread_budget
 
@@ -49,10 +52,11 @@ PLANS = ("quick", "base", "paper")
 @dataclass(frozen=True)
 class Step:
     name: str  # unique within a plan, e.g. "train memorize"
-    argv: list[str]  # the rmt-lab command line
+    recipe: str  # the rmt_lab.recipes function the step calls, in a fresh process
+    arguments: dict[str, Any]  # its keyword arguments (JSON values)
     outputs: list[Path]  # the step is done when all of these exist and are newer than its inputs
     inputs: list[Path] = field(default_factory=list)  # made by earlier steps (a model checkpoint)
-    resume: list[str] = field(default_factory=list)  # extra arguments when `resume_from` exists
+    resume: dict[str, Any] = field(default_factory=dict)  # extra arguments when `resume_from` exists
     resume_from: Path | None = None  # left by an interrupted earlier attempt (a checkpoint folder)
     clean: Path | None = None  # removed before a forced rerun (a run folder that would refuse a fresh start)
     group: str = ""  # neighbouring steps of one group may run at the same time (`jobs`)
@@ -83,8 +87,9 @@ class Step:
         """{input relative to `results`: sha256 of its content} of the inputs present (a folder: all its files)."""
         return {os.path.relpath(p, results): digest(p) for p in self.inputs if p.exists()}
 
-    def command(self) -> str:
-        return "rmt-lab " + " ".join(self.argv)
+    def command(self, resume: bool = False) -> str:
+        """The rmt-lab command line that does what the step does."""
+        return command_line(recipe_command(self.recipe), {**self.arguments, **(self.resume if resume else {})})
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class PlanSettings:
     long_samples: int
     long_batch: int
     probe_samples: int
-    bench: list[str]  # the bench action(s) with their options
+    bench_all: bool = False  # measured memory and speed sweeps too, besides the FLOPs table
     gen_max_segments: int | None = None  # generalization lengths 1..this (None: 2 x stages)
     eval_dtype: str = "float32"  # compute dtype of the evaluations (rmt_lab.train.evaluate.EVAL_DTYPES)
     long_compile: str = ""  # torch.compile mode of the long evaluations' backbone ("" = eager)
@@ -112,20 +117,18 @@ SETTINGS = {
         config="quick", stages=7, gen_samples=64,
         long_max_tokens={"memorize": 2_048_000, "detect_memorize": 256_000, "reasoning": 256_000},
         long_samples=8, long_batch=8, probe_samples=256,
-        bench=["bench", "flops"],
     ),
     "base": PlanSettings(
         config="base", stages=7, gen_samples=128, gen_max_segments=15,
         long_max_tokens={task: 2_048_000 for task in TASKS},
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
-        bench=["bench", "flops"], eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
+        eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
         memory_sweep=(1, 2, 5, 20),
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,
         long_max_tokens={task: 2_043_904 for task in TASKS},
-        long_samples=64, long_batch=32, probe_samples=512,
-        bench=["bench", "all"],
+        long_samples=64, long_batch=32, probe_samples=512, bench_all=True,
     ),
 }
 
@@ -150,71 +153,71 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
     steps: list[Step] = []
 
     def run_of(task: str) -> Path:
-        return results / "runs" / f"{s.config}-{task}"
+        return path("config", results, config=s.config, task=task).parent
 
     def final(task: str) -> Path:  # the last stage's checkpoint of a task's run
-        return run_of(task) / "checkpoints" / f"stage-{s.stages}"
+        return path("stage", results, config=s.config, task=task, stage=s.stages)
 
+    evaluation = {"dtype": s.eval_dtype}
     # Trainings may run side by side; reasoning, the slowest to converge, starts first.
     for task in ("reasoning", "memorize", "detect_memorize"):
         run = run_of(task)
-        steps.append(Step(f"train {task}", ["train", "--config", s.config, "--task", task, "--run-dir", str(run)],
-                          [final(task)], resume=["--resume"],
+        steps.append(Step(f"train {task}", "train", {"config": s.config, "task": task, "run_dir": str(run)},
+                          [final(task)], resume={"resume": True},
                           # any checkpoint: LATEST, or in a clone only the stage-N folder kept with the results
                           resume_from=run / "checkpoints", clean=run / "checkpoints", group="train"))
     # So may the evaluations, which read finished models; the longest one goes first.
     for task in sorted(TASKS, key=lambda t: -s.long_max_tokens[t]):
-        steps.append(Step(f"long evaluation {task}",
-                          ["eval", "long", "--run-dir", str(run_of(task)), "--max-tokens", str(s.long_max_tokens[task]),
-                           "--samples", str(s.long_samples), "--batch-size", str(s.long_batch),
-                           *(["--samples-from", *map(str, s.long_samples_from)] if s.long_samples_from else []),
-                           "--dtype", s.eval_dtype, *(["--compile", s.long_compile] if s.long_compile else [])],
-                          [run_of(task) / "long_eval.parquet"], [final(task)], group="evaluate"))
+        steps.append(Step(f"long evaluation {task}", "eval_long",
+                          {"run_dir": str(run_of(task)), "max_tokens": s.long_max_tokens[task],
+                           "samples": s.long_samples, "batch_size": s.long_batch,
+                           "samples_from": list(s.long_samples_from) if s.long_samples_from else None,
+                           **({"compile": s.long_compile} if s.long_compile else {}), **evaluation},
+                          [run_file("long_eval", run_of(task))], [final(task)], group="evaluate"))
     for task in TASKS:
-        steps.append(Step(f"generalization {task}",
-                          ["eval", "generalization", "--run-dir", str(run_of(task)), "--samples", str(s.gen_samples),
-                           *(["--max-segments", str(s.gen_max_segments)] if s.gen_max_segments else []),
-                           "--dtype", s.eval_dtype],
-                          [run_of(task) / "generalization.parquet"], [final(task)], group="evaluate"))
+        steps.append(Step(f"generalization {task}", "eval_generalization",
+                          {"run_dir": str(run_of(task)), "samples": s.gen_samples, "max_segments": s.gen_max_segments,
+                           **evaluation},
+                          [run_file("generalization", run_of(task))], [final(task)], group="evaluate"))
     for task in TASKS if s.ablation_samples else ():
-        steps.append(Step(f"no-recurrence control {task}",
-                          ["eval", "ablation", "--run-dir", str(run_of(task)), "--max-segments", str(s.stages),
-                           "--samples", str(s.ablation_samples), "--dtype", s.eval_dtype],
-                          [run_of(task) / "no_recurrence.parquet"], [final(task)], group="evaluate"))
+        steps.append(Step(f"no-recurrence control {task}", "eval_ablation",
+                          {"run_dir": str(run_of(task)), "max_segments": s.stages, "samples": s.ablation_samples,
+                           **evaluation},
+                          [run_file("no_recurrence", run_of(task))], [final(task)], group="evaluate"))
     for m in s.memory_sweep:  # each memory size trained and evaluated like the main run, at one long length
         run = memory_sweep_run(results, s.config, s.sweep_task, m)
         stage = run / "checkpoints" / f"stage-{s.stages}"
-        steps.append(Step(f"train {s.sweep_task} with {m} memory tokens",
-                          ["train", "--config", s.config, "--task", s.sweep_task, "--run-dir", str(run),
-                           "--set", f"rmt.num_mem_tokens={m}", f"name={run.name}"], [stage], resume=["--resume"],
-                          resume_from=run / "checkpoints", clean=run / "checkpoints", group="sweep"))
-        steps.append(Step(f"long evaluation {s.sweep_task} with {m} memory tokens",
-                          ["eval", "long", "--run-dir", str(run), "--min-tokens", str(s.sweep_tokens), "--max-tokens",
-                           str(s.sweep_tokens), "--samples", str(s.long_samples), "--batch-size", str(s.long_batch),
-                           "--dtype", s.eval_dtype],
-                          [run / "long_eval.parquet"], [stage], group="sweep evaluate"))
-    reasoning, trace = final("reasoning"), results / "traces" / f"{s.config}-reasoning"
-    steps.append(Step("trace reasoning",
-                      ["trace", "--checkpoint", str(reasoning), "--task", "reasoning", "--segments", "4",
-                       "--samples", "8", "--split", "test", "--maps", "all", "--keep-memory", "--out", str(trace),
-                       "--overwrite"],
-                      [trace / "trace.json"], [reasoning], group="evaluate"))
-    detect, probe = final("detect_memorize"), results / "traces" / f"{s.config}-detect_memorize-probe"
-    steps.append(Step("probe detect_memorize",
-                      ["probe", "--checkpoint", str(detect), "--task", "detect_memorize",
-                       "--segments", str(s.stages), "--samples", str(s.probe_samples),
-                       "--out", str(probe / "probe.parquet")],
-                      [probe / "probe.parquet"], [detect], group="evaluate"))
+        steps.append(Step(f"train {s.sweep_task} with {m} memory tokens", "train",
+                          {"config": s.config, "task": s.sweep_task, "run_dir": str(run),
+                           "overrides": [f"rmt.num_mem_tokens={m}", f"name={run.name}"]},
+                          [stage], resume={"resume": True}, resume_from=run / "checkpoints",
+                          clean=run / "checkpoints", group="sweep"))
+        steps.append(Step(f"long evaluation {s.sweep_task} with {m} memory tokens", "eval_long",
+                          {"run_dir": str(run), "min_tokens": s.sweep_tokens, "max_tokens": s.sweep_tokens,
+                           "samples": s.long_samples, "batch_size": s.long_batch, **evaluation},
+                          [run_file("long_eval", run)], [stage], group="sweep evaluate"))
+    reasoning, trace = final("reasoning"), path("trace", results, config=s.config)
+    steps.append(Step("trace reasoning", "trace",
+                      {"out": str(trace.parent), "checkpoint": str(reasoning), "task": "reasoning", "segments": 4,
+                       "samples": 8, "split": "test", "maps": "all", "keep_memory": True, "overwrite": True},
+                      [trace], [reasoning], group="evaluate"))
+    detect, probe = final("detect_memorize"), path("probe", results, config=s.config)
+    steps.append(Step("probe detect_memorize", "probe",
+                      {"checkpoint": str(detect), "out": str(probe), "task": "detect_memorize",
+                       "segments": s.stages, "samples": s.probe_samples},
+                      [probe], [detect], group="evaluate"))
     bench = results / "bench"
-    outputs = [bench / "flops.parquet"] + ([bench / "memory.parquet", bench / "speed.parquet"]
-                                           if s.bench[-1] == "all" else [])
-    steps.append(Step("benchmark", [*s.bench, "--out", str(bench)], outputs))
-    steps.append(Step("figures", ["figures", "--results", str(results), "--out", str(figures)], []))
+    if s.bench_all:
+        for kind in ("flops", "memory", "speed"):
+            steps.append(Step(f"benchmark {kind}", f"bench_{kind}", {"out": str(bench)}, [path(kind, results)]))
+    else:
+        steps.append(Step("benchmark flops", "bench_flops", {"out": str(bench)}, [path("flops", results)]))
+    steps.append(Step("figures", "figures", {"results": str(results), "out": str(figures)}, []))
     return steps
 
 
 def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | Path = "data/results",
-              jobs: int = 1, run: Callable[[list[str], int, Path | None], int] | None = None,
+              jobs: int = 1, run: Callable[[str, dict, int, Path | None], int] | None = None,
               echo: Callable[[str], None] = print, status: Callable[[str], None] | None = None,
               status_every: float = 30.0) -> int:
     """Run the steps not yet done (and those named in `force`, matched by prefix); stop at the first failure.
@@ -274,7 +277,7 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                     for path in [*step.outputs, *([step.clean] if forced and step.clean else [])]:
                         _remove(path)
                 again = step.resume_from is not None and step.resume_from.exists() and not forced
-                argv = step.argv + (step.resume if again else [])
+                arguments = {**step.arguments, **(step.resume if again else {})}
                 output = results / "logs" / (step.name.replace(" ", "_") + ".log") if width > 1 else None
                 threads = max(1, cores // width)
                 if output is not None:
@@ -283,10 +286,10 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                         budgets[step.name] = output.with_suffix(".threads")
                         write_thread_budget(budgets[step.name], threads)
                 where = f"  (log: {output}, {threads} thread{'s' * (threads > 1)})" if output else ""
-                echo(f"{head}: rmt-lab {' '.join(argv)}{where}")
+                echo(f"{head}: {step.command(again)}{where}")
                 board.start(step.name)
                 t0 = time.perf_counter()
-                code = run(argv, threads, output)
+                code = run(step.recipe, arguments, threads, output)
                 seconds = time.perf_counter() - t0
                 board.finish(step.name)
                 echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
@@ -448,10 +451,11 @@ def _groups(numbered: list) -> list[list]:
     return out
 
 
-def _run_process(argv: list[str], threads: int, output: Path | None) -> int:
-    """`python -m rmt_lab ARGV` on `threads` threads, its output to `output` (None: this terminal)."""
+def _run_process(recipe: str, arguments: dict, threads: int, output: Path | None) -> int:
+    """`recipes.<recipe>(**arguments)` in a fresh process on `threads` threads, its output to `output`
+    (None: this terminal); returns the exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "rmt_lab", *argv]
+    command = [sys.executable, "-m", "rmt_lab.recipes", recipe, json.dumps(arguments)]
     if output is None:
         return subprocess.run(command, env=env, check=False).returncode
     env[THREADS_FILE_ENV] = str(output.with_suffix(".threads"))  # see reproduce(): cores freed later

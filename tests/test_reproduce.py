@@ -1,6 +1,7 @@
 """`rmt-lab reproduce`: the plan's steps, skipping what is done, resuming, forcing, stopping on failure."""
 
 import json
+import shlex
 
 import pytest
 
@@ -8,21 +9,39 @@ from rmt_lab.cli import main
 from rmt_lab.reproduce import TASKS, plan, reproduce
 
 
+def call(step, resume=False):
+    """What running `step` passes to the process runner: its recipe and arguments."""
+    return step.recipe, {**step.arguments, **(step.resume if resume else {})}
+
+
 class Recorder:
-    """Stands in for `rmt-lab`: records each command line and makes the files its step promises."""
+    """Stands in for the recipes' processes: records each call and makes the files its step promises."""
 
     def __init__(self, steps, fail=None):
-        self.outputs = {" ".join(s.argv): s.outputs for s in steps}
-        self.calls, self.fail = [], fail
+        self.steps, self.calls, self.fail = steps, [], fail
 
-    def __call__(self, argv, threads=1, output=None):
-        self.calls.append(argv)
-        if self.fail and self.fail in argv:
+    def __call__(self, recipe, arguments, threads=1, output=None):
+        self.calls.append((recipe, arguments))
+        if self.fail and self.fail in recipe:
             return 3
-        for path in self.outputs.get(" ".join(a for a in argv if a != "--resume"), []):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
+        for step in self.steps:
+            if call(step) == (recipe, {k: v for k, v in arguments.items() if k not in step.resume}):
+                for path in step.outputs:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.touch()
         return 0
+
+
+def parses(step):
+    """The step's command line, parsed by the real CLI into the step's arguments."""
+    from rmt_lab.cli import build_parser
+
+    args = vars(build_parser().parse_args(shlex.split(step.command())[1:]))
+    names = {"overrides": "set"}
+    for name, value in step.arguments.items():
+        got = args[names.get(name, name)]
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == value, name
+    return args
 
 
 def test_quick_plan_covers_every_figure_input(tmp_path):
@@ -32,12 +51,9 @@ def test_quick_plan_covers_every_figure_input(tmp_path):
         assert {f"train {task}", f"generalization {task}", f"long evaluation {task}"} <= set(names)
     assert names[-1] == "figures" and "trace reasoning" in names and "probe detect_memorize" in names
     long_memorize = next(s for s in steps if s.name == "long evaluation memorize")
-    assert long_memorize.argv[long_memorize.argv.index("--max-tokens") + 1] == "2048000"
-    # Every command line parses with the real CLI.
-    from rmt_lab.cli import build_parser
-
-    for step in steps:
-        build_parser().parse_args(step.argv)
+    assert long_memorize.arguments["max_tokens"] == 2_048_000
+    for step in steps:  # every step is also a command line a person can type
+        parses(step)
     with pytest.raises(ValueError, match="unknown plan 'huge'; plans: \\['quick', 'base', 'paper'\\]"):
         plan("huge")
 
@@ -52,7 +68,7 @@ def test_runs_what_is_missing_then_skips_everything(tmp_path):
     assert [r["step"] for r in log["steps"]] == [s.name for s in steps] and "total_seconds" in log
     again = Recorder(steps)
     assert reproduce(steps, results=results, run=again, echo=lambda s: None) == 0
-    assert again.calls == [steps[-1].argv]  # only the figures, which have no files to check
+    assert again.calls == [call(steps[-1])]  # only the figures, which have no files to check
 
 
 def test_interrupted_training_resumes_and_force_starts_over(tmp_path):
@@ -63,10 +79,10 @@ def test_interrupted_training_resumes_and_force_starts_over(tmp_path):
     (train.resume_from / "LATEST").write_text('{"checkpoint": "step-0000050"}')
     fake = Recorder(steps)
     reproduce([train], results=results, run=fake, echo=lambda s: None)
-    assert fake.calls == [train.argv + ["--resume"]]
+    assert fake.calls == [call(train, resume=True)]
     forced = Recorder(steps)
     reproduce([train], force=["train memorize"], results=results, run=forced, echo=lambda s: None)
-    assert forced.calls == [train.argv] and not (train.resume_from / "LATEST").exists()
+    assert forced.calls == [call(train)] and not (train.resume_from / "LATEST").exists()
 
 
 def test_stops_at_the_first_failure_and_names_bad_steps(tmp_path):
@@ -75,8 +91,8 @@ def test_stops_at_the_first_failure_and_names_bad_steps(tmp_path):
     fake = Recorder(steps, fail="generalization")
     lines = []
     assert reproduce(steps, results=results, run=fake, echo=lines.append) == 3
-    assert fake.calls[-1][:2] == ["eval", "generalization"] and any("FAILED (exit 3)" in line for line in lines)
-    assert not any(call[0] == "figures" for call in fake.calls)  # nothing after the failing group
+    assert fake.calls[-1][0] == "eval_generalization" and any("FAILED (exit 3)" in line for line in lines)
+    assert not any(recipe == "figures" for recipe, _ in fake.calls)  # nothing after the failing group
     with pytest.raises(ValueError, match="no such step"):
         reproduce(steps, force=["tain"], results=results, run=fake)
 
@@ -108,8 +124,8 @@ def test_a_retrained_model_makes_its_evaluations_stale(tmp_path):
     assert gen.stale(records, results) and not gen.done(records, results)
     again = Recorder(steps)
     reproduce(steps, results=results, run=again, echo=lambda s: None)
-    assert gen.argv in again.calls and gen.done(made_from(results), results)
-    assert next(s for s in steps if s.name == "train memorize").argv not in again.calls
+    assert call(gen) in again.calls and gen.done(made_from(results), results)
+    assert call(next(s for s in steps if s.name == "train memorize")) not in again.calls
 
 
 def test_steps_of_a_group_run_side_by_side_with_their_own_logs(tmp_path):
@@ -120,16 +136,17 @@ def test_steps_of_a_group_run_side_by_side_with_their_own_logs(tmp_path):
     meet = threading.Barrier(2, timeout=10)  # passes only if two trainings are running at once
     seen = []
 
-    def fake(argv, threads, output):
+    def fake(recipe, arguments, threads, output):
         seen.append((threads, output))
-        if argv[4] != "reasoning":
+        if arguments["task"] != "reasoning":
             meet.wait()
         return 0
 
     assert reproduce(steps, results=results, jobs=2, run=fake, echo=lambda s: None) == 0
     assert len(seen) == 3 and all(output.parent == results / "logs" for _, output in seen)
     solo = []
-    reproduce(steps[:1], results=results, jobs=2, run=lambda a, t, o: solo.append((t, o)) or 0, echo=lambda s: None)
+    reproduce(steps[:1], results=results, jobs=2, run=lambda r, a, t, o: solo.append((t, o)) or 0,
+              echo=lambda s: None)
     assert solo[0][1] is None  # alone: all threads, output to the terminal
 
 
@@ -141,7 +158,7 @@ def test_figures_recompute_reruns_every_experiment_first(tmp_path, monkeypatch):
     fake = Recorder(steps)
     monkeypatch.setattr(reproduce_module, "_run_process", fake)
     main(["figures", "--recompute", "--results", str(results), "--out", str(tmp_path / "figures")])
-    assert sorted(map(tuple, fake.calls)) == sorted(tuple(s.argv) for s in steps if s.name != "figures")
+    assert sorted(map(str, fake.calls)) == sorted(str(call(s)) for s in steps if s.name != "figures")
 
 
 def test_fresh_clone_with_committed_results_retrains_then_reevaluates(tmp_path):
@@ -157,28 +174,25 @@ def test_fresh_clone_with_committed_results_retrains_then_reevaluates(tmp_path):
             os.utime(path, (1e9, 1e9))
     fake = Recorder(steps)
     assert reproduce(steps, results=results, run=fake, echo=lambda s: None) == 0
-    assert all(step.argv in fake.calls for step in evaluations)  # judged after the trainings ran
+    assert all(call(step) in fake.calls for step in evaluations)  # judged after the trainings ran
 
 
 def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
-    from rmt_lab.cli import build_parser
-
     steps = {s.name: s for s in plan("base", tmp_path / "results", tmp_path / "figures")}
     for step in steps.values():
-        build_parser().parse_args(step.argv)
+        parses(step)
     for task in TASKS:
-        long = steps[f"long evaluation {task}"].argv
-        assert long[long.index("--max-tokens") + 1] == "2048000" and long[long.index("--samples") + 1] == "64"
-        assert long[long.index("--samples-from") + 1: long.index("--samples-from") + 3] == ["512000", "16"]
-        gen = steps[f"generalization {task}"].argv
-        assert gen[gen.index("--max-segments") + 1] == "15" and gen[gen.index("--samples") + 1] == "128"
+        long = steps[f"long evaluation {task}"].arguments
+        assert long["max_tokens"] == 2_048_000 and long["samples"] == 64 and long["samples_from"] == [512_000, 16]
+        gen = steps[f"generalization {task}"].arguments
+        assert gen["max_segments"] == 15 and gen["samples"] == 128
         assert f"no-recurrence control {task}" in steps
-        assert steps[f"train {task}"].argv[:3] == ["train", "--config", "base"]
+        assert steps[f"train {task}"].arguments["config"] == "base"
     sweep = [name for name in steps if "memory tokens" in name]
     assert len(sweep) == 8 and "train memorize with 1 memory tokens" in sweep
-    train1 = steps["train memorize with 1 memory tokens"].argv
-    assert train1[-3:] == ["--set", "rmt.num_mem_tokens=1", "name=base-memorize-m1"]
-    assert train1[train1.index("--run-dir") + 1].endswith("sweeps/memory/base-memorize-m1")
+    train1 = steps["train memorize with 1 memory tokens"].arguments
+    assert train1["overrides"] == ["rmt.num_mem_tokens=1", "name=base-memorize-m1"]
+    assert train1["run_dir"].endswith("sweeps/memory/base-memorize-m1")
 
 
 def test_adopting_hand_made_results_records_their_models(tmp_path, capsys):
@@ -210,8 +224,8 @@ def test_a_finished_step_s_cores_go_to_the_step_still_running(tmp_path, monkeypa
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     budgets = []
 
-    def fake(argv, threads, output):
-        if argv[4] == "memorize":
+    def fake(recipe, arguments, threads, output):
+        if arguments["task"] == "memorize":
             return 0  # finishes at once
         budget = output.with_suffix(".threads")
         deadline = time.monotonic() + 10
@@ -235,9 +249,9 @@ def test_one_status_line_counts_steps_and_estimates_from_the_last_run(tmp_path):
     (results / "reproduce.json").write_text(json.dumps({"steps": [{"step": s.name, "seconds": 600.0} for s in steps]}))
     lines = []
 
-    def slow(argv, threads, output):
+    def slow(recipe, arguments, threads, output):
         time.sleep(0.2)
-        return Recorder(steps)(argv)
+        return Recorder(steps)(recipe, arguments)
 
     assert reproduce(steps, results=results, run=slow, echo=lambda s: None, status=lines.append,
                      status_every=0.05) == 0

@@ -9,17 +9,7 @@ Figures drawn from training runs and traces are drawn per configuration (the `<c
 run and trace folder names: quick, base, ...) into `out/<config>/`, each labelled with its config;
 benchmark figures go into `out/`.
 
-The results folder (default data/results/):
-    bench/flops.parquet                      rmt-lab bench flops            Figure 3
-    bench/memory.parquet                     rmt-lab bench memory           measured memory vs length
-    runs/<config>-<task>/metrics.parquet     rmt-lab train                  training curves
-    runs/<config>-<task>/generalization.parquet  rmt-lab eval generalization  Figure 5
-    runs/<config>-<task>/long_eval.parquet   rmt-lab eval long              Figure 1
-    runs/<config>-<task>/no_recurrence.parquet  rmt-lab eval ablation       control without recurrence
-    sweeps/memory/<config>-<task>-m<N>/long_eval.parquet  models with N memory tokens, one long length
-    traces/<name>/trace.json (+ summaries.parquet, maps/, memory/)   a recorded trace (rmt_lab.trace):
-        Figure 6 and the read/write profile, write precision and memory trajectory figures
-    traces/<name>/probe.parquet              memory probe results (rmt_lab.trace.probe_memory)
+The result files, the recipes that make them and the figures that read them: `rmt_lab.catalog`.
 Figure 6 is drawn from the config's trace folder whose name contains "reasoning" (else the first one).
 """
 
@@ -33,21 +23,26 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rmt_lab.catalog import CATALOG, COMMANDS, command_line, run_folder
 from rmt_lab.viz.tables import TASK_ORDER
 
-# The commands that make each input; `rmt-lab reproduce` runs them in order.
-COMMANDS = {
-    "flops": "rmt-lab bench flops",
-    "memory": "rmt-lab bench memory",
-    "train": "rmt-lab train --config {config} --task {task} --run-dir {results}/runs/{config}-{task}",
-    "generalization": "rmt-lab eval generalization --run-dir {run}",
-    "long": "rmt-lab eval long --run-dir {run}",
-    "ablation": "rmt-lab eval ablation --run-dir {run}",
-    "trace": ("rmt-lab trace --checkpoint {results}/runs/{config}-reasoning/checkpoints/stage-7 --task reasoning "
-              "--segments 4 --samples 8 --maps all --keep-memory --out {results}/traces/{config}-reasoning"),
-    "probe": ("rmt-lab probe --checkpoint {results}/runs/{config}-detect_memorize/checkpoints/stage-7 "
-              "--task detect_memorize --segments 7 --out {results}/traces/{config}-detect_memorize-probe/probe.parquet"),
-}
+
+
+def _command(key: str, results: Path, config: str, task: str | None = None, run: Path | None = None) -> str:
+    """The command that makes result `key` (rmt_lab.catalog): a run's evaluations by their recipe's command;
+    a run, trace or probe by the reproduction step that makes it, which first makes what it reads."""
+    entry = CATALOG[key]
+    if run is not None and "{run}" in entry.path:
+        return command_line(COMMANDS[entry.recipe], {"run_dir": str(run)})
+    if entry.recipe == "train" and task:
+        return command_line("train", {"config": config, "task": task,
+                                      "run_dir": str(run_folder(results, config, task))})
+    if entry.recipe.startswith("bench_"):
+        return command_line(COMMANDS[entry.recipe], {})
+    step = {"trace": "trace reasoning", "probe": "probe detect_memorize"}.get(key, key)
+    return command_line("reproduce", {config: True, "results": str(results), "force": [step]})
+
+
 DEFAULT_CONFIG = "quick"  # named in the hints when a results folder holds no run at all
 
 
@@ -116,20 +111,20 @@ def config_label(results: Path, config: str) -> str:
     return f"config {config}"
 
 
-def _per_task_table(results: Path, config: str, file: str, command: str,
+def _per_task_table(results: Path, config: str, key: str,
                     tasks=TASK_ORDER) -> tuple[pd.DataFrame | None, list[Missing]]:
     runs = run_folders(results, config)
     frames, missing = [], []
     for task in tasks:
         run = runs.get(task)
         if run is None:
-            path = f"{results}/runs/{config}-{task}/{file}"
-            missing.append(Missing(path, COMMANDS["train"].format(task=task, results=str(results), config=config)
-                                   + " && " + command.format(run=f"{results}/runs/{config}-{task}")))
+            run = run_folder(results, config, task)
+            missing.append(Missing(str(CATALOG[key].at(run=run)), _command("config", results, config, task)
+                                   + " && " + _command(key, results, config, run=run)))
             continue
-        path = run / file
+        path = CATALOG[key].at(run=run)
         if not path.is_file():
-            missing.append(Missing(str(path), command.format(run=str(run))))
+            missing.append(Missing(str(path), _command(key, results, config, run=run)))
             continue
         frame = pd.read_parquet(path)
         if "task" not in frame:
@@ -138,16 +133,16 @@ def _per_task_table(results: Path, config: str, file: str, command: str,
     return (pd.concat(frames, ignore_index=True) if frames else None), missing
 
 
-def _single(results: Path, config: str, rel: str, command: str) -> tuple[pd.DataFrame | None, list[Missing]]:
-    path = results / rel
+def _single(results: Path, config: str, key: str) -> tuple[pd.DataFrame | None, list[Missing]]:
+    path = CATALOG[key].at(results)
     if not path.is_file():
-        return None, [Missing(str(path), command)]
+        return None, [Missing(str(path), _command(key, results, config))]
     return pd.read_parquet(path), []
 
 
 def _ablation_inputs(results: Path, config: str):
-    ablation, missing = _per_task_table(results, config, "no_recurrence.parquet", COMMANDS["ablation"])
-    generalization, more = _per_task_table(results, config, "generalization.parquet", COMMANDS["generalization"])
+    ablation, missing = _per_task_table(results, config, "no_recurrence")
+    generalization, more = _per_task_table(results, config, "generalization")
     if ablation is None or generalization is None:
         return None, missing + more
     return (generalization, ablation), missing + more
@@ -162,7 +157,7 @@ def _memory_sweep_inputs(results: Path, config: str):
         frames.append(pd.read_parquet(path).assign(num_mem_tokens=memory))
     if not frames:
         return None, [Missing(f"{results}/sweeps/memory/{config}-<task>-m<N>/long_eval.parquet",
-                              f"rmt-lab reproduce --{config} (its memory-size sweep steps)")]
+                              command_line("reproduce", {config: True, "results": str(results)}))]
     sweep = pd.concat(frames, ignore_index=True)
     for task, run in run_folders(results, config).items():
         main = run / "long_eval.parquet"
@@ -180,8 +175,8 @@ def _training_inputs(results: Path, config: str):
               if (run / "metrics.parquet").is_file()]
     if frames:
         return pd.concat(frames, ignore_index=True), []
-    return None, [Missing(f"{results}/runs/{config}-memorize/metrics.parquet",
-                          COMMANDS["train"].format(task="memorize", results=str(results), config=config))]
+    return None, [Missing(str(CATALOG["metrics"].at(results, config=config, task="memorize")),
+                          _command("metrics", results, config, "memorize"))]
 
 
 def trace_folders(results: Path, config: str | None = None) -> list[Path]:
@@ -202,7 +197,7 @@ def load_trace(folder: str | Path):
 
 def _trace_inputs(results: Path, config: str, need: str = "summaries"):
     folders = trace_folders(results, config)
-    command = COMMANDS["trace"].format(results=str(results), config=config)
+    command = _command("trace", results, config)
     if not folders:
         return None, [Missing(f"{results}/traces/{config}-<name>/trace.json", command)]
     trace = load_trace(folders[0])
@@ -220,7 +215,7 @@ def _probe_inputs(results: Path, config: str):
     paths = sorted((results / "traces").glob(f"{config}-*/probe.parquet"))
     if not paths:
         return None, [Missing(f"{results}/traces/{config}-<name>/probe.parquet",
-                              COMMANDS["probe"].format(results=str(results), config=config))]
+                              _command("probe", results, config))]
     return pd.read_parquet(paths[0]), []
 
 
@@ -230,13 +225,13 @@ def _figures() -> list[FigureSpec]:
 
     return [
         FigureSpec("fig1_accuracy_vs_length", "Figure 1: accuracy and memory versus input length",
-                   lambda r, c: _per_task_table(r, c, "long_eval.parquet", COMMANDS["long"]),
+                   lambda r, c: _per_task_table(r, c, "long_eval"),
                    lambda d: {"fig1_accuracy_vs_length": scaling.plot_long_context(d)}),
         FigureSpec("fig3_flops", "Figure 3: FLOPs versus input length, full attention vs RMT",
-                   lambda r, c: _single(r, c, "bench/flops.parquet", COMMANDS["flops"]),
+                   lambda r, c: _single(r, c, "flops"),
                    lambda d: {"fig3_flops": scaling.plot_flops(d)}, per_config=False),
         FigureSpec("fig5_generalization", "Figure 5: generalization across lengths",
-                   lambda r, c: _per_task_table(r, c, "generalization.parquet", COMMANDS["generalization"]),
+                   lambda r, c: _per_task_table(r, c, "generalization"),
                    lambda d: {"fig5_generalization": training.plot_generalization(d),
                               "fig5_generalization_heatmap": training.plot_generalization_heatmap(d)}),
         FigureSpec("ablation_no_recurrence", "Control: the last stage's model without recurrence",
@@ -250,7 +245,7 @@ def _figures() -> list[FigureSpec]:
         FigureSpec("training_curves", "Curriculum training curves",
                    _training_inputs, lambda d: {"training_curves": training.plot_training_curves(d)}),
         FigureSpec("memory_vs_length", "Measured memory and throughput, RMT vs full attention",
-                   lambda r, c: _single(r, c, "bench/memory.parquet", COMMANDS["memory"]),
+                   lambda r, c: _single(r, c, "memory"),
                    lambda d: {"memory_vs_length": scaling.plot_measured_memory(d)}, per_config=False),
         FigureSpec("read_write_profile", "Memory read/write profile across segments and layers",
                    _trace_inputs, lambda t: {"read_write_profile": memory.plot_read_write_profile(t.summaries)}),

@@ -38,7 +38,16 @@ def test_render_draws_what_is_there_and_reports_the_rest(results, tmp_path):
     fig1 = report["fig1_accuracy_vs_length"]
     assert not fig1.files and f"rmt-lab eval long --run-dir {results}/runs/quick-memorize" in str(fig1.missing[0])
     assert "rmt-lab bench memory" in str(report["memory_vs_length"].missing[0])
-    assert "rmt-lab trace" in str(report["fig6_memory_operations"].missing[0])
+    trace = report["fig6_memory_operations"].missing[0].command
+    assert trace.startswith("rmt-lab reproduce --quick") and trace.endswith("--force 'trace reasoning'")
+    # every hint is a command line the CLI accepts
+    import shlex
+
+    from rmt_lab.cli import build_parser
+
+    hints = [m.command for r in report.values() for m in r.missing]
+    for hint in {part for h in hints for part in h.split(" && ") if part.startswith("rmt-lab ")}:
+        build_parser().parse_args(shlex.split(hint)[1:])
     assert all(r.error is None for r in report.values())
 
 

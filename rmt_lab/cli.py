@@ -127,7 +127,7 @@ def _run_bench_flops(args: argparse.Namespace) -> int:
 
 
 def _add_budget(p: argparse.ArgumentParser) -> None:
-    from rmt_lab.bench.runner import Budget
+    from rmt_lab.process import Budget
 
     d = Budget()
     g = p.add_argument_group("budget per point (a point out of it becomes a row with the reason)")

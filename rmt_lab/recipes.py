@@ -2,7 +2,8 @@
 
 The CLI parses options into these arguments and prints what comes back; it takes its defaults from
 the signatures here (`defaults(recipe)`), so a notebook calling `eval_long(run_dir)` gets exactly
-what `rmt-lab eval long --run-dir RUN` does. Recipes raise on bad input (ValueError and its
+what `rmt-lab eval long --run-dir RUN` does; `rmt-lab reproduce` runs each step as `run_step` in a fresh
+process. Recipes raise on bad input (ValueError and its
 subclasses, FileNotFoundError) with a message naming the value and what is allowed; they never print.
 
     from rmt_lab import recipes
@@ -319,27 +320,14 @@ def _summary(result: object) -> str:
     return repr(result)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m rmt_lab.recipes RECIPE JSON_ARGUMENTS`: one recipe in this process (how `rmt-lab reproduce`
-    runs each step). Exit 0, 2 for bad input, 1 when the figures recipe drew nothing or failed one."""
-    import sys
-
+def run_step(recipe: str, arguments: dict) -> None:
+    """`<recipe>(**arguments)`, its result summarised on stdout: one step of `rmt-lab reproduce`, which calls
+    this in a fresh process (rmt_lab.process). A figures step that drew nothing, or failed a figure, fails."""
     from rmt_lab.catalog import COMMANDS
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 2 or argv[0] not in COMMANDS:
-        print(f"usage: python -m rmt_lab.recipes RECIPE JSON; recipes: {sorted(COMMANDS)}", file=sys.stderr)
-        return 2
-    try:
-        result = globals()[argv[0]](**json.loads(argv[1]))
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"recipe {argv[0]}: error: {err}", file=sys.stderr)
-        return 2
-    print(_summary(result))
-    if argv[0] == "figures" and (not any(r.files for r in result) or any(r.error for r in result)):
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if recipe not in COMMANDS:
+        raise ValueError(f"unknown recipe {recipe!r}; recipes: {sorted(COMMANDS)}")
+    result = globals()[recipe](**arguments)
+    print(_summary(result), flush=True)
+    if recipe == "figures" and (not any(r.files for r in result) or any(r.error for r in result)):
+        raise RuntimeError("figures: none drawn, or one failed (see above)")

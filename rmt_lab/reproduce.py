@@ -1,6 +1,6 @@
 """`rmt-lab reproduce`: every experiment behind the figures, in order, then the figures.
 
-A plan is a list of steps; each step is one recipe call (`rmt_lab.recipes`, run in a fresh process)
+A plan is a list of steps; each step is one recipe call (`rmt_lab.recipes.run_step`, in a fresh process)
 and the files it makes, at the paths of `rmt_lab.catalog`. A step
 whose files all exist, newer than the checkpoint it reads, is skipped (make's rule): an interrupted
 reproduction continues where it stopped (a training run cut off mid-way resumes from its last
@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from typing import Any
 
 from rmt_lab.catalog import command_line, path, recipe_command, run_file
 from rmt_lab.io import write_json
+from rmt_lab.process import run_in_process
 from rmt_lab.runtime import THREADS_FILE_ENV, write_thread_budget
 
 TASKS = ("memorize", "detect_memorize", "reasoning")
@@ -453,15 +453,13 @@ def _groups(numbered: list) -> list[list]:
 
 def _run_process(recipe: str, arguments: dict, threads: int, output: Path | None) -> int:
     """`recipes.<recipe>(**arguments)` in a fresh process on `threads` threads, its output to `output`
-    (None: this terminal); returns the exit status."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "rmt_lab.recipes", recipe, json.dumps(arguments)]
-    if output is None:
-        return subprocess.run(command, env=env, check=False).returncode
-    env[THREADS_FILE_ENV] = str(output.with_suffix(".threads"))  # see reproduce(): cores freed later
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", encoding="utf-8") as stream:
-        return subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT, check=False).returncode
+    (None: this terminal); returns 0, or 1 when it failed."""
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if output is not None:
+        env[THREADS_FILE_ENV] = str(output.with_suffix(".threads"))  # see reproduce(): cores freed later
+    result = run_in_process("rmt_lab.recipes:run_step", {"recipe": recipe, "arguments": arguments}, log=output,
+                            inherit_output=output is None, env=env)
+    return 0 if result["status"] == "ok" else 1
 
 
 def _remove(path: Path) -> None:

@@ -258,3 +258,14 @@ def test_one_status_line_counts_steps_and_estimates_from_the_last_run(tmp_path):
     assert lines and all(line.startswith("reproduce: ") for line in lines)
     assert any(f"0/{len(steps)} done, 1 running, {len(steps) - 1} to start" in line for line in lines)
     assert "~30 min of step time left" in lines[0]  # three steps of 10 minutes, the first just begun
+
+
+def test_a_step_runs_its_recipe_in_a_fresh_process_with_its_log(tmp_path):
+    from rmt_lab.reproduce import _run_process
+
+    log = tmp_path / "logs" / "flops.log"
+    arguments = {"out": str(tmp_path / "bench"), "models": ["opt-125m"], "lengths": [512, 2048], "ratio_tokens": 2048}
+    assert _run_process("bench_flops", arguments, 1, log) == 0
+    assert (tmp_path / "bench" / "flops.parquet").is_file() and "full_over_rmt" in log.read_text()
+    assert _run_process("bench_flops", {**arguments, "models": ["opt-9000"]}, 1, log) == 1
+    assert "opt-9000" in log.read_text()  # the error, in the step's log

@@ -4,7 +4,8 @@
 - `flops`: pure analytic FLOP breakdowns, full attention and RMT, forward and training; Megatron's form.
 - `measured`: the same counted by torch's FlopCounterMode on meta-device HF models.
 - `flops_sweep`: Figure 3 data (FLOPs versus length, OPT family) and the full / RMT ratio table.
-- `runner`: one point in a fresh process under a time and memory `Budget`; running out is a row.
+- `runner`: one point in a fresh process (`rmt_lab.process`) under a time and memory `Budget`; running out
+  is a row.
 - `workloads`: what a point runs in that process (RMT streamed or trained, full attention, bare
   backbone, naive loop, matmul peak).
 - `sweep`: points into tidy parquet with machine columns; resume, skipped series, progress.
@@ -26,7 +27,7 @@ _EXPORTS = {
     "measured": ["PassCounter", "measure_full_attention_flops", "measure_rmt_flops", "meta_model"],
     "shapes": ["KNOWN_MODELS", "OPT_MODELS", "TransformerShape", "known_model_names", "model_config",
                "shape_from_config"],
-    "runner": ["Budget", "run_point"],
+    "runner": ["run_point"],
     "workloads": ["WORKLOADS"],
     "sweep": ["Point", "run_sweep"],
     "memory": ["MemorySweepConfig", "feasible_lengths", "flatness", "memory_points", "memory_status_table",

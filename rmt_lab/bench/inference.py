@@ -6,7 +6,8 @@ sweep's machinery (`runner.run_point` with the "rmt" workload), returned as a di
 
 from __future__ import annotations
 
-from rmt_lab.bench.runner import Budget, run_point
+from rmt_lab.bench.runner import run_point
+from rmt_lab.process import Budget
 
 
 def measure_in_subprocess(n_tokens: int, backbone: str = "minilm", num_mem_tokens: int = 10,

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 from pathlib import Path
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set so far, in MiB (a high-water mark: measure in a fresh process)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _cpu_model() -> str:

@@ -26,7 +26,7 @@ from typing import Literal
 import pandas as pd
 
 from rmt_lab.bench.flops import full_attention_flops, memory_positions, rmt_flops, segment_lengths, total
-from rmt_lab.bench.runner import Budget
+from rmt_lab.process import Budget
 from rmt_lab.bench.sweep import (
     KEY_COLUMNS, Point, backbone_shape, check_backbone, check_lengths, require_columns, run_sweep,
 )

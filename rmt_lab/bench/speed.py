@@ -32,7 +32,7 @@ from typing import Literal
 import pandas as pd
 
 from rmt_lab.bench.flops import forward_pass_flops, memory_positions, rmt_flops, total
-from rmt_lab.bench.runner import Budget
+from rmt_lab.process import Budget
 from rmt_lab.bench.sweep import KEY_COLUMNS, Point, backbone_shape, check_backbone, require_columns, run_sweep
 from rmt_lab.bench.workloads import resolve_device
 from rmt_lab.config import ConfigError

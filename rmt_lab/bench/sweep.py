@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from rmt_lab.bench.machine import machine_description
-from rmt_lab.bench.runner import OVER_BUDGET, Budget, run_point
+from rmt_lab.bench.runner import run_point
+from rmt_lab.process import OVER_BUDGET, Budget
 from rmt_lab.config import ConfigError
 from rmt_lab.io import write_parquet
 

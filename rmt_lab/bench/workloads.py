@@ -37,9 +37,16 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from rmt_lab.process import rss_mib
+
 WORKLOADS: dict[str, Callable[..., dict]] = {}
 NUM_CLASSES = 6  # the report's six places; the training loss is a classification over them
 TOKEN_RANGE = (1000, 29000)  # ordinary word ids of the shared 30522-entry vocabulary
+
+
+def run_workload(workload: str, params: dict) -> dict:
+    """One point's measurements (what `runner.run_point` calls in the fresh process)."""
+    return WORKLOADS[workload](**params)
 
 
 def workload(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
@@ -68,12 +75,6 @@ def resolve_device(device: str = "auto") -> torch.device:
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-def rss_mib() -> float:
-    """This process's resident set now, in MiB."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def random_segments(n_tokens: int, segment_size: int, batch: int = 1, seed: int = 0,

@@ -10,23 +10,15 @@ streaming is warmed up, then repeated, and the median and spread are reported.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
-import rmt_lab
+from rmt_lab.process import peak_rss_mib, run_in_process
 from rmt_lab.tasks.config import TaskConfig
 from rmt_lab.tasks.sample import TaskGenerator
 
 DEFAULT_TOKENS = (2_048_000, 10_000_000)  # the report's ~2M-token evaluation, and 5x beyond
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def measure(config: TaskConfig, repeats: int = 3, split: str = "test") -> dict:
@@ -36,7 +28,7 @@ def measure(config: TaskConfig, repeats: int = 3, split: str = "test") -> dict:
     setup_s = time.perf_counter() - t0
     for _ in generator.iter_segments(split, repeats):  # warm-up, also counted in rss_before
         pass
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_mib()
     seconds = []
     for index in range(repeats):
         t0 = time.perf_counter()
@@ -55,8 +47,14 @@ def measure(config: TaskConfig, repeats: int = 3, split: str = "test") -> dict:
         "stream_s_max": round(max(seconds), 4),
         "tokens_per_s": round(config.n_tokens / median),
         "peak_rss_mb_before_streaming": round(rss_before, 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mib(), 1),
     }
+
+
+def measure_length(n_tokens: int, task: str, placement: str, segment_size: int, repeats: int) -> dict:
+    """`measure` of one length, with JSON arguments: what `run` calls in each fresh process."""
+    config = TaskConfig(task=task, placement=placement, segment_size=segment_size, length=n_tokens, unit="tokens")
+    return measure(config, repeats)
 
 
 def run(
@@ -66,15 +64,14 @@ def run(
     segment_size: int = 499,
     repeats: int = 3,
 ) -> list[dict]:
-    """Measure each length in a fresh Python process; returns one result dict per length."""
-    root = os.path.dirname(os.path.dirname(rmt_lab.__file__))  # the child imports this same rmt_lab
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    """Measure each length in a fresh Python process (rmt_lab.process); returns one result dict per length."""
     results = []
     for n in token_counts:
-        cmd = [sys.executable, "-m", "rmt_lab.tasks.bench", "--child", "--tokens", str(n), "--task", task,
-               "--placement", placement, "--segment-size", str(segment_size), "--repeats", str(repeats)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        r = run_in_process("rmt_lab.tasks.bench:measure_length", {
+            "n_tokens": n, "task": task, "placement": placement, "segment_size": segment_size, "repeats": repeats})
+        if r["status"] != "ok":
+            raise RuntimeError(f"streaming {n:,} tokens failed: {r['reason']}")
+        results.append(r["value"])
     return results
 
 
@@ -101,13 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--placement", default="segment")
     p.add_argument("--segment-size", type=int, default=499)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        config = TaskConfig(task=args.task, placement=args.placement, segment_size=args.segment_size,
-                            length=args.tokens[0], unit="tokens")
-        print(json.dumps(measure(config, args.repeats)))
-        return 0
     print(format_results(run(args.tokens, args.task, args.placement, args.segment_size, args.repeats)))
     return 0
 

@@ -13,13 +13,9 @@ for 4 segments (the fact's segment among them) spilled to a trace folder.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from rmt_lab.bench.machine import peak_rss_mib
+from rmt_lab.process import peak_rss_mib, run_in_process
 from rmt_lab.model import RecurrentWrapper, RMTConfig
 from rmt_lab.trace.config import TraceConfig
 from rmt_lab.trace.recorder import Recorder
@@ -237,29 +233,8 @@ def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_s
 
 
 def million_in_subprocess(**kwargs) -> dict:
-    """`million_trace` in a fresh process, so its peak RSS is the trace's alone."""
-    args = [sys.executable, "-m", "rmt_lab.trace.bench"]
-    for key, value in kwargs.items():
-        if value is not None:
-            args += [f"--{key.replace('_', '-')}", str(value)]
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"million-token trace failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="million-token trace, for million_in_subprocess")
-    parser.add_argument("--n-tokens", type=int, default=1_000_000)
-    parser.add_argument("--backbone", default="minilm")
-    parser.add_argument("--segment-size", type=int, default=499)
-    parser.add_argument("--num-mem-tokens", type=int, default=10)
-    parser.add_argument("--budget-mib", type=float, default=256.0)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    print(json.dumps(million_trace(args.n_tokens, args.backbone, args.segment_size, args.num_mem_tokens,
-                                   args.budget_mib, args.out)))
-
-
-if __name__ == "__main__":
-    main()
+    """`million_trace` in a fresh process (rmt_lab.process), so its peak RSS is the trace's alone."""
+    result = run_in_process("rmt_lab.trace.bench:million_trace", kwargs)
+    if result["status"] != "ok":
+        raise RuntimeError(f"million-token trace failed: {result['reason']}")
+    return result["value"]

@@ -4,12 +4,9 @@ to millions of tokens with peak memory per length (report Figure 1).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rmt_lab.bench.machine import peak_rss_mib
+from rmt_lab.process import peak_rss_mib, run_in_process
 from rmt_lab.io import write_parquet
 from rmt_lab.model import RecurrentWrapper, Segment
 from rmt_lab.runtime import follow_thread_budget
@@ -254,13 +251,11 @@ def long_evaluation(
         mine = [i for i in range(count[n]) if i not in done][state.process_index :: state.num_processes]
         if mine:
             device = f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu"
-            args = [sys.executable, "-m", "rmt_lab.train.evaluate", "--checkpoint", str(checkpoint),
-                    "--task-config", json.dumps(t.to_dict()), "--indices", ",".join(map(str, mine)),
-                    "--batch-size", str(batch_size), "--split", split, "--compile", compile,
-                    "--parts", str(parts), "--device", device, "--dtype", dtype]
-            result = subprocess.run(args, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                raise RuntimeError(f"long evaluation at {n} segments failed:\n{result.stderr[-2000:]}")
+            result = run_in_process("rmt_lab.train.evaluate:_long_accuracy_part", {
+                "checkpoint": str(checkpoint), "task": t.to_dict(), "indices": mine, "batch_size": batch_size,
+                "parts": str(parts), "split": split, "compile": compile, "device": device, "dtype": dtype})
+            if result["status"] != "ok":
+                raise RuntimeError(f"long evaluation at {n} segments failed: {result['reason']}")
         state.wait_for_everyone()
         if state.is_main_process:
             _merge(out, t, parts, state.num_processes)
@@ -317,22 +312,7 @@ def _summary_row(out: Path, task: TaskConfig, trained_segments: int | None) -> d
     }
 
 
-def _main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="one long-evaluation point (used by long_evaluation)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--task-config", required=True)
-    p.add_argument("--indices", required=True, help="comma-separated sample indices")
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--parts", required=True, help="folder for each batch's outcomes")
-    p.add_argument("--split", default="test")
-    p.add_argument("--compile", default="")
-    p.add_argument("--device")
-    p.add_argument("--dtype", default="float32", choices=list(EVAL_DTYPES))
-    a = p.parse_args(argv)
-    task = TaskConfig.from_dict(json.loads(a.task_config))
-    indices = [int(i) for i in a.indices.split(",")]
-    long_accuracy(a.checkpoint, task, indices, a.batch_size, a.parts, a.split, a.compile, a.device, a.dtype)
-
-
-if __name__ == "__main__":
-    _main()
+def _long_accuracy_part(checkpoint: str, task: dict, indices: list[int], batch_size: int, parts: str, split: str,
+                        compile: str, device: str, dtype: str) -> None:
+    """`long_accuracy` with JSON arguments: what `long_evaluation` runs in a fresh process per length."""
+    long_accuracy(checkpoint, TaskConfig.from_dict(task), indices, batch_size, parts, split, compile, device, dtype)

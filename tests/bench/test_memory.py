@@ -12,7 +12,8 @@ from rmt_lab.bench.machine import machine_description
 from rmt_lab.bench.memory import (
     MemorySweepConfig, feasible_lengths, flatness, memory_points, memory_status_table, memory_sweep, memory_table,
 )
-from rmt_lab.bench.runner import STATUSES, Budget, run_point
+from rmt_lab.bench.runner import run_point
+from rmt_lab.process import STATUSES, Budget
 from rmt_lab.bench.sweep import BUDGET_COLUMNS, KEY_COLUMNS, RESULT_COLUMNS, Point, backbone_shape, run_sweep
 from rmt_lab.config import ConfigError, from_dict
 from tests.bench.fakes import FakeRunner

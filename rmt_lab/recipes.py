@@ -199,7 +199,7 @@ def trace(out: str | Path, checkpoint: str | Path | None = None, backbone: str =
 
     from rmt_lab.config import from_dict
     from rmt_lab.model import RecurrentWrapper, RMTConfig
-    from rmt_lab.tasks import TaskConfig, TaskGenerator
+    from rmt_lab.tasks import NUM_CLASSES, TaskConfig, TaskGenerator
     from rmt_lab.trace import record
 
     config = from_dict(TraceConfig, {"segments": maps, "layers": None if layers is None else list(layers),
@@ -209,7 +209,7 @@ def trace(out: str | Path, checkpoint: str | Path | None = None, backbone: str =
         model = RecurrentWrapper.from_pretrained(checkpoint)
     else:
         model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem, segment_size=segment_size,
-                                                                   num_classes=6))
+                                                                   num_classes=NUM_CLASSES))
     model.eval()
     unit, length = ("tokens", tokens) if tokens is not None else ("segments", segments or 4)
     task_config = TaskConfig(task=task, segment_size=model.config.segment_size, length=length, unit=unit,
@@ -228,7 +228,7 @@ def probe(checkpoint: str | Path, out: str | Path, task: str = "detect_memorize"
     """Linear probes on the memory state after every segment: how well the answer decodes at each distance
     from the fact segment (half the samples train the probes, half test them). Written to `out`."""
     from rmt_lab.model import RecurrentWrapper
-    from rmt_lab.tasks import PLACES, TaskConfig, TaskGenerator
+    from rmt_lab.tasks import NUM_CLASSES, TaskConfig, TaskGenerator
     from rmt_lab.trace import collect_memory_states, probe_memory
 
     model = RecurrentWrapper.from_pretrained(checkpoint).eval()
@@ -237,7 +237,7 @@ def probe(checkpoint: str | Path, out: str | Path, task: str = "detect_memorize"
     generator = TaskGenerator(config)
     collected = collect_memory_states(model, [generator.sample(split, i) for i in range(samples)])
     frame = probe_memory(collected["states"], collected["labels"], collected["fact_segment"],
-                         n_classes=len(PLACES))
+                         n_classes=NUM_CLASSES)
     frame["task"], frame["checkpoint"] = task, str(checkpoint)
     write_parquet(out, frame)
     return frame

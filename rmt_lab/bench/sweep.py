@@ -202,7 +202,7 @@ def check_backbone(name: str) -> str:
 def backbone_shape(name: str):
     """The `TransformerShape` of a ready backbone, from its config alone (nothing built or loaded)."""
     from rmt_lab.bench.shapes import shape_from_config
-    from rmt_lab.bench.workloads import backbone_config
+    from rmt_lab.model.backbones import backbone_config
 
     return shape_from_config(backbone_config(check_backbone(name)))
 

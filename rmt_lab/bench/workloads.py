@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 from rmt_lab.process import rss_mib
+from rmt_lab.tasks import NUM_CLASSES  # the training loss is a classification over the answer places
 
 WORKLOADS: dict[str, Callable[..., dict]] = {}
-NUM_CLASSES = 6  # the report's six places; the training loss is a classification over them
 TOKEN_RANGE = (1000, 29000)  # ordinary word ids of the shared 30522-entry vocabulary
 
 
@@ -355,7 +355,7 @@ def naive_loop(model: nn.Module, tokens: int, batch: int, dev: torch.device):
 
 
 # ------------------------------------------------------------------------------- full attention, bare
-def backbone_config(backbone: str, positions: int = 0):
+def widened_config(backbone: str, positions: int = 0):
     """The HF config of a ready backbone, its position table enlarged to `positions` if longer."""
     from rmt_lab.model.backbones import backbone_config as ready_config
 
@@ -373,7 +373,7 @@ def plain_model(backbone: str, positions: int, attn: str) -> nn.Module:
 
     from rmt_lab.model import adapter_for
 
-    config = backbone_config(backbone, positions)
+    config = widened_config(backbone, positions)
     kwargs = {"add_pooling_layer": False} if adapter_for(config).layout == "encoder" else {}
     logger = logging.getLogger("transformers")
     level = logger.level

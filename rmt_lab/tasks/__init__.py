@@ -8,7 +8,7 @@ token positions of their facts and question, and stream segment by segment at an
     from rmt_lab.tasks import TaskConfig, TaskGenerator
     gen = TaskGenerator(TaskConfig(task="reasoning", length=4096))  # 4096 x 499 tokens
     sample = gen.sample("test", 0)
-    for segment in sample.iter_segments():  # (499,) int64 tensors
+    for segment in sample.segments():  # (499,) int64 tensors
         ...
     sample.facts[0].segments, sample.question.start, sample.label
 
@@ -24,6 +24,7 @@ from rmt_lab.tasks.registry import (
     ACTIONS,
     DIRECTIONS,
     NAMES,
+    NUM_CLASSES,
     PLACES,
     Episode,
     TaskSpec,
@@ -38,16 +39,16 @@ from rmt_lab.tasks.sample import (
     generator_for,
     iter_batch,
     iter_batch_segments,
-    iter_segments,
     make_sample,
+    sample_segments,
     sample_tokens,
 )
 
 __all__ = [
-    "ACTIONS", "DIRECTIONS", "NAMES", "PAD_ID", "PLACES", "SPLITS",
+    "ACTIONS", "DIRECTIONS", "NAMES", "NUM_CLASSES", "PAD_ID", "PLACES", "SPLITS",
     "Episode", "NoiseBank", "NoiseError", "NoiseStream", "Sample", "Span", "TaskConfig", "TaskDataset",
     "TaskGenerator", "TaskSpec",
     "available_tasks", "clean_sentences", "collate", "export_split", "format_sample", "generator_for", "get_task",
-    "iter_batch", "iter_batch_segments", "iter_segments", "load_noise", "make_sample", "register_task",
-    "sample_tokens", "split_frame",
+    "iter_batch", "iter_batch_segments", "load_noise", "make_sample", "register_task",
+    "sample_segments", "sample_tokens", "split_frame",
 ]

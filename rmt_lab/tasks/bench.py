@@ -26,13 +26,13 @@ def measure(config: TaskConfig, repeats: int = 3, split: str = "test") -> dict:
     t0 = time.perf_counter()
     generator = TaskGenerator(config)
     setup_s = time.perf_counter() - t0
-    for _ in generator.iter_segments(split, repeats):  # warm-up, also counted in rss_before
+    for _ in generator.segments(split, repeats):  # warm-up, also counted in rss_before
         pass
     rss_before = peak_rss_mib()
     seconds = []
     for index in range(repeats):
         t0 = time.perf_counter()
-        n = sum(len(segment) for segment in generator.iter_segments(split, index))
+        n = sum(len(segment) for segment in generator.segments(split, index))
         seconds.append(time.perf_counter() - t0)
         assert n == config.n_tokens
     median = statistics.median(seconds)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import rmt_lab.tasks.babi  # noqa: F401  (registers the report's tasks)
+import rmt_lab.tasks.report  # noqa: F401  (registers the report's tasks)
 from rmt_lab.config import ConfigError, from_dict, to_dict
 from rmt_lab.tasks.registry import available_tasks, get_task
 

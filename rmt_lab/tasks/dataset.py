@@ -1,7 +1,7 @@
 """A torch Dataset over one split of a task, and the collate function that pads a batch.
 
 Each item is a whole sample as one tensor: fine for training lengths (the report trains on up to
-7 segments). For millions of tokens, stream with `Sample.iter_segments` / `iter_batch_segments`.
+7 segments). For millions of tokens, stream with `Sample.segments` / `iter_batch_segments`.
 """
 
 from __future__ import annotations

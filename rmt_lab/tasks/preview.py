@@ -41,7 +41,7 @@ def format_sample(sample: Sample, tokenizer, *, color: bool = False, show_all_up
         "",
     ]
     elided = 0
-    for seg, tensor in enumerate(sample.iter_segments()):
+    for seg, tensor in enumerate(sample.segments()):
         if not show_all and seg not in marked:
             elided += 1
             continue

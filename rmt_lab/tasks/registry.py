@@ -18,6 +18,7 @@ from rmt_lab.config import ConfigError
 NAMES = ("Mary", "John", "Daniel", "Sandra")
 ACTIONS = ("moved", "went", "went back", "journeyed", "travelled")
 PLACES = ("bathroom", "hallway", "garden", "office", "bedroom", "kitchen")  # class label = index here
+NUM_CLASSES = len(PLACES)  # every task's answer is one of the places: a classifier over them
 DIRECTIONS = ("north", "east", "south", "west")
 
 

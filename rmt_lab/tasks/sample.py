@@ -81,7 +81,7 @@ class _Layout:
 
 @dataclass(frozen=True, eq=False)
 class Sample:
-    """One sample and its ground truth. Tokens come from `iter_segments()` or `tokens()`."""
+    """One sample and its ground truth. Tokens come from `segments()` or `tokens()`."""
 
     task: str
     split: str
@@ -110,7 +110,7 @@ class Sample:
         yield from noise.read(lay.noise_len - done)
         yield lay.question_ids
 
-    def iter_segments(self) -> Iterator[torch.Tensor]:
+    def segments(self) -> Iterator[torch.Tensor]:
         """Yield (segment_size,) int64 tensors of content tokens; a final partial segment is shorter.
 
         Memory stays flat whatever the length: one block of BLOCK_TOKENS tokens at a time. The
@@ -285,8 +285,8 @@ class TaskGenerator:
             before += len(fact_ids[i])
         return starts
 
-    def iter_segments(self, split: str, index: int) -> Iterator[torch.Tensor]:
-        return self.sample(split, index).iter_segments()
+    def segments(self, split: str, index: int) -> Iterator[torch.Tensor]:
+        return self.sample(split, index).segments()
 
     def tokens(self, split: str, index: int) -> torch.Tensor:
         return self.sample(split, index).tokens()
@@ -326,7 +326,7 @@ def iter_batch_segments(samples: Sequence[Sample]) -> Iterator[torch.Tensor]:
     shapes = {(s.n_tokens, s.segment_size) for s in samples}
     if len(shapes) != 1:
         raise ConfigError(f"samples streamed together must share (n_tokens, segment_size); got {sorted(shapes)}")
-    for segments in zip(*(s.iter_segments() for s in samples)):
+    for segments in zip(*(s.segments() for s in samples)):
         yield torch.stack(segments)  # (batch, segment_size)
 
 
@@ -340,13 +340,13 @@ def make_sample(config: TaskConfig, split: str, index: int) -> Sample:
     return generator_for(config).sample(split, index)
 
 
-def iter_segments(config: TaskConfig, split: str, index: int) -> Iterator[torch.Tensor]:
+def sample_segments(config: TaskConfig, split: str, index: int) -> Iterator[torch.Tensor]:
     """Sample `index` of `split`, segment by segment: (segment_size,) int64 tensors."""
-    return make_sample(config, split, index).iter_segments()
+    return make_sample(config, split, index).segments()
 
 
 def sample_tokens(config: TaskConfig, split: str, index: int) -> torch.Tensor:
-    """Sample `index` of `split` as one (n_tokens,) int64 tensor; same tokens as `iter_segments`."""
+    """Sample `index` of `split` as one (n_tokens,) int64 tensor; same tokens as `sample_segments`."""
     return make_sample(config, split, index).tokens()
 
 

@@ -89,7 +89,7 @@ class FloatMask:
         return self.value
 
 
-def fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
+def attention_with_read_mass(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
                     read_keys: slice, read_rows: slice, float_mask: FloatMask,
                     use_lse: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The layer's attention output (batch, L, heads, d) exactly as sdpa computes it, and for the queries
@@ -127,7 +127,7 @@ def read_scores(query: Tensor, key: Tensor, read_rows: slice, read_keys: slice, 
 
 def read_mass(scores: Tensor, lse: Tensor, scale: float) -> Tensor:
     """Per-query attention mass on the memory keys (..., heads, R) from `read_scores` (..., heads, M, R)
-    and the log-sum-exp (..., heads, R) that `fused_attention` returned: sum_j exp(s_j * scale - lse)."""
+    and the log-sum-exp (..., heads, R) that `attention_with_read_mass` returned: sum_j exp(s_j * scale - lse)."""
     return torch.add(lse.float().unsqueeze(-2).neg(), scores.float(), alpha=scale).exp_().sum(-2)
 
 

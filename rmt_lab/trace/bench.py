@@ -27,6 +27,7 @@ import torch
 
 from rmt_lab.process import peak_rss_mib, run_in_process
 from rmt_lab.model import RecurrentWrapper, RMTConfig
+from rmt_lab.tasks import NUM_CLASSES
 from rmt_lab.trace.config import TraceConfig
 from rmt_lab.trace.recorder import Recorder
 from rmt_lab.trace.store import SUMMARIES_FILE
@@ -200,7 +201,7 @@ def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_s
     from rmt_lab.tasks import TaskConfig, TaskGenerator
 
     model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem_tokens,
-                                                               segment_size=segment_size, num_classes=6)).eval()
+                                                               segment_size=segment_size, num_classes=NUM_CLASSES)).eval()
     sample = TaskGenerator(TaskConfig(task="detect_memorize", segment_size=segment_size, length=n_tokens,
                                       unit="tokens")).sample("test", 0)
     n_seg = sample.n_segments
@@ -215,7 +216,7 @@ def million_trace(n_tokens: int = 1_000_000, backbone: str = "minilm", segment_s
     start = time.perf_counter()
     with torch.inference_mode(), Recorder(model, config, out=folder, facts=[sample], n_segments=n_seg,
                                           overwrite=True) as rec:
-        model.stream((seg.unsqueeze(0) for seg in sample.iter_segments()), n_segments=n_seg)
+        model.stream((seg.unsqueeze(0) for seg in sample.segments()), n_segments=n_seg)
     seconds = time.perf_counter() - start
     peak_rss = peak_rss_mib()  # before anything is read back
     trace = rec.trace

@@ -16,7 +16,7 @@ from torch import Tensor
 
 
 def collect_memory_states(model, samples: Sequence, batch_size: int = 16) -> dict:
-    """Memory after every segment for task samples (objects with iter_segments, facts, label, n_segments).
+    """Memory after every segment for task samples (objects with segments(), facts, label, n_segments).
 
     Returns states (N, S, M, d) float32, labels (N,), fact_segment (N,): the segment of each sample's
     last fact token (where the memory must have stored everything it needs).
@@ -27,7 +27,7 @@ def collect_memory_states(model, samples: Sequence, batch_size: int = 16) -> dic
     with torch.no_grad():
         for i in range(0, len(samples), batch_size):
             chunk = samples[i : i + batch_size]
-            segments = (torch.stack(seg) for seg in zip(*(s.iter_segments() for s in chunk)))
+            segments = (torch.stack(seg) for seg in zip(*(s.segments() for s in chunk)))
             out = model.stream(segments, n_segments=chunk[0].n_segments, keep=("memory",))
             states.append(torch.stack([r["memory"].float() for r in out.segments], 1))  # (b, S, M, d)
     fact_segment = [max(seg for span in s.facts for seg in span.segments) for s in samples]

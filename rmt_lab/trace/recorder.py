@@ -28,7 +28,7 @@ import rmt_lab
 from rmt_lab.config import to_dict
 from rmt_lab.trace import attention
 from rmt_lab.trace.attention import (
-    TRACE_IMPL, FloatMask, full_probs, fused_attention, lse_path_ok, mean_over_content, read_mass, read_scores,
+    TRACE_IMPL, FloatMask, full_probs, attention_with_read_mass, lse_path_ok, mean_over_content, read_mass, read_scores,
     row_metrics, row_probs, row_scores,
 )
 from rmt_lab.trace.config import MIB, TraceConfig
@@ -342,7 +342,7 @@ class Recorder:
     def _fused(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs, use_lse):
         """The model's own attention call (what plain sdpa would do), plus the lse or read mass."""
         lay = self.layout
-        return fused_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
+        return attention_with_read_mass(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
                                lay.read_keys, lay.content_rows, self._float_mask, use_lse)
 
     def _capture(self, module, query, key, attention_mask, scale, is_causal, layer) -> None:
@@ -497,7 +497,7 @@ def _cell_args(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _is_sample(x) -> bool:
-    return hasattr(x, "iter_segments") and hasattr(x, "facts")
+    return hasattr(x, "segments") and hasattr(x, "facts")
 
 
 def record(model, inputs, config: TraceConfig | None = None, out: str | Path | None = None,
@@ -518,7 +518,7 @@ def record(model, inputs, config: TraceConfig | None = None, out: str | Path | N
         n_segments = samples[0].n_segments
         if {(s.n_tokens, s.segment_size) for s in samples} != {(samples[0].n_tokens, samples[0].segment_size)}:
             raise ValueError("samples recorded together must share their length and segment size")
-        segments: Iterable = (torch.stack(seg) for seg in zip(*(s.iter_segments() for s in samples)))
+        segments: Iterable = (torch.stack(seg) for seg in zip(*(s.segments() for s in samples)))
         run = lambda: model.stream(segments, n_segments=n_segments, labels=labels)  # noqa: E731
     elif isinstance(inputs, Tensor):
         ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from rmt_lab.config import ConfigError, from_dict, to_dict
 from rmt_lab.model import RMTConfig, available_backbones
-from rmt_lab.tasks import TaskConfig
+from rmt_lab.tasks import NUM_CLASSES, TaskConfig
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class ExperimentConfig:
     name: str = "experiment"
     backbone: str = "minilm"  # see available_backbones()
     dropout: float | None = None  # replaces the backbone's dropout probabilities; None keeps them
-    rmt: RMTConfig = field(default_factory=lambda: RMTConfig(num_classes=6))
+    rmt: RMTConfig = field(default_factory=lambda: RMTConfig(num_classes=NUM_CLASSES))
     task: TaskConfig = field(default_factory=TaskConfig)  # its length is set per curriculum stage
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -110,7 +110,7 @@ class ExperimentConfig:
                 f"task.segment_size={self.task.segment_size} must equal rmt.segment_size={self.rmt.segment_size}"
             )
         if self.rmt.num_classes < 1:
-            raise ConfigError("rmt.num_classes must be the number of answer classes (6 places), got 0")
+            raise ConfigError(f"rmt.num_classes must be the number of answer classes ({NUM_CLASSES} places), got 0")
 
     def task_at(self, n_segments: int, **changes: Any) -> TaskConfig:
         """The task config for inputs of `n_segments` segments."""
@@ -138,7 +138,7 @@ def _quick(task: str) -> ExperimentConfig:
     return ExperimentConfig(
         name=f"quick-{task}",
         backbone="small-bert",
-        rmt=RMTConfig(num_mem_tokens=4, segment_size=segment, num_classes=6),
+        rmt=RMTConfig(num_mem_tokens=4, segment_size=segment, num_classes=NUM_CLASSES),
         task=TaskConfig(task=task, segment_size=segment),
         # At least 100 steps per stage even once accurate: memorize stages cut at 50 steps (lr 1e-3) were
         # 100% accurate at 7 segments but 64% at 14; with 100 or 150 steps (lr 3e-4) they held 100% at
@@ -154,7 +154,7 @@ def _paper(task: str) -> ExperimentConfig:
     return ExperimentConfig(
         name=f"paper-{task}",
         backbone="minilm",
-        rmt=RMTConfig(num_mem_tokens=10, segment_size=499, num_classes=6),
+        rmt=RMTConfig(num_mem_tokens=10, segment_size=499, num_classes=NUM_CLASSES),
         task=TaskConfig(task=task, segment_size=499),
         curriculum=CurriculumConfig(stages=(1, 2, 3, 4, 5, 6, 7), max_steps=3000, advance_accuracy=1.0),
         optim=OptimConfig(lr=1e-5, weight_decay=0.001, warmup_steps=100, batch_size=32),
@@ -173,7 +173,8 @@ def _base(task: str) -> ExperimentConfig:
         # Rank is what mattered on 1-segment reasoning (lr 1e-3, 128 validation samples): rank 16 plateaued at
         # 0.74-0.85 (alpha 16 or 64, with or without the position embeddings trained), rank 32 reached 0.95 by
         # step 150 and rank 64 0.945 by step 100, like full fine-tuning at lr 1e-4 (0.94 by step 125).
-        rmt=RMTConfig(num_mem_tokens=10, segment_size=segment, num_classes=6, lora_rank=32, lora_alpha=64.0),
+        rmt=RMTConfig(num_mem_tokens=10, segment_size=segment, num_classes=NUM_CLASSES, lora_rank=32,
+                      lora_alpha=64.0),
         task=TaskConfig(task=task, segment_size=segment),
         # Memorize and detect: stages end at 99% (after at least 50 steps). Reasoning: at 95%, else after 400
         # steps, when the lr has decayed to 0. Ended instead after four evaluations (100 steps) without

@@ -123,7 +123,7 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
             acc_ax.annotate(f"trained on {int(trained)} segments\n({x:,.0f} tokens)", (x, 0.03),
                             xycoords=("data", "axes fraction"), xytext=(4, 0), textcoords="offset points",
                             fontsize="small", color="0.3")
-    acc_ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label="chance (1/6)")
+    acc_ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
     acc_ax.set_ylim(0, 1.04)
     acc_ax.set_ylabel("accuracy")
     acc_ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
@@ -234,7 +234,7 @@ def plot_memory_size_sweep(sweep: pd.DataFrame) -> Figure:
         lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
         ax.errorbar(d["num_mem_tokens"], d["accuracy"], yerr=[d["accuracy"] - lo, hi - d["accuracy"]], marker="o",
                     color=color, capsize=3, label=f"{task_title(task)}, {tokens:,} tokens")
-    ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label="chance (1/6)")
+    ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
     ax.set_xscale("log", base=2)
     ticks = sorted(sweep["num_mem_tokens"].unique())
     ax.set_xticks(ticks, [str(t) for t in ticks])

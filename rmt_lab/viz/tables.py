@@ -6,10 +6,11 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from rmt_lab.tasks.registry import NUM_CLASSES as N_CLASSES  # the answer is one of the places: chance 1/N
+
 # The report's three tasks, in its order; other task names follow alphabetically.
 TASK_ORDER = ("memorize", "detect_memorize", "reasoning")
 TASK_TITLES = {"memorize": "Memorize", "detect_memorize": "Detect & Memorize", "reasoning": "Reasoning"}
-N_CLASSES = 6  # the answer is one of the six bAbI places: chance is 1/6
 
 
 class TableError(ValueError):

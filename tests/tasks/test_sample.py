@@ -55,7 +55,7 @@ def test_facts_are_where_the_ground_truth_says_at_4096_segments(task, placement,
     spans = (*s.facts, s.question)
     wanted = {seg for span in spans for seg in span.segments}
     kept, n_segments = {}, 0
-    for seg, tensor in enumerate(s.iter_segments()):
+    for seg, tensor in enumerate(s.segments()):
         assert tensor.shape == (499,) and tensor.dtype == torch.int64
         if seg in wanted:
             kept[seg] = tensor.clone()
@@ -90,7 +90,7 @@ def test_streaming_equals_one_tensor_and_layout_holds(kwargs, split, index, make
         assume(False)
     s = gen.sample(split, index)
     whole = s.tokens()
-    segments = list(s.iter_segments())
+    segments = list(s.segments())
     assert torch.equal(torch.cat(segments), whole)
     assert len(whole) == s.n_tokens == TaskConfig(**kwargs).n_tokens
     assert [len(x) for x in segments[:-1]] == [s.segment_size] * (len(segments) - 1)
@@ -112,7 +112,7 @@ def test_streaming_equals_one_tensor_and_layout_holds(kwargs, split, index, make
 def test_the_last_segment_of_a_token_length_may_be_partial_but_holds_the_question(make_generator):
     gen = make_generator(task="reasoning", segment_size=100, length=250, unit="tokens")
     s = gen.sample("train", 0)
-    assert [len(x) for x in s.iter_segments()] == [100, 100, 50]
+    assert [len(x) for x in s.segments()] == [100, 100, 50]
     assert set(s.question.segments) == {2}
 
 
@@ -201,7 +201,7 @@ def test_ten_million_tokens_stream_in_flat_memory(make_generator):
     s = gen.sample("test", 0)
     tracemalloc.start()
     try:
-        n = sum(len(x) for x in s.iter_segments())
+        n = sum(len(x) for x in s.segments())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

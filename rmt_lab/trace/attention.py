@@ -1,9 +1,11 @@
 """The attention function the recorder registers with transformers, and the per-layer summary math.
 
-Recording goes through transformers' own dispatch: `AttentionInterface.register("rmt_trace", ...)`
+Recording goes through transformers' public dispatch: `AttentionInterface.register("rmt_trace", ...)`
 plus an `AttentionMaskInterface` entry (without it transformers would build no mask at all for an
 unknown implementation and silently drop GPT-2's causal mask and every padding mask). The recorder
-sets the backbone config's `_attn_implementation` to "rmt_trace" only while it records.
+switches the backbone to "rmt_trace" with `set_attn_implementation` only while it records, and marks
+each of the cell's calls as its own (`RECORDING`, a context variable), so the function knows which
+recording a call belongs to without a table of models.
 
 Per layer the big attention stays fused (sdpa); the summaries need only:
   * the 1 + M query rows that matter for memory (answer position, memory writers), whose softmax is
@@ -18,6 +20,8 @@ the CPU path; tested within 1e-6 on the extra-channel path).
 """
 
 from __future__ import annotations
+
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -41,12 +45,13 @@ METRICS = (
     "retain_diag",  # mean over slots of slot i's mass on its own incoming state (the diagonal)
 )
 
-_SESSIONS: dict[int, object] = {}  # id(backbone config) -> recording session, only while recording
+# The Recorder whose memory-cell call is running (set from the cell's forward pre-hook to its forward hook).
+RECORDING: ContextVar[object | None] = ContextVar("rmt_trace_recording", default=None)
 
 
 def traced_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """Registered as "rmt_trace": plain sdpa unless a recorder is recording this backbone."""
-    session = _SESSIONS.get(id(getattr(module, "config", None)))
+    """Registered as "rmt_trace": plain sdpa unless called inside a recorded cell call."""
+    session = RECORDING.get()
     if session is None or session.layout is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs

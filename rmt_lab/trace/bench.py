@@ -112,18 +112,18 @@ def segment_overhead(backbone: str = "minilm", n_pairs: int = 30, segment_size: 
         model = _bench_model(backbone, num_mem_tokens, segment_size, seed)
         seg = torch.randint(1000, 29000, (batch, segment_size), generator=torch.Generator().manual_seed(seed))
         mask = torch.ones_like(seg, dtype=torch.bool)
-        hf = model.cell.model.config
+        hf = model.cell.model
         with torch.inference_mode(), Recorder(model, TraceConfig()):
             memory = model.init_memory(batch)
             for i in range(n_pairs + 2):
                 for mode in ("traced", "plain")[:: 1 if i % 2 == 0 else -1]:
-                    hf._attn_implementation = TRACE_IMPL if mode == "traced" else "sdpa"
+                    hf.set_attn_implementation(TRACE_IMPL if mode == "traced" else "sdpa")
                     start = time.process_time()
                     out = model.cell(seg, mask, memory) if mode == "traced" else model.cell.forward(seg, mask, memory)
                     (traced if mode == "traced" else plain).append(time.process_time() - start)
                     if mode == "traced":
                         memory = out.memory
-                hf._attn_implementation = TRACE_IMPL
+                hf.set_attn_implementation(TRACE_IMPL)
     plain, traced = plain[2:], traced[2:]  # warm-up pairs
     ratios = [t / p for p, t in zip(plain, traced)]
     return {

@@ -92,7 +92,8 @@ class Recorder:
         self.trace: Trace | None = None
         self.seconds = 0.0
         self._handles: list = []
-        self._hf_config = None
+        self._hf_model = None
+        self._token = None  # from RECORDING.set while a cell call runs
         self._old_impl = None
         self.layout = None  # the current segment's SegmentLayout, while a cell call runs
 
@@ -126,7 +127,7 @@ class Recorder:
         if getattr(model, "checkpoint_segments", False) and torch.is_grad_enabled():
             raise ValueError("recording with checkpoint_segments and gradients would count every recomputed segment "
                              "twice; record under torch.no_grad() or turn checkpoint_segments off")
-        if id(hf) in attention._SESSIONS:
+        if hf._attn_implementation == TRACE_IMPL:
             raise RuntimeError("this model is already being recorded by another Recorder")
         # Layers are told apart by the order of their attention calls within a segment (each layer attends
         # once per cell call), which serves families whose attention modules carry no layer index or are
@@ -185,10 +186,9 @@ class Recorder:
         try:
             self._handles.append(cell.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(cell.register_forward_hook(self._after, with_kwargs=True))
-            self._hf_config = cell.model.config
-            self._old_impl = self._hf_config._attn_implementation
-            attention._SESSIONS[id(self._hf_config)] = self
-            self._hf_config._attn_implementation = TRACE_IMPL
+            self._hf_model = cell.model
+            self._old_impl = cell.model.config._attn_implementation
+            cell.model.set_attn_implementation(TRACE_IMPL)
         except BaseException:
             self._detach()
             raise
@@ -199,11 +199,13 @@ class Recorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if self._hf_config is not None:
-            attention._SESSIONS.pop(id(self._hf_config), None)
-            if self._hf_config._attn_implementation == TRACE_IMPL:
-                self._hf_config._attn_implementation = self._old_impl
-            self._hf_config = None
+        if self._token is not None:
+            attention.RECORDING.reset(self._token)
+            self._token = None
+        if self._hf_model is not None:
+            if self._hf_model.config._attn_implementation == TRACE_IMPL:
+                self._hf_model.set_attn_implementation(self._old_impl)
+            self._hf_model = None
         self.layout = None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -245,6 +247,7 @@ class Recorder:
             self._check_map_budget(self.layout.n_positions)
         self._ids = input_ids
         self._memory_in = memory
+        self._token = attention.RECORDING.set(self)  # this call's attention is recorded
         self._seen = [False] * self.n_layers
         self._calls = 0  # attention calls in this segment so far: the next call's layer
         self._kept_maps = False
@@ -384,6 +387,8 @@ class Recorder:
         return self._bias
 
     def _after(self, cell, args, kwargs, output):
+        attention.RECORDING.reset(self._token)
+        self._token = None
         lay, c, seg = self.layout, self.config, self.segment
         missing = [i for i, seen in enumerate(self._seen) if not seen]
         if c.summaries and missing:

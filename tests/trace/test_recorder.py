@@ -102,7 +102,7 @@ def _assert_detached(model):
     cell = model.cell
     assert not cell._forward_hooks and not cell._forward_pre_hooks
     assert cell.model.config._attn_implementation == "sdpa"
-    assert not attention._SESSIONS
+    assert attention.RECORDING.get() is None
 
 
 def test_hooks_and_attention_switch_are_undone_even_on_error(tmp_path):
@@ -126,12 +126,12 @@ def test_recording_off_costs_nothing():
     model = tiny()
     _record(model)
     _assert_detached(model)
-    model.cell.model.config._attn_implementation = attention.TRACE_IMPL  # set by hand, no recorder: plain sdpa
+    model.cell.model.set_attn_implementation(attention.TRACE_IMPL)  # chosen by hand, no recorder: plain sdpa
     try:
         with torch.no_grad():
             out = model(tokens(1, 20))
     finally:
-        model.cell.model.config._attn_implementation = "sdpa"
+        model.cell.model.set_attn_implementation("sdpa")
     with torch.no_grad():
         assert torch.equal(out.logits, model(tokens(1, 20)).logits)
 

@@ -6,8 +6,8 @@ memory (on CPU the process's peak resident set, `ru_maxrss`, read by the parent 
 known even for a process that was stopped; tracemalloc cannot see tensor memory) and its own threads.
 
 Protocol: the parent writes the keyword arguments to a JSON file and starts
-`python -m rmt_lab.process MODULE:FUNCTION ARGS.json RESULT.json RSS_LIMIT_MIB`; the child calls the
-function and writes {"status", "reason", "value"} (the function's return value, JSON) to RESULT.json.
+`python -m rmt_lab.process PARENT_PID MODULE:FUNCTION ARGS.json RESULT.json RSS_LIMIT_MIB`; the child
+(killed by the kernel if the parent dies first) calls the function and writes {"status", "reason", "value"} (the function's return value, JSON) to RESULT.json.
 The parent adds the child's peak_rss_mib and wall_s. It never raises for the call's failure:
 
     ok          the function returned
@@ -108,7 +108,7 @@ def run_in_process(target: str, arguments: dict[str, Any] | None = None, *, budg
     with tempfile.TemporaryDirectory(prefix="rmt-process-") as tmp:
         tmp = Path(tmp)
         (tmp / "arguments.json").write_text(json.dumps(arguments or {}))
-        args = [sys.executable, "-m", "rmt_lab.process", target, str(tmp / "arguments.json"),
+        args = [sys.executable, "-m", "rmt_lab.process", str(os.getpid()), target, str(tmp / "arguments.json"),
                 str(tmp / "result.json"), str(limit)]
         stderr_path = Path(log) if log is not None else tmp / "stderr"
         if log is not None:
@@ -191,8 +191,23 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this process when the one that started it dies, so that a killed
+    reproduction or evaluation leaves no orphan computing on (a parent that dies normally waits for it)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: nothing to ask for
+        return
+    if os.getppid() != parent:  # the parent died before the request: nobody waits for this process
+        os._exit(1)
+
+
 def _child(argv: list[str]) -> int:
-    target, arguments_path, result_path, rss_limit = argv
+    parent, target, arguments_path, result_path, rss_limit = argv
+    _die_with_parent(int(parent))
     module, _, name = target.partition(":")
     function = getattr(importlib.import_module(module), name)  # imports torch etc. before the cap
     arguments = json.loads(Path(arguments_path).read_text())

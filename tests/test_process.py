@@ -30,3 +30,41 @@ def test_the_memory_budget_turns_a_huge_allocation_into_oom():
 
 def sleep(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def test_a_child_dies_with_its_parent(tmp_path):
+    """A parent killed outright (no chance to clean up) takes its child with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "from rmt_lab.process import run_in_process; "
+        f"run_in_process('tests.test_process:write_pid_and_sleep', {{'path': {str(pid_file)!r}}})")])
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        # a killed child stays a zombie until reaped by init; its state says it is gone
+        if open(f"/proc/{child}/stat").read().split(")")[-1].split()[0] == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"child {child} still running after its parent was killed")
+
+
+def write_pid_and_sleep(path: str) -> None:
+    import os
+    from pathlib import Path
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(60)

@@ -186,24 +186,6 @@ def _memory_settings(args: argparse.Namespace) -> dict:
     })
 
 
-def _print_memory(frame) -> None:
-    from rmt_lab.bench.memory import feasible_lengths, flatness, memory_status_table
-
-    print("\nPeak memory (GiB; peak RSS of a fresh process on CPU, max allocated on CUDA) by length and method:")
-    print(memory_status_table(frame).to_string())
-    print("\nLargest length within the budget, per method:")
-    print(feasible_lengths(frame).to_string(index=False, formatters={
-        "largest_ok_tokens": "{:,}".format, "first_failed_tokens": "{:,}".format,
-        "peak_mib_there": "{:,.0f}".format, "tokens_per_s_there": "{:,.0f}".format}))
-    rmt = frame[(frame["method"] == "rmt") & (frame["mode"] == "forward") & (frame["status"] == "ok")]
-    low = 16_000 if 16_000 in set(rmt["tokens"]) else (int(rmt["tokens"].min()) if len(rmt) else None)
-    if low is not None:
-        f = flatness(frame, low)
-        print(f"\nRMT forward peak memory: {f['low_peak_mib']:,.0f} MiB at {f['low_tokens']:,} tokens, "
-              f"{f['high_peak_mib']:,.0f} MiB at {f['high_tokens']:,} tokens ({f['high_over_low']:.3f}x; "
-              f"max/min from {f['low_tokens']:,} up: {f['max_over_min']:.3f}x)")
-
-
 def _run_sweep(args: argparse.Namespace, name: str, settings: dict, show) -> int:
     """One measured sweep (memory or speed) through its recipe, resuming from <out>/<name>.parquet."""
     from pathlib import Path
@@ -217,13 +199,15 @@ def _run_sweep(args: argparse.Namespace, name: str, settings: dict, show) -> int
     except ConfigError as err:
         print(f"rmt-lab bench {name}: {err}", file=sys.stderr)
         return 2
-    show(frame)
+    print(show(frame))
     print(f"\nwrote {Path(args.out) / f'{name}.parquet'} ({len(frame)} rows of this sweep)")
     return 0
 
 
 def _run_bench_memory(args: argparse.Namespace) -> int:
-    return _run_sweep(args, "memory", _memory_settings(args), _print_memory)
+    from rmt_lab.bench.memory import memory_report
+
+    return _run_sweep(args, "memory", _memory_settings(args), memory_report)
 
 
 def _add_bench_speed(p: argparse.ArgumentParser) -> None:
@@ -249,76 +233,10 @@ def _speed_settings(args: argparse.Namespace) -> dict:
     })
 
 
-def _print_columns(title: str, heads: list[str], lines: list, rows: list[dict]) -> None:
-    """A table with one column per row of `rows`: (label, format of one row) per line; missing or NaN: "-"."""
-
-    def cell(fmt, row) -> str:
-        try:
-            text = fmt(row)
-        except KeyError:
-            return "-"
-        return "-" if "nan" in text else text
-
-    width = max(len(label) for label, _ in lines)
-    print(title)
-    print(" " * width + "".join(f"{h:>30}" for h in heads))
-    for label, fmt in lines:
-        print(f"{label:<{width}}" + "".join(f"{cell(fmt, r):>30}" for r in rows))
-
-
-def _print_speed(frame) -> None:
-    from rmt_lab.bench.speed import speed_table, train_table
-
-    table, train = speed_table(frame), train_table(frame)
-    if table.empty and train.empty:
-        print("\nno RMT speed point measured ok")
-        return
-    if not table.empty:
-        rows = table.to_dict("records")
-        _print_columns(
-            f"\nRMT forward, {rows[0]['tokens_per_sample']:,} tokens per sample (FLOPs the task needs, analytic; "
-            "matmul peak measured in the same process, before the run and between segments):",
-            [f"{r['backbone']}, {r['dtype']}, batch {r['batch']}" for r in rows], [
-                ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
-                ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
-                ("matmul peak GFLOP/s (before)", lambda r: f"{r['matmul_peak_gflops']:,.1f}"),
-                ("fraction of peak (run / peak before)", lambda r: f"{r['fraction_of_peak']:.1%}"),
-                ("fraction of peak (paired per segment)", lambda r: f"{r['paired_fraction']:.1%}"),
-                ("ms per segment, median (p10-p90)",
-                 lambda r: f"{r['segment_ms']:,.1f} ({r['segment_ms_p10']:,.1f}-{r['segment_ms_p90']:,.1f})"),
-                ("bare backbone ms per pass, paired", lambda r: f"{r['paired_backbone_ms']:,.1f}"),
-                ("RMT segment / bare backbone, paired", lambda r: f"{r['rmt_segment_over_backbone']:.3f}x"),
-                ("bare backbone alone: ms per pass", lambda r: f"{r['backbone_segment_ms']:,.1f}"),
-                ("bare backbone alone: fraction of peak", lambda r: f"{r['backbone_fraction_of_peak']:.1%}"),
-                ("naive loop tokens/s", lambda r: f"{r['naive_tokens_per_s']:,.0f}"),
-                ("RMT / naive loop tokens/s", lambda r: f"{r['rmt_over_naive']:.3f}x"),
-                ("peak MiB, RMT (paired references excluded)", lambda r: f"{r['peak_mib']:,.0f}"),
-                ("peak MiB, naive loop", lambda r: f"{r['naive_peak_mib']:,.0f}"),
-                ("compiled: tokens/s", lambda r: f"{r['compiled_tokens_per_s']:,.0f}"),
-                ("compiled / eager tokens/s", lambda r: f"{r['compiled_over_eager']:.3f}x"),
-                ("compiled: fraction of peak (run)", lambda r: f"{r['compiled_fraction_of_peak']:.1%}"),
-                ("compiled: fraction of peak (paired)", lambda r: f"{r['compiled_paired_fraction']:.1%}"),
-                ("compiled segment / eager bare backbone", lambda r: f"{r['compiled_segment_over_backbone']:.3f}x"),
-                ("compiled: peak MiB", lambda r: f"{r['compiled_peak_mib']:,.0f}"),
-            ], rows)
-    if not train.empty:
-        rows = train.to_dict("records")
-        _print_columns(
-            "\nRMT training step (forward + backward through every segment, full BPTT; FLOPs: 3x the forward):",
-            [f"{r['backbone']}, {r['dtype']}, {r['batch']} x {r['tokens_per_sample']:,} tok" for r in rows], [
-                ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
-                ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
-                ("fraction of matmul peak", lambda r: f"{r['fraction_of_peak']:.1%}"),
-                ("peak MiB", lambda r: f"{r['peak_mib']:,.0f}"),
-                ("checkpointed segments: tokens/s", lambda r: f"{r['ckpt_tokens_per_s']:,.0f}"),
-                ("checkpointed segments: peak MiB", lambda r: f"{r['ckpt_peak_mib']:,.0f}"),
-                ("checkpointing: time x", lambda r: f"{r['ckpt_time_ratio']:.3f}x"),
-                ("checkpointing: peak memory x", lambda r: f"{r['ckpt_memory_ratio']:.3f}x"),
-            ], rows)
-
-
 def _run_bench_speed(args: argparse.Namespace) -> int:
-    return _run_sweep(args, "speed", _speed_settings(args), _print_speed)
+    from rmt_lab.bench.speed import speed_report
+
+    return _run_sweep(args, "speed", _speed_settings(args), speed_report)
 
 
 def _add_bench_all(p: argparse.ArgumentParser) -> None:

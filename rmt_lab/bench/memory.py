@@ -197,3 +197,23 @@ def flatness(frame: pd.DataFrame, low: int = 16_000) -> dict[str, float]:
     return {"low_tokens": low, "low_peak_mib": at_low, "high_tokens": int(top["tokens"]),
             "high_peak_mib": float(top["peak_mib"]), "high_over_low": float(top["peak_mib"]) / at_low,
             "max_over_min": float(band.max() / band.min())}
+
+
+def memory_report(frame: pd.DataFrame) -> str:
+    """What `rmt-lab bench memory` prints of a memory sweep's table."""
+    lines = [
+        "\nPeak memory (GiB; peak RSS of a fresh process on CPU, max allocated on CUDA) by length and method:",
+        memory_status_table(frame).to_string(),
+        "\nLargest length within the budget, per method:",
+        feasible_lengths(frame).to_string(index=False, formatters={
+            "largest_ok_tokens": "{:,}".format, "first_failed_tokens": "{:,}".format,
+            "peak_mib_there": "{:,.0f}".format, "tokens_per_s_there": "{:,.0f}".format}),
+    ]
+    rmt = frame[(frame["method"] == "rmt") & (frame["mode"] == "forward") & (frame["status"] == "ok")]
+    low = 16_000 if 16_000 in set(rmt["tokens"]) else (int(rmt["tokens"].min()) if len(rmt) else None)
+    if low is not None:
+        f = flatness(frame, low)
+        lines.append(f"\nRMT forward peak memory: {f['low_peak_mib']:,.0f} MiB at {f['low_tokens']:,} tokens, "
+                     f"{f['high_peak_mib']:,.0f} MiB at {f['high_tokens']:,} tokens ({f['high_over_low']:.3f}x; "
+                     f"max/min from {f['low_tokens']:,} up: {f['max_over_min']:.3f}x)")
+    return "\n".join(lines)

@@ -213,3 +213,70 @@ def train_table(frame: pd.DataFrame) -> pd.DataFrame:
                        ckpt_memory_ratio=ckpt["peak_mib"] / plain["peak_mib"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _columns(title: str, heads: list[str], lines: list, rows: list[dict]) -> str:
+    """A table with one column per row of `rows`: (label, format of one row) per line; missing or NaN: "-"."""
+
+    def cell(fmt, row) -> str:
+        try:
+            text = fmt(row)
+        except KeyError:
+            return "-"
+        return "-" if "nan" in text else text
+
+    width = max(len(label) for label, _ in lines)
+    out = [title, " " * width + "".join(f"{h:>30}" for h in heads)]
+    out += [f"{label:<{width}}" + "".join(f"{cell(fmt, r):>30}" for r in rows) for label, fmt in lines]
+    return "\n".join(out)
+
+
+def speed_report(frame: pd.DataFrame) -> str:
+    """What `rmt-lab bench speed` prints of a speed sweep's table: a column per measured configuration."""
+    table, train = speed_table(frame), train_table(frame)
+    if table.empty and train.empty:
+        return "\nno RMT speed point measured ok"
+    parts = []
+    if not table.empty:
+        rows = table.to_dict("records")
+        parts.append(_columns(
+            f"\nRMT forward, {rows[0]['tokens_per_sample']:,} tokens per sample (FLOPs the task needs, analytic; "
+            "matmul peak measured in the same process, before the run and between segments):",
+            [f"{r['backbone']}, {r['dtype']}, batch {r['batch']}" for r in rows], [
+                ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
+                ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
+                ("matmul peak GFLOP/s (before)", lambda r: f"{r['matmul_peak_gflops']:,.1f}"),
+                ("fraction of peak (run / peak before)", lambda r: f"{r['fraction_of_peak']:.1%}"),
+                ("fraction of peak (paired per segment)", lambda r: f"{r['paired_fraction']:.1%}"),
+                ("ms per segment, median (p10-p90)",
+                 lambda r: f"{r['segment_ms']:,.1f} ({r['segment_ms_p10']:,.1f}-{r['segment_ms_p90']:,.1f})"),
+                ("bare backbone ms per pass, paired", lambda r: f"{r['paired_backbone_ms']:,.1f}"),
+                ("RMT segment / bare backbone, paired", lambda r: f"{r['rmt_segment_over_backbone']:.3f}x"),
+                ("bare backbone alone: ms per pass", lambda r: f"{r['backbone_segment_ms']:,.1f}"),
+                ("bare backbone alone: fraction of peak", lambda r: f"{r['backbone_fraction_of_peak']:.1%}"),
+                ("naive loop tokens/s", lambda r: f"{r['naive_tokens_per_s']:,.0f}"),
+                ("RMT / naive loop tokens/s", lambda r: f"{r['rmt_over_naive']:.3f}x"),
+                ("peak MiB, RMT (paired references excluded)", lambda r: f"{r['peak_mib']:,.0f}"),
+                ("peak MiB, naive loop", lambda r: f"{r['naive_peak_mib']:,.0f}"),
+                ("compiled: tokens/s", lambda r: f"{r['compiled_tokens_per_s']:,.0f}"),
+                ("compiled / eager tokens/s", lambda r: f"{r['compiled_over_eager']:.3f}x"),
+                ("compiled: fraction of peak (run)", lambda r: f"{r['compiled_fraction_of_peak']:.1%}"),
+                ("compiled: fraction of peak (paired)", lambda r: f"{r['compiled_paired_fraction']:.1%}"),
+                ("compiled segment / eager bare backbone", lambda r: f"{r['compiled_segment_over_backbone']:.3f}x"),
+                ("compiled: peak MiB", lambda r: f"{r['compiled_peak_mib']:,.0f}"),
+            ], rows))
+    if not train.empty:
+        rows = train.to_dict("records")
+        parts.append(_columns(
+            "\nRMT training step (forward + backward through every segment, full BPTT; FLOPs: 3x the forward):",
+            [f"{r['backbone']}, {r['dtype']}, {r['batch']} x {r['tokens_per_sample']:,} tok" for r in rows], [
+                ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
+                ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
+                ("fraction of matmul peak", lambda r: f"{r['fraction_of_peak']:.1%}"),
+                ("peak MiB", lambda r: f"{r['peak_mib']:,.0f}"),
+                ("checkpointed segments: tokens/s", lambda r: f"{r['ckpt_tokens_per_s']:,.0f}"),
+                ("checkpointed segments: peak MiB", lambda r: f"{r['ckpt_peak_mib']:,.0f}"),
+                ("checkpointing: time x", lambda r: f"{r['ckpt_time_ratio']:.3f}x"),
+                ("checkpointing: peak memory x", lambda r: f"{r['ckpt_memory_ratio']:.3f}x"),
+            ], rows))
+    return "\n".join(parts)

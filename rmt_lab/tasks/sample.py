@@ -166,10 +166,14 @@ class TaskGenerator:
     """
 
     def __init__(self, config: TaskConfig, *, tokenizer=None, noise: NoiseBank | None = None):
-        if tokenizer is None:
-            from rmt_lab.assets import load_tokenizer
+        """`tokenizer`: an already loaded tokenizer to share between generators, in place of the config's."""
+        from rmt_lab import assets
 
-            tokenizer = load_tokenizer()
+        if tokenizer is None:
+            tokenizer = assets.load_tokenizer() if config.tokenizer is None else assets.as_tokenizer(config.tokenizer)
+        elif config.tokenizer is not None and config.tokenizer is not tokenizer:
+            raise ConfigError(f"TaskGenerator got tokenizer= and TaskConfig.tokenizer={config.tokenizer_name()}: "
+                              "give one")
         self.config = config
         self.spec = get_task(config.task)
         self.tokenizer = tokenizer

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, BertConfig, GPT2Config, PretrainedConfig
+from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig
 
 from rmt_lab import assets
 from rmt_lab.model.adapters import BackboneAdapter, adapter_for, default_class_name
@@ -72,6 +73,9 @@ class Backbone:
     model: nn.Module
     adapter: BackboneAdapter
     special: SpecialTokens
+    # The model's own tokenizer, which turns its token ids into text (trace labels, previews): MiniLM's WordPiece
+    # for the ready backbones; None where none was given (a model object alone) and ids stay ids.
+    tokenizer: Any = None
 
     @property
     def config(self) -> PretrainedConfig:
@@ -144,14 +148,16 @@ def backbone_from_config(name: str, config: PretrainedConfig, special: SpecialTo
 def backbone_from_model(model: nn.Module, name: str | None = None, special_tokens: Mapping[str, int] | None = None,
                         tokenizer=None) -> Backbone:
     """Wrap a built `transformers.PreTrainedModel` (a base model or one with a head); see `BackboneAdapter.keep`.
-    `name` defaults to the model's class name, which no ready backbone's name can equal."""
+    `name` defaults to the model's class name, which no ready backbone's name can equal. `tokenizer`: an object
+    or a local folder (read offline)."""
     if not isinstance(model, transformers.PreTrainedModel):
         raise TypeError(f"a backbone must be a ready name {available_backbones()}, a local folder written by "
                         f"save_pretrained, or a transformers.PreTrainedModel; got {type(model).__name__}")
     adapter = adapter_for(model.config)
     name = name or type(model).__name__
+    tokenizer = assets.as_tokenizer(tokenizer) if tokenizer is not None else None
     special = resolve_special_tokens(adapter.layout, model.config, special_tokens, tokenizer, name)
-    return Backbone(name, adapter.keep(model), adapter, special)
+    return Backbone(name, adapter.keep(model), adapter, special, tokenizer)
 
 
 def backbone_from_folder(folder: str | Path, special_tokens: Mapping[str, int] | None = None, tokenizer=None,
@@ -170,10 +176,8 @@ def backbone_from_folder(folder: str | Path, special_tokens: Mapping[str, int] |
     if model_class is None:
         raise ValueError(f"{folder}: transformers {transformers.__version__} has no model class {saved_as!r}")
     model = model_class.from_pretrained(str(folder), config=config, local_files_only=True)
-    if isinstance(tokenizer, (str, Path)):
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
-    elif tokenizer is None and (folder / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if tokenizer is None and any((folder / f).is_file() for f in assets.TOKENIZER_FILES):
+        tokenizer = folder
     # The absolute path names the model in checkpoints and traces, and cannot be a ready backbone's name.
     return backbone_from_model(model, str(folder.resolve()), special_tokens, tokenizer)
 
@@ -204,6 +208,7 @@ def backbone_config(name: str, dropout: float | None = None) -> PretrainedConfig
 def load_backbone(name: str, dropout: float | None = None) -> Backbone:
     """Build the ready backbone `name` (weights loaded when it is pretrained); see `backbone_config`."""
     backbone = backbone_from_config(name, backbone_config(name, dropout))
+    backbone.tokenizer = assets.load_tokenizer()
     if BACKBONES[name].pretrained:
         load_pretrained_weights(backbone)
     return backbone

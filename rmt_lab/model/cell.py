@@ -78,6 +78,7 @@ class MemoryCell(nn.Module):
         self.backbone_name = backbone.name
         self.adapter = backbone.adapter
         self.special = backbone.special
+        self.tokenizer = backbone.tokenizer  # turns the backbone's ids into text; None: none known
         self.model = backbone.model
         self.layout: Literal["encoder", "decoder"] = backbone.adapter.layout
         if config.layout not in ("auto", self.layout):
@@ -166,25 +167,67 @@ class MemoryCell(nn.Module):
         return self.memory.unsqueeze(0).expand(batch_size, -1, -1)  # (batch, n_mem, d_model)
 
     def check_memory(self, memory: Tensor, batch_size: int) -> None:
+        """Shape and dtype of a memory given from outside; its values are `check_values`' business."""
         expected = (batch_size, self.config.num_mem_tokens, self.d_model)
-        if not isinstance(memory, Tensor) or tuple(memory.shape) != expected:
-            shape = tuple(memory.shape) if isinstance(memory, Tensor) else type(memory).__name__
-            raise ValueError(f"memory has shape {shape}; expected (batch, n_mem, d_model) = {expected}")
+        if not isinstance(memory, Tensor):
+            raise TypeError(f"memory must be a tensor of shape (batch, n_mem, d_model) = {expected}, got "
+                            f"{type(memory).__name__}")
+        if tuple(memory.shape) != expected:
+            raise ValueError(f"memory has shape {tuple(memory.shape)}; expected (batch, n_mem, d_model) = {expected}")
         if memory.dtype != self.memory.dtype:
             raise ValueError(f"memory has dtype {memory.dtype}; expected {self.memory.dtype}")
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, memory: Tensor) -> CellOutput:
+    def check_values(self, input_ids: Tensor, attention_mask: Tensor | None, memory: Tensor | None) -> None:
+        """Refuse what the backbone would fail on deep inside torch (ids outside the vocabulary) or turn into
+        wrong numbers without a word (padding before a token, NaN or infinite memory). Reads the tensors on
+        the host: one device sync for all three, which is why the segment loop checks at its edge instead."""
+        vocab = self.embeddings.num_embeddings
+        low, high = torch.aminmax(input_ids)
+        facts = [low, high]
+        if attention_mask is not None:
+            mask = attention_mask.bool()
+            facts.append((mask[:, 1:] & ~mask[:, :-1]).any())  # a valid token after a padding one
+        if memory is not None:
+            facts.append(~torch.isfinite(memory).all())
+        low, high, *flags = torch.stack([f.long() for f in facts]).tolist()  # (one host read)
+        if low < 0 or high >= vocab:
+            raise ValueError(f"token ids must lie in [0, {vocab}) (the backbone's vocabulary); got ids from {low} "
+                             f"to {high}")
+        if attention_mask is not None and flags.pop(0):
+            raise ValueError("attention_mask must be left-packed: each row's valid tokens first, padding only at the "
+                             "end (pad on the right, or let RecurrentWrapper.forward pack the input)")
+        if memory is not None and flags.pop(0):
+            raise ValueError("the memory given holds NaN or infinite values; memory must be finite")
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, memory: Tensor, *,
+                check: bool = True) -> CellOutput:
         """One segment: `input_ids` (batch, seg_len) left-packed, `attention_mask` its prefix mask.
 
         `attention_mask=None`: every token is valid, known without reading a mask on the device.
+        `check=False` skips `check_values` (a device sync per segment): the segment loop passes it, having
+        checked its input and any memory given at its own edge; the memory it carries is the cell's own.
+        Shapes and dtypes are always checked (they are known on the host).
         """
+        if not isinstance(input_ids, Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+            got = input_ids.dtype if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise TypeError(f"input_ids must be an int64 or int32 tensor; got {got}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seg_len); got {tuple(input_ids.shape)}")
         batch, seg_len = input_ids.shape
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected the segment's "
-                             f"{tuple(input_ids.shape)}")
+        if attention_mask is not None:
+            if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+                shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
+                raise ValueError(f"attention_mask has shape {shape}; expected the segment's {tuple(input_ids.shape)}")
+            if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+                raise ValueError(f"attention_mask must be bool or integer (1 = token, 0 = padding); got "
+                                 f"{attention_mask.dtype}")
         if seg_len > self.config.segment_size:
             raise ValueError(f"segment of {seg_len} tokens is longer than segment_size={self.config.segment_size}")
+        if batch == 0 or seg_len == 0:
+            raise ValueError(f"empty segment of shape {(batch, seg_len)}: a segment needs a batch and at least one token")
         self.check_memory(memory, batch)
+        if check:
+            self.check_values(input_ids, attention_mask, memory)
         # Every position valid (a full segment in every row, the common case of a long stream): no mask at
         # all, the same attention, and the backbone's sdpa skips adding a (batch, 1, L, L) one (~8% on CPU).
         # Deciding that from a given mask reads it on the host (a device sync on a GPU); None needs nothing.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, PreTrainedModel
 
 import rmt_lab
-from rmt_lab.assets import sha256_file
+from rmt_lab.assets import load_local_tokenizer, load_tokenizer, sha256_file
 from rmt_lab.config import ConfigError, from_dict, to_dict
 from rmt_lab.io import atomic_path, write_json
 from rmt_lab.model.adapters import init_kwargs
@@ -41,6 +42,7 @@ from rmt_lab.model.segments import IGNORE_INDEX, Segment, count_segments, iter_s
 
 CONFIG_FILE = "rmt_config.json"
 WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"  # a checkpoint's own tokenizer, for backbones other than the ready ones
 FORMAT_VERSION = 1
 # torch.compile's modes that `RecurrentWrapper.compile_backbone` accepts (reduce-overhead: CUDA graphs).
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -83,7 +85,11 @@ class RecurrentWrapper(nn.Module):
         else `tokenizer` (an object or a local folder; a model folder's own tokenizer by default), else
         the model config. `dropout` sets every dropout probability of the backbone's config before the
         model is built, so it cannot apply to a model object (set its config before building it).
+        The tokenizer is kept (`RecurrentWrapper.tokenizer`): traces label tokens with it and checkpoints hold it.
         """
+        if not isinstance(config, RMTConfig):
+            raise TypeError(f"config must be an RMTConfig, got {type(config).__name__}; build one with "
+                            "RMTConfig(...) or RMTConfig's fields from a dict with rmt_lab.config.from_dict")
         if isinstance(backbone, str) and backbone in BACKBONES:
             if tokenizer is not None or special_tokens is not None:
                 raise ValueError(f"ready backbone {backbone!r} uses rmt_lab's own tokenizer and special tokens; "
@@ -142,6 +148,11 @@ class RecurrentWrapper(nn.Module):
             self.adapters_merged = True
         return self
 
+    @property
+    def tokenizer(self):
+        """The backbone's own tokenizer (MiniLM's WordPiece for the ready backbones), or None if none was given."""
+        return self.cell.tokenizer
+
     # ------------------------------------------------------------------ running
     def init_memory(self, batch_size: int) -> Tensor:
         return self.cell.init_memory(batch_size)
@@ -172,9 +183,18 @@ class RecurrentWrapper(nn.Module):
         if input_ids.shape[1] == 0 or bool((lengths == 0).any()):
             empty = [] if input_ids.shape[1] == 0 else (lengths == 0).nonzero().flatten().tolist()
             raise ValueError(f"empty input: sample(s) {empty or 'all'} have no tokens")
-        token_labels = labels if labels is not None and labels.dim() == 2 else None
-        if token_labels is not None and token_labels.shape != input_ids.shape:
-            raise ValueError(f"token labels shape {tuple(token_labels.shape)} != input_ids {tuple(input_ids.shape)}")
+        token_labels = labels if isinstance(labels, Tensor) and labels.dim() == 2 else None
+        if token_labels is not None:
+            if token_labels.shape != input_ids.shape:
+                raise ValueError(f"token labels shape {tuple(token_labels.shape)} != input_ids "
+                                 f"{tuple(input_ids.shape)}")
+            _check_integer("token labels", token_labels)
+            scored = token_labels[token_labels != IGNORE_INDEX]
+            if scored.numel():
+                low, high = torch.aminmax(scored)
+                if int(low) < 0 or int(high) >= vocab:
+                    raise ValueError(f"token labels must lie in [0, {vocab}) (the vocabulary) or be {IGNORE_INDEX} "
+                                     f"(ignored); got labels from {int(low)} to {int(high)}")
         segments = iter_segments(input_ids, mask, self.config.segment_size, self.config.align, token_labels)
         return self.stream(
             segments,
@@ -183,6 +203,7 @@ class RecurrentWrapper(nn.Module):
             memory=memory,
             keep=keep,
             carry_memory=carry_memory,
+            check=False,  # the whole input's ids were checked above, at once
         )
 
     def stream(
@@ -193,6 +214,7 @@ class RecurrentWrapper(nn.Module):
         memory: Tensor | None = None,
         keep: Iterable[str] | None = None,
         carry_memory: bool = True,
+        check: bool = True,
     ) -> RMTOutput:
         """Run segments in order. Each item: a (batch, seg_len) or (seg_len,) LongTensor, or a `Segment`.
 
@@ -200,10 +222,23 @@ class RecurrentWrapper(nn.Module):
         `Segment.labels`. `n_segments` is needed only for truncated BPTT with gradients, where the
         last k2 segments must be known in advance (taken from `len(segments)` when it has one).
         `carry_memory=False` feeds the initial memory to every segment (the no-recurrence ablation).
+        `check=False` skips reading each segment's token ids on the host to check them against the
+        vocabulary (one device sync per segment); a given memory is checked once either way.
         """
         keep = check_keep(tuple(self.config.keep if keep is None else keep))
+        if not isinstance(segments, Iterable) or isinstance(segments, Tensor) and segments.dim() != 3:
+            shape = f" of shape {tuple(segments.shape)}" if isinstance(segments, Tensor) else ""
+            raise TypeError(f"segments must be an iterable of (batch, seg_len) token tensors or Segments (or one "
+                            f"(n_segments, batch, seg_len) tensor), got {type(segments).__name__}{shape}; a whole "
+                            "(batch, length) input goes to forward(), which cuts it")
+        if n_segments is not None and (isinstance(n_segments, bool) or not isinstance(n_segments, int)
+                                       or n_segments < 1):
+            raise ValueError(f"n_segments={n_segments!r} must be an integer >= 1 (the number of segments the stream "
+                             "yields)")
         if n_segments is None and hasattr(segments, "__len__"):
             n_segments = len(segments)
+        if labels is not None:
+            _check_integer("class labels", labels)
         k2 = self.config.bptt_depth
         truncate = k2 != -1 and torch.is_grad_enabled()
         if truncate and n_segments is None:
@@ -218,14 +253,15 @@ class RecurrentWrapper(nn.Module):
             batch = seg.input_ids.shape[0]
             if init is None:
                 init = self.init_memory(batch)
-                if memory is None:
-                    memory = init
-                else:
+                if memory is not None:
                     self.cell.check_memory(memory, batch)
-                    if not bool(torch.isfinite(memory).all()):  # once, at the edge: NaN memory gives NaN logits
-                        raise ValueError("the memory given holds NaN or infinite values")
+                if check or memory is not None:  # a given memory once, at the edge: later memory is the cell's own
+                    self.cell.check_values(seg.input_ids, None, memory)
+                memory = init if memory is None else memory
             elif batch != init.shape[0]:
                 raise ValueError(f"segment {seen} has batch {batch}, earlier segments had {init.shape[0]}")
+            elif check:
+                self.cell.check_values(seg.input_ids, None, None)
             if not carry_memory:
                 memory = init
             elif truncate and 0 < seen <= n_segments - k2:
@@ -233,9 +269,9 @@ class RecurrentWrapper(nn.Module):
                 summary = None if summary is None else summary.detach()
             mask = None if seg.full else seg.attention_mask  # None: all valid, nothing to read on the device
             if self.checkpoint_segments and torch.is_grad_enabled():
-                out = checkpoint(self.cell, seg.input_ids, mask, memory, use_reentrant=False)
+                out = checkpoint(self.cell, seg.input_ids, mask, memory, use_reentrant=False, check=False)
             else:
-                out = self.cell(seg.input_ids, mask, memory)
+                out = self.cell(seg.input_ids, mask, memory, check=False)
             memory = out.memory
             summary = out.summary if summary is None else torch.where(out.active[:, None], out.summary, summary)
             lm_logits = None
@@ -299,6 +335,12 @@ class RecurrentWrapper(nn.Module):
             else:
                 save_model(self, str(tmp))
             digest = sha256_file(tmp)
+        # The tokenizer travels with a backbone that cannot name it (a ready backbone's is MiniLM's, by name), so a
+        # loaded model labels its traces in its own vocabulary; a stale one from an earlier save must not stay.
+        shutil.rmtree(directory / TOKENIZER_DIR, ignore_errors=True)
+        if self.tokenizer is not None and self.cell.backbone_name not in BACKBONES \
+                and hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
         # The weights' digest, checked on load: safetensors would read altered bytes as other numbers.
         write_json(directory / CONFIG_FILE, {**self.describe(), "weights_sha256": digest})
         return directory
@@ -374,11 +416,18 @@ class RecurrentWrapper(nn.Module):
             raise ValueError(f"{config_path}: weights={weights!r}; allowed values: ['all', 'trained']")
         hf_config = AutoConfig.for_model(model_type, **backbone_config)
         backbone = backbone_from_config(name, hf_config, special, class_name, init)
+        if (directory / TOKENIZER_DIR).is_dir():
+            backbone.tokenizer = load_local_tokenizer(directory / TOKENIZER_DIR)
+        elif name in BACKBONES:
+            backbone.tokenizer = load_tokenizer()
         if weights == "trained":  # the frozen weights are the named pretrained backbone's own (verified on load)
             if name not in BACKBONES or not BACKBONES[name].pretrained:
                 raise ValueError(f"{config_path} holds trained tensors only, but {name!r} is not a pretrained backbone")
             load_pretrained_weights(backbone)
-        model = cls(MemoryCell(backbone, config))
+        try:
+            model = cls(MemoryCell(backbone, config))
+        except ValueError as err:  # e.g. a special-token id outside the vocabulary
+            raise ValueError(f"{config_path}: {err}") from err
         try:
             missing, unexpected = load_model(model, str(weights_path), strict=False)
         except (SafetensorError, OSError, RuntimeError) as err:
@@ -405,11 +454,19 @@ def _check_ids(input_ids: Tensor) -> Tensor:
     return input_ids.long()
 
 
+def _check_integer(what: str, labels: Tensor) -> None:
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \
+            or labels.dtype == torch.bool:
+        got = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
+        raise TypeError(f"{what} must be an integer tensor (int64), got {got}")
+
+
 def _as_segment(item: Tensor | Segment, segment_size: int) -> Segment:
     if isinstance(item, Segment):
         seg = Segment(_check_ids(item.input_ids), item.attention_mask.bool(), item.labels, item.full)
         if seg.attention_mask.shape != seg.input_ids.shape:
-            raise ValueError("segment attention_mask and input_ids differ in shape")
+            raise ValueError(f"segment attention_mask has shape {tuple(seg.attention_mask.shape)}; expected its "
+                             f"input_ids' {tuple(seg.input_ids.shape)}")
         if seg.full is None and bool((seg.attention_mask[:, 1:] & ~seg.attention_mask[:, :-1]).any()):
             raise ValueError("segment tokens must be left-packed: padding only at the end of each row")
     else:

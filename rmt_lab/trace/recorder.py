@@ -72,13 +72,21 @@ class Recorder:
     model: a RecurrentWrapper. out: trace folder (maps and memory states spill there; None keeps the
     trace in RAM within the budget). facts: per batch row, the content positions of fact tokens (or
     task Samples), enabling fact alignment and the "facts" segment selection. n_segments: the stream's
-    length, needed only for the "last" selection.
+    length, needed only for the "last" selection. Map labels name tokens with the model's own tokenizer
+    (`RecurrentWrapper.tokenizer`); a model without one is labelled by token id ("id:123").
     """
 
     def __init__(self, model, config: TraceConfig | None = None, out: str | Path | None = None,
                  facts: Sequence | None = None, n_segments: int | None = None, overwrite: bool = False,
                  fused: str = "auto"):
         self.model = model
+        if config is not None and not isinstance(config, TraceConfig):
+            raise TypeError(f"Recorder config must be a TraceConfig, got {type(config).__name__}; build one with "
+                            "TraceConfig(...) or TraceConfig.from_dict(...)")
+        if n_segments is not None and (isinstance(n_segments, bool) or not isinstance(n_segments, int)
+                                       or n_segments < 1):
+            raise ValueError(f"Recorder n_segments={n_segments!r} must be an integer >= 1 (the stream's length) or "
+                             "None")
         self.config = config if config is not None else TraceConfig()
         self.out = Path(out) if out is not None else None
         self.overwrite = overwrite
@@ -181,7 +189,6 @@ class Recorder:
         self._chunk = CHUNK_SEGMENTS
         self._float_mask = FloatMask()
         self._map_dtype = getattr(torch, c.map_dtype)
-        self._tokenizer = None
         self._started = time.perf_counter()
         try:
             self._handles.append(cell.register_forward_pre_hook(self._before, with_kwargs=True))
@@ -436,14 +443,11 @@ class Recorder:
 
     def _map_meta(self) -> dict:
         lay = self.layout
-        if self._tokenizer is None:
-            from rmt_lab.assets import load_tokenizer
-
-            self._tokenizer = load_tokenizer()
+        tokenizer = self.model.tokenizer
         labels = []
         for b in range(self.batch):
-            n = int(lay.lengths[b])
-            tokens = self._tokenizer.convert_ids_to_tokens(self._ids[b, :n].tolist())
+            ids = self._ids[b, : int(lay.lengths[b])].tolist()
+            tokens = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [f"id:{i}" for i in ids]
             labels.append(position_labels(lay, tokens, b))
         return {
             "layers": list(self.map_layers),

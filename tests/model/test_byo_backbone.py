@@ -141,8 +141,14 @@ def test_special_tokens_come_from_the_dict_then_the_tokenizer_then_the_config():
     with pytest.raises(ValueError, match=rf"special token sep=400 .* outside its vocabulary \[0, {VOCAB}\)"):
         RecurrentWrapper.from_backbone(bert, config, special_tokens={"cls": 1, "sep": 400})
 
-    class Tok:  # what from_backbone reads of a tokenizer
+    class Tok:  # what from_backbone reads of a tokenizer, and what makes an object one (it names ids)
         cls_token_id, sep_token_id, pad_token_id = 7, 8, None
+
+        def __call__(self, texts, **kwargs):
+            raise NotImplementedError
+
+        def convert_ids_to_tokens(self, ids):
+            return [f"t{i}" for i in ids]
 
     special = RecurrentWrapper.from_backbone(bert, config, tokenizer=Tok(), special_tokens={"sep": 9}).cell.special
     assert (special.cls, special.sep, special.pad) == (7, 9, 0)  # pad from BertConfig.pad_token_id

@@ -1,0 +1,490 @@
+// The attention explorer's view, drawn on canvases in the browser (anywidget ES module).
+//
+// The same module runs in two hosts: in Jupyter, `model` is the anywidget model and blocks of maps
+// come from the kernel as binary messages; in a page written by `save_html`, `model` is a small
+// object over data inlined in the page. Either way the view asks for a block with
+// model.send({type: "need", ...}) and receives it as a "block" message, so there is one code path.
+//
+// A block holds every head of one (sample, segment, layer) plus their mean, as uint8 in the sqrt
+// domain: q = round(255 * sqrt(a / scale)), a = scale * (q / 255)^2 (see explorer.py). The colour
+// scale is sqrt too, so the 256 levels of q are the colour levels and no decoding is needed to draw.
+
+const MEMORY = "#d55e00"; // memory positions, as in the matplotlib figures
+const FACT = "#0072b2"; // fact tokens
+const SPECIAL = "#555555"; // [CLS], [SEP]
+const FONT = "10px sans-serif";
+const LABEL_PX = 11; // a label needs this many pixels along its axis, so labels never overlap
+const MAX_ZOOM_CELL = 48; // largest cell, in CSS pixels
+const CACHE_BLOCKS = 8; // blocks kept decoded; a 522-position, 12-head block is 3.5 MB
+
+function isMemory(label) {
+  return label.startsWith("[mem ") || label.startsWith("[read ") || label.startsWith("[write ");
+}
+function isSpecial(label) {
+  return label.startsWith("[") && label.endsWith("]") && !isMemory(label);
+}
+function short(label, n = 14) {
+  return label.length > n ? label.slice(0, n - 1) + "…" : label;
+}
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+function select(name, options, value) {
+  const wrap = el("label", { class: "rmt-control" }, name + " ");
+  const box = el("select", { name });
+  for (const [text, v] of options) {
+    const o = el("option", { value: String(v) }, text);
+    box.appendChild(o);
+  }
+  box.value = String(value);
+  wrap.appendChild(box);
+  return [wrap, box];
+}
+
+function blockKey(sample, segment, layer) {
+  return `${sample}/${segment}/${layer}`;
+}
+
+// A block as it arrives: header (labels, facts, scales, heads) and the uint8 maps.
+function makeBlock(header, bytes) {
+  const n = header.n;
+  const memory = [], facts = new Set(header.facts);
+  header.labels.forEach((lab, i) => { if (isMemory(lab)) memory.push(i); });
+  return { ...header, data: bytes, memory, factSet: facts, images: new Map(),
+           map(index) { return bytes.subarray(index * n * n, (index + 1) * n * n); } };
+}
+
+function weight(block, index, q) {
+  const v = q / 255;
+  return block.scales[index] * v * v;
+}
+
+// An n x n canvas of one map, coloured through the colormap: the drawing step only scales it.
+function mapImage(block, index, cmap) {
+  if (block.images.has(index)) return block.images.get(index);
+  const n = block.n, q = block.map(index);
+  const root = Math.sqrt(block.scales[index]);
+  const lut = new Uint32Array(256); // q -> RGBA; colour index = 255 * sqrt(a) = sqrt(scale) * q
+  for (let k = 0; k < 256; k++) {
+    const [r, g, b] = cmap[Math.min(255, Math.round(root * k))];
+    lut[k] = (255 << 24) | (b << 16) | (g << 8) | r; // little-endian RGBA
+  }
+  const canvas = document.createElement("canvas");
+  canvas.width = n; canvas.height = n;
+  const ctx = canvas.getContext("2d");
+  const image = ctx.createImageData(n, n);
+  const pixels = new Uint32Array(image.data.buffer);
+  for (let i = 0; i < n * n; i++) pixels[i] = lut[q[i]];
+  ctx.putImageData(image, 0, 0);
+  block.images.set(index, canvas);
+  return canvas;
+}
+
+function render({ model, el: host }) {
+  const meta = model.get("meta");
+  const cmap = meta.cmap;
+  const root = el("div", { class: "rmt-explorer" });
+  root.style.cssText = "font: 12px sans-serif; color: #222; user-select: none;";
+  host.appendChild(root);
+
+  // ------------------------------------------------------------------ controls
+  const bar = el("div", { class: "rmt-controls" });
+  bar.style.cssText = "display:flex; gap:12px; flex-wrap:wrap; align-items:center; margin-bottom:6px;";
+  const segLabel = (s, sample) => (meta.fact_segments[String(sample)] || []).includes(s) ? `${s} (fact)` : String(s);
+  const [segWrap, segBox] = select("segment", meta.segments.map((s) => [segLabel(s, model.get("sample")), s]),
+                                   model.get("segment"));
+  const [layWrap, layBox] = select("layer", meta.layers.map((l) => [String(l), l]), model.get("layer"));
+  const headOptions = [["mean of heads", "mean"], ["all heads (grid)", "grid"],
+                       ...meta.heads.map((h) => [`head ${h}`, String(h)])];
+  const [headWrap, headBox] = select("head", headOptions, model.get("head"));
+  const [samWrap, samBox] = select("sample", meta.samples.map((b) => [String(b), b]), model.get("sample"));
+  const reset = el("button", { type: "button", class: "rmt-reset" }, "full map");
+  const memButton = el("button", { type: "button", class: "rmt-memory" }, "memory block");
+  bar.append(segWrap, layWrap, headWrap, samWrap, reset, memButton);
+  root.appendChild(bar);
+
+  const stage = el("div");
+  stage.style.cssText = "display:flex; gap:12px; align-items:flex-start;";
+  const holder = el("div");
+  holder.style.cssText = "position:relative;";
+  const canvas = el("canvas", { class: "rmt-heatmap" });
+  const overlay = el("canvas", { class: "rmt-overlay" });
+  overlay.style.cssText = "position:absolute; left:0; top:0; cursor:crosshair;";
+  holder.append(canvas, overlay);
+  const side = el("div", { class: "rmt-pinned" });
+  side.style.cssText = "min-width:220px; max-width:260px; font-size:12px;";
+  stage.append(holder, side);
+  root.appendChild(stage);
+  const readout = el("div", { class: "rmt-readout" });
+  readout.style.cssText = "min-height:18px; margin:4px 0; font-family: monospace; white-space: pre;";
+  root.appendChild(readout);
+  const timeline = el("canvas", { class: "rmt-timeline" });
+  timeline.style.cssText = "cursor:pointer;";
+  root.appendChild(timeline);
+  const note = el("div", { class: "rmt-note" });
+  note.style.cssText = "min-height:16px; color:#555;";
+  root.appendChild(note);
+
+  const W = meta.width || 760, H = W, ML = 100, MT = 100;
+  const TL_H = 64;
+  const dpr = window.devicePixelRatio || 1;
+  for (const [c, w, h] of [[canvas, W, H], [overlay, W, H], [timeline, W, TL_H]]) {
+    c.width = Math.round(w * dpr); c.height = Math.round(h * dpr);
+    c.style.width = w + "px"; c.style.height = h + "px";
+  }
+  const ctx = canvas.getContext("2d");
+  const octx = overlay.getContext("2d");
+  const tctx = timeline.getContext("2d");
+
+  // ------------------------------------------------------------------ state
+  const cache = new Map(); // blockKey -> block, most recently used last
+  const waiting = new Set();
+  let view = { x0: 0, y0: 0, cells: 0 }; // window: first column/row and cells across, in positions
+  let pinned = null; // pinned query row
+  let hover = null;
+
+  const current = () => ({ sample: Number(samBox.value), segment: Number(segBox.value),
+                           layer: Number(layBox.value), head: headBox.value });
+  function currentBlock() {
+    const c = current();
+    return cache.get(blockKey(c.sample, c.segment, c.layer));
+  }
+  function mapIndex(block, head) { // 0 is the mean, 1 + k the k-th kept head
+    return head === "mean" ? 0 : 1 + block.heads.indexOf(Number(head));
+  }
+  function headText(head) { return head === "mean" ? "mean of heads" : `head ${head}`; }
+
+  function remember(key, block) {
+    cache.delete(key); cache.set(key, block);
+    while (cache.size > CACHE_BLOCKS) cache.delete(cache.keys().next().value);
+  }
+
+  model.on("msg:custom", (msg, buffers) => {
+    if (!msg || msg.type !== "block") return;
+    const key = blockKey(msg.sample, msg.segment, msg.layer);
+    waiting.delete(key);
+    if (msg.error) { note.textContent = msg.error; return; }
+    const buf = buffers[0];
+    const bytes = buf instanceof Uint8Array ? buf : new Uint8Array(buf.buffer || buf, buf.byteOffset || 0,
+                                                                   buf.byteLength);
+    remember(key, makeBlock(msg, bytes));
+    const c = current();
+    if (key === blockKey(c.sample, c.segment, c.layer)) draw();
+  });
+
+  // ------------------------------------------------------------------ geometry
+  const plot = () => {
+    if (headBox.value !== "grid") return [{ x: ML, y: MT, size: Math.min(W - ML - 8, H - MT - 8), index: null }];
+    const block = currentBlock(), k = block.heads.length, cols = Math.ceil(Math.sqrt(k));
+    const size = Math.floor((W - 8 - (cols - 1) * 10) / cols) - 0;
+    return block.heads.map((h, i) => ({ x: (i % cols) * (size + 10), y: 18 + Math.floor(i / cols) * (size + 22),
+                                        size, index: 1 + i, head: h }));
+  };
+  function clampView(n) {
+    view.cells = Math.min(n, Math.max(view.cells || n, Math.min(n, 4)));
+    view.x0 = Math.min(Math.max(view.x0, 0), n - view.cells);
+    view.y0 = Math.min(Math.max(view.y0, 0), n - view.cells);
+  }
+  function hit(px, py) { // canvas CSS pixels -> {row, col, rect} or null
+    const block = currentBlock();
+    if (!block) return null;
+    for (const r of plot()) {
+      if (px < r.x || py < r.y || px >= r.x + r.size || py >= r.y + r.size) continue;
+      const cell = r.size / view.cells;
+      const col = Math.floor(view.x0 + (px - r.x) / cell), row = Math.floor(view.y0 + (py - r.y) / cell);
+      if (row >= 0 && col >= 0 && row < block.n && col < block.n) return { row, col, rect: r };
+    }
+    return null;
+  }
+
+  // ------------------------------------------------------------------ drawing
+  function drawMap(block, index, r) {
+    const cell = r.size / view.cells;
+    ctx.save();
+    ctx.beginPath(); ctx.rect(r.x, r.y, r.size, r.size); ctx.clip();
+    ctx.imageSmoothingEnabled = cell < 1; // shrinking: average; enlarging: crisp cells
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(mapImage(block, index, cmap), view.x0, view.y0, view.cells, view.cells, r.x, r.y, r.size, r.size);
+    if (block.memory.length) { // outline the memory block
+      const m0 = block.memory[0], m1 = block.memory[block.memory.length - 1] + 1;
+      ctx.strokeStyle = MEMORY; ctx.setLineDash([4, 3]); ctx.lineWidth = 1;
+      ctx.strokeRect(r.x + (m0 - view.x0) * cell, r.y + (m0 - view.y0) * cell, (m1 - m0) * cell, (m1 - m0) * cell);
+    }
+    ctx.restore();
+  }
+  function markColor(block, i) {
+    const lab = block.labels[i];
+    if (isMemory(lab)) return MEMORY;
+    if (block.factSet.has(i)) return FACT;
+    if (isSpecial(lab)) return SPECIAL;
+    return null;
+  }
+  function drawAxes(block, r) {
+    // Marks: a coloured strip beside every memory, fact and special position, at any zoom.
+    const cell = r.size / view.cells;
+    const first = Math.floor(view.x0), last = Math.min(block.n, Math.ceil(view.x0 + view.cells));
+    const firstR = Math.floor(view.y0), lastR = Math.min(block.n, Math.ceil(view.y0 + view.cells));
+    for (const [lo, hi, axis] of [[first, last, "x"], [firstR, lastR, "y"]]) {
+      for (let i = lo; i < hi; i++) {
+        const color = markColor(block, i);
+        if (!color) continue;
+        ctx.fillStyle = color;
+        const at = (i - (axis === "x" ? view.x0 : view.y0)) * cell;
+        const w = Math.max(cell, 1.5);
+        if (axis === "x") ctx.fillRect(r.x + Math.max(at, 0), r.y - 7, Math.min(w, r.size - Math.max(at, 0)), 5);
+        else ctx.fillRect(r.x - 7, r.y + Math.max(at, 0), 5, Math.min(w, r.size - Math.max(at, 0)));
+      }
+      // Labels: marked positions first, then the others wherever there is room.
+      const taken = new Uint8Array(Math.ceil(r.size) + 1);
+      const order = [];
+      for (let i = lo; i < hi; i++) if (markColor(block, i)) order.push(i);
+      for (let i = lo; i < hi; i++) if (!markColor(block, i)) order.push(i);
+      ctx.font = FONT;
+      for (const i of order) {
+        const centre = ((i + 0.5) - (axis === "x" ? view.x0 : view.y0)) * cell;
+        if (centre < 0 || centre > r.size) continue;
+        const a = Math.max(0, Math.floor(centre - LABEL_PX / 2)), b = Math.min(taken.length, Math.ceil(centre + LABEL_PX / 2));
+        let free = true;
+        for (let p = a; p < b && free; p++) if (taken[p]) free = false;
+        if (!free) continue;
+        taken.fill(1, a, b);
+        ctx.fillStyle = markColor(block, i) || "#222";
+        const text = short(block.labels[i]);
+        if (axis === "y") {
+          ctx.textAlign = "right"; ctx.textBaseline = "middle";
+          ctx.fillText(text, r.x - 10, r.y + centre);
+        } else {
+          ctx.save(); ctx.translate(r.x + centre, r.y - 10); ctx.rotate(-Math.PI / 2);
+          ctx.textAlign = "left"; ctx.textBaseline = "middle"; ctx.fillText(text, 0, 0); ctx.restore();
+        }
+      }
+    }
+    ctx.fillStyle = "#444"; ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";
+    ctx.fillText("keys →", 4, 12); ctx.fillText("queries ↓", 4, 26);
+  }
+
+  function draw() {
+    const c = current();
+    const block = currentBlock();
+    if (!block) {
+      const key = blockKey(c.sample, c.segment, c.layer);
+      if (!waiting.has(key)) {
+        waiting.add(key);
+        note.textContent = "loading…";
+        model.send({ type: "need", sample: c.sample, segment: c.segment, layer: c.layer });
+      }
+      return;
+    }
+    note.textContent = "";
+    clampView(block.n);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, W, H);
+    const rects = plot();
+    if (c.head === "grid") {
+      ctx.font = FONT; ctx.fillStyle = "#222"; ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";
+      for (const r of rects) { drawMap(block, r.index, r); ctx.fillStyle = "#222"; ctx.fillText(`head ${r.head}`, r.x, r.y - 4); }
+    } else {
+      drawMap(block, mapIndex(block, c.head), rects[0]);
+      drawAxes(block, rects[0]);
+    }
+    root.dataset.plot = JSON.stringify({ ...rects[0], n: block.n, x0: view.x0, y0: view.y0, cells: view.cells });
+    root.dataset.drawn = `${c.sample}/${c.segment}/${c.layer}/${c.head}`;
+    drawOverlay();
+    drawPinned();
+    drawTimeline();
+  }
+
+  function drawOverlay() {
+    octx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    octx.clearRect(0, 0, W, H);
+    const block = currentBlock();
+    if (!block) return;
+    for (const r of plot()) {
+      const cell = r.size / view.cells;
+      octx.save(); octx.beginPath(); octx.rect(r.x, r.y, r.size, r.size); octx.clip();
+      if (pinned !== null) {
+        octx.strokeStyle = "#e69f00"; octx.lineWidth = 2; octx.setLineDash([]);
+        octx.strokeRect(r.x - 1, r.y + (pinned - view.y0) * cell, r.size + 2, Math.max(cell, 1));
+      }
+      if (hover) {
+        octx.strokeStyle = "rgba(0,0,0,0.55)"; octx.lineWidth = 1;
+        octx.strokeRect(r.x, r.y + (hover.row - view.y0) * cell, r.size, Math.max(cell, 1));
+        octx.strokeRect(r.x + (hover.col - view.x0) * cell, r.y, Math.max(cell, 1), r.size);
+      }
+      octx.restore();
+    }
+  }
+
+  function describe(block, h) {
+    const c = current();
+    const head = c.head === "grid" ? String(h.rect.head) : c.head;
+    const q = block.map(mapIndex(block, head))[h.row * block.n + h.col];
+    const w = weight(block, mapIndex(block, head), q);
+    return `query ${h.row} ${JSON.stringify(block.labels[h.row])} → key ${h.col} ${JSON.stringify(block.labels[h.col])}` +
+           `   weight ${w.toFixed(4)}   segment ${c.segment} · layer ${c.layer} · ${headText(head)} · sample ${c.sample}`;
+  }
+
+  function drawPinned() {
+    side.textContent = "";
+    const block = currentBlock();
+    if (!block || pinned === null) {
+      side.appendChild(el("div", { style: "color:#777" }, "click a cell to pin its query row and list its top keys"));
+      return;
+    }
+    const c = current();
+    const head = c.head === "grid" ? "mean" : c.head;
+    const index = mapIndex(block, head), row = block.map(index).subarray(pinned * block.n, (pinned + 1) * block.n);
+    const order = Array.from(row.keys()).sort((a, b) => row[b] - row[a]).slice(0, 12);
+    side.appendChild(el("div", { style: "font-weight:bold; margin-bottom:4px" },
+                        `query ${pinned} ${block.labels[pinned]} (${headText(head)}): top keys`));
+    const table = el("table", { class: "rmt-topkeys" });
+    for (const k of order) {
+      const tr = el("tr");
+      const w = weight(block, index, row[k]);
+      const name = el("td", {}, `${k} ${short(block.labels[k], 18)}`);
+      const color = markColor(block, k);
+      if (color) name.style.color = color;
+      const barCell = el("td");
+      const barDiv = el("div");
+      barDiv.style.cssText = `background:#4c72b0; height:8px; width:${Math.round(80 * w)}px`;
+      barCell.appendChild(barDiv);
+      tr.append(name, el("td", { style: "text-align:right; font-family:monospace" }, w.toFixed(4)), barCell);
+      table.appendChild(tr);
+    }
+    side.appendChild(table);
+  }
+
+  // ------------------------------------------------------------------ timeline over all segments
+  const tl = meta.timeline;
+  function tlX(s) { return 8 + (W - 16) * (tl.n_segments > 1 ? s / (tl.n_segments - 1) : 0.5); }
+  function drawTimeline() {
+    tctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    tctx.clearRect(0, 0, W, TL_H);
+    if (!tl) return;
+    const c = current();
+    const perSample = tl.samples[String(c.sample)] || {};
+    const y = (v) => TL_H - 14 - v * (TL_H - 28);
+    for (const [metric, color] of [["read", "#0072b2"], ["write", "#d55e00"]]) {
+      const values = (perSample[metric] || {})[String(c.layer)];
+      if (!values) continue;
+      tctx.strokeStyle = color; tctx.lineWidth = 1.2; tctx.beginPath();
+      values.forEach((v, s) => { if (v === null) return; s === 0 ? tctx.moveTo(tlX(s), y(v)) : tctx.lineTo(tlX(s), y(v)); });
+      tctx.stroke();
+    }
+    tctx.fillStyle = FACT;
+    for (const s of perSample.facts || []) { tctx.beginPath(); tctx.moveTo(tlX(s) - 3, 2); tctx.lineTo(tlX(s) + 3, 2); tctx.lineTo(tlX(s), 8); tctx.fill(); }
+    tctx.fillStyle = "#222";
+    for (const s of meta.segments) tctx.fillRect(tlX(s) - 0.5, TL_H - 10, 1, 6);
+    tctx.strokeStyle = "#000"; tctx.setLineDash([3, 2]);
+    tctx.beginPath(); tctx.moveTo(tlX(c.segment), 0); tctx.lineTo(tlX(c.segment), TL_H); tctx.stroke(); tctx.setLineDash([]);
+    tctx.font = FONT; tctx.textAlign = "right"; tctx.fillStyle = "#444";
+    tctx.fillText(`read (blue) / write (vermillion) of memory, layer ${c.layer}, all ${tl.n_segments} segments; ticks: maps kept; triangles: facts`, W - 8, TL_H - 1);
+  }
+  function timelineSegment(px) {
+    return Math.max(0, Math.min(tl.n_segments - 1, Math.round((px - 8) / (W - 16) * (tl.n_segments - 1))));
+  }
+  timeline.addEventListener("mousemove", (e) => {
+    if (!tl) return;
+    const s = timelineSegment(e.offsetX), c = current(), perSample = tl.samples[String(c.sample)] || {};
+    const read = ((perSample.read || {})[String(c.layer)] || [])[s], write = ((perSample.write || {})[String(c.layer)] || [])[s];
+    const kept = meta.segments.includes(s) ? "map kept" : "no map kept";
+    const fact = (perSample.facts || []).includes(s) ? ", fact" : "";
+    note.textContent = `segment ${s}${fact}: read ${read == null ? "–" : read.toFixed(3)}, write ${write == null ? "–" : write.toFixed(3)} (${kept})`;
+  });
+  timeline.addEventListener("click", (e) => {
+    if (!tl) return;
+    const s = timelineSegment(e.offsetX);
+    if (meta.segments.includes(s)) { segBox.value = String(s); changed("segment"); return; }
+    note.textContent = `segment ${s} kept no full map: record it with ${meta.record_hint.replace("{segment}", s)}`;
+  });
+
+  // ------------------------------------------------------------------ interaction
+  function changed(name) {
+    model.set(name, name === "head" ? headBox.value : Number({ segment: segBox, layer: layBox, sample: samBox }[name].value));
+    model.save_changes();
+    if (name === "sample" || name === "segment") pinned = null;
+    if (name === "sample") for (const o of segBox.options) o.textContent = segLabel(Number(o.value), Number(samBox.value));
+    draw();
+  }
+  segBox.addEventListener("change", () => changed("segment"));
+  layBox.addEventListener("change", () => changed("layer"));
+  headBox.addEventListener("change", () => changed("head"));
+  samBox.addEventListener("change", () => changed("sample"));
+  for (const name of ["segment", "layer", "head", "sample"]) {
+    model.on(`change:${name}`, () => {
+      const box = { segment: segBox, layer: layBox, head: headBox, sample: samBox }[name];
+      if (box.value !== String(model.get(name))) { box.value = String(model.get(name)); draw(); }
+    });
+  }
+  let syncTimer = null;
+  function syncWindow() { // the kernel's figure() draws the same window; tell it once the user stops moving
+    clearTimeout(syncTimer);
+    syncTimer = setTimeout(() => {
+      const x0 = Math.floor(view.x0), y0 = Math.floor(view.y0);
+      model.set("window", [y0, Math.ceil(view.y0 + view.cells), x0, Math.ceil(view.x0 + view.cells)]);
+      model.save_changes();
+    }, 250);
+  }
+  function setWindow(x0, y0, cells) {
+    view = { x0, y0, cells };
+    draw();
+    syncWindow();
+  }
+  reset.addEventListener("click", () => { const b = currentBlock(); if (b) setWindow(0, 0, b.n); });
+  memButton.addEventListener("click", () => {
+    const b = currentBlock();
+    if (!b || !b.memory.length) { note.textContent = "no memory positions in this map"; return; }
+    const m0 = Math.max(0, b.memory[0] - 1), cells = b.memory[b.memory.length - 1] + 2 - m0;
+    setWindow(m0, m0, cells);
+  });
+
+  overlay.addEventListener("wheel", (e) => {
+    const block = currentBlock(), h = hit(e.offsetX, e.offsetY);
+    if (!block || !h) return;
+    e.preventDefault();
+    const r = h.rect, cell = r.size / view.cells;
+    const fx = view.x0 + (e.offsetX - r.x) / cell, fy = view.y0 + (e.offsetY - r.y) / cell; // stays under the cursor
+    const minCells = Math.max(2, r.size / MAX_ZOOM_CELL);
+    const cells = Math.min(block.n, Math.max(minCells, view.cells * Math.exp(e.deltaY * 0.0015)));
+    const k = cells / view.cells;
+    setWindow(fx - (fx - view.x0) * k, fy - (fy - view.y0) * k, cells);
+  }, { passive: false });
+
+  let drag = null;
+  overlay.addEventListener("mousedown", (e) => {
+    const h = hit(e.offsetX, e.offsetY);
+    if (h) drag = { x: e.offsetX, y: e.offsetY, x0: view.x0, y0: view.y0, cell: h.rect.size / view.cells, moved: false };
+  });
+  window.addEventListener("mouseup", () => { if (drag && drag.moved) syncWindow(); });
+  overlay.addEventListener("mousemove", (e) => {
+    if (drag && (e.buttons & 1)) {
+      const dx = e.offsetX - drag.x, dy = e.offsetY - drag.y;
+      if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
+      if (drag.moved) { view.x0 = drag.x0 - dx / drag.cell; view.y0 = drag.y0 - dy / drag.cell; draw(); return; }
+    }
+    const block = currentBlock(), h = hit(e.offsetX, e.offsetY);
+    hover = h;
+    readout.textContent = block && h ? describe(block, h) : "";
+    drawOverlay();
+  });
+  overlay.addEventListener("mouseleave", () => { hover = null; readout.textContent = ""; drawOverlay(); });
+  overlay.addEventListener("click", (e) => {
+    const moved = drag && drag.moved;
+    drag = null;
+    if (moved) return;
+    const h = hit(e.offsetX, e.offsetY);
+    if (!h) return;
+    if (headBox.value === "grid") { headBox.value = String(h.rect.head); changed("head"); }
+    pinned = pinned === h.row ? null : h.row;
+    drawOverlay(); drawPinned();
+  });
+  overlay.addEventListener("dblclick", () => reset.click());
+
+  draw();
+  return () => clearTimeout(syncTimer);
+}
+
+export default { render };

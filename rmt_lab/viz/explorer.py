@@ -1,0 +1,331 @@
+"""The attention explorer: a trace's full attention maps drawn on a canvas in the browser.
+
+    from rmt_lab.viz import AttentionExplorer
+    explorer = AttentionExplorer(trace)     # in Jupyter: shows the widget
+    explorer.save_html("view.html")         # one standalone page: opens offline, no kernel
+    explorer.save("view.svg")               # publication figure of the current view (matplotlib, PNG or SVG)
+
+The heatmap is drawn client-side (rmt_lab/viz/explorer.js, an anywidget ES module shipped in the package:
+no CDN, works offline), so hover, zoom and pan never wait for the kernel. Hover reads out query token,
+key token, weight, segment, layer and head; a click pins a query row and lists its top keys; the wheel
+zooms around the cursor and a drag pans, so 512+ positions stay legible (labels never overlap; memory,
+[CLS]/[SEP] and fact positions are marked by a coloured strip at any zoom). "all heads (grid)" shows
+every head of the layer as small multiples. A timeline over all segments of the trace shows memory read
+and write mass from the summaries; clicking a segment with a kept map opens it.
+
+Data sent to the browser, once per (sample, segment, layer): a *block* holding every kept head of that
+layer and their mean, each quantized to uint8 in the square-root domain with its own scale
+(`encode_block`): q = round(255 sqrt(a / scale)), scale = the map's maximum. The colour scale is the
+same square root, so the 256 levels are exactly the colour levels. Weights read back within
+scale * (2 sqrt(a / scale) + 1/510) / 510 (`quantization_bound`): at most 0.4% of the map's maximum,
+and far less for the small weights that fill most of a map. Size: (heads + 1) x positions^2 bytes, e.g.
+13 x 522 x 522 = 3.5 MB for a MiniLM segment (float32 would be 14 MB; a PNG of the view 0.3 MB but with
+no values). Changing head, grid or mean, zooming and hovering use the block already in the browser;
+changing segment, layer or sample fetches one block (one message, binary), and the browser keeps the
+last 8 blocks, so going back is free.
+
+`trace` is an `rmt_lab.trace.Trace` (or anything with its reading interface, see viz.attention).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import anywidget
+import numpy as np
+import traitlets
+
+from rmt_lab.viz.attention import (
+    ATTENTION_NORM_GAMMA, AttentionView, _numpy, draw_attention, fact_label_positions, plot_attention,
+)
+from rmt_lab.viz.style import ATTENTION_CMAP, figure_style, new_figure, save_figure
+
+ESM = Path(__file__).with_name("explorer.js")
+LEVELS = 255
+TIMELINE_METRICS = {"read": "read_content", "write": "write_content"}
+
+
+# ------------------------------------------------------------------ encoding
+def quantize(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(k, L, L) attention probabilities -> uint8 in the sqrt domain and one float32 scale per map."""
+    maps = np.clip(np.asarray(maps, dtype=np.float32), 0.0, None)
+    scales = maps.reshape(len(maps), -1).max(axis=1)
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)  # an all-zero map decodes to zeros with any scale
+    q = np.rint(LEVELS * np.sqrt(maps / scales[:, None, None]))
+    return q.astype(np.uint8), scales
+
+
+def dequantize(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The inverse of `quantize` (what the browser computes for the readout)."""
+    v = q.astype(np.float32) / LEVELS
+    return np.asarray(scales, dtype=np.float32)[:, None, None] * v * v
+
+
+def quantization_bound(a: np.ndarray, scale: float) -> np.ndarray:
+    """Largest |a - dequantize(quantize(a))| for weights `a` of a map with maximum `scale`: rounding moves
+    sqrt(a / scale) by at most 1/510, which moves a by scale * (2 sqrt(a / scale) + 1/510) / 510."""
+    step = 0.5 / LEVELS
+    return scale * step * (2 * np.sqrt(np.asarray(a) / scale) + step)
+
+
+def encode_block(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's kept heads (heads, L, L) -> uint8 (heads + 1, L, L) and scales; index 0 is the mean of heads
+    (averaged before quantizing, so it is as exact as any single head)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    return quantize(np.concatenate([maps.mean(0, keepdims=True), maps]))
+
+
+def _colormap() -> list[list[int]]:
+    """The figures' attention colormap as 256 RGB triples, indexed by round(255 sqrt(a))."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps.get(ATTENTION_CMAP)
+    if cmap is None:  # seaborn registers mako_r on import
+        import seaborn  # noqa: F401
+
+        cmap = matplotlib.colormaps[ATTENTION_CMAP]
+    rgb = cmap(np.linspace(0, 1, 256))[:, :3]
+    return np.rint(rgb * 255).astype(int).tolist()
+
+
+# ------------------------------------------------------------------ the widget
+class _ExplorerWidget(anywidget.AnyWidget):
+    _esm = ESM
+    meta = traitlets.Dict().tag(sync=True)  # segments, layers, heads, samples, colormap, timeline
+    sample = traitlets.Int(0).tag(sync=True)
+    segment = traitlets.Int(0).tag(sync=True)
+    layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Unicode("mean").tag(sync=True)  # "mean", "grid" or a head index
+    window = traitlets.List([]).tag(sync=True)  # [row0, row1, col0, col1] shown, set by the browser on zoom
+
+
+class AttentionExplorer:
+    """Explore one trace's full attention maps in the browser (see the module docstring).
+
+    `explorer.widget` is the anywidget; its traitlets `sample`, `segment`, `layer`, `head` ("mean", "grid" or
+    a head index as text) and `window` follow the browser and can be set from Python. `view()` is the
+    current view as data, `figure()` / `save(path)` a matplotlib figure of it, `save_html(path)` a
+    standalone page.
+    """
+
+    def __init__(self, trace, sample: int = 0, segment: int | None = None, layer: int | None = None,
+                 head: int | str = "mean", max_ticks: int = 48, width: int = 760):
+        if not trace.map_segments:
+            raise ValueError("this trace kept no full attention maps: record with TraceConfig(segments=...) set")
+        self.trace = trace
+        self.max_ticks = max_ticks
+        first = trace.segment_info(trace.map_segments[0])
+        self.layers = [int(v) for v in first["layers"]]
+        self.heads = [int(v) for v in first["heads"]]
+        samples = list(range(len(first["has_fact"])))
+        segment = trace.map_segments[0] if segment is None else segment
+        layer = self.layers[-1] if layer is None else layer
+        for name, value, allowed in (("sample", sample, samples), ("segment", segment, trace.map_segments),
+                                     ("layer", layer, self.layers), ("head", head, ["mean", "grid", *self.heads])):
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r} has no map in this trace; choose one of {allowed}")
+        self.widget = _ExplorerWidget(meta=self._meta(samples, width), sample=sample, segment=segment, layer=layer,
+                                      head=str(head))
+        self.widget.add_class("rmt-attention-explorer")
+        self.widget.on_msg(self._on_msg)
+
+    # -------------------------------------------------------------- data for the browser
+    def _meta(self, samples: list[int], width: int) -> dict:
+        segments = [int(s) for s in self.trace.map_segments]
+        fact_segments = {str(b): [s for s in segments if self.trace.segment_info(s)["has_fact"][b]] for b in samples}
+        return {"segments": segments, "fact_segments": fact_segments, "layers": self.layers, "heads": self.heads, "samples": samples,
+                "cmap": _colormap(), "width": width, "timeline": self._timeline(samples),
+                "record_hint": "rmt-lab trace ... --maps {segment} (or a selection such as '0,{segment},last')"}
+
+    def _timeline(self, samples: list[int]) -> dict | None:
+        """Per sample and layer, memory read and write mass (mean of heads) for every segment of the trace, and
+        the fact segments; None when the trace has no summaries. 3 decimals: a line 60 px high needs no more."""
+        try:
+            s = self.trace.summaries
+        except (AttributeError, FileNotFoundError):
+            return None
+        n_segments = int(getattr(self.trace, "n_segments", int(s["segment"].max()) + 1 if len(s) else 0))
+        out: dict = {"n_segments": n_segments, "samples": {}}
+        means = (s[s["metric"].isin(list(TIMELINE_METRICS.values())) & (s["layer"] >= 0)]
+                 .groupby(["sample", "metric", "layer", "segment"], observed=True)["value"].mean())
+        facts = s[s["has_fact"]].groupby("sample")["segment"].unique() if "has_fact" in s else {}
+        for b in samples:
+            entry: dict = {"facts": sorted(int(v) for v in facts.get(b, []))}
+            for key, metric in TIMELINE_METRICS.items():
+                entry[key] = {}
+                for layer in self.layers:
+                    try:
+                        series = means.loc[(b, metric, layer)]
+                    except KeyError:
+                        continue
+                    values = [None] * n_segments
+                    for seg, v in series.items():
+                        values[int(seg)] = round(float(v), 3)
+                    entry[key][str(layer)] = values
+            out["samples"][str(b)] = entry
+        return out
+
+    def _maps(self, sample: int, segment: int, layer: int) -> tuple[np.ndarray, list[str], list[int]]:
+        """One sample's kept heads (heads, L, L) cut to its real positions (padding dropped), their labels, and
+        the indices of fact tokens among them."""
+        labels = list(self.trace.labels(segment, sample))
+        real = [i for i, lab in enumerate(labels) if lab != "[PAD]"]
+        maps = _numpy(self.trace.pattern(segment, layer))[sample][:, real][:, :, real]
+        facts = set(fact_label_positions(self.trace, segment, sample))
+        return maps, [labels[i] for i in real], [k for k, i in enumerate(real) if i in facts]
+
+    def block(self, sample: int, segment: int, layer: int) -> tuple[dict, bytes]:
+        """The message header and the bytes of one (sample, segment, layer): every kept head and the mean of
+        heads, quantized by `encode_block`."""
+        maps, labels, facts = self._maps(sample, segment, layer)
+        q, scales = encode_block(maps)
+        header = {"type": "block", "sample": sample, "segment": segment, "layer": layer, "n": len(labels),
+                  "heads": [int(h) for h in self.trace.segment_info(segment)["heads"]], "labels": labels,
+                  "facts": facts, "scales": scales.tolist()}
+        return header, q.tobytes()
+
+    def _on_msg(self, _widget, content, _buffers) -> None:
+        if not isinstance(content, dict) or content.get("type") != "need":
+            return
+        key = {k: int(content[k]) for k in ("sample", "segment", "layer")}
+        try:
+            header, data = self.block(**key)
+        except (KeyError, IndexError, ValueError) as err:  # the browser shows why instead of waiting forever
+            self.widget.send({"type": "block", **key, "error": str(err)})
+            return
+        self.widget.send(header, buffers=[data])
+
+    # -------------------------------------------------------------- the current view in Python
+    def _window(self, n: int) -> tuple[int, int, int, int]:
+        """The zoom window the browser reported, clamped to the map: rows r0:r1, columns c0:c1."""
+        r0, r1, c0, c1 = self.widget.window if len(self.widget.window) == 4 else (0, n, 0, n)
+        r0, c0 = min(max(0, int(r0)), n - 1), min(max(0, int(c0)), n - 1)
+        return r0, min(n, max(int(r1), r0 + 1)), c0, min(n, max(int(c1), c0 + 1))
+
+    def view(self) -> AttentionView:
+        """The current view as data, from the trace's exact maps (not the quantized bytes): the shown head or the
+        mean of heads (also in grid mode), cut to the zoom window."""
+        w = self.widget
+        head = "mean" if w.head in ("mean", "grid") else int(w.head)
+        maps, labels, facts = self._maps(w.sample, w.segment, w.layer)
+        matrix = maps.mean(0) if head == "mean" else maps[self.trace.segment_info(w.segment)["heads"].index(head)]
+        r0, r1, c0, c1 = self._window(len(labels))
+        head_text = "mean of heads" if head == "mean" else f"head {head}"
+        return AttentionView(
+            attention=matrix[r0:r1, c0:c1], row_labels=labels[r0:r1], col_labels=labels[c0:c1],
+            title=f"segment {w.segment}, layer {w.layer}, {head_text}", segment=w.segment, layer=w.layer, head=head,
+            fact_rows=tuple(k - r0 for k in facts if r0 <= k < r1),
+            fact_cols=tuple(k - c0 for k in facts if c0 <= k < c1),
+        )
+
+    def figure(self):
+        """A matplotlib figure of the current view; in grid mode, every head of the layer as small multiples."""
+        if self.widget.head != "grid":
+            return plot_attention(self.view(), self.max_ticks)
+        w = self.widget
+        base = self.view()
+        maps, labels, _facts = self._maps(w.sample, w.segment, w.layer)
+        r0, r1, c0, c1 = self._window(len(labels))
+        heads = self.trace.segment_info(w.segment)["heads"]
+        cols = int(np.ceil(np.sqrt(len(heads))))
+        rows = int(np.ceil(len(heads) / cols))
+        with figure_style(font_scale=0.7):
+            fig, axes = new_figure(rows, cols, figsize=(2.6 * cols, 2.6 * rows))
+            for ax in axes.flat[len(heads):]:
+                ax.set_visible(False)
+            for ax, k, h in zip(axes.flat, range(len(heads)), heads):
+                view = AttentionView(attention=maps[k, r0:r1, c0:c1], row_labels=base.row_labels,
+                                     col_labels=base.col_labels, title=f"head {h}", fact_rows=base.fact_rows,
+                                     fact_cols=base.fact_cols)
+                draw_attention(ax, view, max_ticks=12)
+            fig.suptitle(f"segment {w.segment}, layer {w.layer}, all heads (sqrt colour scale, gamma "
+                         f"{ATTENTION_NORM_GAMMA})")
+        return fig
+
+    def save(self, path: str | Path) -> Path:
+        """Write the current view to `path` (.png or .svg by its suffix)."""
+        path = Path(path)
+        fmt = path.suffix.lstrip(".").lower() or "png"
+        if fmt not in ("png", "svg"):
+            raise ValueError(f"cannot save a view as {fmt!r}; use .png or .svg")
+        return save_figure(self.figure(), path.with_suffix(""), (fmt,))[0]
+
+    # -------------------------------------------------------------- the standalone page
+    def save_html(self, path: str | Path, segments: list[int] | None = None, layers: list[int] | None = None,
+                  samples: list[int] | None = None) -> Path:
+        """One HTML file with the explorer's script and the blocks of the chosen samples, segments and layers
+        inlined (default: the current ones; all heads always); it opens offline in a browser, no kernel. Each
+        block is (heads + 1) x positions^2 bytes, base64 in the page (4/3 of that)."""
+        w = self.widget
+        samples = [w.sample] if samples is None else list(samples)
+        segments = [w.segment] if segments is None else list(segments)
+        layers = [w.layer] if layers is None else list(layers)
+        blocks = []
+        for b in samples:
+            for s in segments:
+                for layer in layers:
+                    header, data = self.block(b, s, layer)
+                    blocks.append({**header, "data": base64.b64encode(data).decode("ascii")})
+        meta = dict(w.meta, samples=samples, segments=segments, layers=layers,
+                    fact_segments={str(b): w.meta["fact_segments"][str(b)] for b in samples})
+        if meta.get("timeline"):
+            meta["timeline"] = dict(meta["timeline"], samples={str(b): meta["timeline"]["samples"][str(b)]
+                                                               for b in samples})
+        state = {"meta": meta, "sample": samples[0] if w.sample not in samples else w.sample,
+                 "segment": segments[0] if w.segment not in segments else w.segment,
+                 "layer": layers[0] if w.layer not in layers else w.layer, "head": w.head, "window": []}
+        page = _PAGE.format(title=html.escape(f"attention explorer: segment {state['segment']}, layer {state['layer']}"),
+                            data=_script_json({"state": state, "blocks": blocks}), esm=ESM.read_text(encoding="utf-8"))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+        return path
+
+    def _ipython_display_(self):  # shown when the explorer is the cell's value
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _script_json(value) -> str:
+    """JSON safe inside <script>: '</' cannot end the element early (token labels are arbitrary text)."""
+    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+
+
+# The page's model stands in for the anywidget model: the same get/set/on/send calls, answered from the
+# inlined blocks, so the module runs unchanged.
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:">
+</head><body style="margin:16px">
+<div id="rmt-explorer-app"></div>
+<script type="application/json" id="rmt-explorer-data">{data}</script>
+<script type="module">
+{esm}
+const inlined = JSON.parse(document.getElementById("rmt-explorer-data").textContent);
+const state = inlined.state, listeners = {{}};
+const byKey = new Map(inlined.blocks.map((b) => [`${{b.sample}}/${{b.segment}}/${{b.layer}}`, b]));
+function bytes(text) {{
+  const raw = atob(text), out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}}
+const model = {{
+  get: (name) => state[name],
+  set: (name, value) => {{ state[name] = value; }},
+  save_changes: () => {{}},
+  on: (event, fn) => {{ (listeners[event] = listeners[event] || []).push(fn); }},
+  send: (msg) => {{
+    const b = byKey.get(`${{msg.sample}}/${{msg.segment}}/${{msg.layer}}`);
+    const reply = b ? [{{ ...b, data: undefined }}, [bytes(b.data)]]
+                    : [{{ type: "block", sample: msg.sample, segment: msg.segment, layer: msg.layer,
+                          error: "this page holds no map of that view: save_html(path, segments=..., layers=..., samples=...)" }}, []];
+    queueMicrotask(() => (listeners["msg:custom"] || []).forEach((fn) => fn(...reply)));
+  }},
+}};
+render({{ model, el: document.getElementById("rmt-explorer-app") }});
+</script></body></html>
+"""

@@ -11,13 +11,15 @@ experiments -> parquet/trace files -> viz).
 Report figures: `plot_long_context` (1), `plot_flops` (3), `plot_generalization` and
 `plot_generalization_heatmap` (5), `plot_memory_operations` (6). Beyond the report:
 `plot_training_curves`, `plot_recurrence_ablation`, `plot_memory_size_sweep`, `plot_measured_memory`, `plot_read_write_profile`, `plot_write_precision`,
-`plot_memory_trajectory`, `plot_probe_accuracy`. Widgets (ipywidgets, offline):
-`AttentionExplorer`, `MemoryDynamics` (import from rmt_lab.viz.widgets).
+`plot_memory_trajectory`, `plot_probe_accuracy`. Widgets (offline): `AttentionExplorer` (drawn in the
+browser, `save_html` for a standalone page; rmt_lab.viz.explorer), `MemoryDynamics` (import from
+rmt_lab.viz.widgets).
 """
 
 from rmt_lab.viz.attention import (
     AttentionView, attention_view, memory_operation_panels, plot_attention, plot_memory_operations,
 )
+from rmt_lab.viz.explorer import AttentionExplorer
 from rmt_lab.viz.memory import (
     attention_profile, memory_projection, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile,
     plot_write_precision,
@@ -31,7 +33,7 @@ from rmt_lab.viz.training import (
 )
 
 __all__ = [
-    "AttentionView", "TableError", "attention_profile", "attention_view", "figure_names", "figure_style",
+    "AttentionExplorer", "AttentionView", "TableError", "attention_profile", "attention_view", "figure_names", "figure_style",
     "format_report", "load_trace", "memory_operation_panels", "memory_projection", "missing_inputs",
     "plot_attention", "plot_flops", "plot_generalization", "plot_generalization_heatmap", "plot_long_context",
     "plot_measured_memory", "plot_memory_operations", "plot_memory_size_sweep", "plot_memory_trajectory", "plot_probe_accuracy",

@@ -107,7 +107,7 @@ function render({ model, el: host }) {
   root.appendChild(bar);
 
   const stage = el("div");
-  stage.style.cssText = "display:flex; gap:12px; align-items:flex-start;";
+  stage.style.cssText = "display:flex; flex-wrap:wrap; gap:12px; align-items:flex-start;";
   const holder = el("div");
   holder.style.cssText = "position:relative;";
   const canvas = el("canvas", { class: "rmt-heatmap" });

@@ -1,11 +1,11 @@
-"""Interactive views of a recorded trace in Jupyter: the attention explorer and the memory dynamics widget.
+"""The memory dynamics widget: step through the segments of a recorded trace and watch the memory.
 
-Both draw with matplotlib into PNG bytes shown by an `ipywidgets.Image`, so they need no JavaScript
-beyond the widget manager JupyterLab ships with: no CDN, nothing fetched, they work offline, and the
-executed notebook stores the current picture in its widget state.
+It draws with matplotlib into PNG bytes shown by an `ipywidgets.Image`, so it needs no JavaScript
+beyond the widget manager JupyterLab ships with: no CDN, nothing fetched, it works offline, and the
+executed notebook stores the current picture in its widget state. (The attention explorer, whose
+maps need hover and zoom at 512+ positions, draws in the browser instead: rmt_lab.viz.explorer.)
 
-    from rmt_lab.viz.widgets import AttentionExplorer, MemoryDynamics
-    AttentionExplorer(trace)          # segment / layer / head sliders, regions, sparkline, export
+    from rmt_lab.viz.widgets import MemoryDynamics
     MemoryDynamics(trace, tokenizer)  # step through segments: read/write, slot changes, written tokens
 
 `trace` is an `rmt_lab.trace.Trace` (or anything with its reading interface, see viz.attention).
@@ -14,156 +14,15 @@ executed notebook stores the current picture in its widget state.
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 
-from rmt_lab.viz.attention import REGION_HELP, REGIONS, AttentionView, attention_view, plot_attention
 from rmt_lab.viz.memory import fact_segments, memory_projection
-from rmt_lab.viz.style import SEQUENTIAL, colors, figure_bytes, figure_style, new_figure, save_figure
+from rmt_lab.viz.style import SEQUENTIAL, colors, figure_bytes, figure_style, new_figure
 
 FACT_MARK = "#d55e00"
-
-
-def _segment_options(trace, sample: int) -> list[tuple[str, int]]:
-    options = []
-    for s in trace.map_segments:
-        fact = trace.segment_info(s)["has_fact"][sample]
-        options.append((f"{s} (fact)" if fact else str(s), s))
-    return options
-
-
-class AttentionExplorer:
-    """Explore one trace's full attention maps: segment, layer, head (or the mean of heads), region.
-
-    Regions: the full map; memory rows (what memory writes); memory columns (what reads memory); the
-    memory block (retain shows as a diagonal). The sparkline below shows, across all segments, the
-    read and write mass of the chosen layer (and head) with the current segment marked. "Save" writes
-    the current view to PNG or SVG (`save(path)` from code).
-    """
-
-    def __init__(self, trace, sample: int = 0, segment: int | None = None, layer: int | None = None,
-                 head: int | str = "mean", region: str = "full", max_ticks: int = 48, out_dir: str | Path = "."):
-        if not trace.map_segments:
-            raise ValueError("this trace kept no full attention maps: record with TraceConfig(segments=...) set")
-        self.trace = trace
-        self.max_ticks = max_ticks
-        self.out_dir = Path(out_dir)
-        first = trace.segment_info(trace.map_segments[0])
-        batch = len(first["has_fact"])
-        layers = list(first["layers"])
-        style = {"description_width": "initial"}
-        self.sample = widgets.Dropdown(options=list(range(batch)), value=sample, description="sample",
-                                       layout=widgets.Layout(width="130px"), style=style)
-        self.segment = widgets.SelectionSlider(options=_segment_options(trace, sample),
-                                               value=segment if segment is not None else trace.map_segments[0],
-                                               description="segment", continuous_update=False, style=style)
-        self.layer = widgets.SelectionSlider(options=layers, value=layer if layer is not None else layers[-1],
-                                             description="layer", continuous_update=False, style=style)
-        self.head = widgets.Dropdown(options=[("mean of heads", "mean")] + [(f"head {h}", h) for h in first["heads"]],
-                                     value=head, description="head", layout=widgets.Layout(width="190px"),
-                                     style=style)
-        self.region = widgets.ToggleButtons(options=list(REGIONS), value=region, description="show",
-                                            tooltips=[REGION_HELP[r] for r in REGIONS], style=style)
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="760px", height="auto"))
-        self.sparkline = widgets.Image(format="png", layout=widgets.Layout(max_width="760px", height="auto"))
-        self.filename = widgets.Text(value="attention_view", description="save as", layout=widgets.Layout(width="260px"),
-                                     style=style)
-        self.save_png = widgets.Button(description="save PNG", icon="download", layout=widgets.Layout(width="110px"))
-        self.save_svg = widgets.Button(description="save SVG", icon="download", layout=widgets.Layout(width="110px"))
-        self.status = widgets.HTML()
-        self.save_png.on_click(lambda _b: self._save_clicked("png"))
-        self.save_svg.on_click(lambda _b: self._save_clicked("svg"))
-        self.sample.observe(self._sample_changed, names="value")
-        for control in (self.segment, self.layer, self.head, self.region):
-            control.observe(lambda _change: self.update(), names="value")
-        self.widget = widgets.VBox([
-            widgets.HBox([self.segment, self.layer]),
-            widgets.HBox([self.head, self.sample]),
-            self.region,
-            self.image,
-            self.sparkline,
-            widgets.HBox([self.filename, self.save_png, self.save_svg]),
-            self.status,
-        ])
-        self.widget.add_class("rmt-attention-explorer")
-        self.update()
-
-    # -------------------------------------------------------------- state
-    def view(self) -> AttentionView:
-        """The current view as data (the map, its labels and what it shows)."""
-        return attention_view(self.trace, self.segment.value, self.layer.value, self.head.value, self.sample.value,
-                              self.region.value)
-
-    def figure(self):
-        return plot_attention(self.view(), self.max_ticks)
-
-    def update(self) -> None:
-        """Redraw the map and the sparkline for the current controls."""
-        self.image.value = figure_bytes(self.figure(), "png", dpi=90)
-        self.sparkline.value = figure_bytes(self._sparkline_figure(), "png", dpi=90)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the current view to `path` (.png or .svg by its suffix)."""
-        path = Path(path)
-        fmt = path.suffix.lstrip(".").lower() or "png"
-        if fmt not in ("png", "svg"):
-            raise ValueError(f"cannot save a view as {fmt!r}; use .png or .svg")
-        return save_figure(self.figure(), path.with_suffix(""), (fmt,))[0]
-
-    def _save_clicked(self, fmt: str) -> None:
-        try:
-            path = self.save(self.out_dir / f"{self.filename.value or 'attention_view'}.{fmt}")
-            self.status.value = f"saved <code>{html.escape(str(path))}</code>"
-        except (OSError, ValueError) as err:
-            self.status.value = f"<span style='color:#b00'>could not save: {html.escape(str(err))}</span>"
-
-    def _sample_changed(self, change) -> None:
-        current = self.segment.value
-        self.segment.options = _segment_options(self.trace, change["new"])
-        self.segment.value = current
-        self.update()
-
-    # -------------------------------------------------------------- sparkline
-    def _profile(self) -> pd.DataFrame:
-        s = self.trace.summaries
-        s = s[(s["sample"] == self.sample.value) & (s["layer"] == self.layer.value)
-              & s["metric"].isin(["read_content", "write_content"])]
-        if self.head.value != "mean":
-            s = s[s["head"] == self.head.value]
-        return s.groupby(["metric", "segment"], observed=True, as_index=False)["value"].mean()
-
-    def _sparkline_figure(self):
-        with figure_style(font_scale=0.8):
-            fig, axes = new_figure(1, 1, figsize=(7.6, 1.5))
-            ax = axes[0, 0]
-            profile = self._profile()
-            read_c, write_c = colors(2)
-            for metric, color, label in (("read_content", read_c, "read: tokens attend to memory"),
-                                         ("write_content", write_c, "write: memory attends to tokens")):
-                d = profile[profile["metric"] == metric]
-                ax.plot(d["segment"], d["value"], color=color, linewidth=1.4, label=label)
-            for f in fact_segments(self.trace.summaries, self.sample.value):
-                ax.plot(f, 1.0, marker="v", color=FACT_MARK, markersize=5, transform=ax.get_xaxis_transform(),
-                        clip_on=False)
-            ax.axvline(self.segment.value, color="0.2", linewidth=1, linestyle="--")
-            ax.set_ylim(bottom=0)
-            ax.set_xlabel("segment (dashed: shown; triangles: facts)", fontsize="small")
-            ax.set_ylabel("attention\nmass", fontsize="small")
-            head = "mean of heads" if self.head.value == "mean" else f"head {self.head.value}"
-            ax.set_title(f"memory read/write across segments, layer {self.layer.value}, {head}", fontsize="small",
-                         loc="left")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        return fig
-
-    def _ipython_display_(self):  # shown when the explorer is the cell's value
-        from IPython.display import display
-
-        display(self.widget)
 
 
 class MemoryDynamics:

@@ -1,9 +1,9 @@
 """The attention explorer in a real browser: JupyterLab on 127.0.0.1, headless Chromium through playwright.
 
 Opens notebooks/02_attention_explorer.ipynb, runs all cells, and asserts that the explorer rendered
-(its heatmap image decoded in the page, no error output), that moving the segment slider one step
-redraws the heatmap through the live kernel, and that no request left 127.0.0.1 (the widgets work
-offline: no CDN). A screenshot is saved; set RMT_LAB_SCREENSHOTS=figures to keep it in figures/.
+(its canvas drawn in the page, no error output), that choosing another segment draws it with the block
+the live kernel sends, that hovering a cell reads it out, and that no request left 127.0.0.1 (the
+widgets work offline: no CDN). A screenshot is saved; set RMT_LAB_SCREENSHOTS=figures to keep it in figures/.
 
 Needs Debian's chromium (/usr/bin/chromium; CI: apt-get install -y chromium) and the playwright
 package; skipped with the reason when either is missing. JupyterLab's config, data, runtime, settings
@@ -140,24 +140,27 @@ def test_attention_explorer_renders_in_chromium_offline(jupyterlab, tmp_path):
                                    " && window.jupyterapp.shell.currentWidget.sessionContext.session", timeout=90_000)
             page.wait_for_function("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            image = ".rmt-attention-explorer img"
-            page.wait_for_function(
-                f"[...document.querySelectorAll('{image}')].length >= 2"
-                f" && [...document.querySelectorAll('{image}')].every(i => i.complete && i.naturalWidth > 100)",
-                timeout=240_000)
+            drawn = ".rmt-attention-explorer .rmt-explorer[data-drawn]"
+            page.wait_for_selector(drawn, timeout=240_000)
             page.wait_for_selector("text=current_view.svg", timeout=120_000)  # the last cell ran
             deadline = time.monotonic() + 60
             while not _kernels_idle(port):  # the server's view of the kernel, not the page's indicator
                 assert time.monotonic() < deadline, "the kernel stayed busy after the last cell"
                 time.sleep(0.5)
 
-            heatmap = page.locator(image).first
-            before = heatmap.get_attribute("src")
-            handle = page.locator(".rmt-attention-explorer .noUi-handle").first  # the segment slider
-            handle.focus()
-            page.keyboard.press("ArrowRight")  # one step, then wait for the redrawn heatmap
-            page.wait_for_function(f"document.querySelector('{image}').src !== {json.dumps(before)}"
-                                   f" && document.querySelector('{image}').naturalWidth > 100", timeout=60_000)
+            explorer = page.locator(".rmt-attention-explorer .rmt-explorer").first
+            sample, segment, layer, head = explorer.get_attribute("data-drawn").split("/")
+            options = explorer.locator("select[name=segment] option").evaluate_all("os => os.map(o => o.value)")
+            other = next(o for o in options if o != segment)
+            explorer.locator("select[name=segment]").select_option(other)  # a block the kernel has not sent yet
+            page.wait_for_function(f"document.querySelector('{drawn}').dataset.drawn === "
+                                   f"{json.dumps(f'{sample}/{other}/{layer}/{head}')}", timeout=60_000)
+            plot = json.loads(explorer.get_attribute("data-plot"))
+            box = explorer.locator("canvas.rmt-overlay").bounding_box()
+            cell = plot["size"] / plot["cells"]
+            page.mouse.move(box["x"] + plot["x"] + 0.5 * cell, box["y"] + plot["y"] + 1.5 * cell)
+            readout = explorer.locator(".rmt-readout").inner_text()
+            assert readout.startswith('query 1 "[mem 0]"') and f"segment {other}" in readout, readout
             page.wait_for_timeout(300)
 
             errors = page.evaluate(
@@ -169,7 +172,7 @@ def test_attention_explorer_renders_in_chromium_offline(jupyterlab, tmp_path):
             assert widget_errors.count() == 0, "a widget failed to render"
 
             shot = tmp_path / "attention_explorer_browser.png"
-            page.locator(".rmt-attention-explorer").first.screenshot(path=str(shot))
+            explorer.screenshot(path=str(shot))
             assert shot.stat().st_size > 10_000
             keep = os.environ.get("RMT_LAB_SCREENSHOTS")
             if keep:

@@ -1,0 +1,136 @@
+"""Interaction-to-paint of the attention explorer in headless Chromium, at a MiniLM-scale segment.
+
+    .venv/bin/python -m tests.viz.bench_explorer            # 522 positions x 12 heads, 3 segments x 2 layers
+    .venv/bin/python -m tests.viz.bench_explorer --positions 1024
+
+A benchmark, not a test: it prints figures and asserts nothing about them. It writes the standalone page
+(`save_html`) of a synthetic trace and, inside the page, times each interaction from the input event to
+the next frame (requestAnimationFrame, then a task: the frame with the change has been produced). Each
+kind of interaction is repeated; it reports the median and the range. "first" rows need a block or a
+head's image the page has not drawn before (base64 decode, colouring 522^2 cells); "seen" rows redraw
+from what is already decoded. In Jupyter the first visit of a block also waits for the kernel to encode
+and send it: the Python encode time is reported alongside (the websocket transfer of 3.5 MB on
+localhost is not included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from rmt_lab.viz import AttentionExplorer
+from tests.viz.synthetic import synthetic_trace
+from tests.viz.test_browser import CHROMIUM, CHROMIUM_FLAGS
+
+# In the page: run an action, wait for the frame that shows it; ms from the event to that frame.
+_TIMER = """
+window.__paint = (action) => new Promise((done) => {
+  const t0 = performance.now();
+  action();
+  requestAnimationFrame(() => setTimeout(() => done(performance.now() - t0), 0));
+});
+window.__choose = (name, value) => window.__paint(() => {
+  const box = document.querySelector(`select[name=${name}]`);
+  box.value = String(value);
+  box.dispatchEvent(new Event("change"));
+});
+window.__hover = (x, y) => window.__paint(() => {
+  const o = document.querySelector("canvas.rmt-overlay"), r = o.getBoundingClientRect();
+  o.dispatchEvent(new MouseEvent("mousemove", {clientX: r.left + x, clientY: r.top + y, bubbles: true}));
+});
+window.__wheel = (x, y, dy) => window.__paint(() => {
+  const o = document.querySelector("canvas.rmt-overlay"), r = o.getBoundingClientRect();
+  o.dispatchEvent(new WheelEvent("wheel", {clientX: r.left + x, clientY: r.top + y, deltaY: dy, bubbles: true,
+                                           cancelable: true}));
+});
+true;  // playwright calls an expression whose value is a function: end on a plain value
+"""
+
+
+def _summary(name: str, values: list[float]) -> str:
+    return (f"{name:<34} median {statistics.median(values):7.1f} ms   range {min(values):6.1f} .. {max(values):6.1f} ms"
+            f"   n={len(values)}")
+
+
+def benchmark_explorer(positions: int = 522, heads: int = 12, layers: int = 2, segments: int = 3,
+                       repeats: int = 20) -> dict[str, list[float]]:
+    """Print and return interaction-to-paint times (ms) per kind of interaction on the standalone page."""
+    from playwright.sync_api import sync_playwright
+
+    trace = synthetic_trace(n_positions=positions, n_mem=10, layers=layers, heads=heads,
+                            map_segments=tuple(range(segments)), n_segments=max(segments, 4))
+    explorer = AttentionExplorer(trace)
+    encode = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        header, data = explorer.block(0, 0, 0)
+        encode.append((time.perf_counter() - t0) * 1000)
+    path = Path(tempfile.mkdtemp(prefix="rmt_explorer_bench_")) / "explorer.html"
+    explorer.save_html(path, segments=list(range(segments)), layers=list(range(layers)))
+    print(f"{positions} positions x {heads} heads (+ their mean): block {len(data) / 1e6:.2f} MB "
+          f"({heads + 1} x {positions}^2 bytes); float32 would be {heads * positions ** 2 * 4 / 1e6:.1f} MB")
+    print(f"standalone page with {segments} segments x {layers} layers: {path.stat().st_size / 1e6:.1f} MB "
+          f"({path})")
+    times: dict[str, list[float]] = {"python: encode a block": encode}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            t0 = time.perf_counter()
+            page.goto(path.as_uri())
+            page.wait_for_selector(".rmt-explorer[data-drawn]", timeout=120_000)
+            times["open page to first map"] = [(time.perf_counter() - t0) * 1000]
+            page.evaluate(_TIMER)
+            last = layers - 1
+
+            def record(name, script, *args):
+                times.setdefault(name, []).append(page.evaluate(script, list(args)))
+
+            choose = "([n, v]) => window.__choose(n, v)"
+            for s in range(1, segments):  # blocks not decoded yet
+                record("segment change (first)", choose, "segment", s)
+            for layer in range(layers):
+                if layer != last:
+                    record("layer change (first)", choose, "layer", layer)
+            record("layer change (first)", choose, "layer", last)
+            for h in range(heads):  # each head's image coloured for the first time
+                record("head change (first)", choose, "head", h)
+            record("head: mean of heads", choose, "head", "mean")
+            for k in range(repeats):
+                record("segment change (seen)", choose, "segment", k % segments)
+                record("layer change (seen)", choose, "layer", k % layers)
+                record("head change (seen)", choose, "head", k % 2)
+            record("head: grid of all heads (first)", choose, "head", "grid")
+            for k in range(repeats):
+                record("head: grid of all heads (seen)", choose, "head", "grid" if k % 2 else 0)
+            page.evaluate(choose, ["head", "mean"])
+            page.evaluate(choose, ["segment", 0])
+            for k in range(repeats * 3):
+                x = 100 + (k * 37) % 640
+                y = 100 + (k * 53) % 640
+                record("hover (readout + crosshair)", "([x, y]) => window.__hover(x, y)", x, y)
+            for k in range(repeats):
+                record("wheel zoom step", "([x, y, d]) => window.__wheel(x, y, d)", 400, 400, -120 if k % 2 else 120)
+        finally:
+            browser.close()
+    for name, values in times.items():
+        print(_summary(name, values))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--positions", type=int, default=522)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--segments", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    benchmark_explorer(args.positions, args.heads, args.layers, args.segments, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

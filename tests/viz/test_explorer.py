@@ -1,0 +1,180 @@
+"""The attention explorer's data, without a browser: the quantized blocks (error bound, size, labels), the
+kernel's answers to the browser, the figures of the current view and the standalone page's contents."""
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+from rmt_lab.viz import AttentionExplorer
+from rmt_lab.viz.explorer import ESM, dequantize, encode_block, quantization_bound, quantize
+from tests.viz.helpers import FakeTrace
+from tests.viz.synthetic import synthetic_trace
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _rows(rng, k, n, sharpness):
+    logits = rng.standard_normal((k, n, n)) * sharpness
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("sharpness", [0.1, 3.0, 12.0])  # near-uniform, peaked, nearly one-hot rows
+def test_quantization_stays_within_its_bound(sharpness):
+    maps = _rows(np.random.default_rng(1), 3, 200, sharpness)
+    q, scales = quantize(maps)
+    assert q.dtype == np.uint8 and q.shape == maps.shape and scales.shape == (3,)
+    back = dequantize(q, scales)
+    bound = quantization_bound(maps, scales[:, None, None])
+    assert np.all(np.abs(back - maps) <= bound * (1 + 1e-5) + 1e-9)
+    # at most 0.4% of a map's maximum anywhere, and the bound is not loose by orders of magnitude
+    assert np.all(bound <= scales[:, None, None] * 0.0040)
+    assert np.abs(back - maps).max() > 0.1 * bound.max()
+    assert np.all(q.reshape(3, -1).max(1) == 255)  # each map's maximum uses the top level
+
+
+def test_small_weights_survive_a_strong_maximum():
+    # 522 positions of mostly ~1/522 weights under one weight of 1.0: linear 8-bit levels of the maximum round
+    # nearly all of them to 0 (relative error 1); the sqrt domain keeps them within about 5%
+    maps = _rows(np.random.default_rng(2), 1, 522, 1.0)
+    maps[0, 0, 0] = 1.0
+    small = maps < 0.01
+    relative = lambda back: np.median(np.abs(back[small] - maps[small]) / maps[small])  # noqa: E731
+    assert relative(dequantize(*quantize(maps))) < 0.07
+    assert relative(np.rint(maps * 255) / 255) > 0.9
+
+
+def test_all_zero_map_decodes_to_zeros():
+    q, scales = quantize(np.zeros((1, 4, 4), dtype=np.float32))
+    assert not q.any() and np.all(dequantize(q, scales) == 0)
+
+
+def test_block_holds_the_mean_then_every_head():
+    maps = _rows(np.random.default_rng(3), 4, 30, 2.0)
+    q, scales = encode_block(maps)
+    assert q.shape == (5, 30, 30) and q.nbytes == 5 * 30 * 30
+    np.testing.assert_allclose(dequantize(q[:1], scales[:1])[0], maps.mean(0),
+                               atol=float(quantization_bound(maps.mean(0), scales[0]).max()))
+    np.testing.assert_array_equal(q[1:], quantize(maps)[0])
+
+
+def test_block_header_labels_facts_and_size():
+    explorer = AttentionExplorer(synthetic_trace(n_positions=60, n_mem=4, heads=3, layers=2, batch=2))
+    header, data = explorer.block(sample=0, segment=0, layer=1)
+    assert header["n"] == 60 and len(data) == (3 + 1) * 60 * 60
+    assert header["labels"][:6] == ["[CLS]", "[mem 0]", "[mem 1]", "[mem 2]", "[mem 3]", "[SEP]"]
+    assert header["facts"] == [6 + 3, 6 + 4]  # sample 0's fact tokens, in the map's positions
+    assert explorer.block(sample=1, segment=0, layer=1)[0]["facts"] == []
+    q = np.frombuffer(data, np.uint8).reshape(4, 60, 60)
+    exact = explorer.trace.pattern(0, 1)[0].numpy()
+    back = dequantize(q[1:], np.array(header["scales"][1:], dtype=np.float32))
+    assert np.all(np.abs(back - exact) <= quantization_bound(exact, np.array(header["scales"][1:])[:, None, None])
+                  * (1 + 1e-5) + 1e-9)
+
+
+def test_block_drops_padding():
+    class Padded(FakeTrace):
+        def labels(self, segment, sample=0):
+            labels = super().labels(segment, sample)
+            return labels[:-3] + ["[PAD]"] * 3 if sample == 1 else labels
+
+        def segment_info(self, segment):
+            info = super().segment_info(segment)
+            return dict(info, labels=[self.labels(segment, b) for b in range(self.BATCH)])
+
+    explorer = AttentionExplorer(Padded())
+    assert explorer.block(0, 0, 1)[0]["n"] == 15
+    header, data = explorer.block(1, 0, 1)
+    assert header["n"] == 12 and "[PAD]" not in header["labels"] and len(data) == 3 * 12 * 12
+
+
+def test_kernel_answers_the_browser_with_one_binary_message(monkeypatch):
+    explorer = AttentionExplorer(FakeTrace())
+    sent = []
+    monkeypatch.setattr(explorer.widget, "send", lambda content, buffers=None: sent.append((content, buffers)))
+    explorer._on_msg(explorer.widget, {"type": "need", "sample": 1, "segment": 2, "layer": 0}, [])
+    (header, buffers), = sent
+    assert (header["type"], header["sample"], header["segment"], header["layer"]) == ("block", 1, 2, 0)
+    assert len(buffers) == 1 and len(buffers[0]) == 3 * 15 * 15
+    explorer._on_msg(explorer.widget, {"type": "need", "sample": 0, "segment": 9, "layer": 0}, [])
+    assert "kept no full maps" in sent[-1][0]["error"] and sent[-1][1] is None
+
+
+def test_meta_segments_facts_and_timeline():
+    explorer = AttentionExplorer(FakeTrace())
+    meta = explorer.widget.meta
+    assert meta["segments"] == [0, 1, 2, 3] and meta["layers"] == [0, 1] and meta["heads"] == [0, 1]
+    assert meta["fact_segments"] == {"0": [0, 2], "1": [1]}
+    assert len(meta["cmap"]) == 256 and meta["cmap"][0] != meta["cmap"][-1]
+    timeline = meta["timeline"]
+    assert timeline["n_segments"] == 4 and timeline["samples"]["0"]["facts"] == [0, 2]
+    assert timeline["samples"]["0"]["write"]["1"] == [0.9, 0.2, 0.9, 0.2]  # FakeTrace: strong layer writes facts
+
+
+def test_explorer_checks_its_starting_view():
+    with pytest.raises(ValueError, match="no full attention maps"):
+        AttentionExplorer(FakeTrace(segments=[]))
+    with pytest.raises(ValueError, match="layer 5 has no map"):
+        AttentionExplorer(FakeTrace(), layer=5)
+
+
+def test_view_follows_the_widget_and_its_zoom_window(tmp_path):
+    explorer = AttentionExplorer(FakeTrace(), segment=2, head=1)
+    view = explorer.view()
+    assert (view.segment, view.layer, view.head, view.attention.shape) == (2, 1, 1, (15, 15))
+    np.testing.assert_allclose(view.attention, FakeTrace().pattern(2, 1)[0, 1])  # exact, not quantized
+    assert view.fact_cols == (6 + 1, 6 + 2)  # sample 0's facts at content 17, 18 = segment 2 offsets 1, 2
+    explorer.widget.window = [1, 5, 5, 9]  # what the browser reports after zooming to the memory rows
+    explorer.widget.head = "mean"
+    view = explorer.view()
+    assert view.row_labels == ["[mem 0]", "[mem 1]", "[mem 2]", "[mem 3]"]
+    assert view.col_labels == ["[SEP]", "w2_0", "w2_1", "w2_2"] and view.fact_cols == (2, 3)
+    np.testing.assert_allclose(view.attention, FakeTrace().pattern(2, 1)[0].mean(0)[1:5, 5:9])
+
+
+def test_explorer_exports_png_svg_and_grid(tmp_path):
+    explorer = AttentionExplorer(FakeTrace())
+    assert explorer.save(tmp_path / "view.png").read_bytes()[:8] == PNG
+    assert "<svg" in explorer.save(tmp_path / "view.svg").read_text()
+    explorer.widget.head = "grid"
+    fig = explorer.figure()
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()] == ["head 0", "head 1"]
+    with pytest.raises(ValueError, match="png or .svg"):
+        explorer.save(tmp_path / "view.gif")
+
+
+def _page_data(path):
+    text = path.read_text()
+    match = re.search(r'<script type="application/json" id="rmt-explorer-data">(.*?)</script>', text, re.S)
+    return text, json.loads(match.group(1))
+
+
+def test_standalone_page_inlines_script_and_blocks(tmp_path):
+    explorer = AttentionExplorer(FakeTrace())
+    path = explorer.save_html(tmp_path / "explorer.html", segments=[0, 2], layers=[0, 1])
+    text, data = _page_data(path)
+    assert ESM.read_text() in text
+    assert not re.search(r"(src|href)\s*=|https?://|@import|fetch\(", text)  # nothing to load from anywhere
+    assert "default-src 'none'" in text  # and the page forbids it
+    blocks = {(b["sample"], b["segment"], b["layer"]): b for b in data["blocks"]}
+    assert sorted(blocks) == [(0, 0, 0), (0, 0, 1), (0, 2, 0), (0, 2, 1)]
+    header, raw = explorer.block(0, 2, 1)
+    assert base64.b64decode(blocks[(0, 2, 1)]["data"]) == raw
+    assert blocks[(0, 2, 1)]["labels"] == header["labels"]
+    assert data["state"]["meta"]["segments"] == [0, 2] and data["state"]["segment"] == 0
+
+
+def test_standalone_page_escapes_token_text(tmp_path):
+    class Hostile(FakeTrace):
+        def labels(self, segment, sample=0):
+            labels = super().labels(segment, sample)
+            labels[7] = "</script><script>alert(1)</script>"
+            return labels
+
+    path = AttentionExplorer(Hostile()).save_html(tmp_path / "explorer.html")
+    text, data = _page_data(path)
+    assert data["blocks"][0]["labels"][7] == "</script><script>alert(1)</script>"
+    assert text.count("</script>") == 2  # the data element's and the module's own

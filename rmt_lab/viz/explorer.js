@@ -57,6 +57,10 @@ function makeBlock(header, bytes) {
            map(index) { return bytes.subarray(index * n * n, (index + 1) * n * n); } };
 }
 
+// Four significant digits: at 512 positions most weights sit near 0.002, where fixed decimals tell none apart.
+function formatWeight(w) {
+  return w === 0 ? "0" : w.toPrecision(4);
+}
 function weight(block, index, q) {
   const v = q / 255;
   return block.scales[index] * v * v;
@@ -324,7 +328,7 @@ function render({ model, el: host }) {
     const q = block.map(mapIndex(block, head))[h.row * block.n + h.col];
     const w = weight(block, mapIndex(block, head), q);
     return `query ${h.row} ${JSON.stringify(block.labels[h.row])} → key ${h.col} ${JSON.stringify(block.labels[h.col])}` +
-           `   weight ${w.toFixed(4)}   segment ${c.segment} · layer ${c.layer} · ${headText(head)} · sample ${c.sample}`;
+           `   weight ${formatWeight(w)}   segment ${c.segment} · layer ${c.layer} · ${headText(head)} · sample ${c.sample}`;
   }
 
   function drawPinned() {
@@ -351,7 +355,7 @@ function render({ model, el: host }) {
       const barDiv = el("div");
       barDiv.style.cssText = `background:#4c72b0; height:8px; width:${Math.round(80 * w)}px`;
       barCell.appendChild(barDiv);
-      tr.append(name, el("td", { style: "text-align:right; font-family:monospace" }, w.toFixed(4)), barCell);
+      tr.append(name, el("td", { style: "text-align:right; font-family:monospace" }, formatWeight(w)), barCell);
       table.appendChild(tr);
     }
     side.appendChild(table);

@@ -15,7 +15,7 @@ const SPECIAL = "#555555"; // [CLS], [SEP]
 const FONT = "10px sans-serif";
 const LABEL_PX = 11; // a label needs this many pixels along its axis, so labels never overlap
 const MAX_ZOOM_CELL = 48; // largest cell, in CSS pixels
-const CACHE_BLOCKS = 8; // blocks kept decoded; a 522-position, 12-head block is 3.5 MB
+const CACHE_BLOCKS = 8; // blocks kept decoded (the view and its 4 neighbours fit); 522 positions x 13 maps: 3.5 MB
 
 function isMemory(label) {
   return label.startsWith("[mem ") || label.startsWith("[read ") || label.startsWith("[write ");
@@ -170,14 +170,38 @@ function render({ model, el: host }) {
     if (!msg || msg.type !== "block") return;
     const key = blockKey(msg.sample, msg.segment, msg.layer);
     waiting.delete(key);
-    if (msg.error) { note.textContent = msg.error; return; }
+    const c = current(), shown = key === blockKey(c.sample, c.segment, c.layer);
+    if (msg.error) { if (shown) note.textContent = msg.error; return; } // a failed prefetch is not news
     const buf = buffers[0];
     const bytes = buf instanceof Uint8Array ? buf : new Uint8Array(buf.buffer || buf, buf.byteOffset || 0,
                                                                    buf.byteLength);
     remember(key, makeBlock(msg, bytes));
-    const c = current();
-    if (key === blockKey(c.sample, c.segment, c.layer)) draw();
+    if (shown) draw();
+    else prefetchSoon();
   });
+
+  // Fetch the neighbouring segments and layers of the view while the user looks at it, so the next change
+  // is usually drawn from a block already held. One at a time, and only while nothing the user asked for is
+  // pending: a request then waits behind at most one block (the kernel answers messages in order).
+  let prefetchTimer = null;
+  function prefetchSoon() {
+    clearTimeout(prefetchTimer);
+    prefetchTimer = setTimeout(prefetch, 50); // after the frame: decoding a block must not delay a paint
+  }
+  function prefetch() {
+    if (waiting.size) return;
+    const c = current(), si = meta.segments.indexOf(c.segment), li = meta.layers.indexOf(c.layer);
+    const near = [[meta.segments[si + 1], c.layer], [meta.layers[li + 1], null], [meta.segments[si - 1], c.layer],
+                  [meta.layers[li - 1], null]].map(([v, layer]) => layer === null ? [c.segment, v] : [v, layer]);
+    for (const [segment, layer] of near) {
+      if (segment === undefined || layer === undefined) continue;
+      const key = blockKey(c.sample, segment, layer);
+      if (cache.has(key)) continue;
+      waiting.add(key);
+      model.send({ type: "need", sample: c.sample, segment, layer });
+      return;
+    }
+  }
 
   // ------------------------------------------------------------------ geometry
   const plot = () => {
@@ -299,6 +323,7 @@ function render({ model, el: host }) {
     drawOverlay();
     drawPinned();
     drawTimeline();
+    prefetchSoon();
   }
 
   function drawOverlay() {
@@ -488,7 +513,7 @@ function render({ model, el: host }) {
   overlay.addEventListener("dblclick", () => reset.click());
 
   draw();
-  return () => clearTimeout(syncTimer);
+  return () => { clearTimeout(syncTimer); clearTimeout(prefetchTimer); };
 }
 
 export default { render };

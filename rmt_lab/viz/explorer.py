@@ -21,8 +21,9 @@ scale * (2 sqrt(a / scale) + 1/510) / 510 (`quantization_bound`): at most 0.4% o
 and far less for the small weights that fill most of a map. Size: (heads + 1) x positions^2 bytes, e.g.
 13 x 522 x 522 = 3.5 MB for a MiniLM segment (float32 would be 14 MB; a PNG of the view 0.3 MB but with
 no values). Changing head, grid or mean, zooming and hovering use the block already in the browser;
-changing segment, layer or sample fetches one block (one message, binary), and the browser keeps the
-last 8 blocks, so going back is free.
+changing segment, layer or sample draws from a block the browser holds when it can: it keeps the last 8,
+and while a view is shown it fetches the neighbouring segments and layers, one at a time; otherwise the
+change costs one message (binary) from the kernel.
 
 `trace` is an `rmt_lab.trace.Trace` (or anything with its reading interface, see viz.attention).
 """
@@ -136,7 +137,8 @@ class AttentionExplorer:
     def _meta(self, samples: list[int], width: int) -> dict:
         segments = [int(s) for s in self.trace.map_segments]
         fact_segments = {str(b): [s for s in segments if self.trace.segment_info(s)["has_fact"][b]] for b in samples}
-        return {"segments": segments, "fact_segments": fact_segments, "layers": self.layers, "heads": self.heads, "samples": samples,
+        return {"segments": segments, "fact_segments": fact_segments, "layers": self.layers, "heads": self.heads,
+                "samples": samples,
                 "cmap": _colormap(), "width": width, "timeline": self._timeline(samples),
                 "record_hint": "rmt-lab trace ... --maps {segment} (or a selection such as '0,{segment},last')"}
 
@@ -277,7 +279,8 @@ class AttentionExplorer:
         state = {"meta": meta, "sample": samples[0] if w.sample not in samples else w.sample,
                  "segment": segments[0] if w.segment not in segments else w.segment,
                  "layer": layers[0] if w.layer not in layers else w.layer, "head": w.head, "window": []}
-        page = _PAGE.format(title=html.escape(f"attention explorer: segment {state['segment']}, layer {state['layer']}"),
+        title = f"attention explorer: segment {state['segment']}, layer {state['layer']}"
+        page = _PAGE.format(title=html.escape(title),
                             data=_script_json({"state": state, "blocks": blocks}), esm=ESM.read_text(encoding="utf-8"))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,7 +325,8 @@ const model = {{
     const b = byKey.get(`${{msg.sample}}/${{msg.segment}}/${{msg.layer}}`);
     const reply = b ? [{{ ...b, data: undefined }}, [bytes(b.data)]]
                     : [{{ type: "block", sample: msg.sample, segment: msg.segment, layer: msg.layer,
-                          error: "this page holds no map of that view: save_html(path, segments=..., layers=..., samples=...)" }}, []];
+                          error: "this page holds no map of that view: "
+                                 + "save_html(path, segments=..., layers=..., samples=...)" }}, []];
     queueMicrotask(() => (listeners["msg:custom"] || []).forEach((fn) => fn(...reply)));
   }},
 }};

@@ -1,7 +1,7 @@
 """Interaction-to-paint of the attention explorer in headless Chromium, at a MiniLM-scale segment.
 
     .venv/bin/python -m tests.viz.bench_explorer            # 522 positions x 12 heads, 3 segments x 2 layers
-    .venv/bin/python -m tests.viz.bench_explorer --positions 1024
+    .venv/bin/python -m tests.viz.bench_explorer --positions 1024 --no-jupyterlab
 
 A benchmark, not a test: it prints figures and asserts nothing about them. It writes the standalone page
 (`save_html`) of a synthetic trace and, inside the page, times each interaction from the input event to
@@ -9,8 +9,8 @@ the next frame (requestAnimationFrame, then a task: the frame with the change ha
 kind of interaction is repeated; it reports the median and the range. "first" rows need a block or a
 head's image the page has not drawn before (base64 decode, colouring 522^2 cells); "seen" rows redraw
 from what is already decoded. In Jupyter the first visit of a block also waits for the kernel to encode
-and send it: the Python encode time is reported alongside (the websocket transfer of 3.5 MB on
-localhost is not included).
+and send it: `benchmark_widget` measures that inside JupyterLab (127.0.0.1), from the choice in the page
+to the frame drawn with the block the kernel sent.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rmt_lab.viz import AttentionExplorer
 from tests.viz.synthetic import synthetic_trace
-from tests.viz.test_browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.viz.test_browser import CHROMIUM, CHROMIUM_FLAGS, ROOT, run_all_cells, serve_notebook
 
 # In the page: run an action, wait for the frame that shows it; ms from the event to that frame.
 _TIMER = """
@@ -121,6 +121,82 @@ def benchmark_explorer(positions: int = 522, heads: int = 12, layers: int = 2, s
     return times
 
 
+# In JupyterLab: choose a value, resolve on the frame after the view drew `expect` (the kernel's block may
+# arrive first; the view marks what it drew in data-drawn).
+_WIDGET_TIMER = """
+window.__choose = (name, value, expect) => new Promise((done) => {
+  const root = document.querySelector(".rmt-explorer"), t0 = performance.now();
+  const finish = () => requestAnimationFrame(() => setTimeout(() => done(performance.now() - t0), 0));
+  const watch = new MutationObserver(() => { if (root.dataset.drawn === expect) { watch.disconnect(); finish(); } });
+  watch.observe(root, {attributes: true, attributeFilter: ["data-drawn"]});
+  const box = root.querySelector(`select[name=${name}]`);
+  box.value = String(value);
+  box.dispatchEvent(new Event("change"));
+});
+true;
+"""
+
+
+def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, segments: int = 3,
+                     repeats: int = 10) -> dict[str, list[float]]:
+    """Print and return ms from a segment or layer choice to its frame, with the explorer widget in JupyterLab:
+    "first" waits for the kernel's block (encode, websocket, decode), "seen" draws a block the view holds."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    tmp = Path(tempfile.mkdtemp(prefix="rmt_explorer_lab_"))
+    notebook = tmp / "explorer_bench.ipynb"
+    code = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+            "from tests.viz.synthetic import synthetic_trace\nfrom rmt_lab.viz import AttentionExplorer\n"
+            f"explorer = AttentionExplorer(synthetic_trace(n_positions={positions}, n_mem=10, layers={layers}, "
+            f"heads={heads}, map_segments=tuple(range({segments})), n_segments={max(segments, 4)}, batch=2), "
+            "layer=0)\n"
+            "explorer.widget")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), notebook)
+    times: dict[str, list[float]] = {}
+    with serve_notebook(tmp, notebook) as port, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            t0 = time.perf_counter()
+            run_all_cells(page, port, notebook.name)
+            page.wait_for_selector(".rmt-explorer[data-drawn]", timeout=300_000)
+            times["run cell to first map (kernel start, trace, block)"] = [(time.perf_counter() - t0) * 1000]
+            page.evaluate(_WIDGET_TIMER)
+
+            def choose(label, name, value, state):
+                expect = "{sample}/{segment}/{layer}/{head}".format(**state)
+                times.setdefault(label, []).append(page.evaluate("([n, v, e]) => window.__choose(n, v, e)",
+                                                                 [name, str(value), expect]))
+
+            state = {"sample": 0, "segment": 0, "layer": 0, "head": "mean"}
+
+            def snake(label, pause_s):  # every (segment, layer) block of the sample once, each step one change
+                for s in (range(segments) if state["segment"] == 0 else reversed(range(segments))):
+                    for layer in (range(layers) if state["layer"] == 0 else reversed(range(layers))):
+                        if (s, layer) == (state["segment"], state["layer"]):
+                            continue
+                        name = "segment" if s != state["segment"] else "layer"
+                        state.update(segment=s, layer=layer)
+                        time.sleep(pause_s)
+                        choose(f"{name} change, {label}", name, s if name == "segment" else layer, state)
+
+            snake("right after the previous", 0.0)
+            state["sample"] = 1  # another sample: none of its blocks held yet
+            choose("sample change (block from the kernel)", "sample", 1, state)
+            snake("after 1.5 s looking (neighbours prefetched)", 1.5)
+            for k in range(repeats):
+                state["segment"] = k % segments
+                choose("segment change, block held", "segment", state["segment"], state)
+                state["layer"] = k % layers
+                choose("layer change, block held", "layer", state["layer"], state)
+        finally:
+            browser.close()
+    for name, values in times.items():
+        print(_summary(name, values))
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--positions", type=int, default=522)
@@ -128,8 +204,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--segments", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-jupyterlab", action="store_true", help="only the standalone page")
     args = parser.parse_args()
     benchmark_explorer(args.positions, args.heads, args.layers, args.segments, args.repeats)
+    if not args.no_jupyterlab:
+        print("\nthe widget in JupyterLab (kernel on this machine):")
+        benchmark_widget(args.positions, args.heads, args.layers, args.segments, args.repeats // 2)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ the repository (the notebook is served from a temporary copy).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -76,9 +77,17 @@ def _settings(folder: Path) -> None:
 @pytest.fixture
 def jupyterlab(tmp_path):
     """A JupyterLab server on 127.0.0.1 serving a copy of the notebook; yields its port."""
+    with serve_notebook(tmp_path, ROOT / "notebooks" / NOTEBOOK) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serve_notebook(tmp_path: Path, notebook: Path):
+    """Run JupyterLab on 127.0.0.1 over a copy of `notebook` in served/notebooks/; yields its port (the explorer
+    benchmark serves its own notebook through this too)."""
     served = tmp_path / "served"
     (served / "notebooks").mkdir(parents=True)
-    shutil.copy(ROOT / "notebooks" / NOTEBOOK, served / "notebooks" / NOTEBOOK)
+    shutil.copy(notebook, served / "notebooks" / notebook.name)
     for name in ("pyproject.toml", "data"):  # the notebook finds the repository root (and its results) by these
         (served / name).symlink_to(ROOT / name)
     home = tmp_path / "jupyter"
@@ -119,6 +128,16 @@ def jupyterlab(tmp_path):
         log.close()
 
 
+def run_all_cells(page, port: int, notebook: str) -> None:
+    """Open a served notebook in the page, wait for its kernel, run every cell (returns without waiting for them)."""
+    page.goto(f"http://{LOOPBACK}:{port}/lab/tree/notebooks/{notebook}?token={TOKEN}")
+    page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext.session", timeout=90_000)
+    page.wait_for_function("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
 def _kernels_idle(port: int) -> bool:
     kernels = _api(port, "/api/kernels")
     return bool(kernels) and all(k["execution_state"] == "idle" for k in kernels)
@@ -134,12 +153,7 @@ def test_attention_explorer_renders_in_chromium_offline(jupyterlab, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
             page.on("request", lambda r: requests.append(r.url))
-            page.goto(f"http://{LOOPBACK}:{port}/lab/tree/notebooks/{NOTEBOOK}?token={TOKEN}")
-            page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session", timeout=90_000)
-            page.wait_for_function("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
-            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            run_all_cells(page, port, NOTEBOOK)
             drawn = ".rmt-attention-explorer .rmt-explorer[data-drawn]"
             page.wait_for_selector(drawn, timeout=240_000)
             page.wait_for_selector("text=current_view.svg", timeout=120_000)  # the last cell ran

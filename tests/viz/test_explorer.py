@@ -157,7 +157,8 @@ def test_standalone_page_inlines_script_and_blocks(tmp_path):
     path = explorer.save_html(tmp_path / "explorer.html", segments=[0, 2], layers=[0, 1])
     text, data = _page_data(path)
     assert ESM.read_text() in text
-    assert not re.search(r"(src|href)\s*=|https?://|@import|fetch\(", text)  # nothing to load from anywhere
+    # nothing to load from anywhere
+    assert not re.search(r"(src|href)\s*=|https?://|@import|\bfetch\(|XMLHttpRequest|WebSocket", text)
     assert "default-src 'none'" in text  # and the page forbids it
     blocks = {(b["sample"], b["segment"], b["layer"]): b for b in data["blocks"]}
     assert sorted(blocks) == [(0, 0, 0), (0, 0, 1), (0, 2, 0), (0, 2, 1)]

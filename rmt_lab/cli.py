@@ -100,29 +100,35 @@ def _add_bench_flops(p: argparse.ArgumentParser) -> None:
 
 
 def _run_bench_flops(args: argparse.Namespace) -> int:
+    return _flops(args.out, {"models": args.models, "lengths": args.lengths, "segment_len": args.segment_len,
+                             "num_mem": args.num_mem, "head": args.head, "mode": args.mode,
+                             "ratio_tokens": args.ratio_tokens, "measure": args.measure})
+
+
+def _flops(out: str, settings: dict) -> int:
+    """The FLOPs recipe with `settings` (FlopsSweepConfig fields), and its table printed."""
     from pathlib import Path
 
-    from rmt_lab.config import ConfigError
+    from rmt_lab.bench.flops_sweep import FlopsSweepConfig
+    from rmt_lab.config import ConfigError, from_dict
     from rmt_lab.recipes import bench_flops
 
     try:
-        frame, ratio = bench_flops(args.out, models=args.models, lengths=args.lengths, segment_len=args.segment_len,
-                                   num_mem=args.num_mem, head=args.head, mode=args.mode,
-                                   ratio_tokens=args.ratio_tokens, measure=args.measure)
+        config = from_dict(FlopsSweepConfig, settings)
+        frame, ratio = bench_flops(out, **settings)
     except ConfigError as err:
         print(f"rmt-lab bench flops: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    print(f"{args.mode} FLOPs, full attention / RMT (segment {args.segment_len}, {args.num_mem} memory tokens, "
-          f"head {args.head}) at {args.ratio_tokens:,} tokens:")
+    print(f"{config.mode} FLOPs, full attention / RMT (segment {config.segment_len}, {config.num_mem} memory tokens, "
+          f"head {config.head}) at {config.ratio_tokens:,} tokens:")
     shown = ratio[["model", "full_flops", "rmt_flops", "full_over_rmt"]]
     print(shown.to_string(index=False, formatters={
         "full_flops": "{:.3e}".format, "rmt_flops": "{:.3e}".format, "full_over_rmt": "{:,.1f}".format,
     }))
-    if args.measure:
+    if config.measure:
         worst = (frame["measured_flops"] / frame["flops"] - 1).abs().max()
         print(f"measured (FlopCounterMode, meta device) vs analytic: largest relative difference {worst:.2e}")
-    print(f"wrote {out / 'flops.parquet'} ({len(frame)} rows) and {out / 'flops_ratio.parquet'}")
+    print(f"wrote {Path(out) / 'flops.parquet'} ({len(frame)} rows) and {Path(out) / 'flops_ratio.parquet'}")
     return 0
 
 
@@ -245,17 +251,14 @@ def _add_bench_all(p: argparse.ArgumentParser) -> None:
 
 def _run_bench_all(args: argparse.Namespace) -> int:
     """flops, then memory, then speed, each with its defaults (or --quick preset) and the shared options."""
-    empty = {"lengths": None, "train_lengths": None, "methods": None, "modes": None, "bptt": None, "batch": None,
-             "batches": None, "segments": None, "matmul_n": None, "matmul_repeats": None,
-             "compile": None, "train_batch": None, "train_segments": None}
-    flops = argparse.Namespace(**vars(build_parser().parse_args(["bench", "flops", "--out", args.out])))
-    if args.quick:
-        flops.models, flops.lengths, flops.ratio_tokens = ["opt-125m", "opt-1.3b"], [512, 32_000], 32_000
-    for run in (_run_bench_flops, _run_bench_memory, _run_bench_speed):
-        code = run(flops if run is _run_bench_flops else argparse.Namespace(**{**empty, **vars(args)}))
-        if code:
-            return code
-    return 0
+    from rmt_lab.bench.memory import memory_report
+    from rmt_lab.bench.speed import speed_report
+
+    quick_flops = {"models": ["opt-125m", "opt-1.3b"], "lengths": [512, 32_000], "ratio_tokens": 32_000}
+    code = _flops(args.out, quick_flops if args.quick else {})
+    for name, report in (("memory", memory_report), ("speed", speed_report)):
+        code = code or _run_sweep(args, name, _sweep_settings(args, {}), report)
+    return code
 
 
 # `rmt-lab bench ACTION`: each action is a pair like the commands.

@@ -156,8 +156,13 @@ def _memory_sweep_inputs(results: Path, config: str):
         memory = json.loads((path.parent / "config.json").read_text())["rmt"]["num_mem_tokens"]
         frames.append(pd.read_parquet(path).assign(num_mem_tokens=memory))
     if not frames:
-        return None, [Missing(f"{results}/sweeps/memory/{config}-<task>-m<N>/long_eval.parquet",
-                              command_line("reproduce", {config: True, "results": str(results)}))]
+        # Named as the two commands that make one sweep point: only some reproduction plans hold a sweep.
+        run = results / CATALOG["sweep_run"].path.format(config=config, task="memorize", memory="<N>")
+        make = (command_line("train", {"config": config, "task": "memorize", "run_dir": str(run),
+                                       "overrides": ["rmt.num_mem_tokens=<N>"]})
+                + " && " + command_line("eval long", {"run_dir": str(run), "min_tokens": 128_000,
+                                                      "max_tokens": 128_000}))
+        return None, [Missing(f"{results}/sweeps/memory/{config}-<task>-m<N>/long_eval.parquet", make)]
     sweep = pd.concat(frames, ignore_index=True)
     for task, run in run_folders(results, config).items():
         main = run / "long_eval.parquet"

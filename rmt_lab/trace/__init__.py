@@ -19,7 +19,7 @@ Memory probing (`probe_memory`), bertviz export (`to_bertviz`) and a Transformer
 from rmt_lab.trace.attention import METRICS, TRACE_IMPL, summaries_from_maps
 from rmt_lab.trace.config import SegmentSelection, TraceConfig
 from rmt_lab.trace.interop import run_with_cache, to_bertviz
-from rmt_lab.trace.layout import SegmentLayout, build_layout
+from rmt_lab.trace.index import SegmentIndex, build_index
 from rmt_lab.trace.names import hook_name, parse_name
 from rmt_lab.trace.probe import collect_memory_states, probe_memory
 from rmt_lab.trace.recorder import Recorder, fact_positions, record
@@ -28,7 +28,7 @@ from rmt_lab.trace.summaries import ALL_METRICS, ATTENTION_METRICS, MEMORY_METRI
 
 __all__ = [
     "ALL_METRICS", "ATTENTION_METRICS", "MEMORY_METRICS", "METRICS", "TRACE_IMPL",
-    "Recorder", "SegmentLayout", "SegmentSelection", "Trace", "TraceBudgetError", "TraceConfig", "TraceMismatchError",
-    "build_layout", "collect_memory_states", "fact_alignment", "fact_positions", "hook_name", "model_fingerprint",
+    "Recorder", "SegmentIndex", "SegmentSelection", "Trace", "TraceBudgetError", "TraceConfig", "TraceMismatchError",
+    "build_index", "collect_memory_states", "fact_alignment", "fact_positions", "hook_name", "model_fingerprint",
     "parse_name", "probe_memory", "record", "run_with_cache", "summaries_from_maps", "to_bertviz", "where_written",
 ]

@@ -29,7 +29,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from rmt_lab.trace.layout import MEM, SLOT0, SegmentLayout
+from rmt_lab.trace.index import MEM, SLOT0, SegmentIndex
 
 TRACE_IMPL = "rmt_trace"
 
@@ -52,7 +52,7 @@ RECORDING: ContextVar[object | None] = ContextVar("rmt_trace_recording", default
 def traced_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """Registered as "rmt_trace": plain sdpa unless called inside a recorded cell call."""
     session = RECORDING.get()
-    if session is None or session.layout is None:
+    if session is None or session.index is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
@@ -136,24 +136,24 @@ def read_mass(scores: Tensor, lse: Tensor, scale: float) -> Tensor:
     return torch.add(lse.float().unsqueeze(-2).neg(), scores.float(), alpha=scale).exp_().sum(-2)
 
 
-def row_scores(query: Tensor, key: Tensor, lay: SegmentLayout, out: Tensor | None = None) -> Tensor:
+def row_scores(query: Tensor, key: Tensor, ix: SegmentIndex, out: Tensor | None = None) -> Tensor:
     """Unscaled scores of the answer row and the memory writers against every key: (batch, heads, 1 + M, L).
-    softmax(scores * scale + lay.row_bias) are their attention rows."""
-    r = lay.n_mem + 1
-    if lay.rows_contiguous:
+    softmax(scores * scale + ix.row_bias) are their attention rows."""
+    r = ix.n_mem + 1
+    if ix.rows_contiguous:
         q = query[:, :, :r]
     else:
-        q = query.gather(2, lay.rows[:, None, :, None].expand(query.shape[0], query.shape[1], r, query.shape[-1]))
+        q = query.gather(2, ix.rows[:, None, :, None].expand(query.shape[0], query.shape[1], r, query.shape[-1]))
     return torch.matmul(q, key.transpose(-1, -2), out=out)
 
 
-def row_metrics(probs: Tensor, read_content: Tensor, lay: SegmentLayout, top_k: int):
+def row_metrics(probs: Tensor, read_content: Tensor, ix: SegmentIndex, top_k: int):
     """Summary statistics from the answer and writer rows' probabilities (..., batch, heads, 1 + M, L),
     any leading dims (e.g. layers), and the mean read mass of content queries (..., batch, heads).
 
     Returns stats (..., batch, heads, len(METRICS)) and, if top_k, the head-mean write attention's
     top-k content keys per slot: values and backbone positions, each (..., batch, M, k)."""
-    mass = torch.matmul(probs, lay.keys.unsqueeze(1))  # (..., batch, heads, 1 + M, K)
+    mass = torch.matmul(probs, ix.keys.unsqueeze(1))  # (..., batch, heads, 1 + M, K)
     writers = mass[..., 1:, :]  # (..., batch, heads, M, K)
     diag = writers[..., SLOT0:].diagonal(dim1=-2, dim2=-1)  # (..., batch, heads, M)
     stats = torch.cat(
@@ -167,15 +167,15 @@ def row_metrics(probs: Tensor, read_content: Tensor, lay: SegmentLayout, top_k: 
     )
     if not top_k:
         return stats, None, None
-    written = probs[..., 1:, :].sum(-3) * lay.content_mask  # (..., batch, M, L) head sum: same order as the mean
+    written = probs[..., 1:, :].sum(-3) * ix.content_mask  # (..., batch, M, L) head sum: same order as the mean
     values, positions = written.topk(min(top_k, written.shape[-1]), dim=-1)
     return stats, values / probs.shape[-3], positions
 
 
-def mean_over_content(read: Tensor, lay: SegmentLayout) -> Tensor:
+def mean_over_content(read: Tensor, ix: SegmentIndex) -> Tensor:
     """(..., batch, heads, seg_len) mass of the content_rows queries -> (..., batch, heads), the mean over
     each row's content queries."""
-    return torch.matmul(read, lay.content_weight.unsqueeze(-1)).squeeze(-1)
+    return torch.matmul(read, ix.content_weight.unsqueeze(-1)).squeeze(-1)
 
 
 def full_probs(query: Tensor, key: Tensor, attention_mask: Tensor | None, scale: float, causal: bool) -> Tensor:
@@ -192,20 +192,20 @@ def full_probs(query: Tensor, key: Tensor, attention_mask: Tensor | None, scale:
     return scores.softmax(-1)
 
 
-def summaries_from_maps(probs: Tensor, lay: SegmentLayout, top_k: int = 0):
+def summaries_from_maps(probs: Tensor, ix: SegmentIndex, top_k: int = 0):
     """The same summaries as the recorder's on-the-fly path, computed from full maps (batch, heads, L, L)
     of every head. The reference the fast path is tested against."""
     b, h, n, _ = probs.shape
-    rows = lay.rows[:, None, :, None].expand(b, h, lay.n_mem + 1, n)
-    read = probs[:, :, lay.content_rows, lay.read_keys].sum(-1)  # (batch, heads, seg_len)
-    return row_metrics(probs.gather(2, rows).float(), mean_over_content(read.float(), lay), lay, top_k)
+    rows = ix.rows[:, None, :, None].expand(b, h, ix.n_mem + 1, n)
+    read = probs[:, :, ix.content_rows, ix.read_keys].sum(-1)  # (batch, heads, seg_len)
+    return row_metrics(probs.gather(2, rows).float(), mean_over_content(read.float(), ix), ix, top_k)
 
 
-def row_probs(scores: Tensor, scale: float, lay: SegmentLayout, bias: Tensor | None = None) -> Tensor:
+def row_probs(scores: Tensor, scale: float, ix: SegmentIndex, bias: Tensor | None = None) -> Tensor:
     """softmax(scores * scale + row bias) over keys, for `row_scores` of any leading dims (..., batch, heads,
     1 + M, L). `bias`: the row bias already expanded to (batch, heads, 1 + M, L), which adds much faster than
     the broadcast (batch, 1, 1 + M, L) one; skipped entirely where every key is visible."""
-    if lay.all_visible:
+    if ix.all_visible:
         return (scores.float() * scale).softmax(-1)
-    bias = lay.row_bias if bias is None else bias
+    bias = ix.row_bias if bias is None else bias
     return torch.add(bias, scores.float(), alpha=scale).softmax(-1)

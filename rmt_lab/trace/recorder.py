@@ -32,7 +32,7 @@ from rmt_lab.trace.attention import (
     row_metrics, row_probs, row_scores,
 )
 from rmt_lab.trace.config import MIB, TraceConfig
-from rmt_lab.trace.layout import LayoutCache, position_labels
+from rmt_lab.trace.index import IndexCache, position_labels
 from rmt_lab.trace.names import hook_name
 from rmt_lab.trace.store import (
     FORMAT_VERSION, INDEX_FILE, SUMMARIES_FILE, WRITTEN_FILE, Trace, TraceBudgetError, TraceWriter, model_fingerprint,
@@ -103,7 +103,7 @@ class Recorder:
         self._hf_model = None
         self._token = None  # from RECORDING.set while a cell call runs
         self._old_impl = None
-        self.layout = None  # the current segment's SegmentLayout, while a cell call runs
+        self.index = None  # the current segment's SegmentIndex, while a cell call runs
 
     # ------------------------------------------------------------------ setup
     def _check(self) -> None:
@@ -213,7 +213,7 @@ class Recorder:
             if self._hf_model.config._attn_implementation == TRACE_IMPL:
                 self._hf_model.set_attn_implementation(self._old_impl)
             self._hf_model = None
-        self.layout = None
+        self.index = None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
@@ -245,13 +245,13 @@ class Recorder:
             self._first_segment(cell, batch, input_ids.device)
         elif batch != self.batch:
             raise ValueError(f"segment {self.segment} has batch {batch}; this recording started with {self.batch}")
-        self.layout = self._layouts.get(attention_mask, self.starts)
-        if self._pending and self._pending[0]["lay"] is not self.layout:
-            self._summarize_pending()  # a group shares one layout (and so one scratch shape)
-        want = self.selection.wants(self.segment, self.n_segments, self.layout.any_fact)
+        self.index = self._indices.get(attention_mask, self.starts)
+        if self._pending and self._pending[0]["ix"] is not self.index:
+            self._summarize_pending()  # a group shares one index (and so one scratch shape)
+        want = self.selection.wants(self.segment, self.n_segments, self.index.any_fact)
         self.capture_layers = self.map_layers if want else ()
         if want:
-            self._check_map_budget(self.layout.n_positions)
+            self._check_map_budget(self.index.n_positions)
         self._ids = input_ids
         self._memory_in = memory
         self._token = attention.RECORDING.set(self)  # this call's attention is recorded
@@ -264,7 +264,7 @@ class Recorder:
         self.starts = [0] * batch
         if self.facts is not None and len(self.facts) != batch:
             raise ValueError(f"facts were given for {len(self.facts)} samples but the input has batch {batch}")
-        self._layouts = LayoutCache(cell, self.facts, device)
+        self._indices = IndexCache(cell, self.facts, device)
         self._use_lse = {"auto": None, "lse": True, "channel": False}[self.fused]
         # What one buffered segment keeps until its table rows are made: stats, top-k, memory in/out, token ids.
         c, d = self.config, cell.d_model
@@ -306,17 +306,17 @@ class Recorder:
 
     def attend(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
         """Called by the registered attention function for every layer of a recorded segment."""
-        lay, c = self.layout, self.config
+        ix, c = self.index, self.config
         layer, self._calls = self._calls, self._calls + 1
         if layer >= self.n_layers:
             raise RuntimeError(f"segment {self.segment}: attention was called more than once per layer "
                                f"({self.n_layers} layers): the recorder cannot tell the layers apart")
         window = kwargs.get("sliding_window")
-        if window is not None and window < lay.n_positions:
-            # The summaries' row masks (layout.py) let a query see every earlier valid position.
+        if window is not None and window < ix.n_positions:
+            # The summaries' row masks (index.py) let a query see every earlier valid position.
             raise ValueError(
                 f"layer {layer} of backbone {self.model.cell.backbone_name!r} attends within a sliding window of "
-                f"{window} positions, fewer than the {lay.n_positions} of a segment: the recorder's summaries assume "
+                f"{window} positions, fewer than the {ix.n_positions} of a segment: the recorder's summaries assume "
                 f"every earlier position is visible; record with segments of at most {window} positions"
             )
         # Grouped-query / multi-query attention: the summaries need a key per query head (sdpa repeats them too).
@@ -333,16 +333,16 @@ class Recorder:
         if self._use_lse is None:  # "auto": decided once, on the first layer of the recording
             self._use_lse = lse_path_ok(query, key, value, kwargs)
         use_lse = self._use_lse
-        rows, reads, lses = self._buffers(query, lay)
+        rows, reads, lses = self._buffers(query, ix)
         out, read, lse = self._fused(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
                                      use_lse)
         with torch.no_grad(), own_threads(c.own_threads):
             q, k = query.detach(), key_heads.detach()
-            row_scores(q, k, lay, out=rows[layer])
+            row_scores(q, k, ix, out=rows[layer])
             if lse is None:
                 reads[layer, :, :, 0] = read  # the mass itself (extra-channel path)
             else:
-                read_scores(q, k, lay.content_rows, lay.read_keys, out=reads[layer])
+                read_scores(q, k, ix.content_rows, ix.read_keys, out=reads[layer])
                 lses[layer] = lse
             self._seen[layer] = True
         if capture:
@@ -351,9 +351,9 @@ class Recorder:
 
     def _fused(self, module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs, use_lse):
         """The model's own attention call (what plain sdpa would do), plus the lse or read mass."""
-        lay = self.layout
+        ix = self.index
         return attention_with_read_mass(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs,
-                               lay.read_keys, lay.content_rows, self._float_mask, use_lse)
+                               ix.read_keys, ix.content_rows, self._float_mask, use_lse)
 
     def _capture(self, module, query, key, attention_mask, scale, is_causal, layer) -> None:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
@@ -362,15 +362,15 @@ class Recorder:
         self.writer.add_map(self.segment, layer, maps[:, self.map_heads].to(self._map_dtype).cpu())
         self._kept_maps = True
 
-    def _buffers(self, query: Tensor, lay) -> tuple[Tensor, Tensor, Tensor]:
+    def _buffers(self, query: Tensor, ix) -> tuple[Tensor, Tensor, Tensor]:
         """This segment's slot of the group scratch, each layer writing its part in place: answer/writer row
         scores (layers, batch, heads, 1 + M, L), memory keys' scores with the content-row queries
         (layers, batch, heads, M, seg_len) and those queries' log-sum-exp (layers, batch, heads, seg_len)."""
-        key = (query.shape, lay.content_rows, query.dtype)
+        key = (query.shape, ix.content_rows, query.dtype)
         if key != self._scratch_key:
             assert not self._pending, "a group shares one scratch shape"
             b, h, n, _ = query.shape
-            n_read = lay.content_rows.stop - lay.content_rows.start
+            n_read = ix.content_rows.stop - ix.content_rows.start
             per_segment = self.n_layers * b * h * ((self.n_mem + 1) * n + (self.n_mem + 1) * n_read) * 4
             # Working memory like the model's activations, not trace data: sized within the budget, not held.
             group = int(max(1, min(MAX_GROUP, min(GROUP_BYTES, self.config.budget_bytes // 8) // per_segment)))
@@ -384,19 +384,19 @@ class Recorder:
         slot = len(self._pending)
         return tuple(t[slot] for t in self._scratch)
 
-    def _row_bias(self, lay, heads: int) -> Tensor | None:
-        """The layout's row bias expanded over heads, built once per layout (see attention.row_probs)."""
-        if lay.all_visible:
+    def _row_bias(self, ix, heads: int) -> Tensor | None:
+        """The index's row bias expanded over heads, built once per index (see attention.row_probs)."""
+        if ix.all_visible:
             return None
-        if self._bias_for is not lay:
-            self._bias_for = lay
-            self._bias = lay.row_bias.expand(-1, heads, -1, -1).contiguous()
+        if self._bias_for is not ix:
+            self._bias_for = ix
+            self._bias = ix.row_bias.expand(-1, heads, -1, -1).contiguous()
         return self._bias
 
     def _after(self, cell, args, kwargs, output):
         attention.RECORDING.reset(self._token)
         self._token = None
-        lay, c, seg = self.layout, self.config, self.segment
+        ix, c, seg = self.index, self.config, self.segment
         missing = [i for i, seen in enumerate(self._seen) if not seen]
         if c.summaries and missing:
             raise RuntimeError(f"segment {seg}: layers {missing} never called the recorded attention function")
@@ -405,7 +405,7 @@ class Recorder:
                 self.writer.hold(self._row_bytes, f"the summaries of segment {seg}")
                 # References only: the group's summary math and the table rows come later, in bulk.
                 self._pending.append({
-                    "segment": seg, "lay": lay, "starts": self.starts, "ids": self._ids,
+                    "segment": seg, "ix": ix, "starts": self.starts, "ids": self._ids,
                     "memory_in": self._memory_in.detach(), "memory_out": output.memory.detach(),
                 })
                 if len(self._pending) == self._scratch[0].shape[0]:
@@ -414,9 +414,9 @@ class Recorder:
                 self.writer.add_memory(seg, output.memory.detach().float().cpu().clone())
             if self._kept_maps:
                 self.writer.add_segment(seg, self._map_meta())
-        self.starts = [s + n for s, n in zip(self.starts, lay.lengths_list)]
+        self.starts = [s + n for s, n in zip(self.starts, ix.lengths_list)]
         self.segment += 1
-        self.layout = None
+        self.index = None
         self._kept_maps = False
         if len(self._buffer) + len(self._pending) >= self._chunk:
             self._flush_tables()
@@ -427,35 +427,35 @@ class Recorder:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        n, lay = len(pending), pending[0]["lay"]
+        n, ix = len(pending), pending[0]["ix"]
         rows, reads, lses = (t[:n] for t in self._scratch)
         with torch.no_grad(), own_threads(self.config.own_threads):
-            probs = row_probs(rows, self._scale, lay, self._row_bias(lay, rows.shape[3]))  # (n, layers, b, h, 1+M, L)
+            probs = row_probs(rows, self._scale, ix, self._row_bias(ix, rows.shape[3]))  # (n, layers, b, h, 1+M, L)
             if self._use_lse:
                 read = read_mass(reads, lses, self._scale)  # (n, layers, batch, heads, seg_len)
             else:
                 read = reads[..., 0, :].float()
-            stats, values, pos = row_metrics(probs, mean_over_content(read, lay), lay, self.config.top_k)
+            stats, values, pos = row_metrics(probs, mean_over_content(read, ix), ix, self.config.top_k)
         for i, row in enumerate(pending):
             row.update(stats=stats[i], top_values=None if values is None else values[i],
                        top_pos=None if pos is None else pos[i])
             self._buffer.append(row)
 
     def _map_meta(self) -> dict:
-        lay = self.layout
+        ix = self.index
         tokenizer = self.model.tokenizer
         labels = []
         for b in range(self.batch):
-            ids = self._ids[b, : int(lay.lengths[b])].tolist()
+            ids = self._ids[b, : int(ix.lengths[b])].tolist()
             tokens = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [f"id:{i}" for i in ids]
-            labels.append(position_labels(lay, tokens, b))
+            labels.append(position_labels(ix, tokens, b))
         return {
             "layers": list(self.map_layers),
             "heads": list(self.map_heads),
-            "n_positions": lay.n_positions,
-            "lengths": lay.lengths.tolist(),
+            "n_positions": ix.n_positions,
+            "lengths": ix.lengths.tolist(),
             "starts": list(self.starts),
-            "has_fact": lay.has_fact.tolist(),
+            "has_fact": ix.has_fact.tolist(),
             "labels": labels,
         }
 
@@ -470,7 +470,7 @@ class Recorder:
             return torch.stack([r[key] for r in rows])
 
         def stack_lay(field):
-            return torch.stack([getattr(r["lay"], field) for r in rows]).cpu().numpy()
+            return torch.stack([getattr(r["ix"], field) for r in rows]).cpu().numpy()
 
         dyn, eff_rank = memory_dynamics(stack("memory_out"), stack("memory_in"))  # (S, batch, M, 3), (S, batch)
         segments = np.array([r["segment"] for r in rows])
@@ -479,7 +479,7 @@ class Recorder:
         self.writer.add_table(SUMMARIES_FILE, frame)
         if self.config.top_k:
             values, pos = stack("top_values").cpu().numpy(), stack("top_pos").cpu().numpy()  # (S, layers, batch, M, k)
-            offsets = pos - rows[0]["lay"].prefix_len
+            offsets = pos - rows[0]["ix"].prefix_len
             lengths = stack_lay("lengths")  # (S, batch)
             valid = (offsets >= 0) & (offsets < lengths[:, None, :, None, None]) & (values > 0)
             width = max(r["ids"].shape[1] for r in rows)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rmt_lab.model import RecurrentWrapper, RMTConfig
-from rmt_lab.trace import METRICS, Recorder, TraceConfig, build_layout, summaries_from_maps
+from rmt_lab.trace import METRICS, Recorder, TraceConfig, build_index, summaries_from_maps
 from tests.model.families import BY_NAME, ids
 
 TRACED = ["llama-gqa", "llama-mqa", "gpt-bigcode", "gpt-neox", "qwen2", "mistral", "opt", "distilbert", "albert",
@@ -54,7 +54,7 @@ def test_summaries_equal_full_maps_and_outputs_do_not_move(name, fused):
     for s in trace.map_segments:
         info = trace.segment_info(s)
         lengths = torch.tensor(info["lengths"])
-        lay = build_layout(cell.positions(lengths, 16), 16, torch.tensor(info["starts"]), facts)
+        lay = build_index(cell.positions(lengths, 16), 16, torch.tensor(info["starts"]), facts)
         for layer in (0, 1):
             maps = trace.pattern(s, layer)  # (batch, heads, L, L)
             assert maps.shape[:2] == (2, n_heads)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rmt_lab.trace import (
-    METRICS, Recorder, TraceConfig, build_layout, record, summaries_from_maps, where_written,
+    METRICS, Recorder, TraceConfig, build_index, record, summaries_from_maps, where_written,
 )
 from rmt_lab.trace import attention
 from tests.trace.helpers import FACTS, force_attention_onto, padded_batch, tiny, tokens
@@ -56,7 +56,7 @@ def test_summaries_on_the_fly_equal_summaries_from_full_maps(name, fused):
     for s in trace.map_segments:
         info = trace.segment_info(s)
         mask = torch.arange(16)[None] < torch.tensor(info["lengths"])[:, None]
-        lay = build_layout(model.cell.positions(mask.sum(1), 16), 16, torch.tensor(info["starts"]), facts)
+        lay = build_index(model.cell.positions(mask.sum(1), 16), 16, torch.tensor(info["starts"]), facts)
         for layer in (0, 1):
             stats, values, positions = summaries_from_maps(trace.pattern(s, layer), lay, top_k=3)
             for b in range(2):

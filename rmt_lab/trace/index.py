@@ -6,7 +6,7 @@ each part sits; nothing here re-derives it):
     encoder  [CLS] [mem 0..M-1] [SEP] t_0 .. t_{n-1} [SEP] [PAD] ...
     decoder  [read 0..M-1] t_0 .. t_{n-1} [write 0..M-1] [PAD] ...
 
-A `SegmentLayout` turns that into index tensors shared by every layer of the segment: the query
+A `SegmentIndex` turns that into index tensors shared by every layer of the segment: the query
 rows that matter for memory (the answer position, then the M memory-writing positions), key groups
 (incoming memory, content, fact tokens, the reference span, each slot's own incoming key), and
 which keys each of those rows may see. Everything is computed once per segment, vectorized over
@@ -22,12 +22,12 @@ from torch import Tensor
 
 from rmt_lab.model import MemoryCell, SegmentPositions
 
-# Columns of SegmentLayout.keys
+# Columns of SegmentIndex.keys
 MEM, CONTENT, SPAN, FACT, SLOT0 = 0, 1, 2, 3, 4
 
 
 @dataclass
-class SegmentLayout:
+class SegmentIndex:
     layout: str  # "encoder" or "decoder"
     n_mem: int  # M
     n_positions: int  # L, backbone positions of the segment
@@ -56,9 +56,10 @@ class SegmentLayout:
         return key_positions - self.prefix_len
 
 
-def build_layout(where: SegmentPositions, segment_size: int, starts: Tensor, facts: Tensor | None) -> SegmentLayout:
-    """Layout of one segment, from where the cell puts its parts (`MemoryCell.positions`). `facts` (batch, n_facts)
-    content positions in the whole input, -1 for none; `starts` (batch,) content tokens before this segment."""
+def build_index(where: SegmentPositions, segment_size: int, starts: Tensor, facts: Tensor | None) -> SegmentIndex:
+    """The index tensors of one segment, from where the cell puts its parts (`MemoryCell.positions`). `facts`
+    (batch, n_facts): content positions in the whole input, -1 for none; `starts` (batch,): content tokens
+    before this segment."""
     lengths, valid, m = where.lengths, where.valid, where.n_mem
     batch, n_pos = valid.shape
     device = valid.device
@@ -88,7 +89,7 @@ def build_layout(where: SegmentPositions, segment_size: int, starts: Tensor, fac
     row_bias = torch.zeros(batch, 1, m + 1, n_pos, device=device).masked_fill(~row_ok[:, None], float("-inf"))
     content_rows = where.content
     content_weight = content[:, content_rows].float() / lengths.clamp(min=1)[:, None].float()
-    return SegmentLayout(
+    return SegmentIndex(
         layout=where.layout, n_mem=m, n_positions=n_pos, prefix_len=prefix_len, lengths=lengths,
         rows=rows, row_bias=row_bias, keys=keys, content_mask=content.float()[:, None, :], content_rows=content_rows,
         content_weight=content_weight,
@@ -105,20 +106,20 @@ def _mark(n_pos: int, key: Tensor, keep: Tensor) -> Tensor:
     return hits > 0
 
 
-def position_labels(layout: SegmentLayout, tokens: list[str], sample: int) -> list[str]:
+def position_labels(ix: SegmentIndex, tokens: list[str], sample: int) -> list[str]:
     """Labels of one row's backbone positions: [CLS], [mem i], [SEP], tokens, [PAD] (decoder: [read i], [write i])."""
-    m, n = layout.n_mem, int(layout.lengths[sample])
-    if layout.layout == "encoder":
+    m, n = ix.n_mem, int(ix.lengths[sample])
+    if ix.layout == "encoder":
         head = ["[CLS]"] + ([f"[mem {i}]" for i in range(m)] + ["[SEP]"] if m else [])
         labels = head + list(tokens[:n]) + ["[SEP]"]
     else:
         labels = [f"[read {i}]" for i in range(m)] + list(tokens[:n]) + [f"[write {i}]" for i in range(m)]
-    return labels + ["[PAD]"] * (layout.n_positions - len(labels))
+    return labels + ["[PAD]"] * (ix.n_positions - len(labels))
 
 
-class LayoutCache:
-    """Layouts of one recording. Segments alike in shape, lengths and fact tokens share one layout, so a
-    long stream of full noise segments builds its layout once."""
+class IndexCache:
+    """Segment indices of one recording. Segments alike in shape, lengths and fact tokens share one index, so
+    a long stream of full noise segments builds its index once."""
 
     def __init__(self, cell: MemoryCell, facts: list[list[int]] | None, device: torch.device, size: int = 64):
         self.cell = cell
@@ -131,20 +132,20 @@ class LayoutCache:
                 self.facts_tensor[b, : len(f)] = torch.tensor(f, dtype=torch.long)
             self.facts_tensor = self.facts_tensor.to(device)
         self.size = size
-        self._cache: dict[tuple, SegmentLayout] = {}
+        self._cache: dict[tuple, SegmentIndex] = {}
 
-    def get(self, attention_mask: Tensor, starts: list[int]) -> SegmentLayout:
+    def get(self, attention_mask: Tensor, starts: list[int]) -> SegmentIndex:
         lengths = attention_mask.sum(1).tolist()
         hits = ()
         if self.facts is not None:
             hits = tuple(tuple(p - s for p in f if s <= p < s + n) for f, s, n in zip(self.facts, starts, lengths))
         key = (attention_mask.shape[1], tuple(lengths), hits)
-        lay = self._cache.get(key)
-        if lay is None:
+        ix = self._cache.get(key)
+        if ix is None:
             if len(self._cache) >= self.size:
                 self._cache.clear()
             starts_t = torch.tensor(starts, dtype=torch.long, device=attention_mask.device)
             where = self.cell.positions(attention_mask.bool().sum(1), attention_mask.shape[1])
-            lay = build_layout(where, self.cell.config.segment_size, starts_t, self.facts_tensor)
-            self._cache[key] = lay
-        return lay
+            ix = build_index(where, self.cell.config.segment_size, starts_t, self.facts_tensor)
+            self._cache[key] = ix
+        return ix

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+from rmt_lab.assets import TOKENIZER_FILES
 from rmt_lab.config import ConfigError, from_dict, to_dict
 from rmt_lab.model import RMTConfig, available_backbones
 from rmt_lab.tasks import NUM_CLASSES, TaskConfig
@@ -94,7 +96,8 @@ class RunConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
-    backbone: str = "minilm"  # see available_backbones()
+    # A ready name (available_backbones()) or a local folder written by a HF model's save_pretrained.
+    backbone: str = "minilm"
     dropout: float | None = None  # replaces the backbone's dropout probabilities; None keeps them
     rmt: RMTConfig = field(default_factory=lambda: RMTConfig(num_classes=NUM_CLASSES))
     task: TaskConfig = field(default_factory=TaskConfig)  # its length is set per curriculum stage
@@ -103,14 +106,33 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.backbone not in available_backbones():
-            raise ConfigError(f"unknown backbone {self.backbone!r}; available backbones: {available_backbones()}")
+        if not self.backbone_is_ready:
+            self._check_backbone_folder()
         if self.task.segment_size != self.rmt.segment_size:
             raise ConfigError(
                 f"task.segment_size={self.task.segment_size} must equal rmt.segment_size={self.rmt.segment_size}"
             )
         if self.rmt.num_classes < 1:
             raise ConfigError(f"rmt.num_classes must be the number of answer classes ({NUM_CLASSES} places), got 0")
+
+    @property
+    def backbone_is_ready(self) -> bool:
+        return self.backbone in available_backbones()
+
+    def _check_backbone_folder(self) -> None:
+        """A model folder's tasks are tokenized with its own vocabulary: `task.tokenizer` defaults to the
+        folder's tokenizer (written into the saved config, so the run says which tokenizer made its samples)."""
+        folder = Path(self.backbone).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"unknown backbone {self.backbone!r}: neither a ready backbone, available backbones: "
+                              f"{available_backbones()}, nor a local folder holding a HF model's save_pretrained "
+                              "files (config.json)")
+        if self.task.tokenizer is None:
+            if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+                raise ConfigError(f"backbone folder {self.backbone!r} holds no tokenizer ({list(TOKENIZER_FILES)}), and "
+                                  "the tasks must be tokenized with the model's vocabulary: save the model's tokenizer "
+                                  "there, or set task.tokenizer to a local tokenizer folder")
+            object.__setattr__(self, "task", dataclasses.replace(self.task, tokenizer=str(folder)))
 
     def task_at(self, n_segments: int, **changes: Any) -> TaskConfig:
         """The task config for inputs of `n_segments` segments."""

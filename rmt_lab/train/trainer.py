@@ -125,7 +125,9 @@ class Trainer:
         )
         set_seed(c.run.seed)
         self._check_run_dir()
-        model = RecurrentWrapper.from_backbone(c.backbone, c.rmt, dropout=c.dropout)
+        # A model folder is tokenized like its tasks; a ready backbone always uses rmt_lab's own tokenizer.
+        tokenizer = None if c.backbone_is_ready else c.task.tokenizer
+        model = RecurrentWrapper.from_backbone(c.backbone, c.rmt, dropout=c.dropout, tokenizer=tokenizer)
         model.checkpoint_segments = c.run.gradient_checkpointing
         self.model = model.to(self.accelerator.device)
         self.state = {"stage": 0, "step": 0, "global_step": 0, "best": -1.0, "bad_evals": 0, "wall": 0.0, "done": [],

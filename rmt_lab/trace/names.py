@@ -3,11 +3,14 @@
     hook_name(3, 2)                  -> "seg.3.layer.2.attn.pattern"   (batch, heads, positions, positions)
     hook_name(3, kind="memory.state") -> "seg.3.memory.state"           (batch, n_mem, d_model)
 
-No other module spells these strings by hand; `parse_name` is the inverse.
+No other module spells these strings by hand; `parse_name` is the inverse. A user hook (`Recorder(hooks=...)`)
+is attached by a kind ("attn.pattern") or a glob over names ("seg.*.layer.0.attn.pattern"); `hook_pattern`
+checks one and `hook_matches` applies it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 
 KINDS = {
@@ -37,3 +40,17 @@ def parse_name(name: str) -> tuple[int, int | None, str]:
         raise ValueError(f"{name!r} is not a trace tensor name (e.g. {examples})")
     segment, layer, kind = match.groups()
     return int(segment), (int(layer) if layer is not None else None), kind
+
+
+def hook_pattern(pattern: str) -> str:
+    """`pattern` if it can name recorded tensors: a kind, or a glob over names ending in a kind or a wildcard."""
+    if not isinstance(pattern, str) or not (pattern in KINDS or pattern.endswith("*")
+                                            or any(pattern.endswith("." + kind) for kind in KINDS)):
+        raise ValueError(f"hook pattern {pattern!r} names no trace tensor: give a kind {sorted(KINDS)} or a glob over "
+                         f"names such as {hook_name(0, 0)!r} (e.g. 'seg.*.layer.0.attn.pattern')")
+    return pattern
+
+
+def hook_matches(pattern: str, name: str) -> bool:
+    """Whether hook `pattern` (a kind or a glob over names) covers the tensor called `name`."""
+    return parse_name(name)[2] == pattern if pattern in KINDS else fnmatch.fnmatchcase(name, pattern)

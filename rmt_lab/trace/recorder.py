@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from rmt_lab.trace.attention import (
 )
 from rmt_lab.trace.config import MIB, TraceConfig
 from rmt_lab.trace.index import IndexCache, position_labels
-from rmt_lab.trace.names import hook_name
+from rmt_lab.trace.names import hook_matches, hook_name, hook_pattern
 from rmt_lab.trace.store import (
     FORMAT_VERSION, INDEX_FILE, SUMMARIES_FILE, WRITTEN_FILE, Trace, TraceBudgetError, TraceWriter, model_fingerprint,
 )
@@ -74,12 +74,25 @@ class Recorder:
     task Samples), enabling fact alignment and the "facts" segment selection. n_segments: the stream's
     length, needed only for the "last" selection. Map labels name tokens with the model's own tokenizer
     (`RecurrentWrapper.tokenizer`); a model without one is labelled by token id ("id:123").
+
+    hooks: {pattern: fn} called as fn(tensor, name) with each recorded tensor as it is made, named by
+    `hook_name` (TransformerLens-style): the pattern is a kind ("attn.pattern", "memory.state") or a glob
+    over names ("seg.*.layer.0.attn.pattern"). "attn.pattern" hooks see the maps the config keeps
+    (`TraceConfig.segments`, `layers`, `heads`), on the CPU; "memory.state" hooks see every segment's written
+    memory, also when the trace keeps none. Hooks observe and must not change the tensors: the trace holds
+    the same ones.
     """
 
     def __init__(self, model, config: TraceConfig | None = None, out: str | Path | None = None,
                  facts: Sequence | None = None, n_segments: int | None = None, overwrite: bool = False,
-                 fused: str = "auto"):
+                 fused: str = "auto", hooks: Mapping[str, Callable[[Tensor, str], None]] | None = None):
         self.model = model
+        if hooks is not None and not isinstance(hooks, Mapping):
+            raise TypeError(f"Recorder hooks must map a kind or name glob to a function, got {type(hooks).__name__}")
+        self.hooks = [(hook_pattern(pattern), fn) for pattern, fn in (hooks or {}).items()]
+        for pattern, fn in self.hooks:
+            if not callable(fn):
+                raise TypeError(f"Recorder hook for {pattern!r} must be callable (tensor, name), got {type(fn).__name__}")
         if config is not None and not isinstance(config, TraceConfig):
             raise TypeError(f"Recorder config must be a TraceConfig, got {type(config).__name__}; build one with "
                             "TraceConfig(...) or TraceConfig.from_dict(...)")
@@ -359,8 +372,15 @@ class Recorder:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         with torch.no_grad():
             maps = full_probs(query.detach(), key.detach(), attention_mask, scale, bool(causal))
-        self.writer.add_map(self.segment, layer, maps[:, self.map_heads].to(self._map_dtype).cpu())
+        kept = maps[:, self.map_heads].to(self._map_dtype).cpu()
+        self.writer.add_map(self.segment, layer, kept)
+        self._call_hooks(hook_name(self.segment, layer), kept)
         self._kept_maps = True
+
+    def _call_hooks(self, name: str, tensor: Tensor) -> None:
+        for pattern, fn in self.hooks:
+            if hook_matches(pattern, name):
+                fn(tensor, name)
 
     def _buffers(self, query: Tensor, ix) -> tuple[Tensor, Tensor, Tensor]:
         """This segment's slot of the group scratch, each layer writing its part in place: answer/writer row
@@ -410,8 +430,13 @@ class Recorder:
                 })
                 if len(self._pending) == self._scratch[0].shape[0]:
                     self._summarize_pending()
-            if c.keep_memory:
-                self.writer.add_memory(seg, output.memory.detach().float().cpu().clone())
+            name = hook_name(seg, kind="memory.state")
+            watched = any(hook_matches(pattern, name) for pattern, _ in self.hooks)
+            if c.keep_memory or watched:
+                state = output.memory.detach().float().cpu().clone()
+                if c.keep_memory:
+                    self.writer.add_memory(seg, state)
+                self._call_hooks(name, state)
             if self._kept_maps:
                 self.writer.add_segment(seg, self._map_meta())
         self.starts = [s + n for s, n in zip(self.starts, ix.lengths_list)]
@@ -511,12 +536,12 @@ def _is_sample(x) -> bool:
 
 def record(model, inputs, config: TraceConfig | None = None, out: str | Path | None = None,
            facts: Sequence | None = None, labels: Tensor | None = None, overwrite: bool = False,
-           attention_mask: Tensor | None = None):
+           attention_mask: Tensor | None = None, hooks: Mapping[str, Callable[[Tensor, str], None]] | None = None):
     """Run `inputs` through `model` under torch.no_grad() while recording; returns (RMTOutput, Trace).
 
     inputs: a (batch, length) or (length,) token tensor (with its `attention_mask`, if padded), a task
     Sample or list of Samples (facts and length are then taken from them), or an iterable of
-    (batch, <= segment_size) segments.
+    (batch, <= segment_size) segments. `hooks`: see `Recorder`.
     """
     n_segments = None
     if _is_sample(inputs):
@@ -537,6 +562,6 @@ def record(model, inputs, config: TraceConfig | None = None, out: str | Path | N
     else:
         run = lambda: model.stream(inputs, labels=labels)  # noqa: E731
     with torch.no_grad(), Recorder(model, config, out=out, facts=facts, n_segments=n_segments,
-                                   overwrite=overwrite) as rec:
+                                   overwrite=overwrite, hooks=hooks) as rec:
         output = run()
     return output, rec.trace

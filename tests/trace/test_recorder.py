@@ -195,3 +195,28 @@ def test_memory_dynamics():
                                rtol=1e-5, atol=1e-5)
     rank = s[s.metric == "mem_eff_rank"]["value"]
     assert rank.between(1, 4).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_user_hooks_see_the_tensors_the_trace_holds_by_their_names(name):
+    model = tiny(name)
+    seen = {}
+    hooks = {"seg.*.layer.1.attn.pattern": lambda t, n: seen.setdefault(n, t.clone()),
+             "memory.state": lambda t, n: seen.setdefault(n, t.clone())}
+    ids, mask = padded_batch()
+    out, trace = record(model, ids, TraceConfig(segments="1"), facts=FACTS, attention_mask=mask, hooks=hooks)
+    # maps: only those the config keeps and the glob names; memory: every segment, though the trace keeps none
+    assert sorted(seen) == ["seg.0.memory.state", "seg.1.layer.1.attn.pattern", "seg.1.memory.state",
+                            "seg.2.memory.state"]
+    assert torch.equal(seen["seg.1.layer.1.attn.pattern"], trace.pattern(1, 1))
+    assert torch.allclose(seen["seg.2.memory.state"], out.memory.float())
+
+
+def test_bad_hooks_are_refused():
+    model = tiny()
+    with pytest.raises(ValueError, match="hook pattern 'attn.weights' names no trace tensor.*attn.pattern"):
+        Recorder(model, hooks={"attn.weights": print})
+    with pytest.raises(TypeError, match="hook for 'memory.state' must be callable"):
+        Recorder(model, hooks={"memory.state": 3})
+    with pytest.raises(TypeError, match="must map a kind or name glob to a function"):
+        Recorder(model, hooks=[("memory.state", print)])

@@ -94,6 +94,13 @@ def plot_flops(flops: pd.DataFrame, models: tuple[str, ...] | None = REPORT_OPT_
     return fig
 
 
+def _memory_source(rows: pd.DataFrame) -> str:
+    """What a long evaluation's peak memory measured (e.g. "peak RSS (fresh process), cpu"); "" if unrecorded."""
+    parts = [" + ".join(sorted(rows[column].astype(str).unique())) for column in ("memory_source", "device")
+             if column in rows]
+    return ", ".join(part for part in parts if part)
+
+
 @styled
 def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     """Report Figure 1 from `runs/*/long_eval.parquet`: accuracy versus input length for each task
@@ -129,15 +136,17 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     acc_ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     acc_ax.set_title("Accuracy versus input length: one model per task, evaluated far past its training length",
                      fontsize="medium")
-    source = ""
-    if "memory_source" in long_eval and long_eval["memory_source"].nunique() == 1:
-        source = f", {long_eval['memory_source'].iloc[0]}"
-    if "device" in long_eval and long_eval["device"].nunique() == 1:
-        source += f", {long_eval['device'].iloc[0]}"
     mem_ax.set_ylabel("peak memory (MiB)")
-    if source:
-        mem_ax.text(0.01, 0.06, f"measured: {source.lstrip(', ')}", transform=mem_ax.transAxes, fontsize="small",
+    sources = {task: _memory_source(long_eval[long_eval["task"] == task]) for task in tasks}
+    if len(set(sources.values())) == 1 and sources[tasks[0]]:
+        mem_ax.text(0.01, 0.06, f"measured: {sources[tasks[0]]}", transform=mem_ax.transAxes, fontsize="small",
                     color="0.35")
+    else:  # tasks measured on different devices: CUDA allocations and a process's RSS are not one quantity
+        for task in tasks:
+            last = long_eval[long_eval["task"] == task].sort_values("tokens").iloc[-1]
+            mem_ax.annotate(sources[task] or "source not recorded", (last["tokens"], last["peak_mib"]),
+                            xytext=(0, 5), textcoords="offset points", ha="right", va="bottom", fontsize="x-small",
+                            color=palette[task])
     mem_ax.set_ylim(0, long_eval["peak_mib"].max() * 1.25)
     log_tokens_axis(mem_ax)
     mem_ax.set_xlabel("input length (tokens, log scale)")

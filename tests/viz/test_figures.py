@@ -61,6 +61,16 @@ def test_long_context_accuracy_and_memory_panels():
     assert trained and trained[0].get_xdata()[0] == pytest.approx(7 * 499)
 
 
+def test_long_context_names_each_tasks_memory_measure_when_they_differ():
+    table = helpers.long_eval_table()
+    texts = lambda fig: [t.get_text() for t in data_axes(fig)[1].texts]  # noqa: E731
+    assert texts(plot_long_context(table)) == ["measured: peak RSS (fresh process), cpu"]
+    gpu = table["task"] == "memorize"
+    table.loc[gpu, "device"], table.loc[gpu, "memory_source"] = "cuda:0", "cuda max_memory_allocated"
+    assert sorted(texts(plot_long_context(table))) == ["cuda max_memory_allocated, cuda:0",
+                                                       "peak RSS (fresh process), cpu", "peak RSS (fresh process), cpu"]
+
+
 def test_wilson_interval_contains_estimate_and_stays_in_range():
     lo, hi = wilson_interval([0.0, 0.5, 1.0], [16, 16, 16])
     assert (lo <= [0.0, 0.5, 1.0]).all() and (hi >= [0.0, 0.5, 1.0]).all()

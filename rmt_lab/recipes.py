@@ -148,7 +148,6 @@ def eval_long(run_dir: str | Path, stage: int | None = None, min_tokens: int = 1
     `samples` test samples a length, or `samples_from=(tokens, n)`: n samples from that length on (report
     Figure 1). Resumable batch by batch; under torchrun each process takes its share of the samples
     (`rmt_lab.train.long_evaluation`). Default `out`: <run>/long_eval.parquet (points already there kept)."""
-    from rmt_lab.tasks import TaskConfig
     from rmt_lab.train import long_evaluation, stage_checkpoints
 
     run = _run_folder(run_dir)
@@ -156,12 +155,34 @@ def eval_long(run_dir: str | Path, stage: int | None = None, min_tokens: int = 1
     stage = stage or max(checkpoints)
     if stage not in checkpoints:
         raise ValueError(f"no stage-{stage} checkpoint in {run}; available stages: {sorted(checkpoints)}")
-    task = TaskConfig.from_dict(json.loads((run / "config.json").read_text())["task"])
-    lengths = long_lengths(min_tokens, max_tokens, task.segment_size)
-    tokens_from, samples_from_there = samples_from or (math.inf, samples)
-    counts = {n: samples if n * task.segment_size < tokens_from else samples_from_there for n in lengths}
-    return long_evaluation(checkpoints[stage], task, lengths, Path(out or run_file("long_eval", run)), counts,
+    task, counts = _long_counts(run, min_tokens, max_tokens, samples, samples_from)
+    return long_evaluation(checkpoints[stage], task, list(counts), Path(out or run_file("long_eval", run)), counts,
                            batch_size, compile=compile, trained_segments=stage, dtype=dtype)
+
+
+def _long_counts(run: Path, min_tokens: int, max_tokens: int, samples: int,
+                 samples_from: tuple[int, int] | None) -> tuple[object, dict[int, int]]:
+    """The run's task and {segments: samples} of each length a long evaluation with these arguments runs."""
+    from rmt_lab.tasks import TaskConfig
+
+    task = TaskConfig.from_dict(json.loads((run / "config.json").read_text())["task"])
+    tokens_from, samples_from_there = samples_from or (math.inf, samples)
+    return task, {n: samples if n * task.segment_size < tokens_from else samples_from_there
+                  for n in long_lengths(min_tokens, max_tokens, task.segment_size)}
+
+
+def long_eval_complete(run_dir: str | Path, min_tokens: int = 16_000, max_tokens: int = 2_048_000, samples: int = 16,
+                       samples_from: tuple[int, int] | None = None, out: str | Path | None = None, **_) -> bool:
+    """Whether the long-evaluation table holds every length that `eval_long` with these arguments runs, each
+    with its samples (a table of shorter lengths or fewer samples is a start, not the result)."""
+    run = Path(run_dir)
+    table_path = Path(out or run_file("long_eval", run))
+    if not (run / "config.json").is_file() or not table_path.is_file():
+        return False
+    _, counts = _long_counts(run, min_tokens, max_tokens, samples, samples_from)
+    table = pd.read_parquet(table_path)
+    have = dict(zip(table["n_segments"].astype(int), table["n_samples"].astype(int)))
+    return all(have.get(n, 0) >= k for n, k in counts.items())
 
 
 # ------------------------------------------------------------------------------------ traces, probes

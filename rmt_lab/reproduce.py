@@ -49,6 +49,16 @@ MADE_FROM = "made_from.json"  # under the results folder: each step's input dige
 PLANS = ("quick", "base", "paper")
 
 
+def _long_eval_complete(**arguments) -> bool:
+    from rmt_lab.recipes import long_eval_complete
+
+    return long_eval_complete(**arguments)
+
+
+# Recipes whose output file exists before the step is over: what tells a finished one.
+COMPLETE: dict[str, Callable[..., bool]] = {"eval_long": _long_eval_complete}
+
+
 @dataclass(frozen=True)
 class Step:
     name: str  # unique within a plan, e.g. "train memorize"
@@ -66,7 +76,14 @@ class Step:
         return os.path.relpath(self.outputs[0], results) if self.outputs else self.name
 
     def done(self, records: dict | None = None, results: Path | None = None) -> bool:
-        return bool(self.outputs) and all(p.exists() for p in self.outputs) and not self.stale(records, results)
+        return (bool(self.outputs) and all(p.exists() for p in self.outputs) and self.complete()
+                and not self.stale(records, results))
+
+    def complete(self) -> bool:
+        """Whether the outputs hold all the step asks for, where a recipe's output can exist half made (a long
+        evaluation stopped before its last length)."""
+        check = COMPLETE.get(self.recipe)
+        return check is None or check(**self.arguments)
 
     def stale(self, records: dict | None = None, results: Path | None = None) -> bool:
         """The outputs were made from other inputs than those here now.

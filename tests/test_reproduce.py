@@ -2,6 +2,7 @@
 
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,25 @@ class Recorder:
                 for path in step.outputs:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.touch()
+                if recipe == "eval_long":
+                    finished_long_evaluation(arguments)
         return 0
+
+
+def finished_long_evaluation(arguments):
+    """A long-evaluation table holding every length and sample count the step's arguments ask for."""
+    import pandas as pd
+
+    from rmt_lab.recipes import _long_counts
+    from rmt_lab.tasks import TaskConfig
+
+    run = Path(arguments["run_dir"])
+    if not (run / "config.json").exists():
+        (run / "config.json").write_text(json.dumps({"task": TaskConfig(segment_size=32).to_dict()}))
+    allowed = {"min_tokens", "max_tokens", "samples", "samples_from"}
+    _, counts = _long_counts(run, **{"min_tokens": 16_000, "max_tokens": 2_048_000, "samples": 16, "samples_from": None,
+                                     **{k: v for k, v in arguments.items() if k in allowed}})
+    pd.DataFrame({"n_segments": list(counts), "n_samples": list(counts.values())}).to_parquet(run / "long_eval.parquet")
 
 
 def parses(step):
@@ -269,3 +288,19 @@ def test_a_step_runs_its_recipe_in_a_fresh_process_with_its_log(tmp_path):
     assert (tmp_path / "bench" / "flops.parquet").is_file() and "full_over_rmt" in log.read_text()
     assert _run_process("bench_flops", {**arguments, "models": ["opt-9000"]}, 1, log) == 1
     assert "opt-9000" in log.read_text()  # the error, in the step's log
+
+
+def test_a_long_evaluation_is_done_only_when_it_reaches_its_last_length(tmp_path):
+    import pandas as pd
+
+    results = tmp_path / "results"
+    step = next(s for s in plan("base", results, tmp_path / "figures") if s.name == "long evaluation reasoning")
+    for path in step.inputs:
+        path.mkdir(parents=True)
+    finished_long_evaluation(step.arguments)
+    assert step.done()
+    table = pd.read_parquet(step.outputs[0])
+    table[table["n_segments"] < table["n_segments"].max()].to_parquet(step.outputs[0])  # stopped before 2M
+    assert not step.done()
+    table.assign(n_samples=table["n_samples"] - 1).to_parquet(step.outputs[0])  # a sample short everywhere
+    assert not step.done()

@@ -127,6 +127,9 @@ class PlanSettings:
     sweep_task: str = "memorize"
     sweep_tokens: int = 128_000  # the one long length each memory size is evaluated at (a length of the main runs)
     long_samples_from: tuple[int, int] | None = None  # (tokens, samples): fewer samples at this length and above
+    # Full maps the reasoning trace keeps ({} = every layer, float32). A 6-layer, 12-head model's maps of 8 samples
+    # are 55 MB in float32: its last layer (where memory writes facts and the answer reads) in float16 is 4.5 MB.
+    trace_maps: dict[str, Any] = field(default_factory=dict)
 
 
 SETTINGS = {
@@ -140,7 +143,7 @@ SETTINGS = {
         long_max_tokens={task: 2_048_000 for task in TASKS},
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
         eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
-        memory_sweep=(1, 2, 5, 20),
+        memory_sweep=(1, 2, 5, 20), trace_maps={"layers": [5], "map_dtype": "float16"},
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,
@@ -216,7 +219,8 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
     reasoning, trace = final("reasoning"), path("trace", results, config=s.config)
     steps.append(Step("trace reasoning", "trace",
                       {"out": str(trace.parent), "checkpoint": str(reasoning), "task": "reasoning", "segments": 4,
-                       "samples": 8, "split": "test", "maps": "all", "keep_memory": True, "overwrite": True},
+                       "samples": 8, "split": "test", "maps": "all", **s.trace_maps, "keep_memory": True,
+                       "overwrite": True},
                       [trace], [reasoning], group="evaluate"))
     detect, probe = final("detect_memorize"), path("probe", results, config=s.config)
     steps.append(Step("probe detect_memorize", "probe",

@@ -94,6 +94,10 @@ def command_line(command: str, arguments: dict[str, Any]) -> str:
     return shlex.join(words)
 
 
+# The memory-size sweep: the task its models learn, and the one long length each is evaluated at.
+SWEEP_TASK = "memorize"
+SWEEP_TOKENS = 128_000
+
 # The rmt-lab subcommand of each recipe.
 COMMANDS = {
     "train": "train", "eval_generalization": "eval generalization", "eval_long": "eval long",

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rmt_lab.catalog import command_line, path, recipe_command, run_file
+from rmt_lab.catalog import SWEEP_TASK, SWEEP_TOKENS, command_line, path, recipe_command, run_file
 from rmt_lab.io import write_json
 from rmt_lab.process import run_in_process
 from rmt_lab.runtime import THREADS_FILE_ENV, write_thread_budget
@@ -124,8 +124,8 @@ class PlanSettings:
     long_compile: str = ""  # torch.compile mode of the long evaluations' backbone ("" = eager)
     ablation_samples: int = 0  # samples per point of the no-recurrence control on 1..stages segments; 0 = none
     memory_sweep: tuple[int, ...] = ()  # memory sizes trained on `sweep_task` besides the config's own
-    sweep_task: str = "memorize"
-    sweep_tokens: int = 128_000  # the one long length each memory size is evaluated at (a length of the main runs)
+    sweep_task: str = SWEEP_TASK
+    sweep_tokens: int = SWEEP_TOKENS  # the one long length each memory size is evaluated at (a length of the main runs)
     long_samples_from: tuple[int, int] | None = None  # (tokens, samples): fewer samples at this length and above
     # Full maps the reasoning trace keeps ({} = every layer, float32). A 6-layer, 12-head model's maps of 8 samples
     # are 55 MB in float32: its last layer (where memory writes facts and the answer reads) in float16 is 4.5 MB.

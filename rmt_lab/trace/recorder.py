@@ -374,13 +374,13 @@ class Recorder:
             maps = full_probs(query.detach(), key.detach(), attention_mask, scale, bool(causal))
         kept = maps[:, self.map_heads].to(self._map_dtype).cpu()
         self.writer.add_map(self.segment, layer, kept)
-        self._call_hooks(hook_name(self.segment, layer), kept)
+        name = hook_name(self.segment, layer)
+        for fn in self._hooks_for(name):
+            fn(kept, name)
         self._kept_maps = True
 
-    def _call_hooks(self, name: str, tensor: Tensor) -> None:
-        for pattern, fn in self.hooks:
-            if hook_matches(pattern, name):
-                fn(tensor, name)
+    def _hooks_for(self, name: str) -> list[Callable[[Tensor, str], None]]:
+        return [fn for pattern, fn in self.hooks if hook_matches(pattern, name)]
 
     def _buffers(self, query: Tensor, ix) -> tuple[Tensor, Tensor, Tensor]:
         """This segment's slot of the group scratch, each layer writing its part in place: answer/writer row
@@ -431,12 +431,13 @@ class Recorder:
                 if len(self._pending) == self._scratch[0].shape[0]:
                     self._summarize_pending()
             name = hook_name(seg, kind="memory.state")
-            watched = any(hook_matches(pattern, name) for pattern, _ in self.hooks)
-            if c.keep_memory or watched:
+            watchers = self._hooks_for(name)
+            if c.keep_memory or watchers:
                 state = output.memory.detach().float().cpu().clone()
                 if c.keep_memory:
                     self.writer.add_memory(seg, state)
-                self._call_hooks(name, state)
+                for fn in watchers:
+                    fn(state, name)
             if self._kept_maps:
                 self.writer.add_segment(seg, self._map_meta())
         self.starts = [s + n for s, n in zip(self.starts, ix.lengths_list)]

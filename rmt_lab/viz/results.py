@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rmt_lab.catalog import CATALOG, COMMANDS, command_line, run_folder
+from rmt_lab.catalog import CATALOG, COMMANDS, SWEEP_TASK, SWEEP_TOKENS, command_line, run_folder
 from rmt_lab.viz.tables import TASK_ORDER
 
 
@@ -157,11 +157,11 @@ def _memory_sweep_inputs(results: Path, config: str):
         frames.append(pd.read_parquet(path).assign(num_mem_tokens=memory))
     if not frames:
         # Named as the two commands that make one sweep point: only some reproduction plans hold a sweep.
-        run = results / CATALOG["sweep_run"].path.format(config=config, task="memorize", memory="<N>")
-        make = (command_line("train", {"config": config, "task": "memorize", "run_dir": str(run),
+        run = results / CATALOG["sweep_run"].path.format(config=config, task=SWEEP_TASK, memory="<N>")
+        make = (command_line("train", {"config": config, "task": SWEEP_TASK, "run_dir": str(run),
                                        "overrides": ["rmt.num_mem_tokens=<N>"]})
-                + " && " + command_line("eval long", {"run_dir": str(run), "min_tokens": 128_000,
-                                                      "max_tokens": 128_000}))
+                + " && " + command_line("eval long", {"run_dir": str(run), "min_tokens": SWEEP_TOKENS,
+                                                      "max_tokens": SWEEP_TOKENS}))
         return None, [Missing(f"{results}/sweeps/memory/{config}-<task>-m<N>/long_eval.parquet", make)]
     sweep = pd.concat(frames, ignore_index=True)
     for task, run in run_folders(results, config).items():

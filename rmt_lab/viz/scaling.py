@@ -115,8 +115,10 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     markers = dict(zip(tasks, "osD^v<>"))
     fig, axes = new_figure(2, 1, figsize=(9.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
     acc_ax, mem_ax = axes[:, 0]
+    longest, sources = {}, {}  # per task: its longest length's row, and what its peak memory measured
     for task in tasks:
         d = long_eval[long_eval["task"] == task].sort_values("tokens")
+        longest[task], sources[task] = d.iloc[-1], _memory_source(d)
         lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
         acc_ax.fill_between(d["tokens"], lo, hi, color=palette[task], alpha=0.15, linewidth=0)
         acc_ax.plot(d["tokens"], d["accuracy"], marker=markers[task], color=palette[task], label=task_title(task))
@@ -137,13 +139,13 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     acc_ax.set_title("Accuracy versus input length: one model per task, evaluated far past its training length",
                      fontsize="medium")
     mem_ax.set_ylabel("peak memory (MiB)")
-    sources = {task: _memory_source(long_eval[long_eval["task"] == task]) for task in tasks}
-    if len(set(sources.values())) == 1 and sources[tasks[0]]:
-        mem_ax.text(0.01, 0.06, f"measured: {sources[tasks[0]]}", transform=mem_ax.transAxes, fontsize="small",
-                    color="0.35")
+    if len(set(sources.values())) == 1:
+        if sources[tasks[0]]:
+            mem_ax.text(0.01, 0.06, f"measured: {sources[tasks[0]]}", transform=mem_ax.transAxes, fontsize="small",
+                        color="0.35")
     else:  # tasks measured on different devices: CUDA allocations and a process's RSS are not one quantity
         for task in tasks:
-            last = long_eval[long_eval["task"] == task].sort_values("tokens").iloc[-1]
+            last = longest[task]
             mem_ax.annotate(sources[task] or "source not recorded", (last["tokens"], last["peak_mib"]),
                             xytext=(0, 5), textcoords="offset points", ha="right", va="bottom", fontsize="x-small",
                             color=palette[task])

@@ -153,11 +153,6 @@ SETTINGS = {
 }
 
 
-def memory_sweep_run(results: Path, config: str, task: str, num_mem_tokens: int) -> Path:
-    """The run folder of the memory-size sweep's model with `num_mem_tokens` memory tokens."""
-    return results / "sweeps" / "memory" / f"{config}-{task}-m{num_mem_tokens}"
-
-
 def default_jobs(name: str) -> int:
     """Steps side by side: the CPU count up to 3 for the quick and base plans (a 1-thread training does more
     work per thread than a 2-thread one), one for the paper plan (one accelerator)."""
@@ -205,7 +200,7 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                            **evaluation},
                           [run_file("no_recurrence", run_of(task))], [final(task)], group="evaluate"))
     for m in s.memory_sweep:  # each memory size trained and evaluated like the main run, at one long length
-        run = memory_sweep_run(results, s.config, s.sweep_task, m)
+        run = path("sweep_run", results, config=s.config, task=s.sweep_task, memory=m)
         stage = run / "checkpoints" / f"stage-{s.stages}"
         steps.append(Step(f"train {s.sweep_task} with {m} memory tokens", "train",
                           {"config": s.config, "task": s.sweep_task, "run_dir": str(run),

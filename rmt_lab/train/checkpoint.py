@@ -111,8 +111,9 @@ def latest_checkpoint(root: Path) -> Path | None:
     return folder
 
 
-def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.optim.Optimizer) -> dict:
-    """Load weights, optimizer and RNG state from `folder` into this run's objects; returns loop state."""
+def load_weights(folder: Path, model: RecurrentWrapper) -> None:
+    """Load the RMT saved in `folder` into `model`, which must have the same backbone and rmt settings."""
+    folder = Path(folder)
     try:
         theirs = json.loads((folder / "rmt_config.json").read_text())
     except (OSError, ValueError) as err:
@@ -123,6 +124,11 @@ def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.opti
             diff = first_difference(mine[key], theirs.get(key))
             raise CheckpointError(f"checkpoint {folder} was made with another {key}: {diff}")
     model.load_state_dict(RecurrentWrapper.from_pretrained(folder).state_dict())
+
+
+def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.optim.Optimizer) -> dict:
+    """Load weights, optimizer and RNG state from `folder` into this run's objects; returns loop state."""
+    load_weights(folder, model)
     try:
         tensors = load_file(str(folder / "optimizer.safetensors"))
         meta = json.loads((folder / "state.json").read_text())

@@ -99,6 +99,9 @@ class ExperimentConfig:
     # A ready name (available_backbones()) or a local folder written by a HF model's save_pretrained.
     backbone: str = "minilm"
     dropout: float | None = None  # replaces the backbone's dropout probabilities; None keeps them
+    # A saved RMT (e.g. another run's `checkpoints/stage-7`) whose weights start this run instead of the bare
+    # backbone: how a curriculum is carried on past its last stage. Its backbone and rmt settings must match.
+    init: str | None = None
     rmt: RMTConfig = field(default_factory=lambda: RMTConfig(num_classes=NUM_CLASSES))
     task: TaskConfig = field(default_factory=TaskConfig)  # its length is set per curriculum stage
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
@@ -114,6 +117,9 @@ class ExperimentConfig:
             )
         if self.rmt.num_classes < 1:
             raise ConfigError(f"rmt.num_classes must be the number of answer classes ({NUM_CLASSES} places), got 0")
+        if self.init is not None and not (Path(self.init).expanduser() / "rmt_config.json").is_file():
+            raise ConfigError(f"init={self.init!r} is not a saved RMT: the folder must hold the rmt_config.json and "
+                              "model.safetensors that save_pretrained writes (e.g. a run's checkpoints/stage-N)")
 
     @property
     def backbone_is_ready(self) -> bool:

@@ -29,7 +29,7 @@ from rmt_lab.runtime import follow_thread_budget
 from rmt_lab.model import RecurrentWrapper
 from rmt_lab.tasks import TaskGenerator, collate
 from rmt_lab.train.checkpoint import (
-    CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, stage_name, step_name,
+    CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint, stage_name, step_name,
 )
 from rmt_lab.train.config import ExperimentConfig
 
@@ -137,6 +137,8 @@ class Trainer:
         if latest is not None:
             self.state = load_checkpoint(latest, self.model, self.optimizer)
             self._load_metrics(upto=self.state["global_step"])
+        elif c.init is not None:
+            load_weights(Path(c.init).expanduser(), self.model)
         self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
 
     @property

@@ -69,6 +69,22 @@ def test_each_stage_starts_from_the_previous_stage_weights(tmp_path):
     assert not all(torch.equal(probe.weights[1][k], v) for k, v in stage1.items())
 
 
+def test_a_run_may_start_from_another_run_s_stage_weights(tmp_path):
+    run_experiment(tiny_experiment(stages=(1,), max_steps=4), tmp_path / "first", callbacks=[])
+    stage1 = tmp_path / "first" / "checkpoints" / "stage-1"
+    probe = _StageStart()
+    run_experiment(tiny_experiment(stages=(3,), max_steps=2, init=str(stage1)), tmp_path / "next", callbacks=[probe])
+    weights = RecurrentWrapper.from_pretrained(stage1).state_dict()
+    assert all(torch.equal(probe.weights[3][k], v) for k, v in weights.items())
+    saved = json.loads((tmp_path / "next" / "config.json").read_text())
+    assert saved["init"] == str(stage1)  # the run says which weights it started from
+    with pytest.raises(ConfigError, match="not a saved RMT"):
+        tiny_experiment(init=str(tmp_path))
+    other = dataclasses.replace(tiny_experiment().rmt, num_mem_tokens=3)
+    with pytest.raises(CheckpointError, match="another rmt"):
+        run_experiment(tiny_experiment(init=str(stage1), rmt=other), tmp_path / "bad", callbacks=[])
+
+
 def test_generalization_table_shape_and_values(tmp_path):
     run_experiment(tiny_experiment(stages=(1, 2), max_steps=4), tmp_path / "run", callbacks=[])
     table = generalization_matrix(tmp_path / "run", n_samples=8)

@@ -7,7 +7,8 @@
 
 It hooks from outside the model: a forward pre-hook and a forward hook on `model.cell` (one call
 per segment, in order) and, for the duration only, the backbone's attention implementation set to
-"rmt_trace" (see rmt_lab/trace/attention.py). Both are undone in `finally`, whatever happens. The
+"rmt_trace" (see rmt_lab/trace/attention.py); a backbone that computes attention in its own code is
+instead set to eager attention and asked for its maps. Both are undone in `finally`, whatever happens. The
 cell calls inside one `with` block form one recording: segment indices count up across them.
 """
 
@@ -29,7 +30,7 @@ from rmt_lab.config import to_dict
 from rmt_lab.trace import attention
 from rmt_lab.trace.attention import (
     TRACE_IMPL, FloatMask, full_probs, attention_with_read_mass, lse_path_ok, mean_over_content, read_mass, read_scores,
-    row_metrics, row_probs, row_scores,
+    row_metrics, row_probs, row_scores, summaries_from_maps,
 )
 from rmt_lab.trace.config import MIB, TraceConfig
 from rmt_lab.trace.index import IndexCache, position_labels
@@ -148,18 +149,26 @@ class Recorder:
         if getattr(model, "checkpoint_segments", False) and torch.is_grad_enabled():
             raise ValueError("recording with checkpoint_segments and gradients would count every recomputed segment "
                              "twice; record under torch.no_grad() or turn checkpoint_segments off")
-        if hf._attn_implementation == TRACE_IMPL:
+        if any(isinstance(getattr(h, "__self__", None), Recorder) for h in cell._forward_pre_hooks.values()):
             raise RuntimeError("this model is already being recorded by another Recorder")
         # Layers are told apart by the order of their attention calls within a segment (each layer attends
         # once per cell call), which serves families whose attention modules carry no layer index or are
-        # shared between layers (DistilBERT, ALBERT). What the recorder cannot see is attention computed
-        # outside transformers' AttentionInterface: HF marks those classes (DeBERTa, BLOOM, Falcon).
-        body = cell.adapter.body(cell.model)
-        if not getattr(body, "_supports_attention_backend", False):
+        # shared between layers (DistilBERT, ALBERT). Families that compute attention in their own code
+        # rather than through transformers' AttentionInterface (HF marks them: ALiBi models such as BLOOM,
+        # MPT and Falcon; DeBERTa's disentangled attention) cannot be given the recording function; the
+        # recorder reads their maps from the model itself (`output_attentions=True`, eager attention), and
+        # computes the same summaries from them, at the cost of every full map.
+        self.body = cell.adapter.body(cell.model)
+        self.own_attention = not getattr(self.body, "_supports_attention_backend", False)
+        impl = hf._attn_implementation
+        if self.own_attention and impl != "eager":
+            # Switching such a family to eager for the recording could move its outputs (sdpa and eager
+            # Falcon disagree on padded segments), so the model must already run what is recorded.
             raise ValueError(
-                f"backbone {cell.backbone_name!r} ({hf.model_type}) computes attention in its own code rather than "
-                f"through transformers' AttentionInterface ({type(body).__name__}._supports_attention_backend is "
-                "False), so the recorder cannot see its attention; trace a family that uses the interface"
+                f"backbone {cell.backbone_name!r} ({hf.model_type}) computes attention in its own code, so the recorder "
+                f"reads the maps it returns, which only eager attention computes; it runs {impl!r}, which HF cannot "
+                "switch after loading for this family: load it with attn_implementation='eager' (from_pretrained or "
+                "_from_config) to record it"
             )
         if self.out is not None and (self.out / INDEX_FILE).exists():
             if not self.overwrite:
@@ -208,7 +217,11 @@ class Recorder:
             self._handles.append(cell.register_forward_hook(self._after, with_kwargs=True))
             self._hf_model = cell.model
             self._old_impl = cell.model.config._attn_implementation
-            cell.model.set_attn_implementation(TRACE_IMPL)
+            if self.own_attention:
+                self._handles.append(self.body.register_forward_pre_hook(self._ask_for_maps, with_kwargs=True))
+                self._handles.append(self.body.register_forward_hook(self._own_maps))
+            else:
+                cell.model.set_attn_implementation(TRACE_IMPL)
         except BaseException:
             self._detach()
             raise
@@ -223,7 +236,7 @@ class Recorder:
             attention.RECORDING.reset(self._token)
             self._token = None
         if self._hf_model is not None:
-            if self._hf_model.config._attn_implementation == TRACE_IMPL:
+            if self._hf_model.config._attn_implementation != self._old_impl:
                 self._hf_model.set_attn_implementation(self._old_impl)
             self._hf_model = None
         self.index = None
@@ -372,6 +385,32 @@ class Recorder:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         with torch.no_grad():
             maps = full_probs(query.detach(), key.detach(), attention_mask, scale, bool(causal))
+        self._keep_map(maps, layer)
+
+    def _ask_for_maps(self, body, args, kwargs):
+        """Forward pre-hook on a backbone that computes attention in its own code: ask it for its maps."""
+        if attention.RECORDING.get() is self:
+            return args, {**kwargs, "output_attentions": True}
+        return None
+
+    def _own_maps(self, body, args, output) -> None:
+        """Forward hook on such a backbone: the summaries (and kept maps) from the maps it returned."""
+        if attention.RECORDING.get() is not self:
+            return
+        maps = output.attentions
+        if maps is None or len(maps) != self.n_layers:
+            raise RuntimeError(f"backbone {self.model.cell.backbone_name!r} returned "
+                               f"{'no' if maps is None else len(maps)} attention maps for its {self.n_layers} layers "
+                               "with output_attentions=True: the recorder cannot see its attention")
+        with torch.no_grad(), own_threads(self.config.own_threads):
+            if self.config.summaries:
+                per_layer = [summaries_from_maps(m.detach(), self.index, self.config.top_k) for m in maps]
+                self._own_stats = [None if part[0] is None else torch.stack(part) for part in zip(*per_layer)]
+            for layer in self.capture_layers:
+                self._keep_map(maps[layer].detach(), layer)
+        self._seen = [True] * self.n_layers
+
+    def _keep_map(self, maps: Tensor, layer: int) -> None:
         kept = maps[:, self.map_heads].to(self._map_dtype).cpu()
         self.writer.add_map(self.segment, layer, kept)
         name = hook_name(self.segment, layer)
@@ -424,12 +463,15 @@ class Recorder:
             if c.summaries:
                 self.writer.hold(self._row_bytes, f"the summaries of segment {seg}")
                 # References only: the group's summary math and the table rows come later, in bulk.
-                self._pending.append({
-                    "segment": seg, "ix": ix, "starts": self.starts, "ids": self._ids,
-                    "memory_in": self._memory_in.detach(), "memory_out": output.memory.detach(),
-                })
-                if len(self._pending) == self._scratch[0].shape[0]:
-                    self._summarize_pending()
+                row = {"segment": seg, "ix": ix, "starts": self.starts, "ids": self._ids,
+                       "memory_in": self._memory_in.detach(), "memory_out": output.memory.detach()}
+                if self.own_attention:
+                    stats, values, pos = self._own_stats
+                    self._buffer.append(dict(row, stats=stats, top_values=values, top_pos=pos))
+                else:
+                    self._pending.append(row)
+                    if len(self._pending) == self._scratch[0].shape[0]:
+                        self._summarize_pending()
             name = hook_name(seg, kind="memory.state")
             watchers = self._hooks_for(name)
             if c.keep_memory or watchers:

@@ -52,7 +52,13 @@ FAMILIES = [
     Family("mistral", "mistral", "MistralForCausalLM", dict(num_key_value_heads=2, sliding_window=12)),
     Family("qwen2", "qwen2", "Qwen2ForCausalLM", dict(num_key_value_heads=2)),
     Family("gpt-bigcode", "gpt_bigcode", "GPTBigCodeForCausalLM", {**GPT2_SIZES, "multi_query": True}),  # no entry
+    # ALiBi position biases, computed in each family's own attention code rather than through the interface.
+    Family("bloom", "bloom", "BloomForCausalLM", dict(n_layer=2, n_head=4, n_embd=32)),
+    Family("mpt", "mpt", "MptForCausalLM", dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=POSITIONS,
+                                                expansion_ratio=2)),
 ]
+# Falcon computes attention in its own code too, but defaults to sdpa, which HF cannot switch after loading.
+FALCON = Family("falcon-alibi", "falcon", "FalconForCausalLM", dict(alibi=True, num_kv_heads=4, multi_query=False))
 BY_NAME = {f.name: f for f in FAMILIES}
 
 

@@ -9,10 +9,11 @@ import torch
 
 from rmt_lab.model import RecurrentWrapper, RMTConfig
 from rmt_lab.trace import METRICS, Recorder, TraceConfig, build_index, summaries_from_maps
-from tests.model.families import BY_NAME, ids
+from tests.model.families import BY_NAME, FALCON, ids
 
 TRACED = ["llama-gqa", "llama-mqa", "gpt-bigcode", "gpt-neox", "qwen2", "mistral", "opt", "distilbert", "albert",
-          "electra", "roberta"]
+          "electra", "roberta", "bloom", "mpt", "deberta-v2"]
+OWN_ATTENTION = {"bloom", "mpt", "deberta-v2"}
 FACTS = [[3, 4, 20], [17, 18]]
 
 
@@ -38,8 +39,11 @@ def run(model, fused, **config):
     return out, rec.trace
 
 
-@pytest.mark.parametrize("fused", ["auto", "lse", "channel"])
-@pytest.mark.parametrize("name", TRACED)
+# Families that compute attention in their own code have one way in: the maps they return.
+CASES = [(name, fused) for name in TRACED for fused in (("auto",) if name in OWN_ATTENTION else ("auto", "lse", "channel"))]
+
+
+@pytest.mark.parametrize(("name", "fused"), CASES)
 def test_summaries_equal_full_maps_and_outputs_do_not_move(name, fused):
     model = rmt(name, sliding_window=64) if name == "mistral" else rmt(name)  # a window wider than a segment
     x, mask = padded_batch()
@@ -82,12 +86,30 @@ def test_grouped_query_heads_share_their_keys():
     assert maps.shape[1] == 4 and not torch.allclose(maps[:, 0], maps[:, 1])
 
 
-def test_a_family_whose_attention_bypasses_the_interface_is_named():
-    model = rmt("deberta-v2")
-    with pytest.raises(ValueError, match=r"'DebertaV2Model' \(deberta-v2\) computes attention in its own code.*"
-                                         r"_supports_attention_backend is False"):
+def test_alibi_maps_carry_the_position_bias():
+    """BLOOM's ALiBi bias falls with distance: in a head with a steep slope, a query's weights on earlier keys
+    rise towards the query, which no content-only softmax of random weights would do on every row."""
+    _, trace = run(rmt("bloom"), "auto")
+    maps = trace.pattern(0, 0)[0, 0]  # first head: the steepest ALiBi slope
+    rows = maps[8:, :8]  # queries past the memory prefix, on the first 8 keys
+    assert torch.all(rows[:, 1:] >= rows[:, :-1])
+
+
+def test_a_family_that_cannot_be_switched_to_eager_attention_names_the_fix():
+    model = RecurrentWrapper.from_backbone(FALCON.build(), RMTConfig(num_mem_tokens=3, segment_size=16,
+                                                                     num_classes=3)).eval()
+    with pytest.raises(ValueError, match=r"'FalconForCausalLM' \(falcon\) computes attention in its own code.*"
+                                         r"runs 'sdpa'.*load it with attn_implementation='eager'"):
         run(model, "auto")
-    assert model.cell.model.config._attn_implementation != "rmt_trace"
+    falcon = dataclasses.replace(FALCON, config={**FALCON.config, "attn_implementation": "eager"})
+    model = RecurrentWrapper.from_backbone(falcon.build(), RMTConfig(num_mem_tokens=3, segment_size=16,
+                                                                     num_classes=3)).eval()
+    x, mask = padded_batch()
+    with torch.no_grad():
+        ref = model(x, attention_mask=mask)
+    out, trace = run(model, "auto")
+    torch.testing.assert_close(out.logits, ref.logits, atol=0, rtol=0)
+    assert trace.pattern(0, 1).shape == (2, 4, 22, 22)
 
 
 def test_a_sliding_window_shorter_than_a_segment_is_refused():

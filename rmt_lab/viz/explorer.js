@@ -16,6 +16,8 @@ const FONT = "10px sans-serif";
 const LABEL_PX = 11; // a label needs this many pixels along its axis, so labels never overlap
 const MAX_ZOOM_CELL = 48; // largest cell, in CSS pixels
 const CACHE_BLOCKS = 8; // blocks kept decoded (the view and its 4 neighbours fit); 522 positions x 13 maps: 3.5 MB
+const TL_X0 = 96, TL_TOP = 12, TL_LANE = 18; // timeline: room for lane names, fact marks, lane height
+const TL_MIN_SPAN = 8; // the timeline zooms in to this many segments, ~80 px each
 
 function isMemory(label) {
   return label.startsWith("[mem ") || label.startsWith("[read ") || label.startsWith("[write ");
@@ -42,6 +44,13 @@ function select(name, options, value) {
   box.value = String(value);
   wrap.appendChild(box);
   return [wrap, box];
+}
+
+// Bytes inlined as base64 (the timeline in the widget state, blocks in a standalone page).
+function base64Bytes(text) {
+  const raw = atob(text), out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
 }
 
 function blockKey(sample, segment, layer) {
@@ -128,12 +137,15 @@ function render({ model, el: host }) {
   const timeline = el("canvas", { class: "rmt-timeline" });
   timeline.style.cssText = "cursor:pointer;";
   root.appendChild(timeline);
+  const tlNote = el("div", { class: "rmt-timeline-note" });
+  tlNote.style.cssText = "min-height:16px; color:#333; font-family: monospace; white-space: pre-wrap; user-select: text;";
+  root.appendChild(tlNote);
   const note = el("div", { class: "rmt-note" });
   note.style.cssText = "min-height:16px; color:#555;";
   root.appendChild(note);
 
   const W = meta.width || 760, H = W, ML = 100, MT = 100;
-  const TL_H = 64;
+  const TL_W = W - TL_X0 - 8, TL_H = meta.timeline ? TL_TOP + meta.timeline.lanes.length * TL_LANE + 22 : 0;
   const dpr = window.devicePixelRatio || 1;
   for (const [c, w, h] of [[canvas, W, H], [overlay, W, H], [timeline, W, TL_H]]) {
     c.width = Math.round(w * dpr); c.height = Math.round(h * dpr);
@@ -387,52 +399,140 @@ function render({ model, el: host }) {
   }
 
   // ------------------------------------------------------------------ timeline over all segments
+  // Lanes of the summaries (explorer.py, _timeline) for the shown sample and layer. It has its own window of
+  // segments (wheel: zoom, drag: pan, double-click: all), so each of thousands of segments can be reached;
+  // zoomed out, a pixel column covers several segments and draws their range (band) and mean (line).
   const tl = meta.timeline;
-  function tlX(s) { return 8 + (W - 16) * (tl.n_segments > 1 ? s / (tl.n_segments - 1) : 0.5); }
+  const laneColors = ["#0072b2", "#d55e00", "#009e73", "#cc79a7"];
+  const tlSeries = new Map(); // sample -> Uint8Array (lanes, layers, segments)
+  let tview = { s0: 0, span: tl ? tl.n_segments : 1 }; // segments shown: [s0, s0 + span)
+  const tlX = (s) => TL_X0 + (s - tview.s0) / tview.span * TL_W;
+  const tlSegmentAt = (px) => Math.min(tl.n_segments - 1, Math.max(0, Math.floor(tview.s0 + (px - TL_X0) / TL_W * tview.span)));
+  function series(sample, lane, layer) { // levels of 1/254, 255: no value
+    if (!tlSeries.has(sample)) tlSeries.set(sample, base64Bytes(tl.samples[String(sample)].data));
+    const n = tl.n_segments, li = tl.layers.indexOf(layer);
+    return tlSeries.get(sample).subarray((lane * tl.layers.length + li) * n, (lane * tl.layers.length + li + 1) * n);
+  }
+  function clampTimeline() {
+    tview.span = Math.min(tl.n_segments, Math.max(tview.span, Math.min(tl.n_segments, TL_MIN_SPAN)));
+    tview.s0 = Math.min(Math.max(tview.s0, 0), tl.n_segments - tview.span);
+  }
   function drawTimeline() {
     tctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     tctx.clearRect(0, 0, W, TL_H);
     if (!tl) return;
-    const c = current();
-    const perSample = tl.samples[String(c.sample)] || {};
-    const y = (v) => TL_H - 14 - v * (TL_H - 28);
-    for (const [metric, color] of [["read", "#0072b2"], ["write", "#d55e00"]]) {
-      const values = (perSample[metric] || {})[String(c.layer)];
-      if (!values) continue;
-      tctx.strokeStyle = color; tctx.lineWidth = 1.2; tctx.beginPath();
-      values.forEach((v, s) => { if (v === null) return; s === 0 ? tctx.moveTo(tlX(s), y(v)) : tctx.lineTo(tlX(s), y(v)); });
-      tctx.stroke();
-    }
+    clampTimeline();
+    const c = current(), facts = tl.samples[String(c.sample)].facts;
+    const laneH = TL_LANE - 4;
+    tctx.font = FONT; tctx.textBaseline = "middle";
+    tl.lanes.forEach((name, lane) => {
+      const top = TL_TOP + lane * TL_LANE, y = (q) => top + TL_LANE - 2 - q / 254 * laneH;
+      tctx.fillStyle = "#f4f4f4"; tctx.fillRect(TL_X0, top + 1, TL_W, TL_LANE - 2);
+      tctx.fillStyle = laneColors[lane]; tctx.textAlign = "right"; tctx.fillText(name, TL_X0 - 6, top + TL_LANE / 2);
+      const values = series(c.sample, lane, c.layer);
+      const band = new Path2D(), line = new Path2D();
+      let open = false;
+      for (let px = 0; px < TL_W; px++) { // the segments [a, b) under pixel column px
+        const a = Math.floor(tview.s0 + px / TL_W * tview.span);
+        const b = Math.max(a + 1, Math.ceil(tview.s0 + (px + 1) / TL_W * tview.span));
+        let lo = 255, hi = -1, sum = 0, count = 0;
+        for (let s = a; s < b && s < tl.n_segments; s++) {
+          const q = values[s];
+          if (q === 255) continue;
+          lo = Math.min(lo, q); hi = Math.max(hi, q); sum += q; count++;
+        }
+        if (!count) { open = false; continue; }
+        if (hi > lo) band.rect(TL_X0 + px, y(hi), 1, y(lo) - y(hi));
+        open ? line.lineTo(TL_X0 + px + 0.5, y(sum / count)) : line.moveTo(TL_X0 + px + 0.5, y(sum / count));
+        open = true;
+      }
+      tctx.globalAlpha = 0.35; tctx.fillStyle = laneColors[lane]; tctx.fill(band); tctx.globalAlpha = 1;
+      tctx.strokeStyle = laneColors[lane]; tctx.lineWidth = 1.2; tctx.stroke(line);
+    });
+    const inView = (s) => s >= tview.s0 - 1 && s < tview.s0 + tview.span + 1;
+    const centre = (s) => tlX(s + 0.5);
+    tctx.save(); tctx.beginPath(); tctx.rect(TL_X0 - 4, 0, TL_W + 8, TL_H); tctx.clip();
     tctx.fillStyle = FACT;
-    for (const s of perSample.facts || []) { tctx.beginPath(); tctx.moveTo(tlX(s) - 3, 2); tctx.lineTo(tlX(s) + 3, 2); tctx.lineTo(tlX(s), 8); tctx.fill(); }
+    for (const s of facts) {
+      if (!inView(s)) continue;
+      tctx.beginPath(); tctx.moveTo(centre(s) - 4, 1); tctx.lineTo(centre(s) + 4, 1); tctx.lineTo(centre(s), TL_TOP - 2); tctx.fill();
+    }
+    const axis = TL_TOP + tl.lanes.length * TL_LANE;
     tctx.fillStyle = "#222";
-    for (const s of meta.segments) tctx.fillRect(tlX(s) - 0.5, TL_H - 10, 1, 6);
-    tctx.strokeStyle = "#000"; tctx.setLineDash([3, 2]);
-    tctx.beginPath(); tctx.moveTo(tlX(c.segment), 0); tctx.lineTo(tlX(c.segment), TL_H); tctx.stroke(); tctx.setLineDash([]);
-    tctx.font = FONT; tctx.textAlign = "right"; tctx.fillStyle = "#444";
-    tctx.fillText(`read (blue) / write (vermillion) of memory, layer ${c.layer}, all ${tl.n_segments} segments; ticks: maps kept; triangles: facts`, W - 8, TL_H - 1);
+    for (const s of meta.segments) if (inView(s)) tctx.fillRect(centre(s) - 0.5, axis + 1, 1, 5);
+    const picked = model.get("picked");
+    if (inView(picked)) {
+      tctx.fillStyle = "rgba(0,0,0,0.12)";
+      tctx.fillRect(tlX(picked), TL_TOP, Math.max(tlX(picked + 1) - tlX(picked), 1), axis - TL_TOP);
+      tctx.strokeStyle = "#000"; tctx.setLineDash([3, 2]); tctx.beginPath();
+      tctx.moveTo(centre(picked), TL_TOP); tctx.lineTo(centre(picked), axis + 6); tctx.stroke(); tctx.setLineDash([]);
+    }
+    tctx.restore();
+    const last = Math.min(tl.n_segments, Math.ceil(tview.s0 + tview.span)) - 1;
+    tctx.fillStyle = "#444"; tctx.textBaseline = "alphabetic";
+    tctx.textAlign = "left";
+    tctx.fillText(`segments ${Math.floor(tview.s0)}–${last} of ${tl.n_segments} · layer ${c.layer}, mean of heads, 0–1`, TL_X0, TL_H - 2);
+    tctx.textAlign = "right";
+    tctx.fillText("▼ fact  ┃ map kept  · wheel: zoom, drag: pan, double-click: all", W - 8, TL_H - 2);
+    root.dataset.timeline = JSON.stringify({ x: TL_X0, width: TL_W, top: TL_TOP, bottom: axis, s0: tview.s0,
+                                             span: tview.span, n: tl.n_segments, picked });
   }
-  function timelineSegment(px) {
-    return Math.max(0, Math.min(tl.n_segments - 1, Math.round((px - 8) / (W - 16) * (tl.n_segments - 1))));
+  function describeSegment(s) {
+    const c = current(), fact = tl.samples[String(c.sample)].facts.includes(s) ? " (fact)" : "";
+    const parts = tl.lanes.map((name, lane) => {
+      const q = series(c.sample, lane, c.layer)[s];
+      return `${name} ${q === 255 ? "–" : (q / 254).toFixed(3)}`;
+    });
+    return `segment ${s}${fact}: ${parts.join(" · ")} · ${meta.segments.includes(s) ? "map kept" : "no map kept"}`;
   }
-  timeline.addEventListener("mousemove", (e) => {
-    if (!tl) return;
-    const s = timelineSegment(e.offsetX), c = current(), perSample = tl.samples[String(c.sample)] || {};
-    const read = ((perSample.read || {})[String(c.layer)] || [])[s], write = ((perSample.write || {})[String(c.layer)] || [])[s];
-    const kept = meta.segments.includes(s) ? "map kept" : "no map kept";
-    const fact = (perSample.facts || []).includes(s) ? ", fact" : "";
-    note.textContent = `segment ${s}${fact}: read ${read == null ? "–" : read.toFixed(3)}, write ${write == null ? "–" : write.toFixed(3)} (${kept})`;
-  });
-  timeline.addEventListener("click", (e) => {
-    if (!tl) return;
-    const s = timelineSegment(e.offsetX);
-    if (meta.segments.includes(s)) { segBox.value = String(s); changed("segment"); return; }
-    note.textContent = `segment ${s} kept no full map: record it with ${meta.record_hint.replace("{segment}", s)}`;
-  });
+  function pick(s) {
+    model.set("picked", s); model.save_changes();
+    if (meta.segments.includes(s)) {
+      if (Number(segBox.value) !== s) { segBox.value = String(s); changed("segment"); } else drawTimeline();
+      tlNote.textContent = describeSegment(s);
+      return;
+    }
+    drawTimeline();
+    tlNote.textContent = `segment ${s} kept no full map; this records it:\n` +
+                         meta.record_command.replaceAll("{segment}", String(s));
+  }
+  let tdrag = null;
+  if (tl) {
+    timeline.addEventListener("wheel", (e) => {
+      e.preventDefault();
+      const at = tview.s0 + (e.offsetX - TL_X0) / TL_W * tview.span; // stays under the cursor
+      const span = Math.min(tl.n_segments, Math.max(TL_MIN_SPAN, tview.span * Math.exp(e.deltaY * 0.0015)));
+      tview = { s0: at - (at - tview.s0) * span / tview.span, span };
+      drawTimeline();
+    }, { passive: false });
+    timeline.addEventListener("mousedown", (e) => { tdrag = { x: e.offsetX, s0: tview.s0, moved: false }; });
+    window.addEventListener("mouseup", () => { if (tdrag && !tdrag.moved) tdrag = null; });
+    timeline.addEventListener("mousemove", (e) => {
+      if (tdrag && (e.buttons & 1)) {
+        const dx = e.offsetX - tdrag.x;
+        if (Math.abs(dx) > 3) tdrag.moved = true;
+        if (tdrag.moved) { tview.s0 = tdrag.s0 - dx / TL_W * tview.span; drawTimeline(); return; }
+      }
+      if (e.offsetX >= TL_X0 && e.offsetX < TL_X0 + TL_W) tlNote.textContent = describeSegment(tlSegmentAt(e.offsetX));
+    });
+    timeline.addEventListener("click", (e) => {
+      const moved = tdrag && tdrag.moved;
+      tdrag = null;
+      if (moved || e.offsetX < TL_X0 || e.offsetX >= TL_X0 + TL_W) return;
+      pick(tlSegmentAt(e.offsetX));
+    });
+    timeline.addEventListener("dblclick", () => { tview = { s0: 0, span: tl.n_segments }; drawTimeline(); });
+    model.on("change:picked", () => { // set from Python, e.g. by a linked MemoryDynamics slider
+      const s = model.get("picked");
+      if (s < tview.s0 || s >= tview.s0 + tview.span) tview.s0 = s - tview.span / 2;
+      drawTimeline();
+    });
+  }
 
   // ------------------------------------------------------------------ interaction
   function changed(name) {
     model.set(name, name === "head" ? headBox.value : Number({ segment: segBox, layer: layBox, sample: samBox }[name].value));
+    if (name === "segment") model.set("picked", Number(segBox.value)); // the timeline marks the map's segment
     model.save_changes();
     if (name === "sample" || name === "segment") pinned = null;
     if (name === "sample") for (const o of segBox.options) o.textContent = segLabel(Number(o.value), Number(samBox.value));

@@ -10,8 +10,15 @@ no CDN, works offline), so hover, zoom and pan never wait for the kernel. Hover 
 key token, weight, segment, layer and head; a click pins a query row and lists its top keys; the wheel
 zooms around the cursor and a drag pans, so 512+ positions stay legible (labels never overlap; memory,
 [CLS]/[SEP] and fact positions are marked by a coloured strip at any zoom). "all heads (grid)" shows
-every head of the layer as small multiples. A timeline over all segments of the trace shows memory read
-and write mass from the summaries; clicking a segment with a kept map opens it.
+every head of the layer as small multiples.
+
+A timeline over all segments of the trace (from its summaries, so every segment, kept map or not) shows
+four lanes for the shown sample and layer, mean of heads: memory read (read_content), write
+(write_content), retain, and write precision (write_span / write_content), with fact segments marked. The
+wheel zooms it and a drag pans it, so a 4,096-segment trace (2,048,000 tokens) can be narrowed to single
+segments; zoomed out, each pixel column draws the range and mean of the segments it covers. A click selects
+a segment (`widget.picked`, which MemoryDynamics.follow links to): a segment with a kept map opens it, any
+other names the `rmt-lab trace` command that keeps its map (`record_command`).
 
 Data sent to the browser, once per (sample, segment, layer): a *block* holding every kept head of that
 layer and their mean, each quantized to uint8 in the square-root domain with its own scale
@@ -23,7 +30,9 @@ and far less for the small weights that fill most of a map. Size: (heads + 1) x 
 no values). Changing head, grid or mean, zooming and hovering use the block already in the browser;
 changing segment, layer or sample draws from a block the browser holds when it can: it keeps the last 8,
 and while a view is shown it fetches the neighbouring segments and layers, one at a time; otherwise the
-change costs one message (binary) from the kernel.
+change costs one message (binary) from the kernel. The timeline travels once, with the widget: per sample,
+uint8 levels of 1/254 (`encode_timeline`), 4 x map layers x segments bytes, e.g. 16 KB for one layer of a
+4,096-segment trace, base64 in the widget state.
 
 `trace` is an `rmt_lab.trace.Trace` (or anything with its reading interface, see viz.attention).
 """
@@ -46,7 +55,11 @@ from rmt_lab.viz.style import ATTENTION_CMAP, figure_style, new_figure, save_fig
 
 ESM = Path(__file__).with_name("explorer.js")
 LEVELS = 255
-TIMELINE_METRICS = {"read": "read_content", "write": "write_content"}
+# Lane name in the browser -> summary metric; every one is a share of attention mass, so each lane's scale is 0..1.
+TIMELINE_METRICS = {"read": "read_content", "write": "write_content", "retain": "retain",
+                    "write precision": "write_precision"}
+TIMELINE_LEVELS = 254  # 255 marks a segment with no value (the sample had no tokens there, or no fact places)
+SEGMENT_SLOT = "{segment}"  # where the browser puts the clicked segment into the record command
 
 
 # ------------------------------------------------------------------ encoding
@@ -79,6 +92,54 @@ def encode_block(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return quantize(np.concatenate([maps.mean(0, keepdims=True), maps]))
 
 
+def encode_timeline(values: np.ndarray) -> np.ndarray:
+    """Shares of attention mass in [0, 1] (NaN: no value) -> uint8 levels of 1/254, 255 for no value. A lane
+    18 px high shows 14 px of range, so 254 levels lose nothing visible; the readout prints 3 decimals."""
+    values = np.asarray(values, dtype=np.float64)
+    q = np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * TIMELINE_LEVELS)
+    return np.where(np.isfinite(values), q, TIMELINE_LEVELS + 1).astype(np.uint8)
+
+
+def record_command(trace, segment: int | str, recorded_with: str | None = None) -> str:
+    """The `rmt-lab trace` command that records `trace` again with the full maps of `segment` kept as well.
+
+    With `recorded_with` (the command that recorded the trace), that command with `segment` added to its
+    --maps. Otherwise the command is rebuilt from what the trace holds (model, length, batch, what it kept);
+    a trace does not hold its task or seed, nor whether its RMT was trained: those stand as TASK and SEED,
+    and a trained RMT needs --checkpoint in place of --backbone/--num-mem/--segment-size."""
+    import shlex
+
+    config = getattr(trace, "config", None) or trace.index.get("config", {})
+    kept = config.get("segments", "none")
+    maps = str(segment) if kept in ("none", "") else f"{kept},{segment}"
+    if recorded_with is not None:
+        words = [w for word in shlex.split(recorded_with)
+                 for w in (word.split("=", 1) if word.startswith("--maps=") else [word])]
+        if "--maps" in words[:-1]:
+            words[words.index("--maps") + 1] = maps
+        else:  # the command ran with the default selection, which the trace holds as `kept`
+            words += ["--maps", maps]
+        if "--overwrite" not in words:
+            words.append("--overwrite")  # the new trace replaces the old one in the same folder
+        return shlex.join(words)
+    index, model = trace.index, trace.index.get("model", {})
+    words = ["rmt-lab", "trace", "--backbone", model.get("backbone", "BACKBONE"), "--num-mem",
+             index.get("num_mem_tokens", model.get("num_mem_tokens", "M"))]
+    if index.get("segment_size") is not None:
+        words += ["--segment-size", index["segment_size"]]
+    words += ["--task", "TASK", "--seed", "SEED", "--segments", getattr(trace, "n_segments", "N"),
+              "--samples", getattr(trace, "batch", 1), "--maps", maps]
+    for option in ("layers", "heads"):
+        if config.get(option):
+            words += [f"--{option}", *config[option]]
+    if config.get("map_dtype", "float32") != "float32":
+        words += ["--map-dtype", config["map_dtype"]]
+    if config.get("keep_memory"):
+        words.append("--keep-memory")
+    words += ["--out", "TRACE_FOLDER"]
+    return shlex.join(str(w) for w in words)
+
+
 def _colormap() -> list[list[int]]:
     """The figures' attention colormap as 256 RGB triples, indexed by round(255 sqrt(a))."""
     import matplotlib
@@ -101,19 +162,21 @@ class _ExplorerWidget(anywidget.AnyWidget):
     layer = traitlets.Int(0).tag(sync=True)
     head = traitlets.Unicode("mean").tag(sync=True)  # "mean", "grid" or a head index
     window = traitlets.List([]).tag(sync=True)  # [row0, row1, col0, col1] shown, set by the browser on zoom
+    picked = traitlets.Int(0).tag(sync=True)  # the segment selected on the timeline (kept map or not)
 
 
 class AttentionExplorer:
     """Explore one trace's full attention maps in the browser (see the module docstring).
 
     `explorer.widget` is the anywidget; its traitlets `sample`, `segment`, `layer`, `head` ("mean", "grid" or
-    a head index as text) and `window` follow the browser and can be set from Python. `view()` is the
-    current view as data, `figure()` / `save(path)` a matplotlib figure of it, `save_html(path)` a
-    standalone page.
+    a head index as text), `window` and `picked` (the segment selected on the timeline) follow the browser
+    and can be set from Python. `view()` is the current view as data, `figure()` / `save(path)` a
+    matplotlib figure of it, `save_html(path)` a standalone page. `recorded_with`: the command that recorded
+    the trace, if known, so a click on a segment without a map names that command (see `record_command`).
     """
 
     def __init__(self, trace, sample: int = 0, segment: int | None = None, layer: int | None = None,
-                 head: int | str = "mean", max_ticks: int = 48, width: int = 760):
+                 head: int | str = "mean", max_ticks: int = 48, width: int = 760, recorded_with: str | None = None):
         if not trace.map_segments:
             raise ValueError("this trace kept no full attention maps: record with TraceConfig(segments=...) set")
         self.trace = trace
@@ -128,47 +191,46 @@ class AttentionExplorer:
                                      ("layer", layer, self.layers), ("head", head, ["mean", "grid", *self.heads])):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} has no map in this trace; choose one of {allowed}")
-        self.widget = _ExplorerWidget(meta=self._meta(samples, width), sample=sample, segment=segment, layer=layer,
-                                      head=str(head))
+        self.widget = _ExplorerWidget(meta=self._meta(samples, width, recorded_with), sample=sample,
+                                      segment=segment, layer=layer, head=str(head), picked=segment)
         self.widget.add_class("rmt-attention-explorer")
         self.widget.on_msg(self._on_msg)
 
     # -------------------------------------------------------------- data for the browser
-    def _meta(self, samples: list[int], width: int) -> dict:
+    def _meta(self, samples: list[int], width: int, recorded_with: str | None) -> dict:
         segments = [int(s) for s in self.trace.map_segments]
         fact_segments = {str(b): [s for s in segments if self.trace.segment_info(s)["has_fact"][b]] for b in samples}
         return {"segments": segments, "fact_segments": fact_segments, "layers": self.layers, "heads": self.heads,
                 "samples": samples,
                 "cmap": _colormap(), "width": width, "timeline": self._timeline(samples),
-                "record_hint": "rmt-lab trace ... --maps {segment} (or a selection such as '0,{segment},last')"}
+                "record_command": record_command(self.trace, SEGMENT_SLOT, recorded_with)}
 
     def _timeline(self, samples: list[int]) -> dict | None:
-        """Per sample and layer, memory read and write mass (mean of heads) for every segment of the trace, and
-        the fact segments; None when the trace has no summaries. 3 decimals: a line 60 px high needs no more."""
+        """Per sample, the timeline lanes (`TIMELINE_METRICS`, mean of heads) of every map layer over every segment
+        of the trace, encoded by `encode_timeline` as one (lanes, layers, segments) uint8 array in base64, and
+        the sample's fact segments; None when the trace has no summaries."""
         try:
             s = self.trace.summaries
         except (AttributeError, FileNotFoundError):
             return None
         n_segments = int(getattr(self.trace, "n_segments", int(s["segment"].max()) + 1 if len(s) else 0))
-        out: dict = {"n_segments": n_segments, "samples": {}}
-        means = (s[s["metric"].isin(list(TIMELINE_METRICS.values())) & (s["layer"] >= 0)]
-                 .groupby(["sample", "metric", "layer", "segment"], observed=True)["value"].mean())
-        facts = s[s["has_fact"]].groupby("sample")["segment"].unique() if "has_fact" in s else {}
-        for b in samples:
-            entry: dict = {"facts": sorted(int(v) for v in facts.get(b, []))}
-            for key, metric in TIMELINE_METRICS.items():
-                entry[key] = {}
-                for layer in self.layers:
-                    try:
-                        series = means.loc[(b, metric, layer)]
-                    except KeyError:
-                        continue
-                    values = [None] * n_segments
-                    for seg, v in series.items():
-                        values[int(seg)] = round(float(v), 3)
-                    entry[key][str(layer)] = values
-            out["samples"][str(b)] = entry
-        return out
+        lanes = list(TIMELINE_METRICS)
+        s = s[s["metric"].isin(list(TIMELINE_METRICS.values())) & s["layer"].isin(self.layers)
+              & s["sample"].isin(samples)]
+        # write_precision is 0/0 where a segment has no fact places: no value, not an infinite one
+        means = (s.assign(value=s["value"].replace([np.inf, -np.inf], np.nan))
+                 .groupby(["sample", "metric", "layer", "segment"], observed=True)["value"].mean().reset_index())
+        values = np.full((len(samples), len(lanes), len(self.layers), n_segments), np.nan)
+        metric_index = {m: k for k, m in enumerate(TIMELINE_METRICS.values())}
+        values[means["sample"].map({b: k for k, b in enumerate(samples)}).to_numpy(),
+               means["metric"].astype(str).map(metric_index).to_numpy(),
+               means["layer"].map({v: k for k, v in enumerate(self.layers)}).to_numpy(),
+               means["segment"].to_numpy()] = means["value"].to_numpy()
+        facts = s[s["has_fact"].astype(bool)].groupby("sample")["segment"].unique() if "has_fact" in s else {}
+        return {"n_segments": n_segments, "lanes": lanes, "layers": self.layers, "samples": {
+            str(b): {"facts": sorted(int(v) for v in facts.get(b, [])),
+                     "data": base64.b64encode(encode_timeline(values[k]).tobytes()).decode("ascii")}
+            for k, b in enumerate(samples)}}
 
     def _maps(self, sample: int, segment: int, layer: int) -> tuple[np.ndarray, list[str], list[int]]:
         """One sample's kept heads (heads, L, L) cut to its real positions (padding dropped), their labels, and
@@ -311,11 +373,6 @@ _PAGE = """<!DOCTYPE html>
 const inlined = JSON.parse(document.getElementById("rmt-explorer-data").textContent);
 const state = inlined.state, listeners = {{}};
 const byKey = new Map(inlined.blocks.map((b) => [`${{b.sample}}/${{b.segment}}/${{b.layer}}`, b]));
-function bytes(text) {{
-  const raw = atob(text), out = new Uint8Array(raw.length);
-  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
-  return out;
-}}
 const model = {{
   get: (name) => state[name],
   set: (name, value) => {{ state[name] = value; }},
@@ -323,7 +380,7 @@ const model = {{
   on: (event, fn) => {{ (listeners[event] = listeners[event] || []).push(fn); }},
   send: (msg) => {{
     const b = byKey.get(`${{msg.sample}}/${{msg.segment}}/${{msg.layer}}`);
-    const reply = b ? [{{ ...b, data: undefined }}, [bytes(b.data)]]
+    const reply = b ? [{{ ...b, data: undefined }}, [base64Bytes(b.data)]]
                     : [{{ type: "block", sample: msg.sample, segment: msg.segment, layer: msg.layer,
                           error: "this page holds no map of that view: "
                                  + "save_html(path, segments=..., layers=..., samples=...)" }}, []];

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from rmt_lab.viz import AttentionExplorer
-from rmt_lab.viz.explorer import ESM, dequantize, encode_block, quantization_bound, quantize
+from rmt_lab.viz.explorer import (
+    ESM,
+    dequantize,
+    encode_block,
+    encode_timeline,
+    quantization_bound,
+    quantize,
+    record_command,
+)
 from tests.viz.helpers import FakeTrace
 from tests.viz.synthetic import synthetic_trace
 
@@ -111,7 +119,52 @@ def test_meta_segments_facts_and_timeline():
     assert len(meta["cmap"]) == 256 and meta["cmap"][0] != meta["cmap"][-1]
     timeline = meta["timeline"]
     assert timeline["n_segments"] == 4 and timeline["samples"]["0"]["facts"] == [0, 2]
-    assert timeline["samples"]["0"]["write"]["1"] == [0.9, 0.2, 0.9, 0.2]  # FakeTrace: strong layer writes facts
+    assert timeline["lanes"] == ["read", "write", "retain", "write precision"] and timeline["layers"] == [0, 1]
+    levels = np.frombuffer(base64.b64decode(timeline["samples"]["0"]["data"]), np.uint8).reshape(4, 2, 4)
+    # FakeTrace's strong layer 1 writes facts precisely (0.85 / 0.9) and retains on noise (0.9)
+    np.testing.assert_array_equal(levels[:, 1], np.rint(254 * np.array(
+        [[0.1] * 4, [0.9, 0.2, 0.9, 0.2], [0.1, 0.9, 0.1, 0.9], [0.85 / 0.9, 0.25, 0.85 / 0.9, 0.25]])))
+
+
+def test_timeline_levels_mark_missing_values():
+    q = encode_timeline(np.array([0.0, 0.5, 1.0, 1.7, -0.1, np.nan, 0.1234]))
+    assert q.dtype == np.uint8 and q.tolist() == [0, 127, 254, 254, 0, 255, 31]
+    assert abs(31 / 254 - 0.1234) <= 0.5 / 254
+
+
+def test_timeline_covers_every_segment_of_a_long_trace():
+    # 4,096 segments of summaries (2,048,000 tokens at 499 a segment), maps of three; a no-fact segment's
+    # write precision (0 / 0) is no value, not an infinite one
+    trace = synthetic_trace(n_positions=40, n_mem=4, heads=2, layers=2, batch=2, map_segments=(0, 9, 4095),
+                            n_segments=4096)
+    summaries = trace.summaries
+    rows = (summaries["segment"] == 7) & (summaries["metric"] == "write_precision")
+    summaries.loc[rows, "value"] = np.where(summaries.loc[rows, "head"] == 0, np.inf, np.nan)
+    timeline = AttentionExplorer(trace).widget.meta["timeline"]
+    assert timeline["n_segments"] == 4096 and timeline["samples"]["1"]["facts"] == [1]
+    levels = np.frombuffer(base64.b64decode(timeline["samples"]["0"]["data"]), np.uint8).reshape(4, 2, 4096)
+    assert levels.nbytes == 4 * 2 * 4096 and levels[3, :, 7].tolist() == [255, 255]
+    assert (levels[:, :, 8] < 255).all()
+    expect = summaries[(summaries["sample"] == 0) & (summaries["layer"] == 1) & (summaries["metric"] == "retain")]
+    expect = expect.groupby("segment")["value"].mean().to_numpy()
+    assert np.abs(levels[2, 1] / 254 - expect).max() <= 0.5 / 254 + 1e-6
+
+
+def test_record_command_keeps_the_segment_map():
+    trace = synthetic_trace(n_positions=40, n_mem=4, heads=2, layers=2, map_segments=(0,), n_segments=6)
+    trace.index["config"] = {"segments": "facts,last", "layers": [1], "heads": None, "map_dtype": "float16"}
+    trace.index["segment_size"] = 35
+    command = record_command(trace, 4)
+    assert command == ("rmt-lab trace --backbone synthetic --num-mem 4 --segment-size 35 --task TASK --seed SEED "
+                       "--segments 6 --samples 1 --maps facts,last,4 --layers 1 --map-dtype float16 --out TRACE_FOLDER")
+    # the browser fills in the clicked segment
+    assert "--maps 'facts,last,{segment}'" in AttentionExplorer(trace).widget.meta["record_command"]
+    given = "rmt-lab trace --checkpoint runs/x/stage-7 --task reasoning --segments 6 --out 'my trace'"
+    assert record_command(trace, 4, given) == given + " --maps facts,last,4 --overwrite"
+    assert record_command(trace, 2, "rmt-lab trace --maps=last --out t --overwrite") == \
+        "rmt-lab trace --maps facts,last,2 --out t --overwrite"
+    meta = AttentionExplorer(trace, recorded_with=given).widget.meta
+    assert meta["record_command"].startswith("rmt-lab trace --checkpoint runs/x/stage-7")
 
 
 def test_explorer_checks_its_starting_view():

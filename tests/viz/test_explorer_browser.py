@@ -1,7 +1,9 @@
 """The standalone page of the attention explorer (`save_html`) in headless Chromium, opened from a file:// URL
 with no kernel: hovering a known cell reads out its tokens and its weight (within the quantization bound),
-a click pins the row and lists its top keys, the wheel zooms, the head grid draws, and the page makes no
-request at all (every request is intercepted and counted).
+a click pins the row and lists its top keys, the wheel zooms, a drag pans, the head grid draws, the
+timeline of a 4,096-segment trace zooms to single segments, reads out their summaries and opens a kept map
+or names the command that records one, and the page makes no request at all (every request is intercepted
+and counted).
 
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package, like test_browser.py.
 """
@@ -43,9 +45,9 @@ def page_of(tmp_path_factory, trace):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
 
-        def open_page(**export):
-            path = AttentionExplorer(trace, layer=1).save_html(tmp_path_factory.mktemp("page") / "explorer.html",
-                                                               **export)
+        def open_page(of=None, **export):
+            path = AttentionExplorer(of or trace, layer=1).save_html(tmp_path_factory.mktemp("page") / "explorer.html",
+                                                                     **export)
             page = browser.new_page(viewport={"width": 1200, "height": 1000})
             requests, errors = [], []
             page.route("**/*", lambda route: (requests.append(route.request.url),
@@ -146,5 +148,100 @@ def test_grid_segment_and_layer_changes_draw_from_inlined_blocks(page_of):
     assert page.locator("select[name=segment] option").all_inner_texts() == ["0", "1 (fact)"]  # sample 1
     page.mouse.move(*_cell_point(page, 7, 8))  # the first tile: head 0
     assert "head 0 · sample 1" in page.inner_text(".rmt-readout")
+    assert not errors and requests == [page.url]
+    page.close()
+
+
+def _plot(page):
+    return json.loads(page.get_attribute(".rmt-explorer", "data-plot"))
+
+
+def _cell_under(page, x, y):
+    page.mouse.move(x, y)
+    match = re.match(r'query (\d+) "([^"]*)" → key (\d+) "([^"]*)"', page.inner_text(".rmt-readout"))
+    return int(match.group(1)), match.group(2), int(match.group(3)), match.group(4)
+
+
+def test_drag_pans_and_hover_names_the_cell_under_the_cursor(page_of):
+    page, requests, errors = page_of()
+    x, y = _cell_point(page, 30, 30)
+    page.mouse.move(x, y)
+    for _ in range(5):
+        page.mouse.wheel(0, -300)
+    page.wait_for_function(f"JSON.parse(document.querySelector('.rmt-explorer').dataset.plot).cells < {N / 3}")
+    before = _plot(page)
+    cell = before["size"] / before["cells"]
+    at = _cell_point(page, 30, 30)
+    row, _q, col, _k = _cell_under(page, *at)
+    # drag the map 3 cells left and 2 cells up: the cells under a fixed point move 3 right and 2 down
+    page.mouse.down()
+    page.mouse.move(at[0] - 3 * cell, at[1] - 2 * cell, steps=6)
+    page.mouse.up()
+    after = _plot(page)
+    assert after["cells"] == before["cells"]
+    assert abs(after["x0"] - (before["x0"] + 3)) < 0.05 and abs(after["y0"] - (before["y0"] + 2)) < 0.05
+    assert _cell_under(page, *at) == (row + 2, f"s0t{row + 2 - 6}", col + 3, f"s0t{col + 3 - 6}")
+    assert page.locator(".rmt-topkeys").count() == 0  # the drag's mouseup pinned no row
+    assert not errors and requests == [page.url]
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def long_trace():
+    """4,096 segments of summaries (2,048,000 tokens at 499 a segment), full maps of segments 0 and 2000."""
+    return synthetic_trace(n_positions=N, n_mem=4, heads=HEADS, layers=2, batch=2, map_segments=(0, 2000),
+                           n_segments=4096)
+
+
+def _timeline(page):
+    return json.loads(page.get_attribute(".rmt-explorer", "data-timeline"))
+
+
+def _segment_point(page, segment):
+    t = _timeline(page)
+    box = page.locator("canvas.rmt-timeline").bounding_box()
+    return box["x"] + t["x"] + (segment + 0.5 - t["s0"]) / t["span"] * t["width"], box["y"] + t["top"] + 8
+
+
+def test_timeline_reaches_single_segments_of_a_long_trace(page_of, long_trace):
+    page, requests, errors = page_of(long_trace, segments=[0, 2000])
+    assert _timeline(page)["n"] == 4096 and _timeline(page)["span"] == 4096
+    page.mouse.move(*_segment_point(page, 2001))
+    for _ in range(12):
+        page.mouse.wheel(0, -400)
+    page.wait_for_function("JSON.parse(document.querySelector('.rmt-explorer').dataset.timeline).span <= 40")
+    t = _timeline(page)
+    assert t["s0"] <= 2001 < t["s0"] + t["span"]
+
+    page.mouse.move(*_segment_point(page, 2001))  # its summaries, as the page holds them (levels of 1/254)
+    text = page.inner_text(".rmt-timeline-note")
+    assert text.startswith("segment 2001: read ") and text.endswith("no map kept"), text
+    s = long_trace.summaries
+    for lane, metric in (("read", "read_content"), ("write", "write_content"), ("retain", "retain"),
+                         ("write precision", "write_precision")):
+        exact = s[(s["sample"] == 0) & (s["segment"] == 2001) & (s["layer"] == 1) & (s["metric"] == metric)]
+        shown = float(re.search(rf"{lane} ([0-9.]+)", text).group(1))
+        assert abs(shown - exact["value"].mean()) <= 0.5 / 254 + 5e-4, (lane, text)
+
+    page.mouse.click(*_segment_point(page, 2001))  # no map kept: the command that keeps it, the map stays
+    text = page.inner_text(".rmt-timeline-note")
+    assert "segment 2001 kept no full map" in text and "rmt-lab trace " in text and "--maps '2001'" in text, text
+    assert _timeline(page)["picked"] == 2001 and page.get_attribute(".rmt-explorer", "data-drawn") == "0/0/1/mean"
+
+    page.mouse.click(*_segment_point(page, 2000))  # a kept map opens
+    page.wait_for_function("document.querySelector('.rmt-explorer').dataset.drawn === '0/2000/1/mean'")
+    assert page.input_value("select[name=segment]") == "2000" and _timeline(page)["picked"] == 2000
+
+    before = _timeline(page)  # a drag pans the timeline by the segments it moves over
+    x, y = _segment_point(page, 2000)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 120, y, steps=6)
+    page.mouse.up()
+    after = _timeline(page)
+    assert abs(after["s0"] - (before["s0"] - 120 / before["width"] * before["span"])) < 0.05
+    assert after["span"] == before["span"] and after["picked"] == 2000  # a drag picks nothing
+    page.locator("canvas.rmt-timeline").dblclick()
+    assert _timeline(page)["span"] == 4096
     assert not errors and requests == [page.url]
     page.close()

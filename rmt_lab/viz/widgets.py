@@ -6,7 +6,8 @@ executed notebook stores the current picture in its widget state. (The attention
 maps need hover and zoom at 512+ positions, draws in the browser instead: rmt_lab.viz.explorer.)
 
     from rmt_lab.viz.widgets import MemoryDynamics
-    MemoryDynamics(trace, tokenizer)  # step through segments: read/write, slot changes, written tokens
+    dynamics = MemoryDynamics(trace, tokenizer)  # step through segments: read/write, slot changes, written tokens
+    dynamics.follow(explorer)  # ... and follow the segment clicked on an AttentionExplorer's timeline
 
 `trace` is an `rmt_lab.trace.Trace` (or anything with its reading interface, see viz.attention).
 """
@@ -18,6 +19,7 @@ import html
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
+import traitlets
 
 from rmt_lab.viz.memory import fact_segments, memory_projection
 from rmt_lab.viz.style import SEQUENTIAL, colors, figure_bytes, figure_style, new_figure
@@ -31,7 +33,8 @@ class MemoryDynamics:
     memory states in the trace, the memory's path in a 2-D projection.
 
     A Play button steps the segment slider on its own (linked in the browser with `jslink`).
-    `tokenizer` (optional) turns written token ids into text.
+    `tokenizer` (optional) turns written token ids into text. `follow(explorer)` links the segment to the
+    one selected on an AttentionExplorer's timeline.
     """
 
     def __init__(self, trace, tokenizer=None, sample: int = 0, segment: int = 0, layer: int | None = None,
@@ -67,6 +70,13 @@ class MemoryDynamics:
         self.widget = widgets.VBox([widgets.HBox([self.play, self.segment, self.layer]), self.image, self.written])
         self.widget.add_class("rmt-memory-dynamics")
         self.update()
+
+    def follow(self, explorer) -> None:
+        """Link the segment slider both ways to the segment selected on `explorer`'s timeline (its widget's
+        `picked`): a click on the timeline, kept map or not, shows here what that segment reads, writes and
+        retains and the tokens each slot writes from; stepping here marks the segment on the timeline. The
+        link runs in the kernel (a page without one has no Python to draw the written tokens)."""
+        traitlets.link((explorer.widget, "picked"), (self.segment, "value"))
 
     def update(self) -> None:
         self.image.value = figure_bytes(self.figure(), "png", dpi=85)

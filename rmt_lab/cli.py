@@ -1,13 +1,36 @@
 """The `rmt-lab` command. Each subcommand is a pair: `_add_<name>(parser)` and `_run_<name>(args)`.
 
-This is the only module that imports every part of rmt_lab; the library code never imports it.
+It parses options into the arguments of `rmt_lab.recipes`, taking their defaults from the recipes' signatures,
+and prints what comes back with the report functions of the modules that make each result. This is the only
+module that imports every part of rmt_lab; the library code never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import platform
 import sys
+
+
+def _recipe_options(p, recipe, helps: dict[str, str | None]) -> None:
+    """A --<name> option per entry of `helps`, with the default and type of `recipe`'s argument `name`."""
+    from rmt_lab.recipes import defaults
+
+    d = defaults(recipe)
+    for name, help_text in helps.items():
+        p.add_argument("--" + name.replace("_", "-"), type=type(d[name]), default=d[name], help=help_text)
+
+
+def _call(recipe, args: argparse.Namespace):
+    """`recipe` with the options named like its arguments; an option left unset (None) keeps the default."""
+    given = {name: getattr(args, name, None) for name in inspect.signature(recipe).parameters}
+    return recipe(**{name: value for name, value in given.items() if value is not None})
+
+
+def _error(command: str, err: object, code: int = 2) -> int:
+    print(f"rmt-lab {command}: error: {err}", file=sys.stderr)
+    return code
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
@@ -41,13 +64,13 @@ def _run_info(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     if args.bench:
-        from rmt_lab.bench.inference import measure_in_subprocess
+        from rmt_lab.recipes import stream
 
         print("\nminilm RMT, 10 memory tokens, 499 content tokens per segment (512 positions), batch 1, streaming:")
         print(f"{'tokens':>10} {'segments':>9} {'seconds':>9} {'tokens/s':>9} {'peak MiB':>9}")
         first = None
         for n in args.bench_tokens:
-            r = measure_in_subprocess(n)
+            r = stream(n)
             first = first or r["peak_mib"]
             print(
                 f"{n:>10,} {r['n_segments']:>9,} {r['seconds']:>9.1f} {r['tokens_per_s']:>9.0f} {r['peak_mib']:>9.1f}"
@@ -59,22 +82,22 @@ def _run_info(args: argparse.Namespace) -> int:
 def _add_demo(p: argparse.ArgumentParser) -> None:
     from rmt_lab.bench.workloads import DTYPES
     from rmt_lab.model import COMPILE_MODES
+    from rmt_lab.recipes import stream
 
-    p.add_argument("--tokens", type=int, default=100_000, help="input length in tokens (default 100000)")
-    p.add_argument("--backbone", default="minilm", help="ready backbone (see `rmt-lab info`)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    _recipe_options(p, stream, {"tokens": "input length in tokens (default 100000)",
+                                "backbone": "ready backbone (see `rmt-lab info`)",
+                                "device": "auto (cuda if available), cpu or cuda"})
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile the backbone with this mode (default: eager)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from rmt_lab.bench.inference import measure_in_subprocess
+    from rmt_lab.recipes import stream
 
     print(f"Streaming {args.tokens:,} random tokens through an RMT over {args.backbone!r} (10 memory tokens, "
           f"{args.dtype}{', compiled ' + args.compile if args.compile else ''}) ...")
-    r = measure_in_subprocess(args.tokens, backbone=args.backbone, device=args.device, dtype=args.dtype,
-                              compile=args.compile or "")
+    r = _call(stream, args)
     print(
         f"{r['n_segments']:,} segments in {r['seconds']:.1f} s: {r['tokens_per_s']:,.0f} tokens/s on {r['device']} "
         f"({r['threads']} threads); memory shape {tuple(r['memory_shape'])} (batch, memory tokens, d_model); "
@@ -100,59 +123,32 @@ def _add_bench_flops(p: argparse.ArgumentParser) -> None:
 
 
 def _run_bench_flops(args: argparse.Namespace) -> int:
-    return _flops(args.out, {"models": args.models, "lengths": args.lengths, "segment_len": args.segment_len,
-                             "num_mem": args.num_mem, "head": args.head, "mode": args.mode,
-                             "ratio_tokens": args.ratio_tokens, "measure": args.measure})
+    from rmt_lab.bench.flops_sweep import FlopsSweepConfig
+
+    return _flops(args, _settings(args, FlopsSweepConfig))
 
 
-def _flops(out: str, settings: dict) -> int:
-    """The FLOPs recipe with `settings` (FlopsSweepConfig fields), and its table printed."""
+def _flops(args: argparse.Namespace, settings: dict) -> int:
+    """The FLOPs recipe with `settings` (over the --quick preset where the command has --quick); its table printed."""
     from pathlib import Path
 
-    from rmt_lab.bench.flops_sweep import FlopsSweepConfig
-    from rmt_lab.config import ConfigError, from_dict
+    from rmt_lab.bench.flops_sweep import flops_report
+    from rmt_lab.config import ConfigError
     from rmt_lab.recipes import bench_flops
 
     try:
-        config = from_dict(FlopsSweepConfig, settings)
-        frame, ratio = bench_flops(out, **settings)
+        frame, ratio = bench_flops(args.out, quick=getattr(args, "quick", False), **settings)
     except ConfigError as err:
         print(f"rmt-lab bench flops: {err}", file=sys.stderr)
         return 2
-    print(f"{config.mode} FLOPs, full attention / RMT (segment {config.segment_len}, {config.num_mem} memory tokens, "
-          f"head {config.head}) at {config.ratio_tokens:,} tokens:")
-    shown = ratio[["model", "full_flops", "rmt_flops", "full_over_rmt"]]
-    print(shown.to_string(index=False, formatters={
-        "full_flops": "{:.3e}".format, "rmt_flops": "{:.3e}".format, "full_over_rmt": "{:,.1f}".format,
-    }))
-    if config.measure:
-        worst = (frame["measured_flops"] / frame["flops"] - 1).abs().max()
-        print(f"measured (FlopCounterMode, meta device) vs analytic: largest relative difference {worst:.2e}")
-    print(f"wrote {Path(out) / 'flops.parquet'} ({len(frame)} rows) and {Path(out) / 'flops_ratio.parquet'}")
+    print(flops_report(frame, ratio))
+    print(f"wrote {Path(args.out) / 'flops.parquet'} ({len(frame)} rows) and {Path(args.out) / 'flops_ratio.parquet'}")
     return 0
-
-
-def _add_budget(p: argparse.ArgumentParser) -> None:
-    from rmt_lab.process import Budget
-
-    d = Budget()
-    g = p.add_argument_group("budget per point (a point out of it becomes a row with the reason)")
-    g.add_argument("--grace-s", type=float, help=f"seconds every point may take whatever its length (default {d.grace_s:g})")
-    g.add_argument("--min-tokens-per-s", type=float,
-                   help=f"pace after the grace; time limit = grace + tokens / pace (default {d.min_tokens_per_s:g})")
-    g.add_argument("--rss-limit-gib", type=float,
-                   help=f"resident memory limit of a point's process, GiB (default {d.rss_limit_mib / 1024:g})")
-
-
-def _budget_overrides(args: argparse.Namespace) -> dict:
-    budget = {"grace_s": args.grace_s, "min_tokens_per_s": args.min_tokens_per_s,
-              "rss_limit_mib": None if args.rss_limit_gib is None else args.rss_limit_gib * 1024}
-    budget = {k: v for k, v in budget.items() if v is not None}
-    return {"budget": budget} if budget else {}
 
 
 def _add_sweep_common(p: argparse.ArgumentParser) -> None:
     from rmt_lab.bench.workloads import DTYPES
+    from rmt_lab.process import Budget
 
     p.add_argument("--backbone", help="ready backbone (see `rmt-lab info`); default minilm, tiny-bert with --quick")
     p.add_argument("--num-mem", type=int, help="RMT memory tokens (default 10)")
@@ -163,36 +159,28 @@ def _add_sweep_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="data/results/bench", help="folder of the parquet results")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--remeasure", action="store_true", help="run every point again instead of resuming")
-    _add_budget(p)
+    d = Budget()
+    g = p.add_argument_group("budget per point (a point out of it becomes a row with the reason)")
+    g.add_argument("--grace-s", type=float, help=f"seconds every point may take whatever its length (default {d.grace_s:g})")
+    g.add_argument("--min-tokens-per-s", type=float,
+                   help=f"pace after the grace; time limit = grace + tokens / pace (default {d.min_tokens_per_s:g})")
+    g.add_argument("--rss-limit-gib", type=float,
+                   help=f"resident memory limit of a point's process, GiB (default {d.rss_limit_mib / 1024:g})")
 
 
-def _sweep_settings(args: argparse.Namespace, fields: dict) -> dict:
-    """The options given explicitly (the recipe applies them over the defaults or the --quick preset)."""
-    given = {"backbone": args.backbone, "num_mem": args.num_mem, "segment_size": args.segment_size,
-             "device": args.device, "dtype": args.dtype, **fields}
-    return {**{k: v for k, v in given.items() if v is not None}, **_budget_overrides(args)}
+def _settings(args: argparse.Namespace, config) -> dict:
+    """The options given that are named like fields of the sweep's `config` dataclass, and the budget options
+    given (the recipe applies them over the defaults or the --quick preset)."""
+    from dataclasses import fields
+
+    given = {f.name: getattr(args, f.name, None) for f in fields(config)}
+    budget = {"grace_s": getattr(args, "grace_s", None), "min_tokens_per_s": getattr(args, "min_tokens_per_s", None),
+              "rss_limit_mib": None if getattr(args, "rss_limit_gib", None) is None else args.rss_limit_gib * 1024}
+    budget = {k: v for k, v in budget.items() if v is not None}
+    return {**{k: v for k, v in given.items() if v is not None}, **({"budget": budget} if budget else {})}
 
 
-def _add_bench_memory(p: argparse.ArgumentParser) -> None:
-    from rmt_lab.bench.memory import METHODS, MODES
-
-    p.add_argument("--lengths", nargs="+", type=int, metavar="N", help="forward lengths, tokens per sample")
-    p.add_argument("--train-lengths", nargs="+", type=int, metavar="N", help="training-step lengths")
-    p.add_argument("--methods", nargs="+", choices=METHODS, help="default: all")
-    p.add_argument("--modes", nargs="+", choices=MODES, help="default: forward and train")
-    p.add_argument("--bptt", nargs="+", type=int, metavar="K2", help="RMT training: -1 = full BPTT (default -1 2)")
-    p.add_argument("--batch", type=int, help="samples per batch (default 1)")
-    _add_sweep_common(p)
-
-
-def _memory_settings(args: argparse.Namespace) -> dict:
-    return _sweep_settings(args, {
-        "lengths": args.lengths, "train_lengths": args.train_lengths, "methods": args.methods,
-        "modes": args.modes, "bptt_depths": args.bptt, "batch": args.batch,
-    })
-
-
-def _run_sweep(args: argparse.Namespace, name: str, settings: dict, show) -> int:
+def _sweep(args: argparse.Namespace, name: str, settings: dict, report) -> int:
     """One measured sweep (memory or speed) through its recipe, resuming from <out>/<name>.parquet."""
     from pathlib import Path
 
@@ -205,15 +193,28 @@ def _run_sweep(args: argparse.Namespace, name: str, settings: dict, show) -> int
     except ConfigError as err:
         print(f"rmt-lab bench {name}: {err}", file=sys.stderr)
         return 2
-    print(show(frame))
+    print(report(frame))
     print(f"\nwrote {Path(args.out) / f'{name}.parquet'} ({len(frame)} rows of this sweep)")
     return 0
 
 
-def _run_bench_memory(args: argparse.Namespace) -> int:
-    from rmt_lab.bench.memory import memory_report
+def _add_bench_memory(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.bench.memory import METHODS, MODES
 
-    return _run_sweep(args, "memory", _memory_settings(args), memory_report)
+    p.add_argument("--lengths", nargs="+", type=int, metavar="N", help="forward lengths, tokens per sample")
+    p.add_argument("--train-lengths", nargs="+", type=int, metavar="N", help="training-step lengths")
+    p.add_argument("--methods", nargs="+", choices=METHODS, help="default: all")
+    p.add_argument("--modes", nargs="+", choices=MODES, help="default: forward and train")
+    p.add_argument("--bptt", nargs="+", type=int, metavar="K2", dest="bptt_depths",
+                   help="RMT training: -1 = full BPTT (default -1 2)")
+    p.add_argument("--batch", type=int, help="samples per batch (default 1)")
+    _add_sweep_common(p)
+
+
+def _run_bench_memory(args: argparse.Namespace) -> int:
+    from rmt_lab.bench.memory import MemorySweepConfig, memory_report
+
+    return _sweep(args, "memory", _settings(args, MemorySweepConfig), memory_report)
 
 
 def _add_bench_speed(p: argparse.ArgumentParser) -> None:
@@ -231,34 +232,16 @@ def _add_bench_speed(p: argparse.ArgumentParser) -> None:
     _add_sweep_common(p)
 
 
-def _speed_settings(args: argparse.Namespace) -> dict:
-    return _sweep_settings(args, {
-        "batches": args.batches, "segments": args.segments, "methods": args.methods,
-        "matmul_n": args.matmul_n, "matmul_repeats": args.matmul_repeats, "compile": args.compile,
-        "train_batch": args.train_batch, "train_segments": args.train_segments,
-    })
-
-
 def _run_bench_speed(args: argparse.Namespace) -> int:
-    from rmt_lab.bench.speed import speed_report
+    from rmt_lab.bench.speed import SpeedSweepConfig, speed_report
 
-    return _run_sweep(args, "speed", _speed_settings(args), speed_report)
-
-
-def _add_bench_all(p: argparse.ArgumentParser) -> None:
-    _add_sweep_common(p)
+    return _sweep(args, "speed", _settings(args, SpeedSweepConfig), speed_report)
 
 
 def _run_bench_all(args: argparse.Namespace) -> int:
     """flops, then memory, then speed, each with its defaults (or --quick preset) and the shared options."""
-    from rmt_lab.bench.memory import memory_report
-    from rmt_lab.bench.speed import speed_report
-
-    quick_flops = {"models": ["opt-125m", "opt-1.3b"], "lengths": [512, 32_000], "ratio_tokens": 32_000}
-    code = _flops(args.out, quick_flops if args.quick else {})
-    for name, report in (("memory", memory_report), ("speed", speed_report)):
-        code = code or _run_sweep(args, name, _sweep_settings(args, {}), report)
-    return code
+    code = _flops(args, {})
+    return code or _run_bench_memory(args) or _run_bench_speed(args)
 
 
 # `rmt-lab bench ACTION`: each action is a pair like the commands.
@@ -269,7 +252,7 @@ BENCH_ACTIONS = {
     "speed": (_add_bench_speed, _run_bench_speed,
               "RMT forward (eager, compiled) and training step: tokens/s, GFLOP/s, fraction of the matmul peak, "
               "vs the bare backbone and a naive loop"),
-    "all": (_add_bench_all, _run_bench_all, "flops, memory and speed in turn"),
+    "all": (_add_sweep_common, _run_bench_all, "flops, memory and speed in turn"),
 }
 
 
@@ -321,12 +304,9 @@ def _run_data(args: argparse.Namespace) -> int:
     if args.data_command == "bench":
         print(bench.format_results(bench.run(args.tokens, args.task, args.placement)))
         return 0
-    unit, length = ("tokens", args.tokens) if args.tokens is not None else ("segments", args.segments or 1)
     try:
-        config = TaskConfig(
-            task=args.task, segment_size=args.segment_size, length=length, unit=unit,
-            placement=args.placement, seed=args.seed, noise=args.noise,
-        )
+        config = TaskConfig.of_length(args.segments, args.tokens, task=args.task, segment_size=args.segment_size,
+                                      placement=args.placement, seed=args.seed, noise=args.noise)
         generator = TaskGenerator(config)
         if args.data_command == "preview":
             color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
@@ -335,18 +315,16 @@ def _run_data(args: argparse.Namespace) -> int:
             path = export_split(generator, args.split, args.n, args.out)
             print(f"wrote {args.n} {args.split} samples of {config.task} to {path}")
     except (ConfigError, NoiseError) as err:
-        print(f"rmt-lab data: error: {err}", file=sys.stderr)
-        return 2
+        return _error("data", err)
     return 0
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    from rmt_lab.recipes import defaults, train
+    from rmt_lab.recipes import train
 
-    d = defaults(train)
-    p.add_argument("--config", default=d["config"], help="named configuration: quick (CPU, minutes), base (the "
-                                                          "pretrained MiniLM with adapters: hours) or paper (GPU)")
-    p.add_argument("--task", default=d["task"], help="memorize, detect_memorize or reasoning")
+    _recipe_options(p, train, {"config": "named configuration: quick (CPU, minutes), base (the pretrained MiniLM "
+                                         "with adapters: hours) or paper (GPU)",
+                               "task": "memorize, detect_memorize or reasoning"})
     p.add_argument("--run-dir", help="run folder (default runs/<config>-<task>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -361,46 +339,38 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         experiment_config(args.config, args.task, args.set)  # a bad config is a usage error (2), not a failed run
     except (ConfigError, ValueError) as err:
-        print(f"rmt-lab train: error: {err}", file=sys.stderr)
-        return 2
+        return _error("train", err)
     try:
         result = train(args.config, args.task, args.run_dir, resume=args.resume, overrides=args.set)
     except (CheckpointError, TrainingDiverged) as err:
-        print(f"rmt-lab train: error: {err}", file=sys.stderr)
-        return 1
-    print(f"run folder {result.run_dir}; validation accuracy at the end of each stage:")
-    for n, acc in result.stage_accuracy().items():
-        print(f"  {n:>3} segments: {acc:.3f}")
+        return _error("train", err, code=1)
+    print(result.report())
     return 0
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
     from rmt_lab.model import COMPILE_MODES
-    from rmt_lab.recipes import defaults, eval_ablation, eval_generalization, eval_long
+    from rmt_lab.recipes import eval_ablation, eval_generalization, eval_long
     from rmt_lab.train.evaluate import EVAL_DTYPES
 
     sub = p.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
     run_help = "run folder made by rmt-lab train (--run-dir passes through torchrun; --run does not)"
     gen = sub.add_parser("generalization", help="every stage checkpoint on 1..M segments (report Figure 5)")
-    d = defaults(eval_generalization)
     gen.add_argument("--max-segments", type=int, help="M (default 2 x the largest trained length)")
-    gen.add_argument("--samples", type=int, default=d["samples"], help="test samples per point")
+    _recipe_options(gen, eval_generalization, {"samples": "test samples per point"})
     gen.add_argument("--out", help="parquet path (default <run>/generalization.parquet)")
     ablation = sub.add_parser("ablation", help="the last stage without recurrence: every segment sees the initial "
                                                "memory (control: near chance beyond 1 segment if memory is used)")
-    d = defaults(eval_ablation)
-    ablation.add_argument("--max-segments", type=int, default=d["max_segments"], help="lengths 1..this")
-    ablation.add_argument("--samples", type=int, default=d["samples"], help="test samples per point")
+    _recipe_options(ablation, eval_ablation, {"max_segments": "lengths 1..this", "samples": "test samples per point"})
     ablation.add_argument("--out", help="parquet path (default <run>/no_recurrence.parquet)")
     long = sub.add_parser("long", help="one checkpoint streamed at lengths up to millions of tokens (report Figure 1)")
-    d = defaults(eval_long)
     long.add_argument("--stage", type=int, help="segments of the stage checkpoint to use (default: the largest)")
-    long.add_argument("--min-tokens", type=int, default=d["min_tokens"], help="first length; lengths double up to the max")
-    long.add_argument("--max-tokens", type=int, default=d["max_tokens"], help="last length in tokens (e.g. 10000000)")
-    long.add_argument("--samples", type=int, default=d["samples"], help="test samples per length")
+    _recipe_options(long, eval_long, {"min_tokens": "first length; lengths double up to the max",
+                                      "max_tokens": "last length in tokens (e.g. 10000000)",
+                                      "samples": "test samples per length"})
     long.add_argument("--samples-from", type=int, nargs=2, metavar=("TOKENS", "N"),
                       help="N samples per length from TOKENS tokens on (fewer where a sample costs the most)")
-    long.add_argument("--batch-size", type=int, default=d["batch_size"])
+    _recipe_options(long, eval_long, {"batch_size": None})
     long.add_argument("--compile", choices=COMPILE_MODES,
                       help="torch.compile the backbone with this mode, weights frozen (default: eager)")
     long.add_argument("--out", help="parquet path (default <run>/long_eval.parquet); existing points are kept")
@@ -414,67 +384,57 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    from rmt_lab.catalog import run_file
     from rmt_lab.recipes import eval_ablation, eval_generalization, eval_long
+    from rmt_lab.train.evaluate import ablation_report, generalization_report, long_report
 
+    recipe, result, report = {
+        "generalization": (eval_generalization, "generalization", generalization_report),
+        "ablation": (eval_ablation, "no_recurrence", ablation_report),
+        "long": (eval_long, "long_eval", long_report),
+    }[args.eval_command]
     try:
-        if args.eval_command == "generalization":
-            frame = eval_generalization(args.run_dir, args.max_segments, args.samples, args.dtype, args.out)
-            print(frame.pivot(index="trained_segments", columns="eval_segments", values="accuracy").round(2)
-                  .to_string())
-        elif args.eval_command == "ablation":
-            frame = eval_ablation(args.run_dir, args.max_segments, args.samples, args.dtype, args.out)
-            print(f"stage-{frame['trained_segments'].iloc[0]} model without recurrence (accuracy, 95% interval):")
-            for row in frame.itertuples():
-                print(f"  {row.eval_segments:>3} segments: {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]")
-        else:
-            frame = eval_long(args.run_dir, args.stage, args.min_tokens, args.max_tokens, args.samples,
-                              tuple(args.samples_from) if args.samples_from else None, args.batch_size,
-                              args.compile or "", args.dtype, args.out)
-            if not PartialState().is_main_process:  # under torchrun: one report
-                return 0
-            print(frame[["tokens", "n_segments", "accuracy", "n_samples", "ci_low", "ci_high", "peak_mib",
-                         "tokens_per_s"]].to_string(index=False))
+        frame = _call(recipe, args)
     except (FileNotFoundError, ValueError) as err:
-        print(f"rmt-lab eval: error: {err}", file=sys.stderr)
-        return 2
-    default = {"generalization": "generalization", "ablation": "no_recurrence", "long": "long_eval"}
-    print(f"wrote {args.out or f'{args.run_dir}/{default[args.eval_command]}.parquet'}")
+        return _error("eval", err)
+    if not PartialState().is_main_process:  # under torchrun: one report
+        return 0
+    print(report(frame))
+    print(f"wrote {args.out or run_file(result, args.run_dir)}")
     return 0
 
 
 def _add_trace(p: argparse.ArgumentParser) -> None:
-    from rmt_lab.recipes import defaults, trace
-    from rmt_lab.trace import TraceConfig
+    from rmt_lab.recipes import defaults, trace, trace_overhead
 
-    d, r = TraceConfig(), defaults(trace)
     model = p.add_argument_group("model")
-    model.add_argument("--backbone", default=r["backbone"], help="ready backbone for an untrained RMT")
+    _recipe_options(model, trace, {"backbone": "ready backbone for an untrained RMT"})
     model.add_argument("--checkpoint", help="an RMT saved with save_pretrained (overrides --backbone)")
-    model.add_argument("--num-mem", type=int, default=r["num_mem"], help="memory tokens of an untrained RMT")
+    _recipe_options(model, trace, {"num_mem": "memory tokens of an untrained RMT"})
     data = p.add_argument_group(
         "input", "task samples, 4 segments long unless --segments or --tokens; a checkpoint keeps its segment size"
     )
     _task_config_args(data)
-    data.add_argument("--samples", type=int, default=r["samples"], help="samples traced together as one batch")
+    _recipe_options(data, trace, {"samples": "samples traced together as one batch"})
     keep = p.add_argument_group("what to keep")
-    keep.add_argument("--maps", default=r["maps"],
-                      help="segments with full maps: none, all, or e.g. '0,2-4,every:10,facts,last'")
+    _recipe_options(keep, trace, {"maps": "segments with full maps: none, all, or e.g. '0,2-4,every:10,facts,last'"})
     keep.add_argument("--layers", type=int, nargs="+", help="layers with full maps (default all)")
     keep.add_argument("--heads", type=int, nargs="+", help="heads with full maps (default all)")
-    keep.add_argument("--top-k", type=int, default=d.top_k, help="tokens written per memory slot to list")
+    _recipe_options(keep, trace, {"top_k": "tokens written per memory slot to list"})
     keep.add_argument("--keep-memory", action="store_true", help="store every segment's memory state")
-    keep.add_argument("--budget-mib", type=float, default=d.budget_mib, help="trace data held in RAM at most")
-    keep.add_argument("--map-dtype", default=d.map_dtype, help="float32 or float16")
+    _recipe_options(keep, trace, {"budget_mib": "trace data held in RAM at most", "map_dtype": "float32 or float16"})
     p.add_argument("--out", help="trace folder to write (required unless --bench)")
     p.add_argument("--overwrite", action="store_true", help="replace a trace already in --out")
     bench = p.add_argument_group("benchmark (instead of a trace)")
     bench.add_argument("--bench", action="store_true",
                        help="print the recorder's overhead vs recording off, and a 1M-token trace's peak memory")
-    bench.add_argument("--bench-backbones", nargs="+", default=["minilm", "small-bert"])
-    bench.add_argument("--bench-segments", type=int, default=40, help="segments per timed run")
-    bench.add_argument("--bench-repeats", type=int, default=7, help="alternating untraced/traced runs")
-    bench.add_argument("--bench-threads", type=int, nargs="+", default=[1, 2], help="torch threads to measure with")
-    bench.add_argument("--bench-pairs", type=int, default=30, help="paired segments for the per-segment cost")
+    d = defaults(trace_overhead)
+    bench.add_argument("--bench-backbones", nargs="+", default=list(d["backbones"]))
+    bench.add_argument("--bench-segments", type=int, default=d["segments"], help="segments per timed run")
+    bench.add_argument("--bench-repeats", type=int, default=d["repeats"], help="alternating untraced/traced runs")
+    bench.add_argument("--bench-threads", type=int, nargs="+", default=list(d["threads"]),
+                       help="torch threads to measure with")
+    bench.add_argument("--bench-pairs", type=int, default=d["pairs"], help="paired segments for the per-segment cost")
     bench.add_argument("--bench-tokens", type=int, default=1_000_000, help="length of the long trace (0: skip)")
     bench.add_argument("--bench-long-backbone", default="minilm", help="backbone of the long trace")
 
@@ -483,31 +443,16 @@ def _run_trace(args: argparse.Namespace) -> int:
     if args.bench:
         return _run_trace_bench(args)
     if not args.out:
-        print("rmt-lab trace: error: --out is required (the trace folder to write)", file=sys.stderr)
-        return 2
+        return _error("trace", "--out is required (the trace folder to write)")
     from rmt_lab.recipes import trace
     from rmt_lab.tasks import NoiseError
     from rmt_lab.trace import TraceBudgetError
 
     try:
-        r = trace(args.out, args.checkpoint, args.backbone, args.num_mem, args.task, args.segments, args.tokens,
-                  args.segment_size, args.placement, args.seed, args.noise, args.split, args.samples, args.maps,
-                  args.layers, args.heads, args.top_k, args.keep_memory, args.budget_mib, args.map_dtype,
-                  args.overwrite)
+        r = _call(trace, args)
     except (ValueError, FileExistsError, NoiseError, TraceBudgetError) as err:
-        print(f"rmt-lab trace: error: {err}", file=sys.stderr)
-        return 2
-    first = r.samples[0]
-    print(f"traced {len(r.samples)} {first.task} sample(s) of {first.n_tokens:,} tokens ({r.trace.n_segments:,} "
-          f"segments) through {r.backbone!r} in {r.seconds:.1f} s ({r.tokens_per_s:,.0f} tokens/s); "
-          f"answered {r.correct}/{len(r.samples)}")
-    print(f"full maps kept for segments {r.trace.map_segments}; facts in segments "
-          f"{sorted({seg for s in r.samples for span in s.facts for seg in span.segments})}")
-    profile = r.profile()
-    shown = profile if len(profile) <= 12 else profile.iloc[list(range(6)) + list(range(len(profile) - 6,
-                                                                                           len(profile)))]
-    print("per segment, mean over samples, layers and heads:")
-    print(shown.to_string(index=False, float_format="{:.3f}".format))
+        return _error("trace", err)
+    print(r.report())
     print(f"wrote {args.out}: trace.json, summaries.parquet ({len(r.trace.summaries):,} rows), written.parquet, "
           f"maps/ (load with rmt_lab.trace.Trace.load)")
     return 0
@@ -522,12 +467,14 @@ def _print_rows(columns: list, rows) -> None:
 
 
 def _run_trace_bench(args: argparse.Namespace) -> int:
-    from rmt_lab.trace.bench import million_in_subprocess, overhead_ratio, own_time_share, segment_overhead
+    from rmt_lab.recipes import trace_overhead
+    from rmt_lab.trace.bench import million_in_subprocess
 
+    tables = trace_overhead(args.bench_backbones, args.bench_threads, args.bench_segments, args.bench_repeats,
+                            args.bench_pairs)
     print(f"recorder overhead: summaries for every segment vs recording off ({args.bench_segments} segments per "
           f"run, {args.bench_repeats} alternating pairs; batch 1, 10 memory tokens, segment 499). Ratios: median of "
           "the pairs (min-max), and best of n (fastest traced run / fastest plain run)")
-    grid = [(backbone, threads) for threads in args.bench_threads for backbone in args.bench_backbones]
     where = [("backbone", -11, lambda r: r["backbone"]), ("threads", 7, lambda r: r["threads"]),
              ("load", 5, lambda r: f"{r['load_average']:.1f}")]
     _print_rows(where + [
@@ -538,20 +485,19 @@ def _run_trace_bench(args: argparse.Namespace) -> int:
         ("cpu: median (min-max)", 23,
          lambda r: f"{r['cpu_ratio']:.3f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"),
         ("best", 6, lambda r: f"{r['best_cpu_ratio']:.3f}"),
-    ], ({"backbone": b, **overhead_ratio(b, n_segments=args.bench_segments, repeats=args.bench_repeats, threads=t)}
-        for b, t in grid))
+    ], tables["wall"])
     print(f"\nper segment, paired inside one recording (CPU time, {args.bench_pairs} pairs, median and quartiles):")
     _print_rows(where + [
         ("plain ms", 9, lambda r: f"{r['plain_ms']:.1f}"), ("traced ms", 9, lambda r: f"{r['traced_ms']:.1f}"),
         ("extra ms", 8, lambda r: f"{r['extra_ms']:.2f}"),
         ("ratio (q1-q3)", 20, lambda r: f"{r['ratio']:.3f} ({r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})"),
-    ], ({"backbone": b, **segment_overhead(b, n_pairs=args.bench_pairs, threads=t)} for b, t in grid))
+    ], tables["segment"])
     print(f"\nthe recorder's own time over the model's, in the same traced runs ({args.bench_segments} segments, "
           "median (min-max) of 3 runs):")
     _print_rows(where + [
         ("own ms/seg", 10, lambda r: f"{r['own_ms_per_segment']:.2f}"),
         ("share", 22, lambda r: f"{r['share']:.3f} ({r['share_min']:.3f}-{r['share_max']:.3f})"),
-    ], ({"backbone": b, **own_time_share(b, n_segments=args.bench_segments, threads=t)} for b, t in grid))
+    ], tables["own_time"])
     if args.bench_tokens:
         r = million_in_subprocess(n_tokens=args.bench_tokens, backbone=args.bench_long_backbone)
         print(f"\n{r['tokens']:,}-token detect_memorize trace on {r['backbone']!r} ({r['n_segments']:,} segments): "
@@ -564,15 +510,12 @@ def _run_trace_bench(args: argparse.Namespace) -> int:
 
 
 def _add_probe(p: argparse.ArgumentParser) -> None:
-    from rmt_lab.recipes import defaults, probe
+    from rmt_lab.recipes import probe
 
-    d = defaults(probe)
     p.add_argument("--checkpoint", required=True, help="an RMT saved with save_pretrained (a stage checkpoint)")
-    p.add_argument("--task", default=d["task"], help="memorize, detect_memorize or reasoning")
-    p.add_argument("--segments", type=int, default=d["segments"], help="segments per sample")
-    p.add_argument("--samples", type=int, default=d["samples"], help="samples; half train the probes, half test them")
-    p.add_argument("--split", default=d["split"], help="train, validation or test")
-    p.add_argument("--seed", type=int, default=d["seed"])
+    _recipe_options(p, probe, {"task": "memorize, detect_memorize or reasoning", "segments": "segments per sample",
+                               "samples": "samples; half train the probes, half test them",
+                               "split": "train, validation or test", "seed": None})
     p.add_argument("--out", required=True, help="parquet file to write (e.g. <trace folder>/probe.parquet)")
 
 
@@ -581,10 +524,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     from rmt_lab.train import CheckpointError
 
     try:
-        frame = probe(args.checkpoint, args.out, args.task, args.segments, args.samples, args.split, args.seed)
+        frame = _call(probe, args)
     except (CheckpointError, ValueError, OSError) as err:
-        print(f"rmt-lab probe: error: {err}", file=sys.stderr)
-        return 2
+        return _error("probe", err)
     print(f"linear probe on the memory state, {args.task}, {args.samples} samples of {args.segments} segments "
           "(half train, half test); accuracy by distance from the fact segment (chance 0.167):")
     print(probe_by_distance(frame).round(3).to_string())
@@ -614,9 +556,7 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from rmt_lab.reproduce import adopt, default_jobs, made_from, plan, reproduce
+    from rmt_lab.reproduce import adopt, default_jobs, plan, reproduce, step_lines
 
     steps = plan(args.plan, args.results, args.figures)
     if args.adopt:
@@ -624,16 +564,12 @@ def _run_reproduce(args: argparse.Namespace) -> int:
         print(f"recorded the inputs of {len(adopted)} step(s): {', '.join(s.name for s in adopted) or 'none'}")
         return 0
     if args.list:
-        records = made_from(Path(args.results))
-        for i, step in enumerate(steps, 1):
-            state = "done" if step.done(records, Path(args.results)) else "to do"
-            print(f"[{i}/{len(steps)}] {step.name} ({state}): {step.command()}")
+        print("\n".join(step_lines(steps, args.results)))
         return 0
     try:
         return reproduce(steps, args.force, args.results, jobs=args.jobs or default_jobs(args.plan))
     except ValueError as err:
-        print(f"rmt-lab reproduce: error: {err}", file=sys.stderr)
-        return 2
+        return _error("reproduce", err)
 
 
 def _add_figures(p: argparse.ArgumentParser) -> None:
@@ -651,34 +587,29 @@ def _add_figures(p: argparse.ArgumentParser) -> None:
 def _run_figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rmt_lab.viz import figure_names, format_report, missing_inputs, render_figures
+    from rmt_lab.recipes import figures
+    from rmt_lab.reproduce import recompute
+    from rmt_lab.viz import figure_names, figures_failed, format_report, missing_inputs
 
-    if args.recompute:
-        from rmt_lab.reproduce import default_jobs, plan, reproduce
-
-        steps = [step for step in plan("quick", args.results, args.out) if step.name != "figures"]
-        code = reproduce(steps, force=[step.name for step in steps], results=args.results,
-                         jobs=default_jobs("quick"))
-        if code:
-            return code
+    code = recompute(args.results, args.out) if args.recompute else 0
+    if code:
+        return code
     if not Path(args.results).is_dir():
-        print(f"rmt-lab figures: error: results folder {args.results} does not exist; make results with "
-              "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)", file=sys.stderr)
-        return 2
+        return _error("figures", f"results folder {args.results} does not exist; make results with "
+                                 "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)")
     if args.list:
         for name, missing in missing_inputs(args.results, args.config).items():
             print(f"{name}: " + ("ready" if not missing else "missing " + "; ".join(map(str, missing))))
         return 0
     try:
-        report = render_figures(args.results, args.out, only=args.only, config=args.config)
+        report = figures(args.results, args.out, only=args.only, config=args.config)
     except ValueError as err:
-        print(f"rmt-lab figures: error: {err}", file=sys.stderr)
-        return 2
+        return _error("figures", err)
     print(format_report(report))
     drawn = sum(bool(r.files) for r in report)
     print(f"{drawn} of {len(report)} figures drawn into {args.out}/ from {args.results}/"
           + (f"; figures: {', '.join(figure_names())}" if not drawn else ""))
-    if any(r.error for r in report) or not drawn:
+    if figures_failed(report):
         return 1
     return 1 if args.strict and any(r.missing for r in report) else 0
 

@@ -17,7 +17,7 @@ import inspect
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,11 @@ class TrainResult:
         """Validation accuracy at the end of each stage, by segments."""
         val = self.metrics[self.metrics["kind"] == "val"]
         return val.groupby("n_segments")["accuracy"].last()
+
+    def report(self) -> str:
+        lines = [f"run folder {self.run_dir}; validation accuracy at the end of each stage:"]
+        lines += [f"  {n:>3} segments: {acc:.3f}" for n, acc in self.stage_accuracy().items()]
+        return "\n".join(lines)
 
 
 def experiment_config(config: str = "quick", task: str = "memorize", overrides: Sequence[str] = ()):
@@ -198,12 +203,31 @@ class TraceResult:
     def tokens_per_s(self) -> float:
         return sum(s.n_tokens for s in self.samples) / self.seconds
 
+    @property
+    def fact_segments(self) -> list[int]:
+        """The segments that hold a fact in some traced sample."""
+        return sorted({seg for s in self.samples for span in s.facts for seg in span.segments})
+
     def profile(self) -> pd.DataFrame:
         """Read, write and retain per segment and whether it holds a fact, means over samples, layers, heads."""
         from rmt_lab.trace import fact_alignment
 
         frame = fact_alignment(self.trace.summaries).groupby(["segment", "has_fact"]).mean(numeric_only=True)
         return frame.drop(columns=["sample"]).reset_index()
+
+    def report(self) -> str:
+        """What was traced, how fast, and the profile (its first and last 6 segments when longer than 12)."""
+        first, profile = self.samples[0], self.profile()
+        if len(profile) > 12:
+            profile = profile.iloc[list(range(6)) + list(range(len(profile) - 6, len(profile)))]
+        return "\n".join([
+            f"traced {len(self.samples)} {first.task} sample(s) of {first.n_tokens:,} tokens "
+            f"({self.trace.n_segments:,} segments) through {self.backbone!r} in {self.seconds:.1f} s "
+            f"({self.tokens_per_s:,.0f} tokens/s); answered {self.correct}/{len(self.samples)}",
+            f"full maps kept for segments {self.trace.map_segments}; facts in segments {self.fact_segments}",
+            "per segment, mean over samples, layers and heads:",
+            profile.to_string(index=False, float_format="{:.3f}".format),
+        ])
 
 
 def trace(out: str | Path, checkpoint: str | Path | None = None, backbone: str = "minilm", num_mem: int = 10,
@@ -232,9 +256,9 @@ def trace(out: str | Path, checkpoint: str | Path | None = None, backbone: str =
         model = RecurrentWrapper.from_backbone(backbone, RMTConfig(num_mem_tokens=num_mem, segment_size=segment_size,
                                                                    num_classes=NUM_CLASSES))
     model.eval()
-    unit, length = ("tokens", tokens) if tokens is not None else ("segments", segments or 4)
-    task_config = TaskConfig(task=task, segment_size=model.config.segment_size, length=length, unit=unit,
-                             placement=placement, seed=seed, noise=noise)
+    task_config = TaskConfig.of_length(segments, tokens, default_segments=4, task=task,
+                                       segment_size=model.config.segment_size, placement=placement, seed=seed,
+                                       noise=noise)
     generator = TaskGenerator(task_config)
     chosen = [generator.sample(split, i) for i in range(samples)]
     start = time.perf_counter()
@@ -271,14 +295,16 @@ def probe_by_distance(frame: pd.DataFrame) -> pd.Series:
 
 
 # --------------------------------------------------------------------------------------- benchmarks
-def bench_flops(out: str | Path = "data/results/bench", **settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+def bench_flops(out: str | Path = "data/results/bench", quick: bool = False,
+                **settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Forward (or training) FLOPs versus length, full attention against RMT (report Figure 3), and their
-    ratio at one length; `settings`: fields of rmt_lab.bench.flops_sweep.FlopsSweepConfig. Writes
-    <out>/flops.parquet (points already there reused) and <out>/flops_ratio.parquet."""
-    from rmt_lab.bench.flops_sweep import FlopsSweepConfig, flops_ratio_table, flops_sweep
+    ratio at one length; `settings`: fields of rmt_lab.bench.flops_sweep.FlopsSweepConfig over its defaults
+    (or its `quick` preset). Writes <out>/flops.parquet (points already there reused) and
+    <out>/flops_ratio.parquet."""
+    from rmt_lab.bench.flops_sweep import QUICK, FlopsSweepConfig, flops_ratio_table, flops_sweep
     from rmt_lab.config import from_dict
 
-    config = from_dict(FlopsSweepConfig, settings)
+    config = from_dict(FlopsSweepConfig, {**(QUICK if quick else {}), **settings})
     out = Path(out)
     previous = pd.read_parquet(out / "flops.parquet") if (out / "flops.parquet").exists() else None
     frame = flops_sweep(config, previous=previous, progress=config.measure)
@@ -312,24 +338,49 @@ def bench_speed(out: str | Path = "data/results/bench", quick: bool = False, rem
     return speed_sweep(config, Path(out) / "speed.parquet", progress=progress, remeasure=remeasure)
 
 
+def stream(tokens: int = 100_000, backbone: str = "minilm", device: str = "auto", dtype: str = "float32",
+           compile: str = "") -> dict:
+    """`tokens` random tokens streamed through an RMT over `backbone` (10 new memory tokens, 499 content tokens
+    a segment, batch 1) in a fresh process: seconds, tokens/s, peak memory, memory shape
+    (rmt_lab.bench.inference.measure_in_subprocess). `compile`: a torch.compile mode ("" = eager)."""
+    from rmt_lab.bench.inference import measure_in_subprocess
+
+    return measure_in_subprocess(tokens, backbone, device=device, dtype=dtype, compile=compile)
+
+
+def trace_overhead(backbones: Sequence[str] = ("minilm", "small-bert"), threads: Sequence[int] = (1, 2),
+                   segments: int = 40, repeats: int = 7, pairs: int = 30) -> dict[str, Iterator[dict]]:
+    """The recorder's cost against recording off, per backbone and torch thread count (rmt_lab.trace.bench):
+    "wall" (`repeats` alternating plain and traced runs of `segments` segments), "segment" (`pairs` segments
+    paired inside one recording) and "own_time" (the recorder's own time over the model's). Each table is an
+    iterator of rows measured as they are read, so a caller can show each row when it is ready;
+    `pd.DataFrame(rows)` measures a whole table."""
+    from rmt_lab.trace.bench import overhead_ratio, own_time_share, segment_overhead
+
+    grid = [(backbone, n) for n in threads for backbone in backbones]
+    return {
+        "wall": ({"backbone": b, **overhead_ratio(b, n_segments=segments, repeats=repeats, threads=n)}
+                 for b, n in grid),
+        "segment": ({"backbone": b, **segment_overhead(b, n_pairs=pairs, threads=n)} for b, n in grid),
+        "own_time": ({"backbone": b, **own_time_share(b, n_segments=segments, threads=n)} for b, n in grid),
+    }
+
+
 # --------------------------------------------------------------------------------------------- figures
 def figures(results: str | Path = "data/results", out: str | Path = "figures", only: Sequence[str] | None = None,
-            config: str | None = None) -> list:
-    """Draw every figure whose inputs are in `results` into `out` (rmt_lab.viz.render_figures); returns the
-    report of what was drawn and what each missing figure lacks."""
+            config: str | None = None, formats: Sequence[str] = ("png", "svg")) -> list:
+    """Draw every figure whose inputs are in `results` into `out` (rmt_lab.viz.render_figures) as `formats`;
+    returns the report of what was drawn and what each missing figure lacks."""
     from rmt_lab.viz import render_figures
 
-    return render_figures(results, out, only=list(only) if only else None, config=config)
+    return render_figures(results, out, only=list(only) if only else None, formats=tuple(formats), config=config)
 
 
 # ------------------------------------------------------------------------------ one recipe, one process
 def _summary(result: object) -> str:
     """What a step's log shows of its recipe's result."""
-    if isinstance(result, TrainResult):
-        return "validation accuracy at the end of each stage:\n" + result.stage_accuracy().to_string()
-    if isinstance(result, TraceResult):
-        return (f"traced {len(result.samples)} sample(s), {result.trace.n_segments} segments, "
-                f"{result.tokens_per_s:,.0f} tokens/s; answered {result.correct}/{len(result.samples)}")
+    if isinstance(result, (TrainResult, TraceResult)):
+        return result.report()
     if isinstance(result, pd.DataFrame):
         return result.to_string(max_rows=60, max_cols=14)
     if isinstance(result, tuple):
@@ -345,10 +396,11 @@ def run_step(recipe: str, arguments: dict) -> None:
     """`<recipe>(**arguments)`, its result summarised on stdout: one step of `rmt-lab reproduce`, which calls
     this in a fresh process (rmt_lab.process). A figures step that drew nothing, or failed a figure, fails."""
     from rmt_lab.catalog import COMMANDS
+    from rmt_lab.viz import figures_failed
 
     if recipe not in COMMANDS:
         raise ValueError(f"unknown recipe {recipe!r}; recipes: {sorted(COMMANDS)}")
     result = globals()[recipe](**arguments)
     print(_summary(result), flush=True)
-    if recipe == "figures" and (not any(r.files for r in result) or any(r.error for r in result)):
+    if recipe == "figures" and figures_failed(result):
         raise RuntimeError("figures: none drawn, or one failed (see above)")

@@ -455,6 +455,21 @@ def adopt(steps: Sequence[Step], results: str | Path) -> list[Step]:
     return adopted
 
 
+def step_lines(steps: Sequence[Step], results: str | Path) -> list[str]:
+    """A line per step: its number, name, whether it is done in `results`, and the command that runs it."""
+    results = Path(results)
+    records = made_from(results)
+    return [f"[{i}/{len(steps)}] {step.name} ({'done' if step.done(records, results) else 'to do'}): "
+            f"{step.command()}" for i, step in enumerate(steps, 1)]
+
+
+def recompute(results: str | Path = "data/results", figures: str | Path = "figures") -> int:
+    """Every experiment of the quick plan behind the figures run again, whatever is in `results` (the figures
+    step itself left to the caller). Returns 0, or the failing step's exit code."""
+    steps = [step for step in plan("quick", results, figures) if step.name != "figures"]
+    return reproduce(steps, force=[step.name for step in steps], results=results, jobs=default_jobs("quick"))
+
+
 def _groups(numbered: list) -> list[list]:
     """(index, step) pairs cut into runs: neighbouring steps of one group together, others alone."""
     out: list[list] = []

@@ -39,6 +39,8 @@ FIGURE3_LENGTHS: tuple[int, ...] = (
     512, 1024, 2048, 4096, 8192, 16384, 32_000, 64_000, 128_000, 256_000, 512_000, 1_024_000, 2_048_000,
 )
 KEY_COLUMNS = ["model", "method", "tokens", "segment_len", "num_mem", "batch", "head", "mode"]
+# Two models at two lengths: what `rmt-lab bench all --quick` counts, in well under a second.
+QUICK = {"models": ("opt-125m", "opt-1.3b"), "lengths": (512, 32_000), "ratio_tokens": 32_000}
 
 
 @dataclass(frozen=True)
@@ -151,3 +153,18 @@ def flops_ratio_table(frame: pd.DataFrame, tokens: int = 2_048_000) -> pd.DataFr
     for column in machine_description():
         table[column] = machine[column].to_numpy()
     return table
+
+
+def flops_report(frame: pd.DataFrame, ratio: pd.DataFrame) -> str:
+    """What `rmt-lab bench flops` prints of a sweep (`flops_sweep`) and its ratio table (`flops_ratio_table`)."""
+    first = frame.iloc[0]
+    lines = [f"{first['mode']} FLOPs, full attention / RMT (segment {first['segment_len']}, {first['num_mem']} memory "
+             f"tokens, head {first['head']}) at {ratio['tokens'].iloc[0]:,} tokens:"]
+    shown = ratio[["model", "full_flops", "rmt_flops", "full_over_rmt"]]
+    lines.append(shown.to_string(index=False, formatters={
+        "full_flops": "{:.3e}".format, "rmt_flops": "{:.3e}".format, "full_over_rmt": "{:,.1f}".format,
+    }))
+    if frame["measured_flops"].notna().all():
+        worst = (frame["measured_flops"] / frame["flops"] - 1).abs().max()
+        lines.append(f"measured (FlopCounterMode, meta device) vs analytic: largest relative difference {worst:.2e}")
+    return "\n".join(lines)

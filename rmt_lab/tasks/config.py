@@ -83,6 +83,14 @@ class TaskConfig:
         return dataclasses.replace(self, length=n_segments, unit="segments", **changes)
 
     @classmethod
+    def of_length(cls, segments: int | None = None, tokens: int | None = None, default_segments: int = 1,
+                  **fields: Any) -> TaskConfig:
+        """This task `tokens` content tokens long when given, else `segments` segments (None: `default_segments`)."""
+        if tokens is not None:
+            return cls(length=tokens, unit="tokens", **fields)
+        return cls(length=segments or default_segments, unit="segments", **fields)
+
+    @classmethod
     def from_dict(cls, data: dict) -> TaskConfig:
         return from_dict(cls, data)
 

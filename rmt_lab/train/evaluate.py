@@ -316,3 +316,23 @@ def _long_accuracy_part(checkpoint: str, task: dict, indices: list[int], batch_s
                         compile: str, device: str, dtype: str) -> None:
     """`long_accuracy` with JSON arguments: what `long_evaluation` runs in a fresh process per length."""
     long_accuracy(checkpoint, TaskConfig.from_dict(task), indices, batch_size, parts, split, compile, device, dtype)
+
+
+# ------------------------------------------------------------------- what `rmt-lab eval` prints of each table
+def generalization_report(frame: pd.DataFrame) -> str:
+    """Accuracy of a generalization matrix, trained segments (rows) by evaluated segments (columns)."""
+    return frame.pivot(index="trained_segments", columns="eval_segments", values="accuracy").round(2).to_string()
+
+
+def ablation_report(frame: pd.DataFrame) -> str:
+    """The no-recurrence control: accuracy and its 95% interval at each length."""
+    lines = [f"stage-{frame['trained_segments'].iloc[0]} model without recurrence (accuracy, 95% interval):"]
+    lines += [f"  {row.eval_segments:>3} segments: {row.accuracy:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+              for row in frame.itertuples()]
+    return "\n".join(lines)
+
+
+def long_report(frame: pd.DataFrame) -> str:
+    """The long-evaluation table: accuracy with its interval, peak memory and speed at each length."""
+    return frame[["tokens", "n_segments", "accuracy", "n_samples", "ci_low", "ci_high", "peak_mib",
+                  "tokens_per_s"]].to_string(index=False)

@@ -324,6 +324,11 @@ def render_figures(results: str | Path = "data/results", out: str | Path = "figu
     return report
 
 
+def figures_failed(report: list[FigureResult]) -> bool:
+    """No figure drawn, or one failed: what fails `rmt-lab figures` and the figures step of a reproduction."""
+    return not any(r.files for r in report) or any(r.error for r in report)
+
+
 def format_report(report: list[FigureResult]) -> str:
     """The figures command's summary: drawn, partly drawn, not drawn (with the commands to run)."""
     lines = []

@@ -1,6 +1,7 @@
 """Interaction-to-paint of the attention explorer in headless Chromium, at a MiniLM-scale segment.
 
-    .venv/bin/python -m tests.viz.bench_explorer            # 522 positions x 12 heads, 3 segments x 2 layers
+    .venv/bin/python -m tests.viz.bench_explorer            # 522 positions x 12 heads, 3 segments x 2 layers,
+                                                            # a timeline of 4,096 segments
     .venv/bin/python -m tests.viz.bench_explorer --positions 1024 --no-jupyterlab
 
 A benchmark, not a test: it prints figures and asserts nothing about them. It writes the standalone page
@@ -10,7 +11,8 @@ kind of interaction is repeated; it reports the median and the range. "first" ro
 head's image the page has not drawn before (base64 decode, colouring 522^2 cells); "seen" rows redraw
 from what is already decoded. In Jupyter the first visit of a block also waits for the kernel to encode
 and send it: `benchmark_widget` measures that inside JupyterLab (127.0.0.1), from the choice in the page
-to the frame drawn with the block the kernel sent.
+to the frame drawn with the block the kernel sent. The trace's summaries cover `timeline_segments` segments
+(4,096: 2,048,000 tokens at 499 a segment), so the timeline rows time its zoom, pan and hover at that length.
 """
 
 from __future__ import annotations
@@ -37,31 +39,36 @@ window.__choose = (name, value) => window.__paint(() => {
   box.value = String(value);
   box.dispatchEvent(new Event("change"));
 });
-window.__hover = (x, y) => window.__paint(() => {
-  const o = document.querySelector("canvas.rmt-overlay"), r = o.getBoundingClientRect();
-  o.dispatchEvent(new MouseEvent("mousemove", {clientX: r.left + x, clientY: r.top + y, bubbles: true}));
+// on the canvas `target` (rmt-overlay: the map, rmt-timeline: the timeline), at x, y inside it
+window.__hover = (target, x, y, buttons = 0) => window.__paint(() => {
+  const o = document.querySelector(`canvas.${target}`), r = o.getBoundingClientRect();
+  o.dispatchEvent(new MouseEvent("mousemove", {clientX: r.left + x, clientY: r.top + y, buttons, bubbles: true}));
 });
-window.__wheel = (x, y, dy) => window.__paint(() => {
-  const o = document.querySelector("canvas.rmt-overlay"), r = o.getBoundingClientRect();
+window.__wheel = (target, x, y, dy) => window.__paint(() => {
+  const o = document.querySelector(`canvas.${target}`), r = o.getBoundingClientRect();
   o.dispatchEvent(new WheelEvent("wheel", {clientX: r.left + x, clientY: r.top + y, deltaY: dy, bubbles: true,
                                            cancelable: true}));
 });
+window.__press = (target, x, y) => {
+  const o = document.querySelector(`canvas.${target}`), r = o.getBoundingClientRect();
+  o.dispatchEvent(new MouseEvent("mousedown", {clientX: r.left + x, clientY: r.top + y, buttons: 1, bubbles: true}));
+};
 true;  // playwright calls an expression whose value is a function: end on a plain value
 """
 
 
 def _summary(name: str, values: list[float]) -> str:
-    return (f"{name:<34} median {statistics.median(values):7.1f} ms   range {min(values):6.1f} .. {max(values):6.1f} ms"
+    return (f"{name:<44} median {statistics.median(values):7.1f} ms   range {min(values):6.1f} .. {max(values):6.1f} ms"
             f"   n={len(values)}")
 
 
 def benchmark_explorer(positions: int = 522, heads: int = 12, layers: int = 2, segments: int = 3,
-                       repeats: int = 20) -> dict[str, list[float]]:
+                       repeats: int = 20, timeline_segments: int = 4096) -> dict[str, list[float]]:
     """Print and return interaction-to-paint times (ms) per kind of interaction on the standalone page."""
     from playwright.sync_api import sync_playwright
 
     trace = synthetic_trace(n_positions=positions, n_mem=10, layers=layers, heads=heads,
-                            map_segments=tuple(range(segments)), n_segments=max(segments, 4))
+                            map_segments=tuple(range(segments)), n_segments=max(segments, timeline_segments))
     explorer = AttentionExplorer(trace)
     encode = []
     for _ in range(5):
@@ -74,6 +81,10 @@ def benchmark_explorer(positions: int = 522, heads: int = 12, layers: int = 2, s
           f"({heads + 1} x {positions}^2 bytes); float32 would be {heads * positions ** 2 * 4 / 1e6:.1f} MB")
     print(f"standalone page with {segments} segments x {layers} layers: {path.stat().st_size / 1e6:.1f} MB "
           f"({path})")
+    timeline = explorer.widget.meta["timeline"]
+    print(f"timeline of {timeline['n_segments']:,} segments: {len(timeline['samples']['0']['data']) / 1e3:.0f} KB "
+          f"of base64 a sample ({len(timeline['lanes'])} lanes x {layers} layers x {timeline['n_segments']:,} "
+          "segments, uint8)")
     times: dict[str, list[float]] = {"python: encode a block": encode}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
@@ -111,9 +122,23 @@ def benchmark_explorer(positions: int = 522, heads: int = 12, layers: int = 2, s
             for k in range(repeats * 3):
                 x = 100 + (k * 37) % 640
                 y = 100 + (k * 53) % 640
-                record("hover (readout + crosshair)", "([x, y]) => window.__hover(x, y)", x, y)
+                record("hover (readout + crosshair)", "([x, y]) => window.__hover('rmt-overlay', x, y)", x, y)
             for k in range(repeats):
-                record("wheel zoom step", "([x, y, d]) => window.__wheel(x, y, d)", 400, 400, -120 if k % 2 else 120)
+                record("wheel zoom step", "([x, y, d]) => window.__wheel('rmt-overlay', x, y, d)", 400, 400,
+                       -120 if k % 2 else 120)
+            n = f"{timeline['n_segments']:,} segments"
+            for k in range(repeats):  # all segments in view, then down to ~10 and back
+                record(f"timeline: wheel zoom step ({n})", "([x, y, d]) => window.__wheel('rmt-timeline', x, y, d)",
+                       400, 30, -600 if k < repeats // 2 else 600)
+            for k in range(repeats):
+                record(f"timeline: hover readout ({n})", "([x, y]) => window.__hover('rmt-timeline', x, y)",
+                       120 + (k * 29) % 600, 30)
+            for _ in range(3):  # ~280 segments in view, so a drag has somewhere to go
+                page.evaluate("window.__wheel('rmt-timeline', 400, 30, -600)")
+            page.evaluate("window.__press('rmt-timeline', 400, 30)")
+            for k in range(repeats):
+                record(f"timeline: drag-pan step ({n})", "([x, y]) => window.__hover('rmt-timeline', x, y, 1)",
+                       400 + 10 * (k + 1), 30)
         finally:
             browser.close()
     for name, values in times.items():
@@ -204,9 +229,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--segments", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--timeline-segments", type=int, default=4096)
     parser.add_argument("--no-jupyterlab", action="store_true", help="only the standalone page")
     args = parser.parse_args()
-    benchmark_explorer(args.positions, args.heads, args.layers, args.segments, args.repeats)
+    benchmark_explorer(args.positions, args.heads, args.layers, args.segments, args.repeats, args.timeline_segments)
     if not args.no_jupyterlab:
         print("\nthe widget in JupyterLab (kernel on this machine):")
         benchmark_widget(args.positions, args.heads, args.layers, args.segments, args.repeats // 2)

@@ -170,6 +170,7 @@ def test_attention_explorer_renders_in_chromium_offline(jupyterlab, tmp_path):
             page.wait_for_function(f"document.querySelector('{drawn}').dataset.drawn === "
                                    f"{json.dumps(f'{sample}/{other}/{layer}/{head}')}", timeout=60_000)
             plot = json.loads(explorer.get_attribute("data-plot"))
+            explorer.locator("canvas.rmt-overlay").scroll_into_view_if_needed()  # the mouse only reaches the viewport
             box = explorer.locator("canvas.rmt-overlay").bounding_box()
             cell = plot["size"] / plot["cells"]
             page.mouse.move(box["x"] + plot["x"] + 0.5 * cell, box["y"] + plot["y"] + 1.5 * cell)

@@ -57,3 +57,10 @@ def test_recipes_refuse_bad_input_by_name(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'lrr'"):
         recipes.experiment_config("quick", "memorize", ["optim.lrr=1"])
     assert recipes.long_lengths(16_000, 64_000, 64) == [250, 500, 1000]
+
+
+def test_trace_overhead_measures_each_row_when_it_is_read():
+    tables = recipes.trace_overhead(["tiny-bert"], threads=[1], segments=2, repeats=1, pairs=2)
+    assert set(tables) == {"wall", "segment", "own_time"}
+    (row,) = list(tables["segment"])
+    assert row["backbone"] == "tiny-bert" and row["threads"] == 1 and row["traced_ms"] > 0

@@ -13,6 +13,12 @@ def test_defaults_are_the_reports_first_stage():
     assert TaskConfig(length=2_048_000, unit="tokens").n_segments == 4105
 
 
+def test_a_length_in_tokens_wins_over_segments_and_neither_gives_the_default():
+    assert TaskConfig.of_length(3, 1000, task="reasoning").unit == "tokens"
+    assert (TaskConfig.of_length(3).length, TaskConfig.of_length(None, default_segments=4).length) == (3, 4)
+    assert TaskConfig.of_length(None, None, default_segments=4).unit == "segments"
+
+
 def test_round_trips_through_a_dict():
     c = TaskConfig(task="reasoning", length=7, placement="sentence", seed=3)
     assert TaskConfig.from_dict(c.to_dict()) == c

@@ -42,6 +42,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shlex
 from pathlib import Path
 
 import anywidget
@@ -107,8 +108,6 @@ def record_command(trace, segment: int | str, recorded_with: str | None = None) 
     --maps. Otherwise the command is rebuilt from what the trace holds (model, length, batch, what it kept);
     a trace does not hold its task or seed, nor whether its RMT was trained: those stand as TASK and SEED,
     and a trained RMT needs --checkpoint in place of --backbone/--num-mem/--segment-size."""
-    import shlex
-
     config = getattr(trace, "config", None) or trace.index.get("config", {})
     kept = config.get("segments", "none")
     maps = str(segment) if kept in ("none", "") else f"{kept},{segment}"

@@ -98,6 +98,33 @@ def test_save_and_load_give_an_eval_model_with_equal_outputs(name, tmp_path):
     assert torch.equal(a.memory, b.memory) and torch.equal(a.logits, b.logits)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_adapters_train_merge_and_reload_on_every_family(name, tmp_path):
+    plain = rmt(name)
+    model = rmt(name, lora_rank=4)
+    model.load_state_dict(plain.state_dict(), strict=False)  # same weights, adapters at B = 0
+    x = ids(2, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, plain(x).logits, atol=0, rtol=0)  # starts as the plain model
+    model.train()
+    out = model(x, labels=torch.tensor([0, 2])) if model.cell.layout == "encoder" else model(x, labels=x)
+    out.loss.backward()
+    # every adapted layer learns (a BERT pooler's is unused: the RMT has its own classifier)
+    b_grads = [p.grad for n, p in model.named_parameters() if n.endswith("lora_b") and "pooler" not in n]
+    assert b_grads and all(g is not None and g.abs().sum() > 0 for g in b_grads)
+    frozen = [n for n, p in model.cell.model.named_parameters() if not p.requires_grad]
+    assert any(n.endswith("weight") for n in frozen)  # the backbone's own matrices stay frozen
+    with torch.no_grad():  # adapters away from zero, as after training
+        for n, p in model.named_parameters():
+            if "lora" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval().save_pretrained(tmp_path)
+    with torch.no_grad():
+        ref = model(x).logits
+        torch.testing.assert_close(RecurrentWrapper.from_pretrained(tmp_path)(x).logits, ref, atol=0, rtol=0)
+        torch.testing.assert_close(model.merge_adapters()(x).logits, ref, atol=1e-5, rtol=1e-4)
+
+
 def test_a_task_head_is_dropped_and_its_body_kept_with_its_pooler(tmp_path):
     bert = BY_NAME["bert"].build()  # BertForSequenceClassification: its body was built with a pooler
     model = RecurrentWrapper.from_backbone(bert, RMTConfig(segment_size=16), special_tokens=SPECIAL)

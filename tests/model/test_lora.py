@@ -7,7 +7,7 @@ import torch
 
 from rmt_lab.config import ConfigError
 from rmt_lab.model import RecurrentWrapper, RMTConfig
-from rmt_lab.model.lora import LoRALinear
+from rmt_lab.model.lora import LoRALinear, attach_lora
 from tests.model.helpers import tiny, tokens
 
 
@@ -70,8 +70,8 @@ def test_pretrained_backbone_with_adapters_saves_only_what_trains(tmp_path):
 
 
 def test_adapters_need_linear_layers_and_a_positive_alpha():
-    with pytest.raises(ValueError, match="nn.Linear layers.*Conv1D"):
-        tiny("tiny-gpt2", lora_rank=2, num_classes=0)
+    with pytest.raises(ValueError, match=r"linear layers \(\['Linear', 'Conv1D'\]\).*only \['Embedding'\]"):
+        attach_lora(torch.nn.Sequential(torch.nn.Embedding(5, 4)), rank=2, alpha=1.0)
     with pytest.raises(ConfigError, match="lora_rank"):
         RMTConfig(lora_rank=-1)
     with pytest.raises(ConfigError, match="lora_alpha"):

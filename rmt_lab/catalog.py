@@ -8,6 +8,7 @@ Paths are templates under the results folder (default data/results/); `{config}-
     runs/{config}-{task}/                    config.json, metrics.parquet, checkpoints/stage-N/ (train)
     {run}/generalization.parquet             eval_generalization    Figure 5
     {run}/long_eval.parquet                  eval_long              Figure 1, memory-size sweep
+    {run}/long_eval_samples.parquet          eval_long              accuracy by fact position
     {run}/no_recurrence.parquet              eval_ablation          the control without recurrence
     sweeps/memory/{config}-{task}-m{memory}/ a run with `memory` memory tokens, evaluated at one length
     traces/{config}-reasoning/trace.json     trace                  Figure 6, read/write profile, ...
@@ -47,6 +48,7 @@ CATALOG: dict[str, ResultFile] = {r.key: r for r in (
                ("fig5_generalization", "ablation_no_recurrence")),
     ResultFile("long_eval", "{run}/long_eval.parquet", "eval_long",
                ("fig1_accuracy_vs_length", "memory_size_sweep")),
+    ResultFile("long_eval_samples", "{run}/long_eval_samples.parquet", "eval_long", ("fact_position",)),
     ResultFile("no_recurrence", "{run}/no_recurrence.parquet", "eval_ablation",
                ("ablation_no_recurrence",)),
     ResultFile("sweep_run", "sweeps/memory/{config}-{task}-m{memory}", "train", ("memory_size_sweep",)),

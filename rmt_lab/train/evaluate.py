@@ -312,6 +312,27 @@ def _summary_row(out: Path, task: TaskConfig, trained_segments: int | None) -> d
     }
 
 
+def with_fact_positions(samples: pd.DataFrame, task: TaskConfig, split: str = "test") -> pd.DataFrame:
+    """Per-sample long-evaluation outcomes (`samples_path`) with where each sample's facts sit, to tell
+    forgetting (a fact written early and lost) from failing to write (a fact arriving late, after
+    thousands of noise segments, and never stored).
+
+    Adds `first_fact_segment` and `last_fact_segment` (0-based) and `fact_gap` (segments from the last
+    fact's segment to the last segment). Positions are regenerated from `task` (each length's config)
+    and the sample indices, which fix every sample: only the layout is drawn, no tokens.
+    """
+    rows = []
+    for n, group in samples.groupby("n_segments"):
+        gen = TaskGenerator(task.at_segments(int(n)))
+        for i in group["index"]:
+            segments = [f.segments[0] for f in gen.sample(split, int(i)).facts]
+            rows.append({"n_segments": n, "index": i, "first_fact_segment": min(segments),
+                         "last_fact_segment": max(segments)})
+    placed = samples.merge(pd.DataFrame(rows), on=["n_segments", "index"], how="left", validate="one_to_one")
+    placed["fact_gap"] = placed["n_segments"] - 1 - placed["last_fact_segment"]
+    return placed
+
+
 def _long_accuracy_part(checkpoint: str, task: dict, indices: list[int], batch_size: int, parts: str, split: str,
                         compile: str, device: str, dtype: str) -> None:
     """`long_accuracy` with JSON arguments: what `long_evaluation` runs in a fresh process per length."""

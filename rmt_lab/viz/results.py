@@ -148,6 +148,22 @@ def _ablation_inputs(results: Path, config: str):
     return (generalization, ablation), missing + more
 
 
+def _fact_position_inputs(results: Path, config: str):
+    """Each run's per-sample long evaluation, with where each sample's facts sit (regenerated from its config)."""
+    from rmt_lab.train import ExperimentConfig
+    from rmt_lab.train.evaluate import with_fact_positions
+
+    frames, missing = [], []
+    for task, run in run_folders(results, config).items():
+        path = CATALOG["long_eval_samples"].at(run=run)
+        if not path.is_file():
+            missing.append(Missing(str(path), _command("long_eval", results, config, run=run)))
+            continue
+        experiment = ExperimentConfig.from_dict(json.loads((run / "config.json").read_text()))
+        frames.append(with_fact_positions(pd.read_parquet(path).assign(task=task), experiment.task))
+    return (pd.concat(frames, ignore_index=True) if frames else None), missing
+
+
 def _memory_sweep_inputs(results: Path, config: str):
     """The sweep's long evaluations (sweeps/memory/<config>-<task>-m<N>/) with the main run's row at
     the same length (its own memory size)."""
@@ -239,6 +255,9 @@ def _figures() -> list[FigureSpec]:
                    lambda r, c: _per_task_table(r, c, "generalization"),
                    lambda d: {"fig5_generalization": training.plot_generalization(d),
                               "fig5_generalization_heatmap": training.plot_generalization_heatmap(d)}),
+        FigureSpec("fact_position", "Long-input accuracy by where the fact sits",
+                   _fact_position_inputs,
+                   lambda d: {"fact_position": scaling.plot_accuracy_by_fact_position(d)}),
         FigureSpec("ablation_no_recurrence", "Control: the last stage's model without recurrence",
                    _ablation_inputs, lambda d: {"ablation_no_recurrence": training.plot_recurrence_ablation(*d)}),
         FigureSpec("memory_size_sweep", "Accuracy at one long length versus memory size",

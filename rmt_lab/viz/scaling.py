@@ -4,6 +4,8 @@
   of each evaluation below it (flat for the RMT: memory does not grow with the input).
 - `plot_flops` (Figure 3): forward FLOPs relative to one 512-token pass, full attention against the
   RMT on the same OPT model, two panels (up to 32,000 tokens, and 32,000 to 2,048,000).
+- `plot_accuracy_by_fact_position`: Figure 1's long-input accuracy split by where the fact sits in the
+  input, which tells forgetting (early facts lost) from failing to write (late facts never stored).
 - `plot_measured_memory`: measured peak memory and throughput versus length, RMT against full
   attention on the same backbone, forward and training step (where full attention runs out).
 """
@@ -257,3 +259,42 @@ def plot_memory_size_sweep(sweep: pd.DataFrame) -> Figure:
     fig.suptitle("How many memory tokens does the task need? (one long input length)")
     return fig
 
+
+
+FACT_QUARTERS = ("first quarter", "second quarter", "third quarter", "last quarter")
+
+
+@styled
+def plot_accuracy_by_fact_position(samples: pd.DataFrame) -> Figure:
+    """Long-input accuracy versus input length, one line per quarter of the input in which the sample's
+    last fact sits (95% Wilson intervals), a panel per task whose facts move (`with_fact_positions` rows).
+
+    A model that forgets loses the early facts first; one whose memory drifts out of the states it was
+    trained from over long noise fails on the late facts, however close to the question."""
+    require_columns(samples, ["task", "tokens", "n_segments", "correct", "last_fact_segment"],
+                    "per-sample long evaluation with fact positions (rmt_lab.train.evaluate.with_fact_positions)")
+    moving = [t for t in ordered_tasks(samples["task"]) if samples.loc[samples["task"] == t, "last_fact_segment"].any()]
+    if not moving:
+        raise ValueError("every fact sits in the first segment (memorize): there is no position to split by")
+    fig, axes = new_figure(1, len(moving), figsize=(5.2 * len(moving), 4.2), sharey=True)
+    quarter = (4 * samples["last_fact_segment"] // samples["n_segments"]).clip(0, 3)
+    palette = colors(4)
+    for ax, task in zip(axes[0], moving):
+        d = samples[samples["task"] == task].assign(quarter=quarter)
+        table = d.groupby(["quarter", "tokens"])["correct"].agg(["mean", "size"]).reset_index()
+        for q, rows in table.groupby("quarter"):
+            lo, hi = wilson_interval(rows["mean"], rows["size"])
+            ax.fill_between(rows["tokens"], lo, hi, color=palette[q], alpha=0.12, linewidth=0)
+            ax.plot(rows["tokens"], rows["mean"], marker="o", color=palette[q],
+                    label=f"fact in the {FACT_QUARTERS[q]}")
+        ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
+        per_point = table["size"]
+        ax.set_title(f"{task_title(task)} ({int(per_point.min())}-{int(per_point.max())} samples a point)",
+                     fontsize="medium")
+        log_tokens_axis(ax)
+        ax.set_xlabel("input length (tokens, log scale)")
+        ax.set_ylim(0, 1.04)
+    axes[0, 0].set_ylabel("accuracy")
+    fig.legend(*axes[0, -1].get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize="small")
+    fig.suptitle("Where the fact sits: forgetting early facts, or failing to store late ones", fontsize="medium")
+    return fig

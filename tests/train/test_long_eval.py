@@ -121,3 +121,18 @@ def test_no_recurrence_ablation_feeds_every_segment_the_initial_memory(run, tmp_
     assert table["eval_segments"].tolist() == [1, 2, 3] and not table["carry_memory"].any()
     assert table["trained_segments"].tolist() == [2, 2, 2] and seen and not any(seen)
     assert "without recurrence" in capsys.readouterr().out
+
+
+def test_fact_positions_are_those_of_the_evaluated_samples():
+    from rmt_lab.tasks import TaskGenerator
+    from rmt_lab.train.evaluate import with_fact_positions
+
+    task = TaskConfig(task="reasoning", segment_size=32, length=1, unit="segments")
+    outcomes = pd.DataFrame({"n_segments": [6, 6, 9], "index": [3, 0, 5], "correct": [True, False, True]})
+    placed = with_fact_positions(outcomes, task)
+    assert placed[["n_segments", "index", "correct"]].equals(outcomes)  # rows and order kept
+    for row in placed.itertuples():
+        facts = TaskGenerator(task.at_segments(row.n_segments)).sample("test", row.index).facts
+        segments = [f.segments[0] for f in facts]
+        assert (row.first_fact_segment, row.last_fact_segment) == (min(segments), max(segments))
+        assert row.fact_gap == row.n_segments - 1 - max(segments) >= 0

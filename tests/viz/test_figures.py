@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 
 from rmt_lab.viz import (
     TableError, memory_projection, plot_flops, plot_generalization, plot_generalization_heatmap, plot_long_context,
-    plot_measured_memory, plot_memory_size_sweep, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile,
+    plot_accuracy_by_fact_position, plot_measured_memory, plot_memory_size_sweep, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile,
     plot_recurrence_ablation, plot_training_curves, plot_write_precision, save_figure,
 )
 from rmt_lab.stats import wilson_interval
@@ -120,6 +120,23 @@ def test_memory_size_sweep_one_line_per_task_and_length():
     line = next(line for line in ax.get_lines() if len(line.get_xdata()) == 5)
     assert np.allclose(line.get_xdata(), [1, 2, 5, 10, 20]) and np.allclose(line.get_ydata(), table["accuracy"])
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "5", "10", "20"]
+
+
+def test_accuracy_by_fact_position_one_line_per_quarter_and_a_panel_per_moving_task():
+    rows = []
+    for tokens, n_seg in ((1_000, 16), (8_000, 128)):
+        for last in range(n_seg):
+            rows.append({"task": "detect_memorize", "tokens": tokens, "n_segments": n_seg, "last_fact_segment": last,
+                         "correct": last < n_seg // 4 or tokens == 1_000})  # only early facts survive the long input
+    rows += [{"task": "memorize", "tokens": 1_000, "n_segments": 16, "last_fact_segment": 0, "correct": True}]
+    fig = plot_accuracy_by_fact_position(pd.DataFrame(rows))
+    (ax,) = data_axes(fig)  # memorize's facts never move: no panel
+    lines = [line for line in ax.get_lines() if line.get_marker() == "o"]  # not the chance line
+    assert [tuple(line.get_ydata()) for line in lines] == [(1, 1), (1, 0), (1, 0), (1, 0)]  # quarters in order
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:4] == [
+        "fact in the first quarter", "fact in the second quarter", "fact in the third quarter", "fact in the last quarter"]
+    with pytest.raises(ValueError, match="every fact sits in the first segment"):
+        plot_accuracy_by_fact_position(pd.DataFrame(rows[-1:]))
 
 
 def test_training_curves():

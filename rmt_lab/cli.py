@@ -13,13 +13,18 @@ import platform
 import sys
 
 
-def _recipe_options(p, recipe, helps: dict[str, str | None]) -> None:
-    """A --<name> option per entry of `helps`, with the default and type of `recipe`'s argument `name`."""
+def _recipe_options(p, recipe, helps: dict[str, str | None], prefix: str = "") -> None:
+    """A --<prefix><name> option per entry of `helps`, with the default and type of `recipe`'s argument `name`;
+    a sequence default makes an option of one or more values of its items' type."""
     from rmt_lab.recipes import defaults
 
     d = defaults(recipe)
     for name, help_text in helps.items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(d[name]), default=d[name], help=help_text)
+        flag = "--" + prefix + name.replace("_", "-")
+        if isinstance(d[name], (list, tuple)):
+            p.add_argument(flag, nargs="+", type=type(d[name][0]), default=list(d[name]), help=help_text)
+        else:
+            p.add_argument(flag, type=type(d[name]), default=d[name], help=help_text)
 
 
 def _call(recipe, args: argparse.Namespace):
@@ -405,7 +410,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _add_trace(p: argparse.ArgumentParser) -> None:
-    from rmt_lab.recipes import defaults, trace, trace_overhead
+    from rmt_lab.recipes import trace, trace_overhead
 
     model = p.add_argument_group("model")
     _recipe_options(model, trace, {"backbone": "ready backbone for an untrained RMT"})
@@ -428,13 +433,10 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     bench = p.add_argument_group("benchmark (instead of a trace)")
     bench.add_argument("--bench", action="store_true",
                        help="print the recorder's overhead vs recording off, and a 1M-token trace's peak memory")
-    d = defaults(trace_overhead)
-    bench.add_argument("--bench-backbones", nargs="+", default=list(d["backbones"]))
-    bench.add_argument("--bench-segments", type=int, default=d["segments"], help="segments per timed run")
-    bench.add_argument("--bench-repeats", type=int, default=d["repeats"], help="alternating untraced/traced runs")
-    bench.add_argument("--bench-threads", type=int, nargs="+", default=list(d["threads"]),
-                       help="torch threads to measure with")
-    bench.add_argument("--bench-pairs", type=int, default=d["pairs"], help="paired segments for the per-segment cost")
+    _recipe_options(bench, trace_overhead, {"backbones": None, "segments": "segments per timed run",
+                                            "repeats": "alternating untraced/traced runs",
+                                            "threads": "torch threads to measure with",
+                                            "pairs": "paired segments for the per-segment cost"}, prefix="bench-")
     bench.add_argument("--bench-tokens", type=int, default=1_000_000, help="length of the long trace (0: skip)")
     bench.add_argument("--bench-long-backbone", default="minilm", help="backbone of the long trace")
 
@@ -458,54 +460,17 @@ def _run_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_rows(columns: list, rows) -> None:
-    """A table with one line per row, each printed as the iterable `rows` yields it (measured): (header,
-    width, format of one row) per column; a negative width aligns left."""
-    print(" ".join(f"{h:<{-w}}" if w < 0 else f"{h:>{w}}" for h, w, _ in columns))
-    for r in rows:
-        print(" ".join(f"{fmt(r)!s:<{-w}}" if w < 0 else f"{fmt(r)!s:>{w}}" for _, w, fmt in columns))
-
-
 def _run_trace_bench(args: argparse.Namespace) -> int:
     from rmt_lab.recipes import trace_overhead
-    from rmt_lab.trace.bench import million_in_subprocess
+    from rmt_lab.trace.bench import million_in_subprocess, million_report, overhead_report
 
     tables = trace_overhead(args.bench_backbones, args.bench_threads, args.bench_segments, args.bench_repeats,
                             args.bench_pairs)
-    print(f"recorder overhead: summaries for every segment vs recording off ({args.bench_segments} segments per "
-          f"run, {args.bench_repeats} alternating pairs; batch 1, 10 memory tokens, segment 499). Ratios: median of "
-          "the pairs (min-max), and best of n (fastest traced run / fastest plain run)")
-    where = [("backbone", -11, lambda r: r["backbone"]), ("threads", 7, lambda r: r["threads"]),
-             ("load", 5, lambda r: f"{r['load_average']:.1f}")]
-    _print_rows(where + [
-        ("plain ms/seg", 12, lambda r: f"{r['plain_ms_per_segment']:.1f}"),
-        ("traced ms/seg", 13, lambda r: f"{r['traced_ms_per_segment']:.1f}"),
-        ("wall: median (min-max)", 23, lambda r: f"{r['ratio']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"),
-        ("best", 6, lambda r: f"{r['best_ratio']:.3f}"),
-        ("cpu: median (min-max)", 23,
-         lambda r: f"{r['cpu_ratio']:.3f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"),
-        ("best", 6, lambda r: f"{r['best_cpu_ratio']:.3f}"),
-    ], tables["wall"])
-    print(f"\nper segment, paired inside one recording (CPU time, {args.bench_pairs} pairs, median and quartiles):")
-    _print_rows(where + [
-        ("plain ms", 9, lambda r: f"{r['plain_ms']:.1f}"), ("traced ms", 9, lambda r: f"{r['traced_ms']:.1f}"),
-        ("extra ms", 8, lambda r: f"{r['extra_ms']:.2f}"),
-        ("ratio (q1-q3)", 20, lambda r: f"{r['ratio']:.3f} ({r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})"),
-    ], tables["segment"])
-    print(f"\nthe recorder's own time over the model's, in the same traced runs ({args.bench_segments} segments, "
-          "median (min-max) of 3 runs):")
-    _print_rows(where + [
-        ("own ms/seg", 10, lambda r: f"{r['own_ms_per_segment']:.2f}"),
-        ("share", 22, lambda r: f"{r['share']:.3f} ({r['share_min']:.3f}-{r['share_max']:.3f})"),
-    ], tables["own_time"])
+    for line in overhead_report(tables, args.bench_segments, args.bench_repeats, args.bench_pairs):
+        print(line)
     if args.bench_tokens:
-        r = million_in_subprocess(n_tokens=args.bench_tokens, backbone=args.bench_long_backbone)
-        print(f"\n{r['tokens']:,}-token detect_memorize trace on {r['backbone']!r} ({r['n_segments']:,} segments): "
-              f"{r['seconds']:.0f} s, {r['tokens_per_s']:,.0f} tokens/s; summaries for every segment "
-              f"({r['summary_rows']:,} rows), full maps for segments {r['map_segments']} (fact in {r['fact_segment']})")
-        print(f"peak RSS {r['peak_rss_mib']:.0f} MiB (model and task loaded: {r['rss_before_mib']:.0f} MiB); "
-              f"trace data held in RAM at most {r['peak_held_mib']:.1f} MiB of the {r['budget_mib']:.0f} MiB budget; "
-              f"trace folder {r['trace_folder_mib']:.1f} MiB (temporary, removed)")
+        long_trace = million_in_subprocess(n_tokens=args.bench_tokens, backbone=args.bench_long_backbone)
+        print("\n" + million_report(long_trace))
     return 0
 
 

@@ -18,7 +18,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -241,3 +241,54 @@ def million_in_subprocess(**kwargs) -> dict:
     if result["status"] != "ok":
         raise RuntimeError(f"million-token trace failed: {result['reason']}")
     return result["value"]
+
+
+# ------------------------------------------------------------------------------------------- reports
+def _table_lines(columns: list, rows: Iterable[dict]) -> Iterator[str]:
+    """A header, then a line per row as `rows` yields it: (header, width, format of one row) per column;
+    a negative width aligns left."""
+    yield " ".join(f"{h:<{-w}}" if w < 0 else f"{h:>{w}}" for h, w, _ in columns)
+    for r in rows:
+        yield " ".join(f"{fmt(r)!s:<{-w}}" if w < 0 else f"{fmt(r)!s:>{w}}" for _, w, fmt in columns)
+
+
+def overhead_report(tables: dict[str, Iterable[dict]], segments: int, repeats: int, pairs: int) -> Iterator[str]:
+    """What `rmt-lab trace --bench` prints of `rmt_lab.recipes.trace_overhead`'s tables, run with `segments`,
+    `repeats` and `pairs`. Lines, not one text: the tables measure a row when it is read, and a row takes
+    seconds to minutes, so a caller printing each line shows each row when it is ready."""
+    where = [("backbone", -11, lambda r: r["backbone"]), ("threads", 7, lambda r: r["threads"]),
+             ("load", 5, lambda r: f"{r['load_average']:.1f}")]
+    yield (f"recorder overhead: summaries for every segment vs recording off ({segments} segments per run, "
+           f"{repeats} alternating pairs; batch 1, 10 memory tokens, segment 499). Ratios: median of the pairs "
+           "(min-max), and best of n (fastest traced run / fastest plain run)")
+    yield from _table_lines(where + [
+        ("plain ms/seg", 12, lambda r: f"{r['plain_ms_per_segment']:.1f}"),
+        ("traced ms/seg", 13, lambda r: f"{r['traced_ms_per_segment']:.1f}"),
+        ("wall: median (min-max)", 23, lambda r: f"{r['ratio']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"),
+        ("best", 6, lambda r: f"{r['best_ratio']:.3f}"),
+        ("cpu: median (min-max)", 23,
+         lambda r: f"{r['cpu_ratio']:.3f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"),
+        ("best", 6, lambda r: f"{r['best_cpu_ratio']:.3f}"),
+    ], tables["wall"])
+    yield f"\nper segment, paired inside one recording (CPU time, {pairs} pairs, median and quartiles):"
+    yield from _table_lines(where + [
+        ("plain ms", 9, lambda r: f"{r['plain_ms']:.1f}"), ("traced ms", 9, lambda r: f"{r['traced_ms']:.1f}"),
+        ("extra ms", 8, lambda r: f"{r['extra_ms']:.2f}"),
+        ("ratio (q1-q3)", 20, lambda r: f"{r['ratio']:.3f} ({r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})"),
+    ], tables["segment"])
+    yield (f"\nthe recorder's own time over the model's, in the same traced runs ({segments} segments, "
+           "median (min-max) of 3 runs):")
+    yield from _table_lines(where + [
+        ("own ms/seg", 10, lambda r: f"{r['own_ms_per_segment']:.2f}"),
+        ("share", 22, lambda r: f"{r['share']:.3f} ({r['share_min']:.3f}-{r['share_max']:.3f})"),
+    ], tables["own_time"])
+
+
+def million_report(r: dict) -> str:
+    """What `rmt-lab trace --bench` prints of `million_trace`'s result."""
+    return (f"{r['tokens']:,}-token detect_memorize trace on {r['backbone']!r} ({r['n_segments']:,} segments): "
+            f"{r['seconds']:.0f} s, {r['tokens_per_s']:,.0f} tokens/s; summaries for every segment "
+            f"({r['summary_rows']:,} rows), full maps for segments {r['map_segments']} (fact in {r['fact_segment']})\n"
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB (model and task loaded: {r['rss_before_mib']:.0f} MiB); "
+            f"trace data held in RAM at most {r['peak_held_mib']:.1f} MiB of the {r['budget_mib']:.0f} MiB budget; "
+            f"trace folder {r['trace_folder_mib']:.1f} MiB (temporary, removed)")

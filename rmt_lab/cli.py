@@ -286,6 +286,8 @@ def _task_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.tasks.bench import run
+
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     preview = sub.add_parser("preview", help="print a sample with its facts highlighted and its ground truth")
     _task_config_args(preview)
@@ -296,9 +298,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     export.add_argument("--n", type=int, required=True, help="number of samples")
     export.add_argument("--out", required=True, help="parquet path, e.g. data/memorize_train.parquet")
     bench = sub.add_parser("bench", help="tokens/s and peak RSS when streaming long samples")
-    bench.add_argument("--tokens", type=int, nargs="+", default=[2_048_000, 10_000_000])
-    bench.add_argument("--task", default="reasoning")
-    bench.add_argument("--placement", default="segment")
+    _recipe_options(bench, run, {"tokens": None, "task": None, "placement": None})
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -307,7 +307,7 @@ def _run_data(args: argparse.Namespace) -> int:
     from rmt_lab.tasks import bench
 
     if args.data_command == "bench":
-        print(bench.format_results(bench.run(args.tokens, args.task, args.placement)))
+        print(bench.format_results(_call(bench.run, args)))
         return 0
     try:
         config = TaskConfig.of_length(args.segments, args.tokens, task=args.task, segment_size=args.segment_size,

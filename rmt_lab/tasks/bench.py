@@ -4,15 +4,14 @@ Peak RSS is the process's ru_maxrss, so each length runs in its own subprocess (
 not see numpy/torch buffers). Setup (tokenizer, noise bank) is timed apart from generation;
 streaming is warmed up, then repeated, and the median and spread are reported.
 
-    python -m rmt_lab.tasks.bench            # 2,048,000 and 10,000,000 tokens
+    rmt-lab data bench            # 2,048,000 and 10,000,000 tokens
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
+from collections.abc import Sequence
 
 from rmt_lab.process import peak_rss_mib, run_in_process
 from rmt_lab.tasks.config import TaskConfig
@@ -58,7 +57,7 @@ def measure_length(n_tokens: int, task: str, placement: str, segment_size: int, 
 
 
 def run(
-    token_counts=DEFAULT_TOKENS,
+    tokens: Sequence[int] = DEFAULT_TOKENS,
     task: str = "reasoning",
     placement: str = "segment",
     segment_size: int = 499,
@@ -66,7 +65,7 @@ def run(
 ) -> list[dict]:
     """Measure each length in a fresh Python process (rmt_lab.process); returns one result dict per length."""
     results = []
-    for n in token_counts:
+    for n in tokens:
         r = run_in_process("rmt_lab.tasks.bench:measure_length", {
             "n_tokens": n, "task": task, "placement": placement, "segment_size": segment_size, "repeats": repeats})
         if r["status"] != "ok":
@@ -90,18 +89,3 @@ def format_results(results: list[dict]) -> str:
     lines.append(f"setup (tokenizer + noise bank, once per process): {setups}")
     return "\n".join(lines)
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS))
-    p.add_argument("--task", default="reasoning")
-    p.add_argument("--placement", default="segment")
-    p.add_argument("--segment-size", type=int, default=499)
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args(argv)
-    print(format_results(run(args.tokens, args.task, args.placement, args.segment_size, args.repeats)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -60,6 +60,12 @@ def test_bench_measures_a_stream():
     assert "200,000" in format_results([result])
 
 
+def test_bench_command_streams_each_length_in_a_fresh_process(capsys):
+    assert main(["data", "bench", "--tokens", "20000", "--task", "memorize"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[:3] == ["20,000", "memorize", "segment"] and "setup (tokenizer + noise bank" in out
+
+
 def test_two_million_tokens_stream_within_the_target():
     """Issue target: a 2,048,000-token sample streams in under 5 s (it takes ~0.05 s here)."""
     result = measure(TaskConfig(task="reasoning", length=2_048_000, unit="tokens"), repeats=1)

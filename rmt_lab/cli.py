@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import platform
 import sys
 
 
@@ -47,40 +46,15 @@ def _add_info(p: argparse.ArgumentParser) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    import torch
-    import transformers
+    from rmt_lab.bench.inference import stream_table
+    from rmt_lab.bench.machine import info_report
+    from rmt_lab.recipes import stream
 
-    import rmt_lab
-    from rmt_lab.model import available_backbones
-
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    rows = [
-        ("rmt_lab", rmt_lab.__version__),
-        ("python", platform.python_version()),
-        ("torch", torch.__version__),
-        ("transformers", transformers.__version__),
-        ("device", "cuda" if torch.cuda.is_available() else "cpu"),
-        ("cuda device", cuda),
-        ("cpu", platform.processor() or platform.machine()),
-        ("torch threads", str(torch.get_num_threads())),
-        ("backbones", ", ".join(available_backbones())),
-    ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    print(info_report())
     if args.bench:
-        from rmt_lab.recipes import stream
-
-        print("\nminilm RMT, 10 memory tokens, 499 content tokens per segment (512 positions), batch 1, streaming:")
-        print(f"{'tokens':>10} {'segments':>9} {'seconds':>9} {'tokens/s':>9} {'peak MiB':>9}")
-        first = None
-        for n in args.bench_tokens:
-            r = stream(n)
-            first = first or r["peak_mib"]
-            print(
-                f"{n:>10,} {r['n_segments']:>9,} {r['seconds']:>9.1f} {r['tokens_per_s']:>9.0f} {r['peak_mib']:>9.1f}"
-                f"  ({r['peak_mib'] / first:.3f}x the first length's peak)"
-            )
+        print()
+        for line in stream_table(stream(n) for n in args.bench_tokens):
+            print(line)
     return 0
 
 
@@ -98,16 +72,12 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from rmt_lab.bench.inference import stream_summary
     from rmt_lab.recipes import stream
 
     print(f"Streaming {args.tokens:,} random tokens through an RMT over {args.backbone!r} (10 memory tokens, "
           f"{args.dtype}{', compiled ' + args.compile if args.compile else ''}) ...")
-    r = _call(stream, args)
-    print(
-        f"{r['n_segments']:,} segments in {r['seconds']:.1f} s: {r['tokens_per_s']:,.0f} tokens/s on {r['device']} "
-        f"({r['threads']} threads); memory shape {tuple(r['memory_shape'])} (batch, memory tokens, d_model); "
-        f"peak memory {r['peak_mib']:.0f} MiB"
-    )
+    print(stream_summary(_call(stream, args)))
     return 0
 
 

@@ -6,6 +6,8 @@ sweep's machinery (`runner.run_point` with the "rmt" workload), returned as a di
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from rmt_lab.bench.runner import run_point
 from rmt_lab.process import Budget
 
@@ -31,3 +33,23 @@ def measure_in_subprocess(n_tokens: int, backbone: str = "minilm", num_mem_token
     r["tokens_per_s"] = n_tokens * batch / r["seconds"]
     r["peak_mib"] = r.get("peak_cuda_mib", r["peak_rss_mib"])
     return r
+
+
+def stream_summary(r: dict) -> str:
+    """What `rmt-lab demo` prints of a `measure_in_subprocess` result."""
+    return (f"{r['n_segments']:,} segments in {r['seconds']:.1f} s: {r['tokens_per_s']:,.0f} tokens/s on {r['device']} "
+            f"({r['threads']} threads); memory shape {tuple(r['memory_shape'])} (batch, memory tokens, d_model); "
+            f"peak memory {r['peak_mib']:.0f} MiB")
+
+
+def stream_table(results: Iterable[dict]) -> Iterator[str]:
+    """What `rmt-lab info --bench` prints of minilm `measure_in_subprocess` results at several lengths, each
+    peak against the first length's. Lines, not one text: a caller printing each line as it comes shows each
+    length when it is measured (a million tokens take minutes)."""
+    yield "minilm RMT, 10 memory tokens, 499 content tokens per segment (512 positions), batch 1, streaming:"
+    yield f"{'tokens':>10} {'segments':>9} {'seconds':>9} {'tokens/s':>9} {'peak MiB':>9}"
+    first = None
+    for r in results:
+        first = first or r["peak_mib"]
+        yield (f"{r['tokens']:>10,} {r['n_segments']:>9,} {r['seconds']:>9.1f} {r['tokens_per_s']:>9.0f} "
+               f"{r['peak_mib']:>9.1f}  ({r['peak_mib'] / first:.3f}x the first length's peak)")

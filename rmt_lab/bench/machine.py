@@ -1,4 +1,5 @@
-"""The description of this machine and its libraries, stored as columns beside every benchmark row."""
+"""The description of this machine and its libraries, stored as columns beside every benchmark row and
+printed by `rmt-lab info`."""
 
 from __future__ import annotations
 
@@ -31,3 +32,27 @@ def machine_description() -> dict[str, str | int]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+
+
+def info_report() -> str:
+    """What `rmt-lab info` prints: versions, device, threads and the backbones ready to use."""
+    import torch
+    import transformers
+
+    import rmt_lab
+    from rmt_lab.model import available_backbones
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    rows = [
+        ("rmt_lab", rmt_lab.__version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("transformers", transformers.__version__),
+        ("device", "cuda" if torch.cuda.is_available() else "cpu"),
+        ("cuda device", cuda),
+        ("cpu", platform.processor() or platform.machine()),
+        ("torch threads", str(torch.get_num_threads())),
+        ("backbones", ", ".join(available_backbones())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)

@@ -183,7 +183,7 @@ CASES = [
     ("config as a dict", lambda e: RecurrentWrapper.from_backbone("tiny-bert", {"segment_size": 16}), TypeError,
      r"config must be an RMTConfig, got dict"),
     ("unknown backbone name", lambda e: RecurrentWrapper.from_backbone("bert-huge", RMTConfig()), ValueError,
-     r"unknown backbone 'bert-huge'.*available backbones: \['minilm'"),
+     r"unknown backbone 'bert-huge'.*available backbones: \['gpt2-minilm', 'minilm'"),
     ("backbone None", lambda e: RecurrentWrapper.from_backbone(None, RMTConfig()), TypeError,
      r"a backbone must be a ready name .* got NoneType"),
     ("tokenizer for a ready name", lambda e: RecurrentWrapper.from_backbone("tiny-bert", RMTConfig(), tokenizer="x"),

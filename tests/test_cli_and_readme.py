@@ -20,7 +20,7 @@ def test_readme_python_example_runs():
 def test_info_lists_backbones(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "torch threads" in out and "minilm, minilm-random, small-bert, tiny-bert, tiny-gpt2" in out
+    assert "torch threads" in out and "gpt2-minilm, minilm, minilm-random, small-bert, tiny-bert, tiny-gpt2" in out
 
 
 def test_demo_prints_throughput(capsys):

@@ -12,13 +12,20 @@ sweep's dtype, median of repeats) first, so every ratio to the peak is taken in 
   bare backbone staying eager with sdpa;
 - "backbone": the bare backbone alone in its own process, once per segment: its own FLOP/s and memory;
 - "rmt-naive": the naive loop over the materialized input that computes vocabulary logits for every
-  token and keeps every segment's outputs, the way the published wrapper works (issue 8: the RMT
-  should reach >= 2x its tokens/s);
+  token and keeps every segment's outputs, the way the published wrapper works: a weak baseline, which
+  the RMT beats mostly by not computing logits;
+- "rmt-plain": the plain memory-cell loop (`workloads.PlainLoop`: concatenate memory and tokens, run
+  the HF body without its LM head, slice the write positions), streamed with a paired matmul like the
+  RMT: the fair baseline of the cell. The streamed RMT also runs one plain-loop segment right before
+  each of its own (`paired_plain`), so its speed over the plain loop is also taken in pairs;
 - "rmt-train" / "rmt-train-ckpt": one training step (forward + backward through every segment, full
-  BPTT, classification loss, dropout off) over `train_segments` segments at batch `train_batch`,
-  without and with gradient checkpointing across segments (`checkpoint_segments`): the time/memory trade.
-Achieved FLOP/s count the FLOPs each method runs: no head for the RMT (its encoder reads no vocab
-logits: the FLOPs the task needs), the LM head on every content token for the naive loop, the bare
+  BPTT, classification loss, dropout off, every weight trained) over `train_segments` segments, at each
+  batch of `train_batches` and segment size of `train_segment_sizes`, without and with gradient
+  checkpointing across segments (`checkpoint_segments`): the time/memory trade;
+- "rmt-train-compiled": the same step with the backbone compiled (`compile` mode) for forward and
+  backward, compiled in the warm-up step.
+Achieved FLOP/s count the FLOPs each method runs: no head for the RMT and the plain loop (the RMT reads
+no vocab logits: the FLOPs the task needs), the LM head on every content token for the naive loop, the bare
 backbone's `forward_pass_flops` over its positions, 3x the forward for a training step (with
 checkpointing the recomputed forward is not counted: it is not needed); from the whole run's time.
 Per-segment times come with their median and 10th/90th percentiles.
@@ -38,11 +45,12 @@ from rmt_lab.bench.workloads import resolve_device
 from rmt_lab.config import ConfigError
 from rmt_lab.model import kernels
 
-FORWARD_METHODS: tuple[str, ...] = ("rmt", "rmt-compiled", "backbone", "rmt-naive")
-TRAIN_METHODS: tuple[str, ...] = ("rmt-train", "rmt-train-ckpt")
+FORWARD_METHODS: tuple[str, ...] = ("rmt", "rmt-compiled", "backbone", "rmt-naive", "rmt-plain")
+TRAIN_METHODS: tuple[str, ...] = ("rmt-train", "rmt-train-ckpt", "rmt-train-compiled")
 METHODS: tuple[str, ...] = FORWARD_METHODS + TRAIN_METHODS
 QUICK = {"backbone": "tiny-bert", "batches": (1, 2), "segments": 4, "matmul_n": 512, "matmul_repeats": 3,
-         "methods": ("rmt", "backbone", "rmt-naive", "rmt-train", "rmt-train-ckpt")}  # no compile: seconds a point
+         "methods": ("rmt", "backbone", "rmt-naive", "rmt-plain", "rmt-train", "rmt-train-ckpt"),  # no compile
+         "train_batches": (2,), "train_segment_sizes": (499,)}  # seconds a point
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,13 @@ class SpeedSweepConfig:
     segment_size: int = 499  # 512 positions per segment with [CLS] mem x 10 [SEP] ... [SEP]
     batches: tuple[int, ...] = (1, 8)  # batch 1, and a batch large enough to fill the matmuls better
     segments: int = 16  # full segments per sample: 16 per-segment times for the median, ~2-20 s a point here
-    methods: tuple[
-        Literal["rmt", "rmt-compiled", "backbone", "rmt-naive", "rmt-train", "rmt-train-ckpt"], ...] = METHODS
+    methods: tuple[Literal["rmt", "rmt-compiled", "backbone", "rmt-naive", "rmt-plain", "rmt-train",
+                           "rmt-train-ckpt", "rmt-train-compiled"], ...] = METHODS
     compile: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    train_batch: int = 2  # issue 8's training step: batch 2, 4 segments of 512 positions, full BPTT
-    train_segments: int = 4
+    train_batches: tuple[int, ...] = (8, 32)  # the base experiments train at batch 16-32; 8 already fills the matmuls
+    train_segment_sizes: tuple[int, ...] = (64, 499)  # the base experiments' segments, and 512-position ones
+    train_batch: int | None = None  # one batch size in place of train_batches (the CLI's --train-batch)
+    train_segments: int = 4  # full BPTT through 4 segments: memory carried, gradients through it
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: the GPU's fast path
     matmul_n: int = 2048  # the peak's matmul: n x n by n x n, fp32
     matmul_repeats: int = 10  # median of this many, after 2 warm-up products
@@ -68,62 +78,75 @@ class SpeedSweepConfig:
         for name in ("num_mem", "segment_size", "segments", "matmul_n", "matmul_repeats", "train_batch",
                      "train_segments"):
             value = getattr(self, name)
+            if value is None and name == "train_batch":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"SpeedSweepConfig.{name} must be a positive integer, got {value!r}")
         if not self.batches or not self.methods:
             raise ConfigError("SpeedSweepConfig needs at least one batch size and one method")
-        for b in self.batches:
-            if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
-                raise ConfigError(f"SpeedSweepConfig.batches item must be a positive integer, got {b!r}")
-        try:
-            rmt_flops(shape, self.segment_size, self.segment_size, self.num_mem)  # the segment must fit
-        except ConfigError as err:
-            raise ConfigError(f"SpeedSweepConfig segment_size={self.segment_size}, num_mem={self.num_mem} "
-                              f"on backbone {self.backbone!r}: {err}") from None
+        for name in ("batches", "train_batches", "train_segment_sizes"):
+            for b in getattr(self, name):
+                if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
+                    raise ConfigError(f"SpeedSweepConfig.{name} item must be a positive integer, got {b!r}")
+        for size in (self.segment_size, *self.train_segment_sizes):
+            try:
+                rmt_flops(shape, size, size, self.num_mem)  # the segment must fit
+            except ConfigError as err:
+                raise ConfigError(f"SpeedSweepConfig segment size {size}, num_mem={self.num_mem} "
+                                  f"on backbone {self.backbone!r}: {err}") from None
 
     @property
     def tokens(self) -> int:
         return self.segments * self.segment_size
 
+    @property
+    def training_batches(self) -> tuple[int, ...]:
+        return self.train_batches if self.train_batch is None else (self.train_batch,)
+
 
 def speed_points(config: SpeedSweepConfig) -> list[Point]:
     shape = backbone_shape(config.backbone)
-    positions = config.segment_size + memory_positions(shape, config.num_mem)
     common = {"matmul_n": config.matmul_n, "matmul_repeats": config.matmul_repeats, "device": config.device,
               "dtype": config.dtype, "backbone": config.backbone}
-    rmt = {**common, "num_mem": config.num_mem, "segment_size": config.segment_size}
     points = []
 
-    def add(method: str, mode: str, batch: int, segments: int, workload: str, params: dict, flops: float) -> None:
-        tokens = segments * config.segment_size
+    def add(method: str, mode: str, batch: int, segments: int, size: int, workload: str, params: dict,
+            flops: float) -> None:
+        tokens = segments * size
         key = {"sweep": "speed", "method": method, "attn": "sdpa", "mode": mode, "backbone": config.backbone,
-               "dtype": config.dtype, "tokens": tokens, "batch": batch, "segment_size": config.segment_size,
+               "dtype": config.dtype, "tokens": tokens, "batch": batch, "segment_size": size,
                "num_mem": config.num_mem, "bptt_depth": -1 if mode == "train" else 0}
-        known = {"flops": float(flops), "positions": positions, "n_segments": segments}
+        known = {"flops": float(flops), "positions": size + memory_positions(shape, config.num_mem),
+                 "n_segments": segments}
         points.append(Point(key, workload, params, tokens * batch * (3 if mode == "train" else 1), known))
 
-    tokens = config.tokens
+    size, tokens = config.segment_size, config.tokens
+    rmt = {**common, "num_mem": config.num_mem, "segment_size": size}
     for batch in config.batches:
         for method in (m for m in config.methods if m in FORWARD_METHODS):
             if method == "backbone":
+                positions = size + memory_positions(shape, config.num_mem)
                 params = {**common, "positions": positions, "passes": config.segments, "batch": batch}
-                add(method, "forward", batch, config.segments, "backbone", params,
+                add(method, "forward", batch, config.segments, size, "backbone", params,
                     config.segments * total(forward_pass_flops(shape, positions, batch)))
                 continue
-            streamed = method != "rmt-naive"
-            params = {**rmt, "tokens": tokens, "batch": batch, "keep_outputs": not streamed,
-                      "paired_backbone": streamed, "paired_peak": streamed,
+            rmt_itself = method in ("rmt", "rmt-compiled")  # streamed, paired with the bare backbone and plain loop
+            params = {**rmt, "tokens": tokens, "batch": batch, "keep_outputs": method == "rmt-naive",
+                      "plain": method == "rmt-plain", "paired_backbone": rmt_itself, "paired_plain": rmt_itself,
+                      "paired_peak": method != "rmt-naive",
                       "compile": config.compile if method == "rmt-compiled" else ""}
-            head = "none" if streamed else "lm"
-            add(method, "forward", batch, config.segments, "rmt", params,
-                total(rmt_flops(shape, tokens, config.segment_size, config.num_mem, batch, head=head)))
-    for method in (m for m in config.methods if m in TRAIN_METHODS):
-        tokens = config.train_segments * config.segment_size
-        params = {**rmt, "tokens": tokens, "batch": config.train_batch, "mode": "train", "bptt_depth": -1,
-                  "checkpoint_segments": method == "rmt-train-ckpt"}
-        add(method, "train", config.train_batch, config.train_segments, "rmt", params,
-            total(rmt_flops(shape, tokens, config.segment_size, config.num_mem, config.train_batch, head="cls",
-                            mode="train")))
+            head = "lm" if method == "rmt-naive" else "none"
+            add(method, "forward", batch, config.segments, size, "rmt", params,
+                total(rmt_flops(shape, tokens, size, config.num_mem, batch, head=head)))
+    for size in config.train_segment_sizes:
+        tokens = config.train_segments * size
+        for batch in config.training_batches:
+            for method in (m for m in config.methods if m in TRAIN_METHODS):
+                params = {**common, "num_mem": config.num_mem, "segment_size": size, "tokens": tokens, "batch": batch,
+                          "mode": "train", "bptt_depth": -1, "checkpoint_segments": method == "rmt-train-ckpt",
+                          "compile": config.compile if method == "rmt-train-compiled" else ""}
+                add(method, "train", batch, config.train_segments, size, "rmt", params,
+                    total(rmt_flops(shape, tokens, size, config.num_mem, batch, head="cls", mode="train")))
     return points
 
 
@@ -136,32 +159,39 @@ def speed_sweep(config: SpeedSweepConfig, path, *, progress: bool = True, remeas
                      runner=runner)
 
 
-SPEED_COLUMNS = KEY_COLUMNS + ["status", "tokens_per_s", "gflops_per_s", "matmul_peak_gflops", "fraction_of_peak",
-                               "paired_fraction_median", "segment_s_median", "segment_s_p10", "segment_s_p90",
+SPEED_COLUMNS = KEY_COLUMNS + ["cpu", "torch_threads", "load_avg_1m", "status", "tokens_per_s", "gflops_per_s",
+                               "matmul_peak_gflops", "fraction_of_peak", "paired_fraction_median", "segment_s_median", "segment_s_p10", "segment_s_p90",
                                "peak_mib"]
 
 
 def speed_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (backbone, dtype, batch): the RMT forward's speed, its ratios to the bare backbone
-    and the naive loop, and the compiled RMT's.
+    """One row per (backbone, dtype, batch, segment_size, num_mem): the RMT forward's speed, its ratios
+    to the bare backbone and to both baselines, and the compiled RMT's; the CPU and the vector width its
+    kernels ran at (`cpu_capability`) with every row.
 
     fraction_of_peak: the whole run's GFLOP/s / the peak measured before it; paired_fraction: median
-    over segments of (segment GFLOP/s / a matmul's GFLOP/s just before it) (issue 8's goal: >= 0.8).
+    over segments of (segment GFLOP/s / a matmul's GFLOP/s just before it).
     rmt_segment_over_backbone: median over segments of the RMT's time for the segment / the bare
-    backbone's forward over the same positions run just before it, in the same process (goal:
-    <= 1.05). rmt_over_naive: the RMT's tokens/s / the naive loop's (goal: >= 2).
+    backbone's forward over the same positions run just before it, in the same process.
+    rmt_over_plain: the RMT's tokens/s / the plain memory-cell loop's (no logits: the fair baseline),
+    each in its own process; rmt_over_plain_paired: median over segments of the plain loop's time for a
+    segment run just before the RMT's / the RMT's. rmt_over_naive: the RMT's tokens/s / the naive loop's
+    (vocabulary logits on every token, every output kept: the weak baseline).
     """
     require_columns(frame, SPEED_COLUMNS, "speed table input")
     ok = frame[(frame["status"] == "ok") & (frame["mode"] == "forward")]
     rows = []
-    for (backbone, dtype, batch), group in ok.groupby(["backbone", "dtype", "batch"], sort=True):
+    keys = ["backbone", "dtype", "batch", "segment_size", "num_mem"]
+    for (backbone, dtype, batch, size, num_mem), group in ok.groupby(keys, sort=True):
         by = {r["method"]: r for r in group.to_dict("records")}
-        rmt, bare, naive = by.get("rmt"), by.get("backbone"), by.get("rmt-naive")
+        rmt, bare, naive, plain = by.get("rmt"), by.get("backbone"), by.get("rmt-naive"), by.get("rmt-plain")
         compiled = by.get("rmt-compiled")
         if rmt is None:
             continue
         row = {
-            "backbone": backbone, "dtype": dtype, "batch": batch, "tokens_per_sample": rmt["tokens"],
+            "backbone": backbone, "dtype": dtype, "batch": batch, "segment_size": size, "num_mem": num_mem,
+            "cpu": rmt["cpu"], "cpu_capability": rmt.get("cpu_capability", ""), "load_avg_1m": rmt["load_avg_1m"],
+            "tokens_per_sample": rmt["tokens"],
             "tokens_per_s": rmt["tokens_per_s"], "gflops_per_s": rmt["gflops_per_s"],
             "matmul_peak_gflops": rmt["matmul_peak_gflops"], "fraction_of_peak": rmt["fraction_of_peak"],
             "paired_fraction": rmt["paired_fraction_median"],
@@ -176,13 +206,20 @@ def speed_table(frame: pd.DataFrame) -> pd.DataFrame:
         if naive is not None:
             row.update(naive_tokens_per_s=naive["tokens_per_s"], naive_peak_mib=naive["peak_mib"],
                        rmt_over_naive=rmt["tokens_per_s"] / naive["tokens_per_s"])
+        row["rmt_over_plain_paired"] = rmt.get("paired_plain_speedup_median", float("nan"))
+        if plain is not None:
+            row.update(plain_tokens_per_s=plain["tokens_per_s"], plain_paired_fraction=plain["paired_fraction_median"],
+                       plain_peak_mib=_own_peak(plain), rmt_over_plain=rmt["tokens_per_s"] / plain["tokens_per_s"])
         if compiled is not None:
             row.update(compiled_tokens_per_s=compiled["tokens_per_s"],
                        compiled_fraction_of_peak=compiled["fraction_of_peak"],
                        compiled_paired_fraction=compiled["paired_fraction_median"],
                        compiled_segment_over_backbone=compiled["paired_ratio_median"],
                        compiled_over_eager=compiled["tokens_per_s"] / rmt["tokens_per_s"],
+                       compiled_over_plain_paired=compiled.get("paired_plain_speedup_median", float("nan")),
                        compiled_peak_mib=_own_peak(compiled))
+            if plain is not None:
+                row["compiled_over_plain"] = compiled["tokens_per_s"] / plain["tokens_per_s"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -195,24 +232,44 @@ def _own_peak(row: dict) -> float:
 
 
 def train_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (backbone, dtype, batch, tokens) of the training step: without and with gradient
-    checkpointing across segments, and the trade (time and peak memory, checkpointed / plain)."""
+    """One row per (backbone, dtype, segment_size, batch, tokens) of the training step: without and with
+    gradient checkpointing across segments, and the trade (time and peak memory, checkpointed / plain);
+    the CPU, its vector width and the matmul peak of the same process with every row."""
     require_columns(frame, SPEED_COLUMNS, "speed table input")
     ok = frame[(frame["status"] == "ok") & (frame["mode"] == "train")]
     rows = []
-    for (backbone, dtype, batch, tokens), group in ok.groupby(["backbone", "dtype", "batch", "tokens"], sort=True):
+    keys = ["backbone", "dtype", "segment_size", "batch", "tokens"]
+    for (backbone, dtype, size, batch, tokens), group in ok.groupby(keys, sort=True):
         by = {r["method"]: r for r in group.to_dict("records")}
-        plain, ckpt = by.get("rmt-train"), by.get("rmt-train-ckpt")
-        row = {"backbone": backbone, "dtype": dtype, "batch": batch, "tokens_per_sample": tokens}
-        for prefix, r in (("", plain), ("ckpt_", ckpt)):
+        plain, ckpt, compiled = by.get("rmt-train"), by.get("rmt-train-ckpt"), by.get("rmt-train-compiled")
+        row = {"backbone": backbone, "dtype": dtype, "segment_size": size, "batch": batch, "tokens_per_sample": tokens}
+        for prefix, r in (("", plain), ("ckpt_", ckpt), ("compiled_", compiled)):
             if r is not None:
                 row.update({f"{prefix}tokens_per_s": r["tokens_per_s"], f"{prefix}gflops_per_s": r["gflops_per_s"],
-                            f"{prefix}fraction_of_peak": r["fraction_of_peak"], f"{prefix}peak_mib": r["peak_mib"]})
+                            f"{prefix}matmul_peak_gflops": r["matmul_peak_gflops"],
+                            f"{prefix}fraction_of_peak": r["fraction_of_peak"], f"{prefix}peak_mib": r["peak_mib"],
+                            "cpu": r["cpu"], "cpu_capability": r.get("cpu_capability", "")})
         if plain is not None and ckpt is not None:
             row.update(ckpt_time_ratio=plain["tokens_per_s"] / ckpt["tokens_per_s"],
                        ckpt_memory_ratio=ckpt["peak_mib"] / plain["peak_mib"])
+        if plain is not None and compiled is not None:
+            row.update(compiled_over_eager=compiled["tokens_per_s"] / plain["tokens_per_s"],
+                       compiled_warmup_s=compiled["warmup_s"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _machines(frame: pd.DataFrame) -> str:
+    """Which CPU (and vector width) measured the rows, and how busy it was: every figure depends on them."""
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return ""
+    capability = ok["cpu_capability"] if "cpu_capability" in ok else pd.Series("", index=ok.index)
+    machines = sorted({f"{cpu}, {cap or 'vector width not recorded'}, {threads} threads"
+                       for cpu, cap, threads in zip(ok["cpu"], capability.fillna(""), ok["torch_threads"])})
+    load = ok["load_avg_1m"]
+    return (f"\nmeasured on {'; '.join(machines)}; 1-minute load average {load.min():.2f}-{load.max():.2f} "
+            "when the measured work began")
 
 
 def _columns(title: str, heads: list[str], lines: list, rows: list[dict]) -> str:
@@ -236,13 +293,14 @@ def speed_report(frame: pd.DataFrame) -> str:
     table, train = speed_table(frame), train_table(frame)
     if table.empty and train.empty:
         return "\nno RMT speed point measured ok"
-    parts = []
+    parts = [_machines(frame)]
     if not table.empty:
         rows = table.to_dict("records")
         parts.append(_columns(
             f"\nRMT forward, {rows[0]['tokens_per_sample']:,} tokens per sample (FLOPs the task needs, analytic; "
             "matmul peak measured in the same process, before the run and between segments):",
             [f"{r['backbone']}, {r['dtype']}, batch {r['batch']}" for r in rows], [
+                ("content tokens per segment + memory", lambda r: f"{r['segment_size']} + {r['num_mem']}"),
                 ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
                 ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
                 ("matmul peak GFLOP/s (before)", lambda r: f"{r['matmul_peak_gflops']:,.1f}"),
@@ -254,12 +312,18 @@ def speed_report(frame: pd.DataFrame) -> str:
                 ("RMT segment / bare backbone, paired", lambda r: f"{r['rmt_segment_over_backbone']:.3f}x"),
                 ("bare backbone alone: ms per pass", lambda r: f"{r['backbone_segment_ms']:,.1f}"),
                 ("bare backbone alone: fraction of peak", lambda r: f"{r['backbone_fraction_of_peak']:.1%}"),
-                ("naive loop tokens/s", lambda r: f"{r['naive_tokens_per_s']:,.0f}"),
+                ("plain memory-cell loop (no logits) tokens/s", lambda r: f"{r['plain_tokens_per_s']:,.0f}"),
+                ("plain loop: fraction of peak (paired)", lambda r: f"{r['plain_paired_fraction']:.1%}"),
+                ("RMT / plain loop tokens/s", lambda r: f"{r['rmt_over_plain']:.3f}x"),
+                ("RMT / plain loop, paired per segment", lambda r: f"{r['rmt_over_plain_paired']:.3f}x"),
+                ("naive loop (logits, outputs kept) tokens/s", lambda r: f"{r['naive_tokens_per_s']:,.0f}"),
                 ("RMT / naive loop tokens/s", lambda r: f"{r['rmt_over_naive']:.3f}x"),
                 ("peak MiB, RMT (paired references excluded)", lambda r: f"{r['peak_mib']:,.0f}"),
                 ("peak MiB, naive loop", lambda r: f"{r['naive_peak_mib']:,.0f}"),
                 ("compiled: tokens/s", lambda r: f"{r['compiled_tokens_per_s']:,.0f}"),
                 ("compiled / eager tokens/s", lambda r: f"{r['compiled_over_eager']:.3f}x"),
+                ("compiled / plain loop tokens/s", lambda r: f"{r['compiled_over_plain']:.3f}x"),
+                ("compiled / eager plain loop, paired", lambda r: f"{r['compiled_over_plain_paired']:.3f}x"),
                 ("compiled: fraction of peak (run)", lambda r: f"{r['compiled_fraction_of_peak']:.1%}"),
                 ("compiled: fraction of peak (paired)", lambda r: f"{r['compiled_paired_fraction']:.1%}"),
                 ("compiled segment / eager bare backbone", lambda r: f"{r['compiled_segment_over_backbone']:.3f}x"),
@@ -270,13 +334,20 @@ def speed_report(frame: pd.DataFrame) -> str:
         parts.append(_columns(
             "\nRMT training step (forward + backward through every segment, full BPTT; FLOPs: 3x the forward):",
             [f"{r['backbone']}, {r['dtype']}, {r['batch']} x {r['tokens_per_sample']:,} tok" for r in rows], [
+                ("content tokens per segment", lambda r: f"{r['segment_size']}"),
                 ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
                 ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
+                ("matmul peak GFLOP/s (before)", lambda r: f"{r['matmul_peak_gflops']:,.1f}"),
                 ("fraction of matmul peak", lambda r: f"{r['fraction_of_peak']:.1%}"),
                 ("peak MiB", lambda r: f"{r['peak_mib']:,.0f}"),
                 ("checkpointed segments: tokens/s", lambda r: f"{r['ckpt_tokens_per_s']:,.0f}"),
                 ("checkpointed segments: peak MiB", lambda r: f"{r['ckpt_peak_mib']:,.0f}"),
                 ("checkpointing: time x", lambda r: f"{r['ckpt_time_ratio']:.3f}x"),
                 ("checkpointing: peak memory x", lambda r: f"{r['ckpt_memory_ratio']:.3f}x"),
+                ("compiled step: tokens/s", lambda r: f"{r['compiled_tokens_per_s']:,.0f}"),
+                ("compiled step: fraction of matmul peak", lambda r: f"{r['compiled_fraction_of_peak']:.1%}"),
+                ("compiled step: peak MiB", lambda r: f"{r['compiled_peak_mib']:,.0f}"),
+                ("compiled / eager step", lambda r: f"{r['compiled_over_eager']:.3f}x"),
+                ("compiled step: warm-up s (compiling)", lambda r: f"{r['compiled_warmup_s']:,.0f}"),
             ], rows))
     return "\n".join(parts)

@@ -7,7 +7,8 @@ process's peak RSS; on CUDA the workload adds `peak_cuda_mib`.
 - "rmt": the RMT over a long random input, streamed segment by segment (forward, nothing kept per
   segment), or one training step (forward + backward through the memory, full or truncated BPTT);
   with `keep_outputs` the naive loop instead: the whole input materialized and every segment's
-  outputs, vocabulary logits included, kept, the way the published RMT wrapper works (issue 8).
+  outputs, vocabulary logits included, kept, the way the published RMT wrapper works (issue 8);
+  with `plain` the plain memory-cell loop (`PlainLoop`): the fair baseline of the cell, no logits.
 - "full": the same backbone size attending over the whole input at once (random weights,
   position table enlarged to the length: lookups cost no FLOPs), eager or sdpa attention.
 - "backbone": the bare backbone's forward over one segment's positions, repeated.
@@ -33,6 +34,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -148,9 +150,12 @@ def _reset_peak_cuda(dev: torch.device) -> None:
 
 
 def _common(dev: torch.device) -> dict:
-    """Taken right before the measured work: where it runs, and how busy the machine is (times depend on it)."""
+    """Taken right before the measured work: where it runs, and how busy the machine is (times depend on it).
+
+    cpu_capability: the vector width torch's CPU kernels were picked for ("AVX512", "AVX2", ...; lowered by
+    ATEN_CPU_CAPABILITY), which moves the matmul peak and the fused kernels' advantage."""
     return {"device": str(dev), "threads": torch.get_num_threads(), "baseline_rss_mib": rss_mib(),
-            "load_avg_1m": os.getloadavg()[0]}
+            "load_avg_1m": os.getloadavg()[0], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _matmul(n: int, dev: torch.device, dtype: torch.dtype, held: list | None = None) -> Callable[[], float]:
@@ -202,9 +207,10 @@ def _rmt_model(backbone: str, num_mem: int, segment_size: int, bptt_depth: int, 
 
 @workload("rmt")
 def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, segment_size: int = 499,
-            mode: str = "forward", bptt_depth: int = 0, keep_outputs: bool = False, paired_backbone: bool = False,
-            paired_peak: bool = False, compile: str = "", checkpoint_segments: bool = False, dtype: str = "float32",
-            device: str = "auto", matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
+            mode: str = "forward", bptt_depth: int = 0, keep_outputs: bool = False, plain: bool = False,
+            paired_backbone: bool = False, paired_plain: bool = False, paired_peak: bool = False, compile: str = "",
+            checkpoint_segments: bool = False, dtype: str = "float32", device: str = "auto", matmul_n: int = 2048,
+            matmul_repeats: int = 0) -> dict:
     """The RMT over `tokens` random tokens per sample (batch rows), streamed, or the naive loop.
 
     forward: inference mode, memory carried segment to segment, nothing else kept.
@@ -212,6 +218,11 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
     last `bptt_depth` segments (-1: all of them, full BPTT as in the report); dropout off, no
     optimizer step.
     keep_outputs (forward only): the naive baseline, see `naive_loop`.
+    plain (forward only): the plain memory-cell loop instead of the RMT (`PlainLoop`), streamed like it
+    (paired_peak applies; the RMT's weights, nothing compiled).
+    paired_plain (streamed forward only): before each segment, one segment of the plain loop (its own
+    tokens and memory), timed apart: `paired_plain_speedup_median` is the median over segments of
+    plain loop time / RMT time, the RMT's speed in units of the plain loop's under the same load.
     paired_backbone (streamed forward only): before each segment, the bare backbone (same weights)
     runs once over the segment's positions, timed apart; returns its per-pass times and the median
     of the per-segment ratios RMT / bare, which a load change on a shared machine hits alike. The
@@ -219,9 +230,10 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
     paired_peak (streamed forward only): before each segment, one `matmul_n` product in `dtype`,
     timed apart: the median of the per-segment ratios (segment GFLOP/s / that product's GFLOP/s)
     is `paired_fraction_median`, the RMT's fraction of the matmul peak of the same moment.
-    compile (forward only): torch.compile mode for the backbone ("default", "reduce-overhead",
-    "max-autotune"; "" = eager), weights frozen (`RecurrentWrapper.compile_backbone`); the warm-up,
-    compilation included, is `warmup_s`.
+    compile: torch.compile mode for the backbone ("default", "reduce-overhead", "max-autotune"; "" =
+    eager) (`RecurrentWrapper.compile_backbone`), weights frozen for the forward; for a training step
+    forward and backward are compiled, during the warm-up step. The warm-up, compilation included,
+    is `warmup_s`.
     checkpoint_segments (train only): recompute each segment in backward instead of storing it.
     """
     dev = resolve_device(device)
@@ -234,17 +246,23 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
         between["backbone"] = _bare_pass(model, batch, dev, held, copy_body=bool(compile))
     if paired_peak:
         between["matmul"] = _matmul(matmul_n, dev, torch_dtype(dtype), held)
+    if paired_plain:  # last: right before the RMT's segment
+        between["plain"] = _plain_pass(PlainLoop(model, batch), segment_size, dev, copy_body=bool(compile),
+                                       held=held)
     if compile:
-        model.compile_backbone(mode=compile, freeze=True)
+        model.compile_backbone(mode=compile, freeze=not train)
     n_segments = math.ceil(tokens / segment_size)
     info = {"attn_impl": model.cell.model.config._attn_implementation, "positions": model.cell.positions_per_segment}
     if train:
         labels = torch.randint(0, NUM_CLASSES, (batch,), device=dev)
+        start = time.perf_counter()
         warm = model.stream(random_segments(segment_size, segment_size, batch, seed=1, device=dev), n_segments=1,
                             labels=labels)
         warm.loss.backward()
         model.zero_grad(set_to_none=True)
         del warm
+        _sync(dev)
+        info["warmup_s"] = time.perf_counter() - start
         result = _common(dev)
         _reset_peak_cuda(dev)
         clock = SegmentClock(random_segments(tokens, segment_size, batch, device=dev), dev)
@@ -258,8 +276,13 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
         result.update(seconds=end - start, backward_s=end - mid, n_segments=out.n_segments, **time_stats(clock.times()))
     else:
         with torch.inference_mode():
+            loop = PlainLoop(model, batch) if plain else None
             start = time.perf_counter()
-            model.stream(random_segments(2 * segment_size, segment_size, batch, seed=1, device=dev))  # warm-up
+            warm = random_segments(2 * segment_size, segment_size, batch, seed=1, device=dev)
+            if loop is not None:  # warm-up
+                loop.run(warm)
+            else:
+                model.stream(warm)
             _sync(dev)
             info["warmup_s"] = time.perf_counter() - start
             for run in between.values():
@@ -273,12 +296,16 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
             else:
                 clock = SegmentClock(random_segments(tokens, segment_size, batch, device=dev), dev, between)
                 start = time.perf_counter()
-                out = model.stream(clock)
+                out = loop.run(clock) if loop is not None else model.stream(clock)
                 _sync(dev)
                 seconds = time.perf_counter() - start - sum(sum(t) for t in clock.between_times.values())
                 times = clock.times()
                 result.update(seconds=seconds, n_segments=out.n_segments, memory_shape=list(out.memory.shape),
                               **time_stats(times))
+                if paired_plain:
+                    other = clock.between_times["plain"]
+                    result.update(**time_stats(other, "paired_plain_s"),
+                                  paired_plain_speedup_median=_median([b / a for a, b in zip(times, other)]))
                 if paired_backbone:
                     bare = clock.between_times["backbone"]
                     result.update(**time_stats(bare, "paired_backbone_s"),
@@ -317,6 +344,63 @@ def _bare_pass(model: nn.Module, batch: int, dev: torch.device, held: list, copy
     g = torch.Generator().manual_seed(2)
     positions = model.cell.positions_per_segment
     return lambda: body(input_ids=torch.randint(*TOKEN_RANGE, (batch, positions), generator=g).to(dev))
+
+
+class PlainLoop:
+    """The plain memory-cell loop: the fair baseline of the RMT's cell, the published memory cell with its
+    vocabulary head taken away.
+
+    Per segment: concatenate the read memory, the segment's token embeddings and the write memory (decoder)
+    or `[CLS] memory [SEP] tokens [SEP]` (encoder), run the HF body (no LM head, no mask: every segment is
+    full), slice the new memory from the write positions. The RMT's own weights and initial memory; the
+    special tokens' embeddings are made once. Nothing is kept but the memory.
+    """
+
+    def __init__(self, model: nn.Module, batch: int, body: nn.Module | None = None):
+        cell = model.cell
+        self.body = body if body is not None else cell.adapter.body(cell.model)
+        self.embeddings, self.memory_in, self.m = cell.embeddings, cell.memory_in, cell.config.num_mem_tokens
+        self.decoder = cell.layout == "decoder"
+        self.memory = cell.init_memory(batch)  # (batch, n_mem, d_model)
+        if not self.decoder:
+            ids = torch.tensor([[cell.special.cls, cell.special.sep]], device=cell.memory.device)
+            self.cls, self.sep = self.embeddings(ids).expand(batch, -1, -1).split(1, dim=1)  # (batch, 1, d_embed) each
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """One segment of (batch, seg_len) token ids; returns the new memory (batch, n_mem, d_model)."""
+        m = self.m
+        tokens = self.embeddings(ids)  # (batch, seg_len, d_embed)
+        read = self.memory if self.memory_in is None else self.memory_in(self.memory)  # (batch, n_mem, d_embed)
+        parts = [read, tokens, read] if self.decoder else [self.cls, read, self.sep, tokens, self.sep]
+        hidden = self.body(inputs_embeds=torch.cat(parts, dim=1)).last_hidden_state  # (batch, positions, d_model)
+        self.memory = hidden[:, -m:] if self.decoder else hidden[:, 1:1 + m]
+        return self.memory
+
+    def run(self, segments: Iterable[torch.Tensor]):
+        """Every segment in turn; returns what `RecurrentWrapper.stream` reports of the memory and the count."""
+        n = 0
+        for ids in segments:
+            self.step(ids)
+            n += 1
+        return _LoopOutput(self.memory, n)
+
+
+@dataclass
+class _LoopOutput:
+    memory: torch.Tensor  # (batch, n_mem, d_model)
+    n_segments: int
+
+
+def _plain_pass(loop: PlainLoop, segment_size: int, dev: torch.device, copy_body: bool, held: list
+                ) -> Callable[[], object]:
+    """One segment of the plain loop on its own random tokens; an eager copy of the body if the RMT's gets
+    compiled (the baseline stays the plain eager loop)."""
+    if copy_body:
+        loop.body = copy.deepcopy(loop.body)
+        held.extend(loop.body.parameters())
+    g = torch.Generator(device=dev).manual_seed(3)
+    batch = loop.memory.shape[0]
+    return lambda: loop.step(torch.randint(*TOKEN_RANGE, (batch, segment_size), generator=g, device=dev))
 
 
 def naive_loop(model: nn.Module, tokens: int, batch: int, dev: torch.device):

@@ -111,6 +111,15 @@ def _tiny_gpt2() -> PretrainedConfig:
     )
 
 
+def _gpt2_minilm() -> PretrainedConfig:
+    # A decoder of MiniLM's size (6 layers x 384, 12 heads, FFN 1536, its vocabulary): the decoder layout's
+    # speed is measured at the encoder's cost per position. Special ids as in tiny-gpt2.
+    return GPT2Config(
+        vocab_size=VOCAB_SIZE, n_embd=384, n_layer=6, n_head=12, n_inner=1536, n_positions=1024,
+        bos_token_id=102, eos_token_id=102, pad_token_id=0,
+    )
+
+
 def _minilm_config() -> PretrainedConfig:
     return AutoConfig.from_pretrained(str(assets.minilm_dir()), local_files_only=True)
 
@@ -126,6 +135,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "tiny-bert": BackboneSpec(_tiny_bert, False, "BERT, 2 layers, hidden 64, random init (tests, quick runs)"),
     "small-bert": BackboneSpec(_small_bert, False, "BERT, 2 layers, hidden 128, random init (the quick curriculum)"),
     "tiny-gpt2": BackboneSpec(_tiny_gpt2, False, "GPT-2, 2 layers, hidden 64, random init (tests, quick runs)"),
+    "gpt2-minilm": BackboneSpec(_gpt2_minilm, False, "GPT-2 of MiniLM's size, 6 x 384, random init (benchmarks)"),
     "minilm": BackboneSpec(_minilm_config, True, "all-MiniLM-L6-v2 BERT, 6 layers, hidden 384, pretrained, offline"),
     # Timings do not depend on the weights: where only the tokenizer files are installed (a GPU machine
     # the 90 MB weights cannot be copied to, say), speed and memory are measured on this one.

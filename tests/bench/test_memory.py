@@ -194,7 +194,7 @@ def test_tables_compare_rmt_and_full_attention(tmp_path):
 
 # --------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("override, message", [
-    ({"backbone": "bert-huge"}, re.escape("unknown backbone 'bert-huge'; available backbones: ['minilm', 'minilm-random', 'small-bert', 'tiny-bert'")),
+    ({"backbone": "bert-huge"}, re.escape("unknown backbone 'bert-huge'; available backbones: ['gpt2-minilm', 'minilm', 'minilm-random', 'small-bert', 'tiny-bert'")),
     ({"lengths": (100, 1000)}, r"length\(s\) \[100\] are shorter than one segment of 499 tokens"),
     ({"train_lengths": (10,)}, r"train_lengths: length\(s\) \[10\] are shorter than one segment"),
     ({"methods": ("rmt", "full")}, r"methods='full' is not allowed; allowed values: \['rmt', 'full-sdpa'"),

@@ -46,5 +46,5 @@ def test_bench_memory_bad_input_exits_2(tmp_path, capsys):
     assert main(["bench", "memory", "--lengths", "100", "--out", str(tmp_path)]) == 2
     assert "shorter than one segment of 499 tokens" in capsys.readouterr().err
     assert main(["bench", "speed", "--backbone", "bert-xl", "--out", str(tmp_path)]) == 2
-    assert "available backbones: ['minilm', 'minilm-random', 'small-bert', 'tiny-bert', 'tiny-gpt2']" in capsys.readouterr().err
+    assert "available backbones: ['gpt2-minilm', 'minilm', 'minilm-random', 'small-bert', 'tiny-bert', 'tiny-gpt2']" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

@@ -17,11 +17,16 @@ TINY = dict(backbone="tiny-bert", batches=(1, 4), segments=3, matmul_n=256, matm
 def test_points_count_the_flops_the_task_needs():
     points = speed_points(SpeedSweepConfig(**TINY))
     assert [(p.key["batch"], p.key["method"]) for p in points] == [
-        (b, m) for b in (1, 4) for m in ("rmt", "rmt-compiled", "backbone", "rmt-naive")] + [
-        (2, "rmt-train"), (2, "rmt-train-ckpt")]  # the training step: batch 2, whatever the forward batches
+        (b, m) for b in (1, 4) for m in ("rmt", "rmt-compiled", "backbone", "rmt-naive", "rmt-plain")] + [
+        (b, m) for size in (64, 499) for b in (8, 32) for m in ("rmt-train", "rmt-train-ckpt", "rmt-train-compiled")
+    ]  # the training steps: their own batches, whatever the forward batches
     shape = backbone_shape("tiny-bert")
     by = {(p.key["batch"], p.key["method"]): p for p in points}
     assert by[4, "rmt"].known["flops"] == total(rmt_flops(shape, 3 * 499, 499, 10, 4, head="none"))
+    assert by[4, "rmt-plain"].known["flops"] == by[4, "rmt"].known["flops"]  # the plain loop computes no logits
+    assert by[4, "rmt-plain"].params["plain"] and by[4, "rmt-plain"].params["paired_peak"]
+    assert not by[4, "rmt-plain"].params["paired_plain"] and not by[4, "rmt"].params["plain"]
+    assert by[4, "rmt"].params["paired_plain"] and by[4, "rmt-compiled"].params["paired_plain"]
     assert by[4, "rmt-naive"].known["flops"] > by[4, "rmt"].known["flops"]  # the naive loop adds the LM head
     # The bare backbone over the same 512 positions, once per segment: equal FLOPs for full segments.
     assert by[4, "backbone"].known["flops"] == 3 * total(forward_pass_flops(shape, 512, 4))
@@ -35,8 +40,22 @@ def test_points_count_the_flops_the_task_needs():
     assert all(p.key["dtype"] == "float32" and p.params["dtype"] == "float32" for p in points)
 
 
-def test_training_points_are_issue_8s_step():
-    points = speed_points(SpeedSweepConfig(**TINY))
+def test_training_points_at_every_batch_and_segment_size():
+    points = [p for p in speed_points(SpeedSweepConfig(**TINY)) if p.key["mode"] == "train"]
+    by = {(p.key["method"], p.key["segment_size"], p.key["batch"]): p for p in points}
+    short = by["rmt-train", 64, 32]
+    assert short.key["tokens"] == 4 * 64 and short.params["segment_size"] == 64 and short.params["batch"] == 32
+    assert short.known["positions"] == 64 + 13  # [CLS] mem x 10 [SEP] tokens [SEP]
+    shape = backbone_shape("tiny-bert")
+    assert short.known["flops"] == total(rmt_flops(shape, 4 * 64, 64, 10, 32, head="cls", mode="train"))
+    one = speed_points(SpeedSweepConfig(**TINY, train_batch=2, train_segment_sizes=(499,)))
+    assert [(p.key["method"], p.key["batch"]) for p in one if p.key["mode"] == "train"] == [
+        ("rmt-train", 2), ("rmt-train-ckpt", 2), ("rmt-train-compiled", 2)]
+    assert by["rmt-train-compiled", 64, 8].params["compile"] == "default" and not short.params["compile"]  # --train-batch: one batch in place of train_batches
+
+
+def test_training_points_are_a_full_bptt_step():
+    points = speed_points(SpeedSweepConfig(**TINY, train_batch=2, train_segment_sizes=(499,)))
     train = {p.key["method"]: p for p in points if p.key["mode"] == "train"}
     plain, ckpt = train["rmt-train"], train["rmt-train-ckpt"]
     assert plain.key["tokens"] == 4 * 499 and plain.key["batch"] == 2 and plain.key["bptt_depth"] == -1
@@ -50,7 +69,8 @@ def test_training_points_are_issue_8s_step():
 def test_training_table_shows_the_checkpointing_trade(tmp_path):
     from rmt_lab.bench.speed import train_table
 
-    frame = speed_sweep(SpeedSweepConfig(**TINY), tmp_path / "speed.parquet", progress=False, runner=FakeRunner())
+    config = SpeedSweepConfig(**TINY, train_batch=2, train_segment_sizes=(499,))
+    frame = speed_sweep(config, tmp_path / "speed.parquet", progress=False, runner=FakeRunner())
     row = train_table(frame).iloc[0]
     assert row["batch"] == 2 and row["tokens_per_sample"] == 4 * 499
     assert row["tokens_per_s"] == pytest.approx(2 * 4 * 499 / 2.0)
@@ -68,6 +88,9 @@ def test_speed_table_ratios(tmp_path):
     assert row["rmt_segment_over_backbone"] == 1.04  # the paired median, not a ratio of separate runs
     assert row["paired_backbone_ms"] == pytest.approx(95.0) and row["backbone_segment_ms"] == pytest.approx(95.0)
     assert row["rmt_over_naive"] == pytest.approx(1.0)
+    assert row["rmt_over_plain"] == pytest.approx(1.1) and row["rmt_over_plain_paired"] == 1.12
+    assert row["plain_paired_fraction"] == 0.75 and row["compiled_over_plain_paired"] == 1.12
+    assert row["cpu_capability"] == "AVX512" and row["segment_size"] == 499
     assert row["paired_fraction"] == 0.75  # the median of per-segment ratios, as the workload reports it
     assert row["compiled_over_eager"] == pytest.approx(1.0) and row["compiled_paired_fraction"] == 0.75
     assert set(pd.read_parquet(tmp_path / "speed.parquet")["sweep"]) == {"speed"}
@@ -99,3 +122,40 @@ def test_bad_configs_fail_clearly(override, message):
 def test_speed_table_missing_fields_names_them():
     with pytest.raises(ConfigError, match=r"speed table input is missing column\(s\)"):
         speed_table(pd.DataFrame({"batch": [1]}))
+
+
+def test_report_names_the_machine_and_both_baselines(tmp_path):
+    from rmt_lab.bench.speed import speed_report
+
+    frame = speed_sweep(SpeedSweepConfig(**TINY), tmp_path / "speed.parquet", progress=False, runner=FakeRunner())
+    text = speed_report(frame)
+    assert "AVX512" in text and "measured on" in text
+    assert "RMT / plain loop tokens/s" in text and "1.100x" in text and "RMT / naive loop tokens/s" in text
+
+
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-gpt2"])
+def test_plain_loop_is_the_rmts_computation(backbone):
+    """The baseline must run what the RMT runs: the same memory after every segment."""
+    import torch
+
+    from rmt_lab.bench.workloads import PlainLoop, _rmt_model, random_segments
+
+    torch.manual_seed(0)
+    model = _rmt_model(backbone, 4, 30, 0, False, torch.device("cpu"))
+    segments = list(random_segments(90, 30, batch=2))
+    with torch.inference_mode():
+        rmt = model.stream(segments)
+        loop = PlainLoop(model, 2)
+        for ids, expected in zip(segments, model.stream(segments, keep=["memory"]).segments):
+            torch.testing.assert_close(loop.step(ids), expected["memory"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loop.memory, rmt.memory, rtol=1e-5, atol=1e-5)
+
+
+def test_plain_workload_and_pairing_report_their_times():
+    from rmt_lab.bench.workloads import WORKLOADS
+
+    common = dict(backbone="tiny-gpt2", tokens=90, segment_size=30, num_mem=4, matmul_n=64)
+    plain = WORKLOADS["rmt"](**common, plain=True, paired_peak=True)
+    assert plain["n_segments"] == 3 and plain["paired_fraction_median"] > 0 and plain["cpu_capability"]
+    rmt = WORKLOADS["rmt"](**common, paired_plain=True)
+    assert rmt["paired_plain_speedup_median"] > 0 and rmt["paired_plain_s_median"] > 0

@@ -116,6 +116,10 @@ class MemoryCell(nn.Module):
         # Initial memory: learned, drawn like the token embeddings (the report adds memory tokens to the vocab).
         std = float(self.embeddings.weight.detach().float().std())
         self.memory = nn.Parameter(torch.randn(config.num_mem_tokens, self.d_model) * std)
+        # The ids of [CLS] and [SEP] (encoder), embedded together once per segment; not saved (config facts).
+        if self.layout == "encoder":
+            self.register_buffer("special_ids", torch.tensor([[self.special.cls, self.special.sep]]), persistent=False)
+        self._aranges: dict[tuple[int, torch.device], Tensor] = {}  # position ranges by length, made once
         # Entered around every backbone call: `RecurrentWrapper.compile_backbone` puts its inductor options
         # here, because dynamo reads some of them (freezing) when it traces, on the first call of each shape.
         self.backbone_context: Callable[[], ContextManager] = contextlib.nullcontext
@@ -142,11 +146,18 @@ class MemoryCell(nn.Module):
         suffix = m if self.layout == "decoder" else 1
         return self.prefix_len + self.config.segment_size + suffix
 
+    def _arange(self, n: int, device: torch.device) -> Tensor:
+        """torch.arange(n) on `device`, made once per length: segments repeat a few shapes."""
+        key = (n, device)
+        if key not in self._aranges:
+            self._aranges[key] = torch.arange(n, device=device)
+        return self._aranges[key]
+
     def positions(self, lengths: Tensor, seg_len: int) -> SegmentPositions:
         """Positions of a segment of `seg_len` columns whose rows hold `lengths` (batch,) tokens."""
         m, p = self.config.num_mem_tokens, self.prefix_len
         fixed = self.positions_per_segment - self.config.segment_size  # memory and special-token positions
-        slots = torch.arange(m, device=lengths.device)  # (M,)
+        slots = self._arange(m, lengths.device)  # (M,)
         if self.layout == "encoder":
             read = slice(1, 1 + m)
             write = (1 + slots).expand(len(lengths), m)  # written where read
@@ -155,7 +166,7 @@ class MemoryCell(nn.Module):
             read = slice(0, m)
             write = (p + lengths)[:, None] + slots  # right after each row's last token
             summary = (p + lengths - 1).clamp(min=0)  # the last token
-        pos = torch.arange(fixed + seg_len, device=lengths.device)  # (L,)
+        pos = self._arange(fixed + seg_len, lengths.device)  # (L,)
         return SegmentPositions(
             layout=self.layout, n_mem=m, lengths=lengths, read=read, write=write, content=slice(p, p + seg_len),
             summary=summary, n_positions=fixed + seg_len, valid=pos < (fixed + lengths)[:, None],
@@ -231,44 +242,55 @@ class MemoryCell(nn.Module):
         # Every position valid (a full segment in every row, the common case of a long stream): no mask at
         # all, the same attention, and the backbone's sdpa skips adding a (batch, 1, L, L) one (~8% on CPU).
         # Deciding that from a given mask reads it on the host (a device sync on a GPU); None needs nothing.
-        if attention_mask is None:
-            lengths, full = torch.full((batch,), seg_len, dtype=torch.long, device=input_ids.device), True
-        else:
+        full = attention_mask is None
+        if not full:
             mask = attention_mask.bool()
             lengths, full = mask.sum(1), bool(mask.all())  # (batch,); left-packed: all valid = every row full
-        active = lengths > 0
         tokens = self.embeddings(input_ids)  # (batch, seg_len, d_embed)
         read = memory if self.memory_in is None else self.memory_in(memory)  # (batch, n_mem, d_embed)
-        build = self._encoder_inputs if self.layout == "encoder" else self._decoder_inputs
-        embeds, full_mask, write_pos, summary_pos = build(tokens, lengths, read)
-        if full:
-            full_mask = None
+        p, m = self.prefix_len, self.config.num_mem_tokens
+        if full:  # memory and summary at the same positions in every row: slices, no index tensors, scatter or where
+            embeds, full_mask = self._full_inputs(tokens, read), None
+        else:
+            build = self._encoder_inputs if self.layout == "encoder" else self._decoder_inputs
+            embeds, full_mask, write_pos, summary_pos = build(tokens, lengths, read)
         with self.backbone_context():
             hidden = self.adapter.body(self.model)(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
-        rows = torch.arange(batch, device=hidden.device)
-        new_memory = hidden[rows[:, None], write_pos]  # (batch, n_mem, d_model)
-        new_memory = torch.where(active[:, None, None], new_memory, memory)
-        p = self.prefix_len
-        return CellOutput(
-            memory=new_memory,
-            summary=hidden[rows, summary_pos],  # (batch, d_model)
-            hidden=hidden[:, p : p + seg_len],
-            active=active,
-        )
+        if full:
+            write = slice(1, 1 + m) if self.layout == "encoder" else slice(p + seg_len, p + seg_len + m)
+            summary = 0 if self.layout == "encoder" else p + seg_len - 1
+            # Copies, as the gathers below make: a kept memory or summary must not hold the segment's states.
+            new_memory, summary = hidden[:, write].clone(), hidden[:, summary].clone()
+            active = torch.ones(batch, dtype=torch.bool, device=hidden.device)
+        else:
+            active = lengths > 0
+            rows = torch.arange(batch, device=hidden.device)
+            new_memory = hidden[rows[:, None], write_pos]  # (batch, n_mem, d_model)
+            new_memory = torch.where(active[:, None, None], new_memory, memory)
+            summary = hidden[rows, summary_pos]  # (batch, d_model)
+        return CellOutput(memory=new_memory, summary=summary, hidden=hidden[:, p : p + seg_len], active=active)
 
-    def _special(self, token_id: int, batch: int, like: Tensor) -> Tensor:
-        ids = torch.full((batch, 1), token_id, dtype=torch.long, device=like.device)
-        return self.embeddings(ids)  # (batch, 1, d_embed)
+    def _specials(self, batch: int) -> tuple[Tensor, Tensor]:
+        """The embeddings of [CLS] and [SEP], (batch, 1, d_embed) each, from one lookup."""
+        cls, sep = self.embeddings(self.special_ids).expand(batch, -1, -1).split(1, dim=1)
+        return cls, sep
+
+    def _full_inputs(self, tokens: Tensor, memory: Tensor) -> Tensor:
+        """Input embeddings of a segment whose rows all hold seg_len tokens: the layouts above, no padding."""
+        if self.layout == "decoder":
+            return torch.cat([memory, tokens, memory], dim=1)  # (batch, m + seg_len + m, d_embed)
+        cls, sep = self._specials(tokens.shape[0])
+        parts = [cls, memory, sep] if self.config.num_mem_tokens else [cls]
+        return torch.cat([*parts, tokens, sep], dim=1)  # (batch, prefix + seg_len + 1, d_embed)
 
     def _encoder_inputs(self, tokens: Tensor, lengths: Tensor, memory: Tensor):
         batch, seg_len, _ = tokens.shape
         m = self.config.num_mem_tokens
-        cls = self._special(self.special.cls, batch, tokens)
-        sep = self._special(self.special.sep, batch, tokens)
+        cls, sep = self._specials(batch)
         parts = [cls, memory, sep] if m else [cls]
         embeds = torch.cat([*parts, tokens, sep], dim=1)  # (batch, prefix + seg_len + 1, d_embed)
         where = self.positions(lengths, seg_len)
-        pos = torch.arange(where.n_positions, device=tokens.device)  # (positions,)
+        pos = self._arange(where.n_positions, tokens.device)  # (positions,)
         end = where.content.start + lengths  # (batch,) position of each row's closing [SEP]
         embeds = torch.where((pos == end[:, None])[..., None], sep, embeds)
         return embeds, where.valid.long(), where.write, where.summary

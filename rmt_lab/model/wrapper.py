@@ -273,7 +273,10 @@ class RecurrentWrapper(nn.Module):
             else:
                 out = self.cell(seg.input_ids, mask, memory, check=False)
             memory = out.memory
-            summary = out.summary if summary is None else torch.where(out.active[:, None], out.summary, summary)
+            if summary is None or mask is None:  # mask None: every row active, the summary is this segment's
+                summary = out.summary
+            else:
+                summary = torch.where(out.active[:, None], out.summary, summary)
             lm_logits = None
             if seg.labels is not None or "lm_logits" in keep:
                 lm_logits = self._lm_logits(out.hidden)

@@ -160,8 +160,8 @@ def speed_sweep(config: SpeedSweepConfig, path, *, progress: bool = True, remeas
 
 
 SPEED_COLUMNS = KEY_COLUMNS + ["cpu", "torch_threads", "load_avg_1m", "status", "tokens_per_s", "gflops_per_s",
-                               "matmul_peak_gflops", "fraction_of_peak", "paired_fraction_median", "segment_s_median", "segment_s_p10", "segment_s_p90",
-                               "peak_mib"]
+                               "matmul_peak_gflops", "fraction_of_peak", "paired_fraction_median", "segment_s_median",
+                               "segment_s_p10", "segment_s_p90", "peak_mib"]
 
 
 def speed_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -248,7 +248,8 @@ def train_table(frame: pd.DataFrame) -> pd.DataFrame:
                 row.update({f"{prefix}tokens_per_s": r["tokens_per_s"], f"{prefix}gflops_per_s": r["gflops_per_s"],
                             f"{prefix}matmul_peak_gflops": r["matmul_peak_gflops"],
                             f"{prefix}fraction_of_peak": r["fraction_of_peak"], f"{prefix}peak_mib": r["peak_mib"],
-                            "cpu": r["cpu"], "cpu_capability": r.get("cpu_capability", "")})
+                            "cpu": r["cpu"], "cpu_capability": r.get("cpu_capability", ""),
+                            f"{prefix}load_avg_1m": r["load_avg_1m"]})
         if plain is not None and ckpt is not None:
             row.update(ckpt_time_ratio=plain["tokens_per_s"] / ckpt["tokens_per_s"],
                        ckpt_memory_ratio=ckpt["peak_mib"] / plain["peak_mib"])
@@ -272,8 +273,9 @@ def _machines(frame: pd.DataFrame) -> str:
             "when the measured work began")
 
 
-def _columns(title: str, heads: list[str], lines: list, rows: list[dict]) -> str:
-    """A table with one column per row of `rows`: (label, format of one row) per line; missing or NaN: "-"."""
+def _columns(title: str, heads: list[str], lines: list, rows: list[dict], markdown: bool = False) -> str:
+    """A table with one column per row of `rows`: (label, format of one row) per line; missing or NaN: "-".
+    `markdown`: a Markdown table, lines with nothing measured left out."""
 
     def cell(fmt, row) -> str:
         try:
@@ -282,6 +284,11 @@ def _columns(title: str, heads: list[str], lines: list, rows: list[dict]) -> str
             return "-"
         return "-" if "nan" in text else text
 
+    if markdown:
+        cells = [(label, [cell(fmt, r) for r in rows]) for label, fmt in lines]
+        out = [title, "", f"| | {' | '.join(heads)} |", "| --- |" + " --- |" * len(heads)]
+        out += [f"| {label} | {' | '.join(c)} |" for label, c in cells if any(x != "-" for x in c)]
+        return "\n".join(out)
     width = max(len(label) for label, _ in lines)
     out = [title, " " * width + "".join(f"{h:>30}" for h in heads)]
     out += [f"{label:<{width}}" + "".join(f"{cell(fmt, r):>30}" for r in rows) for label, fmt in lines]
@@ -341,6 +348,7 @@ def speed_report(frame: pd.DataFrame) -> str:
                 ("fraction of matmul peak", lambda r: f"{r['fraction_of_peak']:.1%}"),
                 ("peak MiB", lambda r: f"{r['peak_mib']:,.0f}"),
                 ("checkpointed segments: tokens/s", lambda r: f"{r['ckpt_tokens_per_s']:,.0f}"),
+                ("checkpointed segments: fraction of matmul peak", lambda r: f"{r['ckpt_fraction_of_peak']:.1%}"),
                 ("checkpointed segments: peak MiB", lambda r: f"{r['ckpt_peak_mib']:,.0f}"),
                 ("checkpointing: time x", lambda r: f"{r['ckpt_time_ratio']:.3f}x"),
                 ("checkpointing: peak memory x", lambda r: f"{r['ckpt_memory_ratio']:.3f}x"),
@@ -351,3 +359,64 @@ def speed_report(frame: pd.DataFrame) -> str:
                 ("compiled step: warm-up s (compiling)", lambda r: f"{r['compiled_warmup_s']:,.0f}"),
             ], rows))
     return "\n".join(parts)
+
+
+def speed_markdown(frame: pd.DataFrame) -> str:
+    """The README's speed tables, made from a speed sweep's rows: a column per forward batch (one table per
+    backbone and segment layout) and per training shape; the CPU, its vector width and load named with each."""
+    table, train = speed_table(frame), train_table(frame)
+    parts = []
+    for (backbone, size, num_mem), group in table.groupby(["backbone", "segment_size", "num_mem"], sort=False):
+        rows = group.to_dict("records")
+        parts.append(_columns(
+            f"{backbone}, {size} content tokens + {num_mem} memory per segment, {rows[0]['tokens_per_sample']:,} "
+            f"tokens per sample; {_machine_note(rows)}:",
+            [f"batch {r['batch']}" for r in rows], [
+                ("RMT tokens/s (eager)", lambda r: f"{r['tokens_per_s']:,.0f}"),
+                ("fraction of the matmul peak, paired per segment", lambda r: f"{r['paired_fraction']:.1%}"),
+                ("plain memory-cell loop, no logits (baseline): tokens/s",
+                 lambda r: f"{r['plain_tokens_per_s']:,.0f}"),
+                ("RMT / plain loop: tokens/s (own processes); paired per segment",
+                 lambda r: f"{r['rmt_over_plain']:.3f}x; {r['rmt_over_plain_paired']:.3f}x"),
+                ("naive loop, logits on every token, outputs kept (weak baseline): tokens/s",
+                 lambda r: f"{r['naive_tokens_per_s']:,.0f}"),
+                ("RMT / naive loop (tokens/s)", lambda r: f"{r['rmt_over_naive']:.2f}x"),
+                ("RMT segment / bare HF backbone over the same positions, paired",
+                 lambda r: f"{r['rmt_segment_over_backbone']:.3f}x"),
+                ("compiled backbone (`rmt-compiled`): tokens/s (x eager), fraction of peak (paired)",
+                 lambda r: f"{r['compiled_tokens_per_s']:,.0f} ({r['compiled_over_eager']:.2f}x), "
+                           f"{r['compiled_paired_fraction']:.1%}"),
+                ("compiled / plain loop (eager): tokens/s; paired per segment",
+                 lambda r: f"{r['compiled_over_plain']:.3f}x; {r['compiled_over_plain_paired']:.3f}x"),
+                ("peak RSS MiB: RMT / plain loop / naive loop",
+                 lambda r: f"{r['peak_mib']:,.0f} / {r['plain_peak_mib']:,.0f} / {r['naive_peak_mib']:,.0f}"),
+            ], rows, markdown=True))
+    for backbone, group in train.groupby("backbone", sort=False):
+        rows = group.to_dict("records")
+        parts.append(_columns(
+            f"{backbone} training step (full BPTT through {rows[0]['tokens_per_sample'] // rows[0]['segment_size']} "
+            f"segments, every weight trained; FLOPs: 3x the forward's; fraction of the matmul peak measured in the "
+            f"same process); {_machine_note(rows)}:",
+            [f"{r['segment_size']} tok/seg, batch {r['batch']}" for r in rows], [
+                ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
+                ("fraction of the matmul peak", lambda r: f"{r['fraction_of_peak']:.1%}"),
+                ("peak RSS MiB", lambda r: f"{r['peak_mib']:,.0f}"),
+                ("checkpointed segments: tokens/s, fraction, peak RSS MiB",
+                 lambda r: f"{r['ckpt_tokens_per_s']:,.0f}, {r['ckpt_fraction_of_peak']:.1%}, "
+                           f"{r['ckpt_peak_mib']:,.0f}"),
+                ("compiled step: tokens/s (x eager), fraction, peak RSS MiB",
+                 lambda r: f"{r['compiled_tokens_per_s']:,.0f} ({r['compiled_over_eager']:.2f}x), "
+                           f"{r['compiled_fraction_of_peak']:.1%}, {r['compiled_peak_mib']:,.0f}"),
+            ], rows, markdown=True))
+    return "\n\n".join(parts)
+
+
+def _machine_note(rows: list[dict]) -> str:
+    """The CPU and vector width that measured `rows`, and the range of matmul peaks and loads they saw."""
+    cpus = sorted({f"{r['cpu']} ({r.get('cpu_capability') or 'vector width not recorded'})" for r in rows})
+    peaks = [r[k] for r in rows for k in ("matmul_peak_gflops", "ckpt_matmul_peak_gflops",
+                                          "compiled_matmul_peak_gflops") if r.get(k) == r.get(k) and k in r]
+    loads = [r["load_avg_1m"] for r in rows if r.get("load_avg_1m") == r.get("load_avg_1m") and "load_avg_1m" in r]
+    note = f"{', '.join(cpus)}, fp32"
+    note += f", matmul peak {min(peaks):,.0f}-{max(peaks):,.0f} GFLOP/s" if peaks else ""
+    return note + (f", load average {min(loads):.1f}-{max(loads):.1f}" if loads else "")

@@ -159,3 +159,13 @@ def test_plain_workload_and_pairing_report_their_times():
     assert plain["n_segments"] == 3 and plain["paired_fraction_median"] > 0 and plain["cpu_capability"]
     rmt = WORKLOADS["rmt"](**common, paired_plain=True)
     assert rmt["paired_plain_speedup_median"] > 0 and rmt["paired_plain_s_median"] > 0
+
+
+def test_readme_tables_come_from_the_rows(tmp_path):
+    from rmt_lab.bench.speed import speed_markdown
+
+    frame = speed_sweep(SpeedSweepConfig(**TINY), tmp_path / "speed.parquet", progress=False, runner=FakeRunner())
+    text = speed_markdown(frame)
+    assert "| | batch 1 | batch 4 |" in text and "(AVX512), fp32, matmul peak 100-100 GFLOP/s" in text
+    assert "| RMT / plain loop: tokens/s (own processes); paired per segment | 1.100x; 1.120x | 1.100x; 1.120x |" in text
+    assert "| | 64 tok/seg, batch 8 | 64 tok/seg, batch 32 | 499 tok/seg, batch 8 | 499 tok/seg, batch 32 |" in text

@@ -26,10 +26,11 @@ def _recipe_options(p, recipe, helps: dict[str, str | None], prefix: str = "") -
             p.add_argument(flag, type=type(d[name]), default=d[name], help=help_text)
 
 
-def _call(recipe, args: argparse.Namespace):
-    """`recipe` with the options named like its arguments; an option left unset (None) keeps the default."""
+def _call(recipe, args: argparse.Namespace, **fixed):
+    """`recipe` with the options named like its arguments (an option left unset, None, keeps the default) and
+    the arguments `fixed`."""
     given = {name: getattr(args, name, None) for name in inspect.signature(recipe).parameters}
-    return recipe(**{name: value for name, value in given.items() if value is not None})
+    return recipe(**{name: value for name, value in given.items() if value is not None}, **fixed)
 
 
 def _error(command: str, err: object, code: int = 2) -> int:
@@ -83,7 +84,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _add_bench_flops(p: argparse.ArgumentParser) -> None:
     from rmt_lab.bench.flops_sweep import FlopsSweepConfig
-    from rmt_lab.recipes import bench_flops, defaults
+    from rmt_lab.recipes import bench_flops
 
     d = FlopsSweepConfig()
     p.add_argument("--models", nargs="+", default=list(d.models), help="known model names (default: the OPT family)")
@@ -94,36 +95,13 @@ def _add_bench_flops(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["forward", "train"], default=d.mode, help="forward pass, or forward + backward")
     p.add_argument("--ratio-tokens", type=int, default=d.ratio_tokens, help="length of the full / RMT ratio table")
     p.add_argument("--measure", action="store_true", help="also count every point with FlopCounterMode (meta device)")
-    p.add_argument("--out", default=defaults(bench_flops)["out"], help="folder for flops.parquet and flops_ratio.parquet")
-
-
-def _run_bench_flops(args: argparse.Namespace) -> int:
-    from rmt_lab.bench.flops_sweep import FlopsSweepConfig
-
-    return _flops(args, _settings(args, FlopsSweepConfig))
-
-
-def _flops(args: argparse.Namespace, settings: dict) -> int:
-    """The FLOPs recipe with `settings` (over the --quick preset where the command has --quick); its table printed."""
-    from pathlib import Path
-
-    from rmt_lab.bench.flops_sweep import flops_report
-    from rmt_lab.config import ConfigError
-    from rmt_lab.recipes import bench_flops
-
-    try:
-        frame, ratio = bench_flops(args.out, quick=getattr(args, "quick", False), **settings)
-    except ConfigError as err:
-        print(f"rmt-lab bench flops: {err}", file=sys.stderr)
-        return 2
-    print(flops_report(frame, ratio))
-    print(f"wrote {Path(args.out) / 'flops.parquet'} ({len(frame)} rows) and {Path(args.out) / 'flops_ratio.parquet'}")
-    return 0
+    _recipe_options(p, bench_flops, {"out": "folder for flops.parquet and flops_ratio.parquet"})
 
 
 def _add_sweep_common(p: argparse.ArgumentParser) -> None:
     from rmt_lab.bench.workloads import DTYPES
     from rmt_lab.process import Budget
+    from rmt_lab.recipes import bench_memory
 
     p.add_argument("--backbone", help="ready backbone (see `rmt-lab info`); default minilm, tiny-bert with --quick")
     p.add_argument("--num-mem", type=int, help="RMT memory tokens (default 10)")
@@ -131,12 +109,13 @@ def _add_sweep_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (cuda if available), cpu or cuda")
     p.add_argument("--dtype", choices=list(DTYPES), help="default float32; bfloat16 on GPU")
     p.add_argument("--quick", action="store_true", help="tiny settings (tiny-bert, short lengths): seconds per point")
-    p.add_argument("--out", default="data/results/bench", help="folder of the parquet results")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _recipe_options(p, bench_memory, {"out": "folder of the parquet results"})
+    p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
     p.add_argument("--remeasure", action="store_true", help="run every point again instead of resuming")
     d = Budget()
     g = p.add_argument_group("budget per point (a point out of it becomes a row with the reason)")
-    g.add_argument("--grace-s", type=float, help=f"seconds every point may take whatever its length (default {d.grace_s:g})")
+    g.add_argument("--grace-s", type=float,
+                   help=f"seconds every point may take whatever its length (default {d.grace_s:g})")
     g.add_argument("--min-tokens-per-s", type=float,
                    help=f"pace after the grace; time limit = grace + tokens / pace (default {d.min_tokens_per_s:g})")
     g.add_argument("--rss-limit-gib", type=float,
@@ -155,24 +134,6 @@ def _settings(args: argparse.Namespace, config) -> dict:
     return {**{k: v for k, v in given.items() if v is not None}, **({"budget": budget} if budget else {})}
 
 
-def _sweep(args: argparse.Namespace, name: str, settings: dict, report) -> int:
-    """One measured sweep (memory or speed) through its recipe, resuming from <out>/<name>.parquet."""
-    from pathlib import Path
-
-    from rmt_lab import recipes
-    from rmt_lab.config import ConfigError
-
-    try:
-        frame = getattr(recipes, f"bench_{name}")(args.out, quick=args.quick, remeasure=args.remeasure,
-                                                  progress=not args.no_progress, **settings)
-    except ConfigError as err:
-        print(f"rmt-lab bench {name}: {err}", file=sys.stderr)
-        return 2
-    print(report(frame))
-    print(f"\nwrote {Path(args.out) / f'{name}.parquet'} ({len(frame)} rows of this sweep)")
-    return 0
-
-
 def _add_bench_memory(p: argparse.ArgumentParser) -> None:
     from rmt_lab.bench.memory import METHODS, MODES
 
@@ -184,12 +145,6 @@ def _add_bench_memory(p: argparse.ArgumentParser) -> None:
                    help="RMT training: -1 = full BPTT (default -1 2)")
     p.add_argument("--batch", type=int, help="samples per batch (default 1)")
     _add_sweep_common(p)
-
-
-def _run_bench_memory(args: argparse.Namespace) -> int:
-    from rmt_lab.bench.memory import MemorySweepConfig, memory_report
-
-    return _sweep(args, "memory", _settings(args, MemorySweepConfig), memory_report)
 
 
 def _add_bench_speed(p: argparse.ArgumentParser) -> None:
@@ -207,40 +162,58 @@ def _add_bench_speed(p: argparse.ArgumentParser) -> None:
     _add_sweep_common(p)
 
 
-def _run_bench_speed(args: argparse.Namespace) -> int:
-    from rmt_lab.bench.speed import SpeedSweepConfig, speed_report
-
-    return _sweep(args, "speed", _settings(args, SpeedSweepConfig), speed_report)
-
-
-def _run_bench_all(args: argparse.Namespace) -> int:
-    """flops, then memory, then speed, each with its defaults (or --quick preset) and the shared options."""
-    code = _flops(args, {})
-    return code or _run_bench_memory(args) or _run_bench_speed(args)
-
-
-# `rmt-lab bench ACTION`: each action is a pair like the commands.
+# `rmt-lab bench ACTION`: the options of each action, and its help.
 BENCH_ACTIONS = {
-    "flops": (_add_bench_flops, _run_bench_flops, "FLOPs versus length, full attention vs RMT (Figure 3 data)"),
-    "memory": (_add_bench_memory, _run_bench_memory,
+    "flops": (_add_bench_flops, "FLOPs versus length, full attention vs RMT (Figure 3 data)"),
+    "memory": (_add_bench_memory,
                "measured peak memory and time versus length, RMT vs full attention (eager, sdpa), forward and train"),
-    "speed": (_add_bench_speed, _run_bench_speed,
+    "speed": (_add_bench_speed,
               "RMT forward (eager, compiled) and training step: tokens/s, GFLOP/s, fraction of the matmul peak, "
               "vs the bare backbone and a naive loop"),
-    "all": (_add_sweep_common, _run_bench_all, "flops, memory and speed in turn"),
+    "all": (_add_sweep_common, "flops, memory and speed in turn"),
 }
 
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, (add, run, help_text) in BENCH_ACTIONS.items():
-        a = actions.add_parser(name, help=help_text, description=help_text)
-        add(a)
-        a.set_defaults(_bench_run=run)
+    for name, (add, help_text) in BENCH_ACTIONS.items():
+        add(actions.add_parser(name, help=help_text, description=help_text))
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    return args._bench_run(args)
+    """The action's recipe with the options given over its defaults (or --quick preset), its report printed;
+    `all` runs flops, memory and speed in turn and stops at the first that fails."""
+    from rmt_lab.config import ConfigError
+
+    for name in ["flops", "memory", "speed"] if args.action == "all" else [args.action]:
+        try:
+            print(_bench_report(name, args))
+        except ConfigError as err:
+            return _error(f"bench {name}", err)
+    return 0
+
+
+def _bench_report(name: str, args: argparse.Namespace) -> str:
+    """Benchmark `name` run by its recipe (rmt_lab.recipes.bench_<name>); its report and the files written.
+    Under `bench all` flops keeps its defaults: the shared options are those of the measured sweeps."""
+    from pathlib import Path
+
+    from rmt_lab import recipes
+
+    out = Path(args.out)
+    if name == "flops":
+        from rmt_lab.bench.flops_sweep import FlopsSweepConfig, flops_report
+
+        settings = {} if args.action == "all" else _settings(args, FlopsSweepConfig)
+        frame, ratio = _call(recipes.bench_flops, args, **settings)
+        written = f"wrote {out / 'flops.parquet'} ({len(frame)} rows) and {out / 'flops_ratio.parquet'}"
+        return f"{flops_report(frame, ratio)}\n{written}"
+    from rmt_lab.bench.memory import MemorySweepConfig, memory_report
+    from rmt_lab.bench.speed import SpeedSweepConfig, speed_report
+
+    config, report = {"memory": (MemorySweepConfig, memory_report), "speed": (SpeedSweepConfig, speed_report)}[name]
+    frame = _call(getattr(recipes, f"bench_{name}"), args, **_settings(args, config))
+    return f"{report(frame)}\n\nwrote {out / f'{name}.parquet'} ({len(frame)} rows of this sweep)"
 
 
 def _task_config_args(p: argparse.ArgumentParser) -> None:
@@ -470,6 +443,8 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 
 def _add_reproduce(p: argparse.ArgumentParser) -> None:
+    from rmt_lab.reproduce import plan
+
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--quick", action="store_const", const="quick", dest="plan",
                        help="quick config on a CPU: about 20 minutes on 2 cores")
@@ -477,8 +452,8 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
                        help="base config (pretrained MiniLM, adapters) on a CPU: many hours on 2 cores, resumable")
     which.add_argument("--paper", action="store_const", const="paper", dest="plan",
                        help="the report's setup on the pretrained MiniLM; meant for a GPU")
-    p.add_argument("--results", default="data/results", help="results folder (steps whose files exist are skipped)")
-    p.add_argument("--figures", default="figures", help="folder for the figures")
+    _recipe_options(p, plan, {"results": "results folder (steps whose files exist are skipped)",
+                              "figures": "folder for the figures"})
     p.add_argument("--force", nargs="+", default=[], metavar="STEP",
                    help="redo these steps even if their files exist (a prefix: 'train', 'long evaluation memorize')")
     p.add_argument("--jobs", type=int,
@@ -508,8 +483,10 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 
 
 def _add_figures(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default="data/results", help="results folder the figures are drawn from")
-    p.add_argument("--out", default="figures", help="folder for the PNG and SVG files")
+    from rmt_lab.recipes import figures
+
+    _recipe_options(p, figures, {"results": "results folder the figures are drawn from",
+                                 "out": "folder for the PNG and SVG files"})
     p.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures (see --list)")
     p.add_argument("--list", action="store_true", help="list the figures and the inputs each one lacks, draw nothing")
     p.add_argument("--strict", action="store_true", help="exit 1 if any figure lacks an input")
@@ -524,7 +501,7 @@ def _run_figures(args: argparse.Namespace) -> int:
 
     from rmt_lab.recipes import figures
     from rmt_lab.reproduce import recompute
-    from rmt_lab.viz import figure_names, figures_failed, format_report, missing_inputs
+    from rmt_lab.viz import drawn_summary, figures_failed, format_report, inputs_report
 
     code = recompute(args.results, args.out) if args.recompute else 0
     if code:
@@ -533,17 +510,14 @@ def _run_figures(args: argparse.Namespace) -> int:
         return _error("figures", f"results folder {args.results} does not exist; make results with "
                                  "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)")
     if args.list:
-        for name, missing in missing_inputs(args.results, args.config).items():
-            print(f"{name}: " + ("ready" if not missing else "missing " + "; ".join(map(str, missing))))
+        print(inputs_report(args.results, args.config))
         return 0
     try:
         report = figures(args.results, args.out, only=args.only, config=args.config)
     except ValueError as err:
         return _error("figures", err)
     print(format_report(report))
-    drawn = sum(bool(r.files) for r in report)
-    print(f"{drawn} of {len(report)} figures drawn into {args.out}/ from {args.results}/"
-          + (f"; figures: {', '.join(figure_names())}" if not drawn else ""))
+    print(drawn_summary(report, args.results, args.out))
     if figures_failed(report):
         return 1
     return 1 if args.strict and any(r.missing for r in report) else 0

@@ -5,6 +5,8 @@ import pytest
 from rmt_lab import recipes
 from rmt_lab.cli import build_parser
 from rmt_lab.config import ConfigError
+from rmt_lab.reproduce import plan
+from rmt_lab.tasks.bench import run as streaming_bench
 
 TINY = ["backbone=tiny-bert", "rmt.num_mem_tokens=2", "rmt.segment_size=16", "task.segment_size=16",
         "curriculum.stages=[1,2]", "curriculum.max_steps=2", "curriculum.min_steps=0", "optim.batch_size=4",
@@ -19,10 +21,18 @@ TINY = ["backbone=tiny-bert", "rmt.num_mem_tokens=2", "rmt.segment_size=16", "ta
     (["trace", "--out", "t"], recipes.trace),
     (["probe", "--checkpoint", "c", "--out", "p"], recipes.probe),
     (["bench", "flops"], recipes.bench_flops),
+    (["bench", "memory"], recipes.bench_memory),
+    (["bench", "speed"], recipes.bench_speed),
+    (["demo"], recipes.stream),
+    (["figures"], recipes.figures),
+    (["reproduce", "--quick"], plan),
+    (["data", "bench"], streaming_bench),
 ])
 def test_the_cli_shows_the_recipe_defaults(argv, recipe):
     args = vars(build_parser().parse_args(argv))
-    shared = {name: value for name, value in recipes.defaults(recipe).items() if name in args}
+    # a sequence default is a list on the command line
+    shared = {name: list(value) if isinstance(value, tuple) else value
+              for name, value in recipes.defaults(recipe).items() if name in args}
     assert shared, "the command shares no option with its recipe"
     # options the CLI leaves unset (None) mean the recipe's default
     assert {k: (args[k] if args[k] is not None else v) for k, v in shared.items()} == shared

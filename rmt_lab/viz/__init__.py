@@ -24,7 +24,10 @@ from rmt_lab.viz.memory import (
     attention_profile, memory_projection, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile,
     plot_write_precision,
 )
-from rmt_lab.viz.results import figure_names, figures_failed, format_report, load_trace, missing_inputs, render_figures
+from rmt_lab.viz.results import (
+    drawn_summary, figure_names, figures_failed, format_report, inputs_report, load_trace, missing_inputs,
+    render_figures,
+)
 from rmt_lab.viz.scaling import (
     plot_accuracy_by_fact_position, plot_flops, plot_long_context, plot_measured_memory, plot_memory_size_sweep,
 )
@@ -35,8 +38,8 @@ from rmt_lab.viz.training import (
 )
 
 __all__ = [
-    "AttentionExplorer", "AttentionView", "TableError", "attention_profile", "attention_view", "figure_names", "figure_style",
-    "figures_failed", "format_report", "load_trace", "memory_operation_panels", "memory_projection", "missing_inputs",
+    "AttentionExplorer", "AttentionView", "TableError", "attention_profile", "attention_view", "drawn_summary", "figure_names",
+    "figure_style", "figures_failed", "format_report", "inputs_report", "load_trace", "memory_operation_panels", "memory_projection", "missing_inputs",
     "plot_attention", "plot_flops", "plot_generalization", "plot_generalization_heatmap", "plot_long_context",
     "plot_accuracy_by_fact_position", "plot_measured_memory", "plot_memory_operations", "plot_memory_size_sweep", "plot_memory_trajectory", "plot_probe_accuracy",
     "plot_read_write_profile", "plot_recurrence_ablation", "plot_training_curves", "plot_write_precision", "render_figures", "save_figure",

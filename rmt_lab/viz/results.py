@@ -308,6 +308,12 @@ def missing_inputs(results: str | Path = "data/results", config: str | None = No
     return out
 
 
+def inputs_report(results: str | Path = "data/results", config: str | None = None) -> str:
+    """What `rmt-lab figures --list` prints: a line per figure, ready or the inputs it lacks."""
+    return "\n".join(f"{name}: " + ("ready" if not missing else "missing " + "; ".join(map(str, missing)))
+                     for name, missing in missing_inputs(results, config).items())
+
+
 def render_figures(results: str | Path = "data/results", out: str | Path = "figures",
                    only: list[str] | None = None, formats: tuple[str, ...] = ("png", "svg"),
                    config: str | None = None) -> list[FigureResult]:
@@ -363,3 +369,10 @@ def format_report(report: list[FigureResult]) -> str:
         for m in r.missing:
             lines.append(f"           needs {m}")
     return "\n".join(lines)
+
+
+def drawn_summary(report: list[FigureResult], results: str | Path, out: str | Path) -> str:
+    """The line under `format_report`: how many figures were drawn, and the figures' names when none was."""
+    drawn = sum(bool(r.files) for r in report)
+    return (f"{drawn} of {len(report)} figures drawn into {out}/ from {results}/"
+            + (f"; figures: {', '.join(figure_names())}" if not drawn else ""))

@@ -217,15 +217,17 @@ def _bench_report(name: str, args: argparse.Namespace) -> str:
 
 
 def _task_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="memorize", help="memorize, detect_memorize or reasoning")
+    """The task options of `trace` and of `data preview|export`, with the trace recipe's defaults (TaskConfig's)."""
+    from rmt_lab.recipes import trace
+
+    _recipe_options(p, trace, {"task": "memorize, detect_memorize or reasoning"})
     length = p.add_mutually_exclusive_group()
     length.add_argument("--segments", type=int, help="length in segments (default 1)")
     length.add_argument("--tokens", type=int, help="length in content tokens")
-    p.add_argument("--segment-size", type=int, default=499, help="content tokens per segment (report: 499)")
-    p.add_argument("--placement", default="segment", help="segment (report) or sentence (BABILong)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise", default="pydoc", help="'pydoc' or a local UTF-8 file/folder or saved dataset")
-    p.add_argument("--split", default="train", help="train, validation or test")
+    _recipe_options(p, trace, {"segment_size": "content tokens per segment (report: 499)",
+                               "placement": "segment (report) or sentence (BABILong)", "seed": None,
+                               "noise": "'pydoc' or a local UTF-8 file/folder or saved dataset",
+                               "split": "train, validation or test"})
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:

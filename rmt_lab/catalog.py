@@ -11,6 +11,7 @@ Paths are templates under the results folder (default data/results/); `{config}-
     {run}/long_eval_samples.parquet          eval_long              accuracy by fact position
     {run}/no_recurrence.parquet              eval_ablation          the control without recurrence
     sweeps/memory/{config}-{task}-m{memory}/ a run with `memory` memory tokens, evaluated at one length
+    continued/{config}-{task}/               a run carrying a finished curriculum on to longer stages
     traces/{config}-reasoning/trace.json     trace                  Figure 6, read/write profile, ...
     traces/{config}-detect_memorize-probe/probe.parquet   probe     probe accuracy
     bench/flops.parquet, memory.parquet, speed.parquet    bench     Figure 3, measured memory, speed table
@@ -52,6 +53,7 @@ CATALOG: dict[str, ResultFile] = {r.key: r for r in (
     ResultFile("no_recurrence", "{run}/no_recurrence.parquet", "eval_ablation",
                ("ablation_no_recurrence",)),
     ResultFile("sweep_run", "sweeps/memory/{config}-{task}-m{memory}", "train", ("memory_size_sweep",)),
+    ResultFile("continued_run", "continued/{config}-{task}", "train"),
     ResultFile("trace", "traces/{config}-reasoning/trace.json", "trace",
                ("fig6_memory_operations", "read_write_profile", "write_precision", "memory_trajectory")),
     ResultFile("probe", "traces/{config}-detect_memorize-probe/probe.parquet", "probe",

@@ -127,6 +127,11 @@ class PlanSettings:
     sweep_task: str = SWEEP_TASK
     sweep_tokens: int = SWEEP_TOKENS  # the one long length each memory size is evaluated at (a length of the main runs)
     long_samples_from: tuple[int, int] | None = None  # (tokens, samples): fewer samples at this length and above
+    # Curricula carried on past the last stage from the final model (ExperimentConfig.init), per task: the
+    # stages, each `continued_steps` steps of `continued_batch` samples.
+    continued: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    continued_steps: int = 100
+    continued_batch: int = 16
     # Full maps the reasoning trace keeps ({} = every layer, float32). A 6-layer, 12-head model's maps of 8 samples
     # are 55 MB in float32: its last layer (where memory writes facts and the answer reads) in float16 is 4.5 MB.
     trace_maps: dict[str, Any] = field(default_factory=dict)
@@ -144,6 +149,8 @@ SETTINGS = {
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
         eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
         memory_sweep=(1, 2, 5, 20), trace_maps={"layers": [5], "map_dtype": "float16"},
+        # Its stage-7 model fails to store a fact that arrives after hundreds of noise segments: longer stages.
+        continued={"detect_memorize": (8, 16, 32)},
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,
@@ -211,6 +218,24 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                           {"run_dir": str(run), "min_tokens": s.sweep_tokens, "max_tokens": s.sweep_tokens,
                            "samples": s.long_samples, "batch_size": s.long_batch, **evaluation},
                           [run_file("long_eval", run)], [stage], group="sweep evaluate"))
+    for task, stages in s.continued.items():
+        run = path("continued_run", results, config=s.config, task=task)
+        stage = run / "checkpoints" / f"stage-{stages[-1]}"
+        steps.append(Step(f"train {task} on to {stages[-1]} segments", "train",
+                          {"config": s.config, "task": task, "run_dir": str(run),
+                           "overrides": [f"init={final(task)}", f"curriculum.stages={list(stages)}",
+                                         f"curriculum.min_steps={s.continued_steps}",
+                                         f"curriculum.max_steps={s.continued_steps}",
+                                         f"optim.batch_size={s.continued_batch}", "run.eval_every=50",
+                                         f"name={run.name}-continued"]},
+                          [stage], [final(task)], resume={"resume": True}, resume_from=run / "checkpoints",
+                          clean=run / "checkpoints", group="continue"))
+        steps.append(Step(f"long evaluation {task} trained on to {stages[-1]} segments", "eval_long",
+                          {"run_dir": str(run), "max_tokens": s.long_max_tokens[task], "samples": s.long_samples,
+                           "batch_size": s.long_batch,
+                           "samples_from": list(s.long_samples_from) if s.long_samples_from else None,
+                           **({"compile": s.long_compile} if s.long_compile else {}), **evaluation},
+                          [run_file("long_eval", run)], [stage], group="continue"))
     reasoning, trace = final("reasoning"), path("trace", results, config=s.config)
     steps.append(Step("trace reasoning", "trace",
                       {"out": str(trace.parent), "checkpoint": str(reasoning), "task": "reasoning", "segments": 4,

@@ -290,8 +290,9 @@ def _columns(title: str, heads: list[str], lines: list, rows: list[dict], markdo
         out += [f"| {label} | {' | '.join(c)} |" for label, c in cells if any(x != "-" for x in c)]
         return "\n".join(out)
     width = max(len(label) for label, _ in lines)
-    out = [title, " " * width + "".join(f"{h:>30}" for h in heads)]
-    out += [f"{label:<{width}}" + "".join(f"{cell(fmt, r):>30}" for r in rows) for label, fmt in lines]
+    col = max(30, *(len(h) + 2 for h in heads))
+    out = [title, " " * width + "".join(f"{h:>{col}}" for h in heads)]
+    out += [f"{label:<{width}}" + "".join(f"{cell(fmt, r):>{col}}" for r in rows) for label, fmt in lines]
     return "\n".join(out)
 
 
@@ -365,12 +366,16 @@ def speed_markdown(frame: pd.DataFrame) -> str:
     """The README's speed tables, made from a speed sweep's rows: a column per forward batch (one table per
     backbone and segment layout) and per training shape; the CPU, its vector width and load named with each."""
     table, train = speed_table(frame), train_table(frame)
+    ok = frame[frame["status"] == "ok"]
     parts = []
-    for (backbone, size, num_mem), group in table.groupby(["backbone", "segment_size", "num_mem"], sort=False):
+    forward = table.groupby(["backbone", "segment_size", "num_mem"], sort=False) if not table.empty else []
+    for (backbone, size, num_mem), group in forward:
         rows = group.to_dict("records")
+        measured = ok[(ok["mode"] == "forward") & (ok["backbone"] == backbone) & (ok["segment_size"] == size)
+                      & (ok["num_mem"] == num_mem)]
         parts.append(_columns(
             f"{backbone}, {size} content tokens + {num_mem} memory per segment, {rows[0]['tokens_per_sample']:,} "
-            f"tokens per sample; {_machine_note(rows)}:",
+            f"tokens per sample; {_machine_note(measured)}:",
             [f"batch {r['batch']}" for r in rows], [
                 ("RMT tokens/s (eager)", lambda r: f"{r['tokens_per_s']:,.0f}"),
                 ("fraction of the matmul peak, paired per segment", lambda r: f"{r['paired_fraction']:.1%}"),
@@ -391,12 +396,13 @@ def speed_markdown(frame: pd.DataFrame) -> str:
                 ("peak RSS MiB: RMT / plain loop / naive loop",
                  lambda r: f"{r['peak_mib']:,.0f} / {r['plain_peak_mib']:,.0f} / {r['naive_peak_mib']:,.0f}"),
             ], rows, markdown=True))
-    for backbone, group in train.groupby("backbone", sort=False):
+    for backbone, group in train.groupby("backbone", sort=False) if not train.empty else []:
         rows = group.to_dict("records")
+        measured = ok[(ok["mode"] == "train") & (ok["backbone"] == backbone)]
         parts.append(_columns(
             f"{backbone} training step (full BPTT through {rows[0]['tokens_per_sample'] // rows[0]['segment_size']} "
             f"segments, every weight trained; FLOPs: 3x the forward's; fraction of the matmul peak measured in the "
-            f"same process); {_machine_note(rows)}:",
+            f"same process); {_machine_note(measured)}:",
             [f"{r['segment_size']} tok/seg, batch {r['batch']}" for r in rows], [
                 ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
                 ("fraction of the matmul peak", lambda r: f"{r['fraction_of_peak']:.1%}"),
@@ -411,12 +417,12 @@ def speed_markdown(frame: pd.DataFrame) -> str:
     return "\n\n".join(parts)
 
 
-def _machine_note(rows: list[dict]) -> str:
-    """The CPU and vector width that measured `rows`, and the range of matmul peaks and loads they saw."""
-    cpus = sorted({f"{r['cpu']} ({r.get('cpu_capability') or 'vector width not recorded'})" for r in rows})
-    peaks = [r[k] for r in rows for k in ("matmul_peak_gflops", "ckpt_matmul_peak_gflops",
-                                          "compiled_matmul_peak_gflops") if r.get(k) == r.get(k) and k in r]
-    loads = [r["load_avg_1m"] for r in rows if r.get("load_avg_1m") == r.get("load_avg_1m") and "load_avg_1m" in r]
+def _machine_note(measured: pd.DataFrame) -> str:
+    """The CPU and vector width that measured the rows of a table, the matmul peaks and loads they saw."""
+    capability = measured["cpu_capability"] if "cpu_capability" in measured else pd.Series("", index=measured.index)
+    cpus = sorted({f"{cpu} ({cap or 'vector width not recorded'})"
+                   for cpu, cap in zip(measured["cpu"], capability.fillna(""))})
+    peaks, loads = measured["matmul_peak_gflops"].dropna(), measured["load_avg_1m"].dropna()
     note = f"{', '.join(cpus)}, fp32"
-    note += f", matmul peak {min(peaks):,.0f}-{max(peaks):,.0f} GFLOP/s" if peaks else ""
-    return note + (f", load average {min(loads):.1f}-{max(loads):.1f}" if loads else "")
+    note += f", matmul peak {peaks.min():,.0f}-{peaks.max():,.0f} GFLOP/s" if len(peaks) else ""
+    return note + (f", 1-minute load average {loads.min():.1f}-{loads.max():.1f}" if len(loads) else "")

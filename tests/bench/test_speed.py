@@ -166,6 +166,24 @@ def test_readme_tables_come_from_the_rows(tmp_path):
 
     frame = speed_sweep(SpeedSweepConfig(**TINY), tmp_path / "speed.parquet", progress=False, runner=FakeRunner())
     text = speed_markdown(frame)
-    assert "| | batch 1 | batch 4 |" in text and "(AVX512), fp32, matmul peak 100-100 GFLOP/s" in text
+    assert "| | batch 1 | batch 4 |" in text and "(AVX512), fp32, matmul peak 100-100 GFLOP/s, 1-minute load average 0.5-0.5" in text
     assert "| RMT / plain loop: tokens/s (own processes); paired per segment | 1.100x; 1.120x | 1.100x; 1.120x |" in text
     assert "| | 64 tok/seg, batch 8 | 64 tok/seg, batch 32 | 499 tok/seg, batch 8 | 499 tok/seg, batch 32 |" in text
+    forward_only = speed_sweep(SpeedSweepConfig(**{**TINY, "methods": ("rmt",)}), tmp_path / "f.parquet",
+                               progress=False, runner=FakeRunner())
+    assert "training step" not in speed_markdown(forward_only) and "| RMT tokens/s (eager) |" in speed_markdown(forward_only)
+
+
+def test_readme_speed_tables_are_the_committed_rows():
+    """The README's speed tables are made by speed_markdown from the parquet file each block names, never typed."""
+    import re
+    from pathlib import Path
+
+    from rmt_lab.bench.speed import speed_markdown
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = re.findall(r"<!-- speed tables: (\S+) -->\n((?:(?!<!--).)*?)<!-- end of speed tables -->",
+                        (root / "README.md").read_text(), flags=re.S)
+    assert blocks, "README.md has no speed-table block"
+    for path, table in blocks:
+        assert table.strip() == speed_markdown(pd.read_parquet(root / path)).strip(), path

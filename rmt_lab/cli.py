@@ -157,7 +157,7 @@ def _add_bench_speed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matmul-n", type=int, help="size of the matmul peak's square matrices (default 2048)")
     p.add_argument("--matmul-repeats", type=int, help="matmul peak: median of this many (default 10)")
     p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile mode of rmt-compiled (default: default)")
-    p.add_argument("--train-batch", type=int, help="training step: samples per batch (default 2)")
+    p.add_argument("--train-batch", type=int, help="training step: one batch size in place of the default 8 and 32")
     p.add_argument("--train-segments", type=int, help="training step: segments per sample (default 4)")
     _add_sweep_common(p)
 

@@ -246,7 +246,7 @@ def plot_memory_size_sweep(sweep: pd.DataFrame) -> Figure:
         d = d.sort_values("num_mem_tokens")
         lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
         ax.errorbar(d["num_mem_tokens"], d["accuracy"], yerr=[d["accuracy"] - lo, hi - d["accuracy"]], marker="o",
-                    color=color, capsize=3, label=f"{task_title(task)}, {tokens:,} tokens")
+                    color=color, capsize=3, label=f"{task_title(task)}, {int(tokens):,} tokens")
     ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
     ax.set_xscale("log", base=2)
     ticks = sorted(sweep["num_mem_tokens"].unique())

@@ -181,6 +181,13 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
         return path("stage", results, config=s.config, task=task, stage=s.stages)
 
     evaluation = {"dtype": s.eval_dtype}
+
+    def long_evaluation(run: Path, task: str) -> dict[str, Any]:  # the arguments of a run's long evaluation
+        return {"run_dir": str(run), "max_tokens": s.long_max_tokens[task], "samples": s.long_samples,
+                "batch_size": s.long_batch,
+                "samples_from": list(s.long_samples_from) if s.long_samples_from else None,
+                **({"compile": s.long_compile} if s.long_compile else {}), **evaluation}
+
     # Trainings may run side by side; reasoning, the slowest to converge, starts first.
     for task in ("reasoning", "memorize", "detect_memorize"):
         run = run_of(task)
@@ -190,11 +197,7 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                           resume_from=run / "checkpoints", clean=run / "checkpoints", group="train"))
     # So may the evaluations, which read finished models; the longest one goes first.
     for task in sorted(TASKS, key=lambda t: -s.long_max_tokens[t]):
-        steps.append(Step(f"long evaluation {task}", "eval_long",
-                          {"run_dir": str(run_of(task)), "max_tokens": s.long_max_tokens[task],
-                           "samples": s.long_samples, "batch_size": s.long_batch,
-                           "samples_from": list(s.long_samples_from) if s.long_samples_from else None,
-                           **({"compile": s.long_compile} if s.long_compile else {}), **evaluation},
+        steps.append(Step(f"long evaluation {task}", "eval_long", long_evaluation(run_of(task), task),
                           [run_file("long_eval", run_of(task))], [final(task)], group="evaluate"))
     for task in TASKS:
         steps.append(Step(f"generalization {task}", "eval_generalization",
@@ -231,11 +234,7 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                           [stage], [final(task)], resume={"resume": True}, resume_from=run / "checkpoints",
                           clean=run / "checkpoints", group="continue"))
         steps.append(Step(f"long evaluation {task} trained on to {stages[-1]} segments", "eval_long",
-                          {"run_dir": str(run), "max_tokens": s.long_max_tokens[task], "samples": s.long_samples,
-                           "batch_size": s.long_batch,
-                           "samples_from": list(s.long_samples_from) if s.long_samples_from else None,
-                           **({"compile": s.long_compile} if s.long_compile else {}), **evaluation},
-                          [run_file("long_eval", run)], [stage], group="continue"))
+                          long_evaluation(run, task), [run_file("long_eval", run)], [stage], group="continue"))
     reasoning, trace = final("reasoning"), path("trace", results, config=s.config)
     steps.append(Step("trace reasoning", "trace",
                       {"out": str(trace.parent), "checkpoint": str(reasoning), "task": "reasoning", "segments": 4,

@@ -281,23 +281,22 @@ class MemoryCell(nn.Module):
         looked = self.embeddings(torch.cat([specials, input_ids], dim=1))  # (batch, 2 + seg_len, d_embed)
         return looked[:, 2:], (looked[:, :1], looked[:, 1:2])
 
-    def _full_inputs(self, tokens: Tensor, memory: Tensor, specials: tuple[Tensor, Tensor] | None) -> Tensor:
-        """Input embeddings of a segment whose rows all hold seg_len tokens: the layouts above, no padding."""
+    def _full_inputs(self, tokens: Tensor, memory: Tensor, specials: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Input embeddings of a segment as if every row held seg_len tokens: the layouts above. `specials`:
+        the encoder's [CLS] and [SEP] embeddings from `_embed` (looked up here when not given)."""
         if self.layout == "decoder":
             return torch.cat([memory, tokens, memory], dim=1)  # (batch, m + seg_len + m, d_embed)
+        if specials is None:
+            specials = self.embeddings(self.special_ids).expand(tokens.shape[0], -1, -1).split(1, dim=1)
         cls, sep = specials
         parts = [cls, memory, sep] if self.config.num_mem_tokens else [cls]
         return torch.cat([*parts, tokens, sep], dim=1)  # (batch, prefix + seg_len + 1, d_embed)
 
     def _encoder_inputs(self, tokens: Tensor, lengths: Tensor, memory: Tensor,
                         specials: tuple[Tensor, Tensor] | None = None):
-        batch, seg_len, _ = tokens.shape
-        m = self.config.num_mem_tokens
-        if specials is None:
-            specials = self.embeddings(self.special_ids).expand(batch, -1, -1).split(1, dim=1)
-        cls, sep = specials
-        parts = [cls, memory, sep] if m else [cls]
-        embeds = torch.cat([*parts, tokens, sep], dim=1)  # (batch, prefix + seg_len + 1, d_embed)
+        seg_len = tokens.shape[1]
+        embeds = self._full_inputs(tokens, memory, specials)  # (batch, prefix + seg_len + 1, d_embed)
+        sep = embeds[:, -1:]  # the closing [SEP], moved to the end of each row's tokens below
         where = self.positions(lengths, seg_len)
         pos = self._arange(where.n_positions, tokens.device)  # (positions,)
         end = where.content.start + lengths  # (batch,) position of each row's closing [SEP]
@@ -307,7 +306,7 @@ class MemoryCell(nn.Module):
     def _decoder_inputs(self, tokens: Tensor, lengths: Tensor, memory: Tensor):
         batch, seg_len, d = tokens.shape
         m = self.config.num_mem_tokens
-        embeds = torch.cat([memory, tokens, memory], dim=1)  # (batch, m + seg_len + m, d_embed)
+        embeds = self._full_inputs(tokens, memory)  # (batch, m + seg_len + m, d_embed)
         where = self.positions(lengths, seg_len)
         if m:
             embeds = embeds.scatter(1, where.write[..., None].expand(-1, -1, d), memory)

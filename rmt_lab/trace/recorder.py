@@ -7,8 +7,8 @@
 
 It hooks from outside the model: a forward pre-hook and a forward hook on `model.cell` (one call
 per segment, in order) and, for the duration only, the backbone's attention implementation set to
-"rmt_trace" (see rmt_lab/trace/attention.py); a backbone that computes attention in its own code is
-instead set to eager attention and asked for its maps. Both are undone in `finally`, whatever happens. The
+"rmt_trace" (see rmt_lab/trace/attention.py); a backbone that computes attention in its own code (and
+so runs eager attention) is instead asked for its maps. Both are undone in `finally`, whatever happens. The
 cell calls inside one `with` block form one recording: segment indices count up across them.
 """
 

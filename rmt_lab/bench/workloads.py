@@ -220,16 +220,17 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
     keep_outputs (forward only): the naive baseline, see `naive_loop`.
     plain (forward only): the plain memory-cell loop instead of the RMT (`PlainLoop`), streamed like it
     (paired_peak applies; the RMT's weights, nothing compiled).
-    paired_plain (streamed forward only): before each segment, one segment of the plain loop (its own
-    tokens and memory), timed apart: `paired_plain_speedup_median` is the median over segments of
-    plain loop time / RMT time, the RMT's speed in units of the plain loop's under the same load.
+    paired_plain: before each segment, one segment of the plain loop (its own tokens and memory), timed
+    apart: `paired_plain_speedup_median` is the median over segments of plain loop time / RMT time, the
+    RMT's speed in units of the plain loop's under the same load. In a training step, whole steps are
+    paired instead (`_paired_training`): the plain loop trained like the published wrapper trains.
     paired_backbone (streamed forward only): before each segment, the bare backbone (same weights)
     runs once over the segment's positions, timed apart; returns its per-pass times and the median
     of the per-segment ratios RMT / bare, which a load change on a shared machine hits alike. The
     bare backbone is the eager one, also when the RMT's is compiled.
-    paired_peak (streamed forward only): before each segment, one `matmul_n` product in `dtype`,
-    timed apart: the median of the per-segment ratios (segment GFLOP/s / that product's GFLOP/s)
-    is `paired_fraction_median`, the RMT's fraction of the matmul peak of the same moment.
+    paired_peak: before each segment, one `matmul_n` product in `dtype`, timed apart: the median of the
+    per-segment ratios (segment GFLOP/s / that product's GFLOP/s) is `paired_fraction_median`, the
+    RMT's fraction of the matmul peak of the same moment; in a training step, per paired round.
     compile: torch.compile mode for the backbone ("default", "reduce-overhead", "max-autotune"; "" =
     eager) (`RecurrentWrapper.compile_backbone`), weights frozen for the forward; for a training step
     forward and backward are compiled, during the warm-up step. The warm-up, compilation included,
@@ -246,7 +247,7 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
         between["backbone"] = _bare_pass(model, batch, dev, held, copy_body=bool(compile))
     if paired_peak:
         between["matmul"] = _matmul(matmul_n, dev, torch_dtype(dtype), held)
-    if paired_plain:  # last: right before the RMT's segment
+    if paired_plain and not train:  # last: right before the RMT's segment
         between["plain"] = _plain_pass(PlainLoop(model, batch), segment_size, dev, copy_body=bool(compile),
                                        held=held)
     if compile:
@@ -274,6 +275,9 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
         _sync(dev)
         end = time.perf_counter()
         result.update(seconds=end - start, backward_s=end - mid, n_segments=out.n_segments, **time_stats(clock.times()))
+        del out
+        if paired_plain or paired_peak:
+            result.update(_paired_training(model, tokens, batch, labels, dev, between.get("matmul"), paired_plain))
     else:
         with torch.inference_mode():
             loop = PlainLoop(model, batch) if plain else None
@@ -330,6 +334,59 @@ def _segment_flops(model: nn.Module, batch: int) -> float:
     return float(total(rmt_flops(shape_from_config(model.cell.model.config), size, size, m, batch, head="none")))
 
 
+TRAIN_ROUNDS = 2  # paired rounds after the measured step: a step is seconds long, two show the spread
+
+
+def _paired_training(model: nn.Module, tokens: int, batch: int, labels: torch.Tensor, dev: torch.device,
+                     matmul: Callable[[], float] | None, plain: bool) -> dict:
+    """Rounds of (one matmul, one plain-loop training step, one RMT training step), each timed apart, so
+    the RMT's step is compared with the peak and the baseline of the same moment.
+
+    The plain-loop step is the published wrapper's way of training a classifier: each segment through the
+    HF body with the memory concatenated (`PlainLoop`, same weights and kernels), the memory carried with
+    its graph, the class loss on the last segment's [CLS] (encoder) or last token (decoder), one backward
+    through all of it. Returns the medians over rounds: `paired_fraction_median` (step GFLOP/s over the
+    matmul's, FLOPs 3x the forward's) and `paired_plain_speedup_median` (plain step time / RMT step time).
+    """
+    size = model.config.segment_size
+    n_segments = math.ceil(tokens / size)
+
+    def timed(step: Callable[[], torch.Tensor]) -> float:
+        model.zero_grad(set_to_none=True)
+        _sync(dev)
+        start = time.perf_counter()
+        step().backward()
+        _sync(dev)
+        return time.perf_counter() - start
+
+    def rmt_step() -> torch.Tensor:
+        return model.stream(random_segments(tokens, size, batch, seed=5, device=dev), n_segments=n_segments,
+                            labels=labels).loss
+
+    def plain_step() -> torch.Tensor:
+        loop = PlainLoop(model, batch)
+        loop.run(random_segments(tokens, size, batch, seed=6, device=dev))
+        return nn.functional.cross_entropy(model._classify(loop.summary), labels)
+
+    peaks, plain_s, rmt_s = [], [], []
+    for _ in range(TRAIN_ROUNDS):
+        if matmul is not None:
+            peaks.append(matmul())
+        if plain:
+            plain_s.append(timed(plain_step))
+        rmt_s.append(timed(rmt_step))
+    model.zero_grad(set_to_none=True)
+    out = {**time_stats(rmt_s, "paired_step_s")}
+    if peaks:
+        flops = 3 * _segment_flops(model, batch) * tokens / size  # every segment full in the benchmark
+        out.update(paired_peak_gflops_median=_median(peaks),
+                   paired_fraction_median=_median([flops / t / 1e9 / p for t, p in zip(rmt_s, peaks)]))
+    if plain:
+        out.update(**time_stats(plain_s, "paired_plain_s"),
+                   paired_plain_speedup_median=_median([p / t for p, t in zip(plain_s, rmt_s)]))
+    return out
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
@@ -353,7 +410,8 @@ class PlainLoop:
     Per segment: concatenate the read memory, the segment's token embeddings and the write memory (decoder)
     or `[CLS] memory [SEP] tokens [SEP]` (encoder), run the HF body (no LM head, no mask: every segment is
     full), slice the new memory from the write positions. The RMT's own weights and initial memory; the
-    special tokens' embeddings are made once. Nothing is kept but the memory.
+    special tokens' embeddings are made once. Nothing is kept but the memory and the last segment's
+    summary state ([CLS] or the last token), which a training step classifies.
     """
 
     def __init__(self, model: nn.Module, batch: int, body: nn.Module | None = None):
@@ -374,6 +432,7 @@ class PlainLoop:
         parts = [read, tokens, read] if self.decoder else [self.cls, read, self.sep, tokens, self.sep]
         hidden = self.body(inputs_embeds=torch.cat(parts, dim=1)).last_hidden_state  # (batch, positions, d_model)
         self.memory = hidden[:, -m:] if self.decoder else hidden[:, 1:1 + m]
+        self.summary = hidden[:, -m - 1] if self.decoder else hidden[:, 0]  # the last token, or [CLS]
         return self.memory
 
     def run(self, segments: Iterable[torch.Tensor]):

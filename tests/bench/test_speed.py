@@ -51,7 +51,9 @@ def test_training_points_at_every_batch_and_segment_size():
     one = speed_points(SpeedSweepConfig(**TINY, train_batch=2, train_segment_sizes=(499,)))
     assert [(p.key["method"], p.key["batch"]) for p in one if p.key["mode"] == "train"] == [
         ("rmt-train", 2), ("rmt-train-ckpt", 2), ("rmt-train-compiled", 2)]
-    assert by["rmt-train-compiled", 64, 8].params["compile"] == "default" and not short.params["compile"]  # --train-batch: one batch in place of train_batches
+    assert by["rmt-train-compiled", 64, 8].params["compile"] == "default" and not short.params["compile"]
+    assert all(p.params["paired_peak"] for p in points)  # every step against the peak of its own moment
+    assert [m for (m, *_), p in by.items() if p.params["paired_plain"]] == ["rmt-train"] * 4  # the eager step only  # --train-batch: one batch in place of train_batches
 
 
 def test_training_points_are_a_full_bptt_step():
@@ -149,6 +151,44 @@ def test_plain_loop_is_the_rmts_computation(backbone):
         for ids, expected in zip(segments, model.stream(segments, keep=["memory"]).segments):
             torch.testing.assert_close(loop.step(ids), expected["memory"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loop.memory, rmt.memory, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-gpt2"])
+def test_plain_loop_trains_what_the_rmt_trains(backbone):
+    """The published-style training baseline: the same loss and the same gradients as the RMT's step."""
+    import torch
+
+    from rmt_lab.bench.workloads import PlainLoop, _rmt_model, random_segments
+
+    torch.manual_seed(0)
+    model = _rmt_model(backbone, 4, 30, -1, True, torch.device("cpu"))
+    segments, labels = list(random_segments(90, 30, batch=2)), torch.tensor([1, 4])
+    rmt = model.stream(segments, n_segments=3, labels=labels).loss
+    rmt.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    loop = PlainLoop(model, 2)
+    loop.run(segments)
+    plain = torch.nn.functional.cross_entropy(model._classify(loop.summary), labels)
+    plain.backward()
+    torch.testing.assert_close(plain, rmt, rtol=1e-5, atol=1e-6)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys() and "memory" in " ".join(got)  # the memory is trained through the loop
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_paired_training_rounds_report_fraction_and_baseline():
+    from rmt_lab.bench.workloads import TRAIN_ROUNDS, WORKLOADS
+
+    out = WORKLOADS["rmt"](backbone="tiny-bert", tokens=90, segment_size=30, num_mem=4, matmul_n=64, mode="train",
+                           bptt_depth=-1, paired_peak=True, paired_plain=True)
+    assert out["n_segments"] == 3 and TRAIN_ROUNDS >= 2
+    assert out["paired_step_s_p10"] <= out["paired_step_s_median"] <= out["paired_step_s_p90"]
+    assert out["paired_plain_s_median"] > 0 and out["paired_plain_speedup_median"] > 0
+    assert out["paired_peak_gflops_median"] > 0 and 0 < out["paired_fraction_median"] < 2
+    unpaired = WORKLOADS["rmt"](backbone="tiny-bert", tokens=90, segment_size=30, num_mem=4, mode="train")
+    assert not any(k.startswith("paired") for k in unpaired)
 
 
 def test_plain_workload_and_pairing_report_their_times():

@@ -81,7 +81,12 @@ def run_file(key: str, run: str | Path) -> Path:
 
 
 # The recipe arguments whose command-line option is not --<argument with dashes>.
-_OPTIONS = {"overrides": "--set"}
+_OPTIONS = {"overrides": "--set", "bptt_depths": "--bptt"}
+
+
+def option(argument: str) -> str:
+    """The command-line option of a recipe's `argument`."""
+    return _OPTIONS.get(argument, "--" + argument.replace("_", "-"))
 
 
 def command_line(command: str, arguments: dict[str, Any]) -> str:
@@ -91,7 +96,7 @@ def command_line(command: str, arguments: dict[str, Any]) -> str:
     for name, value in arguments.items():
         if value is None or value is False:
             continue
-        words.append(_OPTIONS.get(name, "--" + name.replace("_", "-")))
+        words.append(option(name))
         if value is True:
             continue
         words += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]

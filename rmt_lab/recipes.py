@@ -1,10 +1,11 @@
 """Every experiment as one function: what `rmt-lab` runs and what a notebook calls, with the same defaults.
 
-The CLI parses options into these arguments and prints what comes back; it takes its defaults from
-the signatures here (`defaults(recipe)`), so a notebook calling `eval_long(run_dir)` gets exactly
-what `rmt-lab eval long --run-dir RUN` does; `rmt-lab reproduce` runs each step as `run_step` in a fresh
-process. Recipes raise on bad input (ValueError and its
-subclasses, FileNotFoundError) with a message naming the value and what is allowed; they never print.
+The CLI parses options into these arguments and prints what comes back; it takes each option's default
+and type from the signatures here (`defaults(recipe)`) and its help from the recipe's docstring, under
+"Args:" (`argument_help(recipe)`), so a notebook calling `eval_long(run_dir)` gets exactly what
+`rmt-lab eval long --run-dir RUN` does; `rmt-lab reproduce` runs each step as `run_step` in a fresh
+process. Recipes raise on bad input (ValueError and its subclasses, FileNotFoundError) with a message
+naming the value and what is allowed; they never print.
 
     from rmt_lab import recipes
     metrics = recipes.train("quick", "memorize", "runs/quick-memorize").metrics
@@ -36,6 +37,23 @@ def defaults(recipe: Callable) -> dict:
             if p.default is not inspect.Parameter.empty}
 
 
+def argument_help(recipe: Callable) -> dict[str, str]:
+    """{argument: its text} from the "Args:" section of a recipe's docstring, where each argument starts a
+    line `name: text` and longer texts go on over more deeply indented lines: the CLI shows these as help."""
+    _, _, section = (inspect.getdoc(recipe) or "").partition("\nArgs:\n")
+    helps: dict[str, str] = {}
+    name = ""
+    for line in section.splitlines():
+        if not line.startswith("    "):  # a blank or unindented line ends the section
+            break
+        if line.startswith("     "):
+            helps[name] += " " + line.strip()
+        else:
+            name, _, text = line.strip().partition(": ")
+            helps[name] = text
+    return helps
+
+
 # ------------------------------------------------------------------------------------------ training
 @dataclass
 class TrainResult:
@@ -63,8 +81,16 @@ def experiment_config(config: str = "quick", task: str = "memorize", overrides: 
 
 def train(config: str = "quick", task: str = "memorize", run_dir: str | Path | None = None, resume: bool = False,
           overrides: Sequence[str] = ()) -> TrainResult:
-    """Train an RMT with the curriculum of configuration `config` (see `experiment_config`) into `run_dir`
-    (default runs/<config name>); `resume` continues from the folder's last checkpoint."""
+    """Train an RMT with the curriculum of a named configuration (see `experiment_config`).
+
+    Args:
+        config: named configuration: quick (CPU, minutes), base (the pretrained MiniLM with adapters: hours)
+            or paper (GPU)
+        task: memorize, detect_memorize or reasoning
+        run_dir: run folder (default runs/<config>-<task>)
+        resume: continue from the run folder's last checkpoint
+        overrides: override config fields, e.g. curriculum.max_steps=200 optim.lr=3e-4
+    """
     from rmt_lab.train import run_experiment
 
     experiment = experiment_config(config, task, overrides)
@@ -106,9 +132,14 @@ def _run_folder(run_dir: str | Path) -> Path:
 
 def eval_generalization(run_dir: str | Path, max_segments: int | None = None, samples: int = 256,
                         dtype: str = "float32", out: str | Path | None = None) -> pd.DataFrame:
-    """Every stage's model of a run on 1..`max_segments` segments (default 2 x the largest trained length),
-    `samples` test samples a cell, with 95% Wilson intervals (report Figure 5). Written to `out` (default
-    <run>/generalization.parquet) cell by cell, so an interrupted evaluation resumes."""
+    """Every stage's model of the run in `run_dir` on 1..M segments, with 95% Wilson intervals (report
+    Figure 5), computed in `dtype`. Written to `out` cell by cell, so an interrupted evaluation resumes.
+
+    Args:
+        max_segments: M (default 2 x the largest trained length)
+        samples: test samples per point
+        out: parquet path (default <run>/generalization.parquet)
+    """
     from rmt_lab.train import generalization_matrix
 
     run = _run_folder(run_dir)
@@ -121,9 +152,14 @@ def eval_generalization(run_dir: str | Path, max_segments: int | None = None, sa
 
 def eval_ablation(run_dir: str | Path, max_segments: int = 7, samples: int = 128, dtype: str = "float32",
                   out: str | Path | None = None) -> pd.DataFrame:
-    """The last stage's model on 1..`max_segments` segments with every segment reading the initial memory:
-    the control that shows the task needs recurrence (near chance beyond 1 segment). Default `out`:
-    <run>/no_recurrence.parquet."""
+    """The last stage's model of the run in `run_dir` with every segment reading the initial memory: the
+    control that shows the task needs recurrence (near chance beyond 1 segment).
+
+    Args:
+        max_segments: lengths 1..this
+        samples: test samples per point
+        out: parquet path (default <run>/no_recurrence.parquet)
+    """
     from rmt_lab.train import generalization_matrix, stage_checkpoints
 
     run = _run_folder(run_dir)
@@ -149,10 +185,19 @@ def long_lengths(min_tokens: int, max_tokens: int, segment_size: int) -> list[in
 def eval_long(run_dir: str | Path, stage: int | None = None, min_tokens: int = 16_000, max_tokens: int = 2_048_000,
               samples: int = 16, samples_from: tuple[int, int] | None = None, batch_size: int = 16,
               compile: str = "", dtype: str = "float32", out: str | Path | None = None) -> pd.DataFrame:
-    """A stage's model (default the last) streamed at lengths from `min_tokens` doubling to `max_tokens`,
-    `samples` test samples a length, or `samples_from=(tokens, n)`: n samples from that length on (report
-    Figure 1). Resumable batch by batch; under torchrun each process takes its share of the samples
-    (`rmt_lab.train.long_evaluation`). Default `out`: <run>/long_eval.parquet (points already there kept)."""
+    """A stage's model of the run in `run_dir` streamed at lengths from `min_tokens` doubling to `max_tokens`
+    (report Figure 1), `batch_size` samples at a time. Resumable batch by batch; under torchrun each process
+    takes its share of the samples (`rmt_lab.train.long_evaluation`).
+
+    Args:
+        stage: segments of the stage checkpoint to use (default: the largest)
+        min_tokens: first length; lengths double up to the max
+        max_tokens: last length in tokens (e.g. 10000000)
+        samples: test samples per length
+        samples_from: N samples per length from TOKENS tokens on (fewer where a sample costs the most)
+        compile: torch.compile the backbone with this mode, weights frozen (default: eager)
+        out: parquet path (default <run>/long_eval.parquet); existing points are kept
+    """
     from rmt_lab.train import long_evaluation, stage_checkpoints
 
     run = _run_folder(run_dir)
@@ -236,10 +281,31 @@ def trace(out: str | Path, checkpoint: str | Path | None = None, backbone: str =
           maps: str = "facts,last", layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
           top_k: int = _TRACE.top_k, keep_memory: bool = False, budget_mib: float = _TRACE.budget_mib,
           map_dtype: str = _TRACE.map_dtype, overwrite: bool = False) -> TraceResult:
-    """Record `samples` task samples (4 segments unless `segments` or `tokens`) through the RMT saved at
-    `checkpoint` (which brings its segment size), or an untrained one over `backbone`, into the trace folder
-    `out`: per-segment summaries, full maps of the segments `maps` selects (`layers`, `heads`: None = all),
-    the `top_k` tokens written per memory slot, memory states if `keep_memory` (rmt_lab.trace.TraceConfig)."""
+    """Record task samples (4 segments long unless `segments` or `tokens`) through an RMT into the trace
+    folder `out`: per-segment summaries, full maps of the segments `maps` selects, the tokens written per
+    memory slot and, if asked, the memory states (rmt_lab.trace.TraceConfig). A checkpoint brings its
+    segment size; `overwrite` replaces a trace already in `out`.
+
+    Args:
+        backbone: ready backbone for an untrained RMT
+        checkpoint: an RMT saved with save_pretrained (overrides --backbone)
+        num_mem: memory tokens of an untrained RMT
+        task: memorize, detect_memorize or reasoning
+        segments: length in segments
+        tokens: length in content tokens
+        segment_size: content tokens per segment (report: 499)
+        placement: segment (report) or sentence (BABILong)
+        noise: 'pydoc' or a local UTF-8 file/folder or saved dataset
+        split: train, validation or test
+        samples: samples traced together as one batch
+        maps: segments with full maps: none, all, or e.g. '0,2-4,every:10,facts,last'
+        layers: layers with full maps (default all)
+        heads: heads with full maps (default all)
+        top_k: tokens written per memory slot to list
+        keep_memory: store every segment's memory state
+        budget_mib: trace data held in RAM at most
+        map_dtype: float32 or float16
+    """
     import torch
 
     from rmt_lab.config import from_dict
@@ -271,7 +337,16 @@ def trace(out: str | Path, checkpoint: str | Path | None = None, backbone: str =
 def probe(checkpoint: str | Path, out: str | Path, task: str = "detect_memorize", segments: int = 7,
           samples: int = 256, split: str = "test", seed: int = 0) -> pd.DataFrame:
     """Linear probes on the memory state after every segment: how well the answer decodes at each distance
-    from the fact segment (half the samples train the probes, half test them). Written to `out`."""
+    from the fact segment.
+
+    Args:
+        checkpoint: an RMT saved with save_pretrained (a stage checkpoint)
+        task: memorize, detect_memorize or reasoning
+        segments: segments per sample
+        samples: samples; half train the probes, half test them
+        split: train, validation or test
+        out: parquet file to write (e.g. <trace folder>/probe.parquet)
+    """
     from rmt_lab.model import RecurrentWrapper
     from rmt_lab.tasks import NUM_CLASSES, TaskConfig, TaskGenerator
     from rmt_lab.trace import collect_memory_states, probe_memory
@@ -299,8 +374,19 @@ def bench_flops(out: str | Path = "data/results/bench", quick: bool = False,
                 **settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Forward (or training) FLOPs versus length, full attention against RMT (report Figure 3), and their
     ratio at one length; `settings`: fields of rmt_lab.bench.flops_sweep.FlopsSweepConfig over its defaults
-    (or its `quick` preset). Writes <out>/flops.parquet (points already there reused) and
-    <out>/flops_ratio.parquet."""
+    (or its `quick` preset). Points already in <out>/flops.parquet are reused.
+
+    Args:
+        models: known model names (default: the OPT family)
+        lengths: input lengths in tokens
+        segment_len: RMT content tokens per segment
+        num_mem: RMT memory tokens
+        head: what sits on top of the stack
+        mode: forward pass, or forward + backward
+        ratio_tokens: length of the full / RMT ratio table
+        measure: also count every point with FlopCounterMode (meta device)
+        out: folder for flops.parquet and flops_ratio.parquet
+    """
     from rmt_lab.bench.flops_sweep import QUICK, FlopsSweepConfig, flops_ratio_table, flops_sweep
     from rmt_lab.config import from_dict
 
@@ -318,7 +404,24 @@ def bench_memory(out: str | Path = "data/results/bench", quick: bool = False, re
                  progress: bool = True, **settings) -> pd.DataFrame:
     """Measured peak memory and time versus length, RMT against full attention, each point in a fresh
     process under a time and memory budget; `settings`: fields of rmt_lab.bench.memory.MemorySweepConfig
-    over its defaults (or its `quick` preset). Resumes from <out>/memory.parquet unless `remeasure`."""
+    over its defaults (or its `quick` preset). Resumes from <out>/memory.parquet.
+
+    Args:
+        lengths: forward lengths, tokens per sample
+        train_lengths: training-step lengths
+        methods: default: all
+        modes: default: forward and train
+        bptt_depths: RMT training: -1 = full BPTT (default -1 2)
+        batch: samples per batch (default 1)
+        backbone: ready backbone (see `rmt-lab info`); default minilm, tiny-bert with --quick
+        num_mem: RMT memory tokens (default 10)
+        segment_size: RMT content tokens per segment (default 499: 512 positions)
+        device: auto (cuda if available), cpu or cuda
+        dtype: default float32; bfloat16 on GPU
+        quick: tiny settings (tiny-bert, short lengths): seconds per point
+        out: folder of the parquet results
+        remeasure: run every point again instead of resuming
+    """
     from rmt_lab.bench.memory import QUICK, MemorySweepConfig, memory_sweep
     from rmt_lab.config import from_dict
 
@@ -330,7 +433,19 @@ def bench_speed(out: str | Path = "data/results/bench", quick: bool = False, rem
                 progress: bool = True, **settings) -> pd.DataFrame:
     """RMT forward (eager, compiled) and training-step speed against the matmul peak, the bare backbone and
     a naive loop; `settings`: fields of rmt_lab.bench.speed.SpeedSweepConfig over its defaults (or its
-    `quick` preset). Resumes from <out>/speed.parquet unless `remeasure`."""
+    `quick` preset). Resumes from <out>/speed.parquet unless `remeasure`. The arguments and settings that
+    `bench_memory` takes too mean the same here.
+
+    Args:
+        batches: batch sizes (default 1 8)
+        segments: full segments per sample (default 16)
+        methods: default: all
+        matmul_n: size of the matmul peak's square matrices (default 2048)
+        matmul_repeats: matmul peak: median of this many (default 10)
+        compile: torch.compile mode of rmt-compiled (default: default)
+        train_batch: training step: one batch size in place of the default 8 and 32
+        train_segments: training step: segments per sample (default 4)
+    """
     from rmt_lab.bench.speed import QUICK, SpeedSweepConfig, speed_sweep
     from rmt_lab.config import from_dict
 
@@ -340,9 +455,16 @@ def bench_speed(out: str | Path = "data/results/bench", quick: bool = False, rem
 
 def stream(tokens: int = 100_000, backbone: str = "minilm", device: str = "auto", dtype: str = "float32",
            compile: str = "") -> dict:
-    """`tokens` random tokens streamed through an RMT over `backbone` (10 new memory tokens, 499 content tokens
-    a segment, batch 1) in a fresh process: seconds, tokens/s, peak memory, memory shape
-    (rmt_lab.bench.inference.measure_in_subprocess). `compile`: a torch.compile mode ("" = eager)."""
+    """Random tokens streamed through an RMT (10 new memory tokens, 499 content tokens a segment, batch 1)
+    in a fresh process: seconds, tokens/s, peak memory, memory shape
+    (rmt_lab.bench.inference.measure_in_subprocess).
+
+    Args:
+        tokens: input length in tokens (default 100000)
+        backbone: ready backbone (see `rmt-lab info`)
+        device: auto (cuda if available), cpu or cuda
+        compile: torch.compile the backbone with this mode (default: eager)
+    """
     from rmt_lab.bench.inference import measure_in_subprocess
 
     return measure_in_subprocess(tokens, backbone, device=device, dtype=dtype, compile=compile)
@@ -351,10 +473,16 @@ def stream(tokens: int = 100_000, backbone: str = "minilm", device: str = "auto"
 def trace_overhead(backbones: Sequence[str] = ("minilm", "small-bert"), threads: Sequence[int] = (1, 2),
                    segments: int = 40, repeats: int = 7, pairs: int = 30) -> dict[str, Iterator[dict]]:
     """The recorder's cost against recording off, per backbone and torch thread count (rmt_lab.trace.bench):
-    "wall" (`repeats` alternating plain and traced runs of `segments` segments), "segment" (`pairs` segments
-    paired inside one recording) and "own_time" (the recorder's own time over the model's). Each table is an
-    iterator of rows measured as they are read, so a caller can show each row when it is ready;
-    `pd.DataFrame(rows)` measures a whole table."""
+    "wall" (plain and traced runs alternating), "segment" (segments paired inside one recording) and
+    "own_time" (the recorder's own time over the model's). Each table is an iterator of rows measured as
+    they are read, so a caller can show each row when it is ready; `pd.DataFrame(rows)` measures a whole table.
+
+    Args:
+        threads: torch threads to measure with
+        segments: segments per timed run
+        repeats: alternating untraced/traced runs
+        pairs: paired segments for the per-segment cost
+    """
     from rmt_lab.trace.bench import overhead_ratio, own_time_share, segment_overhead
 
     grid = [(backbone, n) for n in threads for backbone in backbones]
@@ -369,8 +497,16 @@ def trace_overhead(backbones: Sequence[str] = ("minilm", "small-bert"), threads:
 # --------------------------------------------------------------------------------------------- figures
 def figures(results: str | Path = "data/results", out: str | Path = "figures", only: Sequence[str] | None = None,
             config: str | None = None, formats: Sequence[str] = ("png", "svg")) -> list:
-    """Draw every figure whose inputs are in `results` into `out` (rmt_lab.viz.render_figures) as `formats`;
-    returns the report of what was drawn and what each missing figure lacks."""
+    """Draw every figure that has its inputs (rmt_lab.viz.render_figures) as `formats`; returns the report
+    of what was drawn and what each missing figure lacks.
+
+    Args:
+        results: results folder the figures are drawn from
+        out: folder for the PNG and SVG files
+        only: draw only these figures (see --list)
+        config: draw the run and trace figures of this configuration only (default: each one with results,
+            into OUT/<config>/)
+    """
     from rmt_lab.viz import render_figures
 
     return render_figures(results, out, only=list(only) if only else None, formats=tuple(formats), config=config)

@@ -167,7 +167,12 @@ def default_jobs(name: str) -> int:
 
 
 def plan(name: str, results: str | Path = "data/results", figures: str | Path = "figures") -> list[Step]:
-    """The steps of plan `name` ("quick" or "paper"), writing under `results` and drawing into `figures`."""
+    """The steps of plan `name` ("quick", "base" or "paper").
+
+    Args:
+        results: results folder (steps whose files exist are skipped)
+        figures: folder for the figures
+    """
     if name not in SETTINGS:
         raise ValueError(f"unknown plan {name!r}; plans: {list(PLANS)}")
     s = SETTINGS[name]

@@ -1,8 +1,14 @@
 """Every experiment callable from a notebook with the CLI's defaults, on tiny settings."""
 
+import inspect
+from dataclasses import fields
+
 import pytest
 
 from rmt_lab import recipes
+from rmt_lab.bench.flops_sweep import FlopsSweepConfig
+from rmt_lab.bench.memory import MemorySweepConfig
+from rmt_lab.bench.speed import SpeedSweepConfig
 from rmt_lab.cli import build_parser
 from rmt_lab.config import ConfigError
 from rmt_lab.reproduce import plan
@@ -36,6 +42,25 @@ def test_the_cli_shows_the_recipe_defaults(argv, recipe):
     assert shared, "the command shares no option with its recipe"
     # options the CLI leaves unset (None) mean the recipe's default
     assert {k: (args[k] if args[k] is not None else v) for k, v in shared.items()} == shared
+
+
+@pytest.mark.parametrize("recipe, settings", [
+    (recipes.train, None), (recipes.eval_generalization, None), (recipes.eval_ablation, None),
+    (recipes.eval_long, None), (recipes.trace, None), (recipes.probe, None), (recipes.stream, None),
+    (recipes.trace_overhead, None), (recipes.figures, None), (plan, None),
+    (recipes.bench_flops, FlopsSweepConfig), (recipes.bench_memory, MemorySweepConfig),
+    (recipes.bench_speed, SpeedSweepConfig),
+])
+def test_the_cli_help_in_a_docstring_names_an_argument_of_the_recipe(recipe, settings):
+    # an Args line with a misspelt name would leave its option without help, silently
+    helps = recipes.argument_help(recipe)
+    takes = set(inspect.signature(recipe).parameters) | {f.name for f in (fields(settings) if settings else ())}
+    assert helps and all(helps.values()) and set(helps) <= takes
+
+
+def test_a_help_text_goes_on_over_its_indented_lines():
+    assert recipes.argument_help(recipes.train)["config"] == (
+        "named configuration: quick (CPU, minutes), base (the pretrained MiniLM with adapters: hours) or paper (GPU)")
 
 
 @pytest.fixture(scope="module")

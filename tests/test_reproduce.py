@@ -56,9 +56,8 @@ def parses(step):
     from rmt_lab.cli import build_parser
 
     args = vars(build_parser().parse_args(shlex.split(step.command())[1:]))
-    names = {"overrides": "set"}
     for name, value in step.arguments.items():
-        got = args[names.get(name, name)]
+        got = args[name]
         assert (list(got) if isinstance(got, (list, tuple)) else got) == value, name
     return args
 

@@ -199,21 +199,24 @@ def _bench_report(name: str, args: argparse.Namespace) -> str:
     return f"{report(frame)}\n\nwrote {out / f'{name}.parquet'} ({len(frame)} rows of this sweep)"
 
 
-def _task_options(p) -> None:
-    """The task options of `trace` and of `data preview|export`, the trace recipe's."""
+def _task_options(p, description: str):
+    """The task options of `trace` and of `data preview|export` (the trace recipe's) in an "input" group whose
+    description says how long a sample is by default; returns the group."""
+    p = p.add_argument_group("input", f"task samples, {description}")
     _options(p, recipes.trace, "task")
     _options(p.add_mutually_exclusive_group(), recipes.trace, "segments tokens")
     _options(p, recipes.trace, "segment_size placement seed noise split")
+    return p
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     preview = sub.add_parser("preview", help="print a sample with its facts highlighted and its ground truth")
-    _task_options(preview)
+    _task_options(preview, "1 segment long unless --segments or --tokens")
     preview.add_argument("--index", type=int, default=0, help="which sample of the split")
     preview.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="ANSI highlight")
     export = sub.add_parser("export", help="write a split to parquet (atomic), with its config as JSON")
-    _task_options(export)
+    _task_options(export, "1 segment long unless --segments or --tokens")
     export.add_argument("--n", type=int, required=True, help="number of samples")
     export.add_argument("--out", required=True, help="parquet path, e.g. data/memorize_train.parquet")
     _options(sub.add_parser("bench", help="tokens/s and peak RSS when streaming long samples"), task_bench.run,
@@ -298,10 +301,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _add_trace(p: argparse.ArgumentParser) -> None:
     _options(p.add_argument_group("model"), recipes.trace, "backbone checkpoint num_mem")
-    data = p.add_argument_group(
-        "input", "task samples, 4 segments long unless --segments or --tokens; a checkpoint keeps its segment size"
-    )
-    _task_options(data)
+    data = _task_options(p, "4 segments long unless --segments or --tokens; a checkpoint keeps its segment size")
     _options(data, recipes.trace, "samples")
     _options(p.add_argument_group("what to keep"), recipes.trace,
              "maps layers heads top_k keep_memory budget_mib map_dtype")

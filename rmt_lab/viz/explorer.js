@@ -1,13 +1,16 @@
 // The attention explorer's view, drawn on canvases in the browser (anywidget ES module).
 //
-// The same module runs in two hosts: in Jupyter, `model` is the anywidget model and blocks of maps
-// come from the kernel as binary messages; in a page written by `save_html`, `model` is a small
-// object over data inlined in the page. Either way the view asks for a block with
-// model.send({type: "need", ...}) and receives it as a "block" message, so there is one code path.
+// The same module runs in two hosts: in Jupyter, `model` is the anywidget model and maps come from
+// the kernel as binary messages; in a page written by `save_html`, `model` is a small object over
+// blocks inlined in the page (`answerNeed`). Either way the view asks for the maps it must draw with
+// model.send({type: "need", sample, segment, layer, maps: ["mean" | head, ...]}) and receives them as
+// a "maps" message, one buffer a map, so there is one code path.
 //
-// A block holds every head of one (sample, segment, layer) plus their mean, as uint8 in the sqrt
-// domain: q = round(255 * sqrt(a / scale)), a = scale * (q / 255)^2 (see explorer.py). The colour
-// scale is sqrt too, so the 256 levels of q are the colour levels and no decoding is needed to draw.
+// A block is one (sample, segment, layer): every kept head plus their mean, each a map of uint8 in
+// the sqrt domain: q = round(255 * sqrt(a / scale)), a = scale * (q / 255)^2 (see explorer.py). The
+// colour scale is sqrt too, so the 256 levels of q are the colour levels and no decoding is needed to
+// draw. The browser fills a block in map by map: the maps a change draws first, the rest while the
+// user looks (`prefetch`).
 
 const MEMORY = "#d55e00"; // memory positions, as in the matplotlib figures
 const FACT = "#0072b2"; // fact tokens
@@ -15,7 +18,7 @@ const SPECIAL = "#555555"; // [CLS], [SEP]
 const FONT = "10px sans-serif";
 const LABEL_PX = 11; // a label needs this many pixels along its axis, so labels never overlap
 const MAX_ZOOM_CELL = 48; // largest cell, in CSS pixels
-const CACHE_BLOCKS = 8; // blocks kept decoded (the view and its 4 neighbours fit); 522 positions x 13 maps: 3.5 MB
+const CACHE_BLOCKS = 8; // blocks kept (the view and its 4 neighbours fit); 522 positions x 13 maps: 3.5 MB at most
 const TL_X0 = 96, TL_TOP = 12, TL_LANE = 18; // timeline: room for lane names, fact marks, lane height
 const TL_MIN_SPAN = 8; // the timeline zooms in to this many segments, ~80 px each
 
@@ -52,34 +55,62 @@ function base64Bytes(text) {
   for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
   return out;
 }
+// A message buffer as a Uint8Array (Jupyter hands over DataViews).
+function asBytes(buf) {
+  return buf instanceof Uint8Array ? buf : new Uint8Array(buf.buffer || buf, buf.byteOffset || 0, buf.byteLength);
+}
 
 function blockKey(sample, segment, layer) {
   return `${sample}/${segment}/${layer}`;
 }
+// Map names: "mean" (the mean of heads) or a head as text; a block's order is the mean, then each head.
+function mapNames(heads) {
+  return ["mean", ...heads.map(String)];
+}
 
-// A block as it arrives: header (labels, facts, scales, heads) and the uint8 maps.
-function makeBlock(header, bytes) {
-  const n = header.n;
-  const memory = [], facts = new Set(header.facts);
+// A block from the header of its first "maps" message (labels, facts, heads); its maps are added as they arrive.
+function makeBlock(header) {
+  const memory = [], maps = new Map(), scales = new Map();
   header.labels.forEach((lab, i) => { if (isMemory(lab)) memory.push(i); });
-  return { ...header, data: bytes, memory, factSet: facts, images: new Map(),
-           map(index) { return bytes.subarray(index * n * n, (index + 1) * n * n); } };
+  return { n: header.n, heads: header.heads, labels: header.labels, memory, factSet: new Set(header.facts),
+           images: new Map(),
+           add(name, bytes, scale) { maps.set(name, bytes); scales.set(name, scale); },
+           has: (name) => maps.has(name), map: (name) => maps.get(name), scale: (name) => scales.get(name) };
+}
+
+// The standalone page's answer to a `need`, from a block inlined whole (`header`, with scales in block order,
+// and its bytes): the named maps (default: all), or an error naming what the page holds.
+function answerNeed(msg, header, bytes) {
+  const key = { type: "maps", sample: msg.sample, segment: msg.segment, layer: msg.layer };
+  if (!header) {
+    return [{ ...key, maps: msg.maps || [], error: "this page holds no map of that view: "
+                                                   + "save_html(path, segments=..., layers=..., samples=...)" }, []];
+  }
+  const all = mapNames(header.heads), names = (msg.maps || all).map(String), size = header.n * header.n;
+  const unknown = names.find((name) => !all.includes(name));
+  if (unknown !== undefined) {
+    return [{ ...key, maps: names, error: `head ${unknown} has no map in segment ${msg.segment}` }, []];
+  }
+  const index = names.map((name) => all.indexOf(name));
+  return [{ ...key, n: header.n, heads: header.heads, labels: header.labels, facts: header.facts, maps: names,
+            scales: index.map((i) => header.scales[i]) },
+          index.map((i) => bytes.subarray(i * size, (i + 1) * size))];
 }
 
 // Four significant digits: at 512 positions most weights sit near 0.002, where fixed decimals tell none apart.
 function formatWeight(w) {
   return w === 0 ? "0" : w.toPrecision(4);
 }
-function weight(block, index, q) {
+function weight(block, name, q) {
   const v = q / 255;
-  return block.scales[index] * v * v;
+  return block.scale(name) * v * v;
 }
 
 // An n x n canvas of one map, coloured through the colormap: the drawing step only scales it.
-function mapImage(block, index, cmap) {
-  if (block.images.has(index)) return block.images.get(index);
-  const n = block.n, q = block.map(index);
-  const root = Math.sqrt(block.scales[index]);
+function mapImage(block, name, cmap) {
+  if (block.images.has(name)) return block.images.get(name);
+  const n = block.n, q = block.map(name);
+  const root = Math.sqrt(block.scale(name));
   const lut = new Uint32Array(256); // q -> RGBA; colour index = 255 * sqrt(a) = sqrt(scale) * q
   for (let k = 0; k < 256; k++) {
     const [r, g, b] = cmap[Math.min(255, Math.round(root * k))];
@@ -92,7 +123,7 @@ function mapImage(block, index, cmap) {
   const pixels = new Uint32Array(image.data.buffer);
   for (let i = 0; i < n * n; i++) pixels[i] = lut[q[i]];
   ctx.putImageData(image, 0, 0);
-  block.images.set(index, canvas);
+  block.images.set(name, canvas);
   return canvas;
 }
 
@@ -157,19 +188,24 @@ function render({ model, el: host }) {
 
   // ------------------------------------------------------------------ state
   const cache = new Map(); // blockKey -> block, most recently used last
-  const waiting = new Set();
+  const waiting = new Map(); // blockKey -> names of the maps asked for that have not arrived
+  const failed = new Set(); // "blockKey/name" of maps the kernel could not send: not prefetched again
   let view = { x0: 0, y0: 0, cells: 0 }; // window: first column/row and cells across, in positions
   let pinned = null; // pinned query row
   let hover = null;
 
   const current = () => ({ sample: Number(samBox.value), segment: Number(segBox.value),
                            layer: Number(layBox.value), head: headBox.value });
-  function currentBlock() {
-    const c = current();
-    return cache.get(blockKey(c.sample, c.segment, c.layer));
+  const keyOf = (v) => blockKey(v.sample, v.segment, v.layer);
+  const viewName = (c) => `${c.sample}/${c.segment}/${c.layer}/${c.head}`;
+  // The maps a view draws: one, or for the grid every head (and the mean, whose rows a pinned query lists).
+  function shownMaps(head, block) {
+    return head === "grid" ? mapNames(block ? block.heads : meta.heads) : [head];
   }
-  function mapIndex(block, head) { // 0 is the mean, 1 + k the k-th kept head
-    return head === "mean" ? 0 : 1 + block.heads.indexOf(Number(head));
+  // The shown block once it holds every map the view draws; until then the last frame stays up.
+  function currentBlock() {
+    const c = current(), block = cache.get(keyOf(c));
+    return block && shownMaps(c.head, block).every((name) => block.has(name)) ? block : undefined;
   }
   function headText(head) { return head === "mean" ? "mean of heads" : `head ${head}`; }
 
@@ -177,51 +213,72 @@ function render({ model, el: host }) {
     cache.delete(key); cache.set(key, block);
     while (cache.size > CACHE_BLOCKS) cache.delete(cache.keys().next().value);
   }
+  // Of `names` in the block of view `v`, those neither held nor asked for.
+  function lacking(v, names) {
+    const block = cache.get(keyOf(v)), asked = waiting.get(keyOf(v));
+    return names.filter((name) => !(block && block.has(name)) && !(asked && asked.has(name)));
+  }
+  function ask(v, names) {
+    const key = keyOf(v), asked = waiting.get(key) || new Set();
+    names.forEach((name) => asked.add(name));
+    waiting.set(key, asked);
+    model.send({ type: "need", sample: v.sample, segment: v.segment, layer: v.layer, maps: names });
+  }
 
   model.on("msg:custom", (msg, buffers) => {
-    if (!msg || msg.type !== "block") return;
-    const key = blockKey(msg.sample, msg.segment, msg.layer);
-    waiting.delete(key);
-    const c = current(), shown = key === blockKey(c.sample, c.segment, c.layer);
-    if (msg.error) { if (shown) note.textContent = msg.error; return; } // a failed prefetch is not news
-    const buf = buffers[0];
-    const bytes = buf instanceof Uint8Array ? buf : new Uint8Array(buf.buffer || buf, buf.byteOffset || 0,
-                                                                   buf.byteLength);
-    remember(key, makeBlock(msg, bytes));
-    if (shown) draw();
-    else prefetchSoon();
+    if (!msg || msg.type !== "maps") return;
+    const key = keyOf(msg), asked = waiting.get(key);
+    if (asked) { msg.maps.forEach((name) => asked.delete(name)); if (!asked.size) waiting.delete(key); }
+    const c = current(), shown = key === keyOf(c);
+    if (msg.error) {
+      msg.maps.forEach((name) => failed.add(`${key}/${name}`));
+      const drawn = shownMaps(c.head, cache.get(key));
+      if (shown && msg.maps.some((name) => drawn.includes(name))) note.textContent = msg.error; // a failed prefetch is not news
+      prefetchSoon(0);
+      return;
+    }
+    const block = cache.get(key) || makeBlock(msg);
+    msg.maps.forEach((name, i) => block.add(name, asBytes(buffers[i]), msg.scales[i]));
+    remember(key, block);
+    const pending = shown && root.dataset.drawn !== viewName(c);
+    if (pending && currentBlock()) draw();
+    else if (pending && c.head === "grid") { // colour each tile while the others travel: the grid's draw only scales
+      msg.maps.filter((name) => name !== "mean").forEach((name) => mapImage(block, name, cmap));
+    } else prefetchSoon(0);
   });
 
-  // Fetch the neighbouring segments and layers of the view while the user looks at it, so the next change
-  // is usually drawn from a block already held. One at a time, and only while nothing the user asked for is
-  // pending: a request then waits behind at most one block (the kernel answers messages in order).
+  // While the user looks, fill in the maps the next change will probably draw: the other maps of the shown
+  // block (head changes), then the shown map of the neighbouring segments and layers, then their other maps.
+  // One map a request, and only while nothing is in flight: the kernel answers messages in order, so a change
+  // the user makes waits behind one map at most (522 positions: 272 KB).
   let prefetchTimer = null;
-  function prefetchSoon() {
+  function prefetchSoon(delay = 50) { // after a draw, wait for the frame: answering a request takes the thread
     clearTimeout(prefetchTimer);
-    prefetchTimer = setTimeout(prefetch, 50); // after the frame: decoding a block must not delay a paint
+    prefetchTimer = setTimeout(prefetch, delay);
   }
   function prefetch() {
     if (waiting.size) return;
     const c = current(), si = meta.segments.indexOf(c.segment), li = meta.layers.indexOf(c.layer);
-    const near = [[meta.segments[si + 1], c.layer], [meta.layers[li + 1], null], [meta.segments[si - 1], c.layer],
-                  [meta.layers[li - 1], null]].map(([v, layer]) => layer === null ? [c.segment, v] : [v, layer]);
-    for (const [segment, layer] of near) {
-      if (segment === undefined || layer === undefined) continue;
-      const key = blockKey(c.sample, segment, layer);
-      if (cache.has(key)) continue;
-      waiting.add(key);
-      model.send({ type: "need", sample: c.sample, segment, layer });
-      return;
+    const near = [[meta.segments[si + 1], c.layer], [c.segment, meta.layers[li + 1]], [meta.segments[si - 1], c.layer],
+                  [c.segment, meta.layers[li - 1]]]
+      .filter(([segment, layer]) => segment !== undefined && layer !== undefined)
+      .map(([segment, layer]) => ({ sample: c.sample, segment, layer }));
+    const every = (v) => mapNames(cache.has(keyOf(v)) ? cache.get(keyOf(v)).heads : meta.heads);
+    const plan = [[c, every(c)], ...near.map((v) => [v, shownMaps(c.head, cache.get(keyOf(v)))]),
+                  ...near.map((v) => [v, every(v)])];
+    for (const [v, names] of plan) {
+      const name = lacking(v, names).find((n) => !failed.has(`${keyOf(v)}/${n}`));
+      if (name !== undefined) { ask(v, [name]); return; }
     }
   }
 
   // ------------------------------------------------------------------ geometry
   const plot = () => {
-    if (headBox.value !== "grid") return [{ x: ML, y: MT, size: Math.min(W - ML - 8, H - MT - 8), index: null }];
+    if (headBox.value !== "grid") return [{ x: ML, y: MT, size: Math.min(W - ML - 8, H - MT - 8) }];
     const block = currentBlock(), k = block.heads.length, cols = Math.ceil(Math.sqrt(k));
     const size = Math.floor((W - 8 - (cols - 1) * 10) / cols) - 0;
     return block.heads.map((h, i) => ({ x: (i % cols) * (size + 10), y: 18 + Math.floor(i / cols) * (size + 22),
-                                        size, index: 1 + i, head: h }));
+                                        size, head: h }));
   };
   function clampView(n) {
     view.cells = Math.min(n, Math.max(view.cells || n, Math.min(n, 4)));
@@ -241,13 +298,13 @@ function render({ model, el: host }) {
   }
 
   // ------------------------------------------------------------------ drawing
-  function drawMap(block, index, r) {
+  function drawMap(block, name, r) {
     const cell = r.size / view.cells;
     ctx.save();
     ctx.beginPath(); ctx.rect(r.x, r.y, r.size, r.size); ctx.clip();
     ctx.imageSmoothingEnabled = cell < 1; // shrinking: average; enlarging: crisp cells
     ctx.imageSmoothingQuality = "high";
-    ctx.drawImage(mapImage(block, index, cmap), view.x0, view.y0, view.cells, view.cells, r.x, r.y, r.size, r.size);
+    ctx.drawImage(mapImage(block, name, cmap), view.x0, view.y0, view.cells, view.cells, r.x, r.y, r.size, r.size);
     if (block.memory.length) { // outline the memory block
       const m0 = block.memory[0], m1 = block.memory[block.memory.length - 1] + 1;
       ctx.strokeStyle = MEMORY; ctx.setLineDash([4, 3]); ctx.lineWidth = 1;
@@ -309,15 +366,13 @@ function render({ model, el: host }) {
   function draw() {
     const c = current();
     const block = currentBlock();
-    if (!block) {
-      const key = blockKey(c.sample, c.segment, c.layer);
-      if (!waiting.has(key)) {
-        waiting.add(key);
-        note.textContent = "loading…";
-        model.send({ type: "need", sample: c.sample, segment: c.segment, layer: c.layer });
-      }
+    if (!block) { // ask for the maps this view lacks; the kernel answers with one message a map
+      const missing = lacking(c, shownMaps(c.head, cache.get(keyOf(c))));
+      if (missing.length) ask(c, missing);
+      note.textContent = "loading…";
       return;
     }
+    remember(keyOf(c), block);
     note.textContent = "";
     clampView(block.n);
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
@@ -325,13 +380,13 @@ function render({ model, el: host }) {
     const rects = plot();
     if (c.head === "grid") {
       ctx.font = FONT; ctx.fillStyle = "#222"; ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";
-      for (const r of rects) { drawMap(block, r.index, r); ctx.fillStyle = "#222"; ctx.fillText(`head ${r.head}`, r.x, r.y - 4); }
+      for (const r of rects) { drawMap(block, String(r.head), r); ctx.fillStyle = "#222"; ctx.fillText(`head ${r.head}`, r.x, r.y - 4); }
     } else {
-      drawMap(block, mapIndex(block, c.head), rects[0]);
+      drawMap(block, c.head, rects[0]);
       drawAxes(block, rects[0]);
     }
     root.dataset.plot = JSON.stringify({ ...rects[0], n: block.n, x0: view.x0, y0: view.y0, cells: view.cells });
-    root.dataset.drawn = `${c.sample}/${c.segment}/${c.layer}/${c.head}`;
+    root.dataset.drawn = viewName(c);
     drawOverlay();
     drawPinned();
     drawTimeline();
@@ -362,8 +417,8 @@ function render({ model, el: host }) {
   function describe(block, h) {
     const c = current();
     const head = c.head === "grid" ? String(h.rect.head) : c.head;
-    const q = block.map(mapIndex(block, head))[h.row * block.n + h.col];
-    const w = weight(block, mapIndex(block, head), q);
+    const q = block.map(head)[h.row * block.n + h.col];
+    const w = weight(block, head, q);
     return `query ${h.row} ${JSON.stringify(block.labels[h.row])} → key ${h.col} ${JSON.stringify(block.labels[h.col])}` +
            `   weight ${formatWeight(w)}   segment ${c.segment} · layer ${c.layer} · ${headText(head)} · sample ${c.sample}`;
   }
@@ -377,14 +432,14 @@ function render({ model, el: host }) {
     }
     const c = current();
     const head = c.head === "grid" ? "mean" : c.head;
-    const index = mapIndex(block, head), row = block.map(index).subarray(pinned * block.n, (pinned + 1) * block.n);
+    const row = block.map(head).subarray(pinned * block.n, (pinned + 1) * block.n);
     const order = Array.from(row.keys()).sort((a, b) => row[b] - row[a]).slice(0, 12);
     side.appendChild(el("div", { style: "font-weight:bold; margin-bottom:4px" },
                         `query ${pinned} ${block.labels[pinned]} (${headText(head)}): top keys`));
     const table = el("table", { class: "rmt-topkeys" });
     for (const k of order) {
       const tr = el("tr");
-      const w = weight(block, index, row[k]);
+      const w = weight(block, head, row[k]);
       const name = el("td", {}, `${k} ${short(block.labels[k], 18)}`);
       const color = markColor(block, k);
       if (color) name.style.color = color;
@@ -533,10 +588,10 @@ function render({ model, el: host }) {
   function changed(name) {
     model.set(name, name === "head" ? headBox.value : Number({ segment: segBox, layer: layBox, sample: samBox }[name].value));
     if (name === "segment") model.set("picked", Number(segBox.value)); // the timeline marks the map's segment
-    model.save_changes();
     if (name === "sample" || name === "segment") pinned = null;
     if (name === "sample") for (const o of segBox.options) o.textContent = segLabel(Number(o.value), Number(samBox.value));
-    draw();
+    draw(); // before the state goes to the kernel, which answers messages in order: the maps the view lacks first
+    model.save_changes();
   }
   segBox.addEventListener("change", () => changed("segment"));
   layBox.addEventListener("change", () => changed("layer"));

@@ -20,19 +20,26 @@ segments; zoomed out, each pixel column draws the range and mean of the segments
 a segment (`widget.picked`, which MemoryDynamics.follow links to): a segment with a kept map opens it, any
 other names the `rmt-lab trace` command that keeps its map (`record_command`).
 
-Data sent to the browser, once per (sample, segment, layer): a *block* holding every kept head of that
-layer and their mean, each quantized to uint8 in the square-root domain with its own scale
-(`encode_block`): q = round(255 sqrt(a / scale)), scale = the map's maximum. The colour scale is the
-same square root, so the 256 levels are exactly the colour levels. Weights read back within
-scale * (2 sqrt(a / scale) + 1/510) / 510 (`quantization_bound`): at most 0.4% of the map's maximum,
-and far less for the small weights that fill most of a map. Size: (heads + 1) x positions^2 bytes, e.g.
-13 x 522 x 522 = 3.5 MB for a MiniLM segment (float32 would be 14 MB; a PNG of the view 0.3 MB but with
-no values). Changing head, grid or mean, zooming and hovering use the block already in the browser;
-changing segment, layer or sample draws from a block the browser holds when it can: it keeps the last 8,
-and while a view is shown it fetches the neighbouring segments and layers, one at a time; otherwise the
-change costs one message (binary) from the kernel. The timeline travels once, with the widget: per sample,
-uint8 levels of 1/254 (`encode_timeline`), 4 x map layers x segments bytes, e.g. 16 KB for one layer of a
-4,096-segment trace, base64 in the widget state.
+Data sent to the browser, one *map* at a time: one head of one (sample, segment, layer), or the mean of its
+heads, quantized to uint8 in the square-root domain with its own scale (`quantize`): q = round(255 sqrt(a /
+scale)), scale = the map's maximum. The colour scale is the same square root, so the 256 levels are exactly
+the colour levels. Weights read back within scale * (2 sqrt(a / scale) + 1/510) / 510 (`quantization_bound`):
+at most 0.4% of the map's maximum, and far less for the small weights that fill most of a map. A map is
+positions^2 bytes: 272 KB at 522 positions (float32 would be 1.1 MB; a PNG of the view 0.3 MB but with no
+values). The browser asks for the maps it must draw, {"type": "need", "sample", "segment", "layer", "maps":
+["mean" | head, ...]}: the shown head or the mean, or in grid mode every head and the mean. The kernel answers
+with one binary message a map (`maps`), whose header carries the block's labels, fact positions and heads, and
+the browser merges the maps into *blocks*, all (heads + 1) maps of a (sample, segment, layer): 13 x 522^2 =
+3.5 MB (`block`, `encode_block`: the same bytes). It keeps the last 8 blocks; the kernel keeps the float maps
+of its last `KERNEL_BLOCKS` (13 MB each at 12 heads x 522 positions), so the other maps of a block are cut
+from the trace once. While a view is shown, the browser fills in what the next change probably draws, one map
+a request (the kernel answers messages in order, so a change the user makes waits behind one map at most):
+the other maps of the shown block, then the shown map of the neighbouring segments and layers, then their
+other maps. A change draws from maps already in the browser when it can; otherwise it waits for the maps it
+draws: for a far jump (another sample, a distant segment) one map, 272 KB, a 13th of its block. A
+standalone page inlines whole blocks (base64) and answers the same `need` from them. The timeline travels
+once, with the widget: per sample, uint8 levels of 1/254 (`encode_timeline`), 4 x map layers x segments bytes,
+e.g. 16 KB for one layer of a 4,096-segment trace, base64 in the widget state.
 
 `trace` is an `rmt_lab.trace.Trace` (or anything with its reading interface, see viz.attention).
 """
@@ -43,6 +50,8 @@ import base64
 import html
 import json
 import shlex
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anywidget
@@ -61,6 +70,9 @@ TIMELINE_METRICS = {"read": "read_content", "write": "write_content", "retain": 
                     "write precision": "write_precision"}
 TIMELINE_LEVELS = 254  # 255 marks a segment with no value (the sample had no tokens there, or no fact places)
 SEGMENT_SLOT = "{segment}"  # where the browser puts the clicked segment into the record command
+# Blocks the kernel holds as floats: the shown one and the one the browser is filling in, so asking for a block's
+# maps one at a time cuts it from the trace once. 12 heads x 522^2 float32 = 13 MB each.
+KERNEL_BLOCKS = 3
 
 
 # ------------------------------------------------------------------ encoding
@@ -164,6 +176,35 @@ class _ExplorerWidget(anywidget.AnyWidget):
     picked = traitlets.Int(0).tag(sync=True)  # the segment selected on the timeline (kept map or not)
 
 
+@dataclass
+class _FloatBlock:
+    """One (sample, segment, layer) as the trace holds it, cut to the sample's real positions."""
+
+    segment: int
+    maps: np.ndarray  # (heads, n, n) float32, read-only
+    labels: list[str]  # n position labels
+    facts: list[int]  # indices of fact tokens among them
+    heads: list[int]  # the kept heads, in the order of `maps`
+    _mean: np.ndarray | None = field(default=None, repr=False)
+
+    def names(self) -> list[str]:
+        """Every map's name in a block's order: the mean of heads, then each head."""
+        return ["mean", *(str(h) for h in self.heads)]
+
+    def map(self, name: str | int) -> np.ndarray:
+        """(n, n): the mean of heads for "mean", else the named head's map."""
+        if name == "mean":
+            if self._mean is None:
+                self._mean = self.maps.mean(0)  # as encode_block averages, so both encode the same bytes
+                self._mean.setflags(write=False)
+            return self._mean
+        try:
+            return self.maps[self.heads.index(int(name))]
+        except ValueError:
+            raise ValueError(f"head {name!r} has no map in segment {self.segment}; choose 'mean' or one of "
+                             f"{self.heads}") from None
+
+
 class AttentionExplorer:
     """Explore one trace's full attention maps in the browser (see the module docstring).
 
@@ -193,6 +234,7 @@ class AttentionExplorer:
         self.widget = _ExplorerWidget(meta=self._meta(samples, width, recorded_with), sample=sample,
                                       segment=segment, layer=layer, head=str(head), picked=segment)
         self.widget.add_class("rmt-attention-explorer")
+        self._held: OrderedDict[tuple[int, int, int], _FloatBlock] = OrderedDict()  # most recently used last
         self.widget.on_msg(self._on_msg)
 
     # -------------------------------------------------------------- data for the browser
@@ -231,23 +273,50 @@ class AttentionExplorer:
                      "data": base64.b64encode(encode_timeline(values[k]).tobytes()).decode("ascii")}
             for k, b in enumerate(samples)}}
 
-    def _maps(self, sample: int, segment: int, layer: int) -> tuple[np.ndarray, list[str], list[int]]:
-        """One sample's kept heads (heads, L, L) cut to its real positions (padding dropped), their labels, and
-        the indices of fact tokens among them."""
+    def _floats(self, sample: int, segment: int, layer: int) -> _FloatBlock:
+        """One sample's kept heads of one layer cut to its real positions (padding dropped), held for the next
+        requests (`KERNEL_BLOCKS`)."""
+        key = (sample, segment, layer)
+        if key in self._held:
+            self._held.move_to_end(key)
+            return self._held[key]
         labels = list(self.trace.labels(segment, sample))
         real = [i for i, lab in enumerate(labels) if lab != "[PAD]"]
-        maps = _numpy(self.trace.pattern(segment, layer))[sample][:, real][:, :, real]
+        n = len(real)
+        maps = _numpy(self.trace.pattern(segment, layer)[sample])  # (heads, L, L)
+        # a copy either way, so the held block never keeps a whole loaded batch alive; slicing when the padding
+        # is a tail (the usual layout) takes a third of the time of gathering
+        maps = np.array(maps[:, :n, :n]) if real == list(range(n)) else maps.take(real, axis=1).take(real, axis=2)
+        maps.setflags(write=False)  # view() hands out slices of it
         facts = set(fact_label_positions(self.trace, segment, sample))
-        return maps, [labels[i] for i in real], [k for k, i in enumerate(real) if i in facts]
+        block = _FloatBlock(segment=segment, maps=maps, labels=[labels[i] for i in real],
+                            facts=[k for k, i in enumerate(real) if i in facts],
+                            heads=[int(h) for h in self.trace.segment_info(segment)["heads"]])
+        self._held[key] = block
+        while len(self._held) > KERNEL_BLOCKS:
+            self._held.popitem(last=False)
+        return block
+
+    def maps(self, sample: int, segment: int, layer: int,
+             maps: list[str | int] | None = None) -> tuple[dict, list[bytes]]:
+        """The kernel's answer to the browser's `need`: the header of one (sample, segment, layer) and one buffer per
+        map named in `maps` ("mean" or a kept head; default: the mean, then every head), each quantized on its
+        own by `quantize`, so each equals its row of `block()`."""
+        block = self._floats(sample, segment, layer)
+        names = block.names() if maps is None else [str(m) for m in maps]
+        encoded = [quantize(block.map(name)[None]) for name in names]
+        header = {"type": "maps", "sample": sample, "segment": segment, "layer": layer, "n": len(block.labels),
+                  "heads": block.heads, "labels": block.labels, "facts": block.facts, "maps": names,
+                  "scales": [float(scales[0]) for _q, scales in encoded]}
+        return header, [q.tobytes() for q, _scales in encoded]
 
     def block(self, sample: int, segment: int, layer: int) -> tuple[dict, bytes]:
-        """The message header and the bytes of one (sample, segment, layer): every kept head and the mean of
-        heads, quantized by `encode_block`."""
-        maps, labels, facts = self._maps(sample, segment, layer)
-        q, scales = encode_block(maps)
-        header = {"type": "block", "sample": sample, "segment": segment, "layer": layer, "n": len(labels),
-                  "heads": [int(h) for h in self.trace.segment_info(segment)["heads"]], "labels": labels,
-                  "facts": facts, "scales": scales.tolist()}
+        """The header and the bytes of a whole (sample, segment, layer), as a standalone page inlines it: every
+        kept head and the mean of heads, quantized by `encode_block` (index 0 the mean, 1 + k head k)."""
+        block = self._floats(sample, segment, layer)
+        q, scales = encode_block(block.maps)
+        header = {"type": "block", "sample": sample, "segment": segment, "layer": layer, "n": len(block.labels),
+                  "heads": block.heads, "labels": block.labels, "facts": block.facts, "scales": scales.tolist()}
         return header, q.tobytes()
 
     def _on_msg(self, _widget, content, _buffers) -> None:
@@ -255,11 +324,17 @@ class AttentionExplorer:
             return
         key = {k: int(content[k]) for k in ("sample", "segment", "layer")}
         try:
-            header, data = self.block(**key)
+            names = content.get("maps") or self._floats(**key).names()
         except (KeyError, IndexError, ValueError) as err:  # the browser shows why instead of waiting forever
-            self.widget.send({"type": "block", **key, "error": str(err)})
+            self.widget.send({"type": "maps", **key, "maps": [], "error": str(err)})
             return
-        self.widget.send(header, buffers=[data])
+        for name in names:  # one message a map: the browser colours each while the next travels
+            try:
+                header, buffers = self.maps(**key, maps=[name])
+            except (KeyError, IndexError, ValueError) as err:
+                self.widget.send({"type": "maps", **key, "maps": [name], "error": str(err)})
+                continue
+            self.widget.send(header, buffers=buffers)
 
     # -------------------------------------------------------------- the current view in Python
     def _window(self, n: int) -> tuple[int, int, int, int]:
@@ -273,8 +348,8 @@ class AttentionExplorer:
         mean of heads (also in grid mode), cut to the zoom window."""
         w = self.widget
         head = "mean" if w.head in ("mean", "grid") else int(w.head)
-        maps, labels, facts = self._maps(w.sample, w.segment, w.layer)
-        matrix = maps.mean(0) if head == "mean" else maps[self.trace.segment_info(w.segment)["heads"].index(head)]
+        block = self._floats(w.sample, w.segment, w.layer)
+        matrix, labels, facts = block.map(head), block.labels, block.facts
         r0, r1, c0, c1 = self._window(len(labels))
         head_text = "mean of heads" if head == "mean" else f"head {head}"
         return AttentionView(
@@ -290,9 +365,9 @@ class AttentionExplorer:
             return plot_attention(self.view(), self.max_ticks)
         w = self.widget
         base = self.view()
-        maps, labels, _facts = self._maps(w.sample, w.segment, w.layer)
-        r0, r1, c0, c1 = self._window(len(labels))
-        heads = self.trace.segment_info(w.segment)["heads"]
+        block = self._floats(w.sample, w.segment, w.layer)
+        maps, heads = block.maps, block.heads
+        r0, r1, c0, c1 = self._window(len(block.labels))
         cols = int(np.ceil(np.sqrt(len(heads))))
         rows = int(np.ceil(len(heads) / cols))
         with figure_style(font_scale=0.7):
@@ -359,8 +434,9 @@ def _script_json(value) -> str:
     return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
 
 
-# The page's model stands in for the anywidget model: the same get/set/on/send calls, answered from the
-# inlined blocks, so the module runs unchanged.
+# The page's model stands in for the anywidget model: the same get/set/on/send calls, a `need` answered from the
+# inlined blocks (explorer.js, answerNeed), so the module runs unchanged. A block is decoded from base64 once, when
+# first asked for.
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:">
@@ -371,18 +447,17 @@ _PAGE = """<!DOCTYPE html>
 {esm}
 const inlined = JSON.parse(document.getElementById("rmt-explorer-data").textContent);
 const state = inlined.state, listeners = {{}};
-const byKey = new Map(inlined.blocks.map((b) => [`${{b.sample}}/${{b.segment}}/${{b.layer}}`, b]));
+const byKey = new Map(inlined.blocks.map((b) => [blockKey(b.sample, b.segment, b.layer), b]));
+const decoded = new Map();
 const model = {{
   get: (name) => state[name],
   set: (name, value) => {{ state[name] = value; }},
   save_changes: () => {{}},
   on: (event, fn) => {{ (listeners[event] = listeners[event] || []).push(fn); }},
   send: (msg) => {{
-    const b = byKey.get(`${{msg.sample}}/${{msg.segment}}/${{msg.layer}}`);
-    const reply = b ? [{{ ...b, data: undefined }}, [base64Bytes(b.data)]]
-                    : [{{ type: "block", sample: msg.sample, segment: msg.segment, layer: msg.layer,
-                          error: "this page holds no map of that view: "
-                                 + "save_html(path, segments=..., layers=..., samples=...)" }}, []];
+    const key = blockKey(msg.sample, msg.segment, msg.layer), b = byKey.get(key);
+    if (b && !decoded.has(key)) decoded.set(key, base64Bytes(b.data));
+    const reply = answerNeed(msg, b, decoded.get(key));
     queueMicrotask(() => (listeners["msg:custom"] || []).forEach((fn) => fn(...reply)));
   }},
 }};

@@ -9,23 +9,34 @@ A benchmark, not a test: it prints figures and asserts nothing about them. It wr
 the next frame (requestAnimationFrame, then a task: the frame with the change has been produced). Each
 kind of interaction is repeated; it reports the median and the range. "first" rows need a block or a
 head's image the page has not drawn before (base64 decode, colouring 522^2 cells); "seen" rows redraw
-from what is already decoded. In Jupyter the first visit of a block also waits for the kernel to encode
-and send it: `benchmark_widget` measures that inside JupyterLab (127.0.0.1), from the choice in the page
-to the frame drawn with the block the kernel sent. The trace's summaries cover `timeline_segments` segments
-(4,096: 2,048,000 tokens at 499 a segment), so the timeline rows time its zoom, pan and hover at that length.
+from what is already decoded. In Jupyter a map the browser does not hold also waits for the kernel to
+encode and send it: `benchmark_widget` measures that inside JupyterLab (127.0.0.1), from the choice in the
+page to the frame drawn with the maps the kernel sent, including far jumps (another sample, a segment two
+away) to blocks nothing was prefetched from. It drives Chromium by bare DevTools calls (`_DevTools`; with
+--driver playwright, as the browser tests do, every websocket frame is also copied to the driver). The
+trace's summaries cover `timeline_segments` segments (4,096: 2,048,000 tokens at 499 a segment), so the
+timeline rows time its zoom, pan and hover at that length.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from rmt_lab.viz import AttentionExplorer
 from tests.viz.synthetic import synthetic_trace
-from tests.viz.test_browser import CHROMIUM, CHROMIUM_FLAGS, ROOT, run_all_cells, serve_notebook
+from tests.viz.test_browser import (
+    CHROMIUM, CHROMIUM_FLAGS, LOOPBACK, ROOT, TOKEN, run_all_cells, serve_notebook,
+)
 
 # In the page: run an action, wait for the frame that shows it; ms from the event to that frame.
 _TIMER = """
@@ -70,22 +81,33 @@ def benchmark_explorer(positions: int = 522, heads: int = 12, layers: int = 2, s
     trace = synthetic_trace(n_positions=positions, n_mem=10, layers=layers, heads=heads,
                             map_segments=tuple(range(segments)), n_segments=max(segments, timeline_segments))
     explorer = AttentionExplorer(trace)
-    encode = []
-    for _ in range(5):
+    kernel: dict[str, list[float]] = {}
+
+    def timed(name, fn, *args):
         t0 = time.perf_counter()
-        header, data = explorer.block(0, 0, 0)
-        encode.append((time.perf_counter() - t0) * 1000)
+        out = fn(*args)
+        kernel.setdefault(name, []).append((time.perf_counter() - t0) * 1000)
+        return out
+
+    # at 3 segments x 2 layers, cycling through them misses the kernel's held blocks (KERNEL_BLOCKS = 3)
+    blocks = [(s, layer) for s in range(segments) for layer in range(layers)] * 2
+    for s, layer in blocks:
+        timed("python: the mean, block not held (cut, mean, encode)", explorer.maps, 0, s, layer, ["mean"])
+        _header, (one,) = timed("python: a head of the block just held", explorer.maps, 0, s, layer, ["1"])
+    for s, layer in blocks:
+        _header, data = timed("python: a whole block, not held (save_html)", explorer.block, 0, s, layer)
     path = Path(tempfile.mkdtemp(prefix="rmt_explorer_bench_")) / "explorer.html"
     explorer.save_html(path, segments=list(range(segments)), layers=list(range(layers)))
-    print(f"{positions} positions x {heads} heads (+ their mean): block {len(data) / 1e6:.2f} MB "
-          f"({heads + 1} x {positions}^2 bytes); float32 would be {heads * positions ** 2 * 4 / 1e6:.1f} MB")
+    print(f"{positions} positions x {heads} heads (+ their mean): one map {len(one) / 1e3:.0f} KB, a block "
+          f"{len(data) / 1e6:.2f} MB ({heads + 1} x {positions}^2 bytes); float32 would be "
+          f"{heads * positions ** 2 * 4 / 1e6:.1f} MB")
     print(f"standalone page with {segments} segments x {layers} layers: {path.stat().st_size / 1e6:.1f} MB "
           f"({path})")
     timeline = explorer.widget.meta["timeline"]
     print(f"timeline of {timeline['n_segments']:,} segments: {len(timeline['samples']['0']['data']) / 1e3:.0f} KB "
           f"of base64 a sample ({len(timeline['lanes'])} lanes x {layers} layers x {timeline['n_segments']:,} "
           "segments, uint8)")
-    times: dict[str, list[float]] = {"python: encode a block": encode}
+    times: dict[str, list[float]] = dict(kernel)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
         try:
@@ -162,37 +184,145 @@ true;
 """
 
 
-def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, segments: int = 3,
-                     repeats: int = 10) -> dict[str, list[float]]:
-    """Print and return ms from a segment or layer choice to its frame, with the explorer widget in JupyterLab:
-    "first" waits for the kernel's block (encode, websocket, decode), "seen" draws a block the view holds."""
-    import nbformat
+class _DevTools:
+    """Headless Chromium driven by bare DevTools calls (Page, Runtime, Emulation; never the Network domain).
+
+    Playwright enables the Network domain on every page, and Chromium then copies each websocket frame to the
+    driver as base64: with a 272 KB map a change, that added 35-50 ms to each far jump in JupyterLab on this
+    machine, a cost no user has. So the JupyterLab rows drive Chromium directly (tornado's websocket client:
+    JupyterLab's server needs tornado anyway)."""
+
+    def __init__(self) -> None:
+        from tornado.websocket import websocket_connect
+
+        self.profile = Path(tempfile.mkdtemp(prefix="rmt_explorer_chromium_"))
+        self.process = subprocess.Popen(
+            [str(CHROMIUM), *CHROMIUM_FLAGS, "--remote-debugging-port=0", f"--user-data-dir={self.profile}",
+             "--window-size=1400,1200", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.loop = asyncio.new_event_loop()
+        self._id = 0
+        try:
+            active = self.profile / "DevToolsActivePort"  # Chromium writes the port it chose here
+            deadline = time.monotonic() + 60
+            while not active.is_file() or not active.read_text().strip():
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("Chromium did not open its DevTools port")
+                time.sleep(0.1)
+            port = int(active.read_text().split()[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10) as response:
+                page = next(t for t in json.load(response) if t["type"] == "page")
+
+            async def connect():  # inside the loop, so tornado binds the connection to it
+                return await websocket_connect(page["webSocketDebuggerUrl"], max_message_size=1 << 28)
+
+            self.socket = self.loop.run_until_complete(connect())
+            # JupyterLab acts on the notebook that has focus; a headless window never gets it otherwise
+            self.call("Emulation.setFocusEmulationEnabled", enabled=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, method: str, **params) -> dict:
+        self._id += 1
+        call_id = self._id
+
+        async def exchange():
+            await self.socket.write_message(json.dumps({"id": call_id, "method": method, "params": params}))
+            while True:
+                reply = json.loads(await self.socket.read_message())
+                if reply.get("id") == call_id:
+                    return reply
+
+        reply = self.loop.run_until_complete(exchange())
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page, a promise awaited."""
+        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        if getattr(self, "socket", None) is not None:
+            self.socket.close()
+        self.process.terminate()
+        self.process.wait(timeout=20)
+        self.loop.close()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def _wait_for(evaluate, expression: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not evaluate(f"!!({expression})"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {expression}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _lab_devtools(port: int, notebook: str):
+    """Open a served notebook and run its cells in Chromium driven by `_DevTools`; yields its `evaluate`."""
+    chrome = _DevTools()
+    try:
+        chrome.call("Page.navigate", url=f"http://{LOOPBACK}:{port}/lab/tree/notebooks/{notebook}?token={TOKEN}")
+        panel = "[...window.jupyterapp.shell.widgets('main')].find((w) => w.sessionContext)"
+        _wait_for(chrome.evaluate, f"window.jupyterapp && {panel}?.sessionContext.session?.kernel", 90)
+        chrome.evaluate(f"window.jupyterapp.shell.activateById({panel}.id);"
+                        " window.jupyterapp.commands.execute('notebook:run-all-cells'); true")
+        yield chrome.evaluate
+    finally:
+        chrome.close()
+
+
+@contextlib.contextmanager
+def _lab_playwright(port: int, notebook: str):
+    """The same through playwright (as tests/viz/test_browser.py): every websocket frame also goes to its driver."""
     from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            run_all_cells(page, port, notebook)
+            yield page.evaluate
+        finally:
+            browser.close()
+
+
+def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, segments: int = 3,
+                     repeats: int = 10, samples: int = 10, driver: str = "devtools") -> dict[str, list[float]]:
+    """Print and return ms from a choice to its frame, with the explorer widget in JupyterLab: a block the view
+    does not hold waits for the kernel's maps (encode, websocket, decode); a held one draws at once. Samples 2
+    and up are each visited once by far jumps, so nothing of theirs was prefetched. `driver`: "devtools"
+    (`_DevTools`) or "playwright"."""
+    import nbformat
 
     tmp = Path(tempfile.mkdtemp(prefix="rmt_explorer_lab_"))
     notebook = tmp / "explorer_bench.ipynb"
     code = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
             "from tests.viz.synthetic import synthetic_trace\nfrom rmt_lab.viz import AttentionExplorer\n"
             f"explorer = AttentionExplorer(synthetic_trace(n_positions={positions}, n_mem=10, layers={layers}, "
-            f"heads={heads}, map_segments=tuple(range({segments})), n_segments={max(segments, 4)}, batch=2), "
+            f"heads={heads}, map_segments=tuple(range({segments})), n_segments={max(segments, 4)}, batch={samples}), "
             "layer=0)\n"
             "explorer.widget")
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), notebook)
     times: dict[str, list[float]] = {}
-    with serve_notebook(tmp, notebook) as port, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            t0 = time.perf_counter()
-            run_all_cells(page, port, notebook.name)
-            page.wait_for_selector(".rmt-explorer[data-drawn]", timeout=300_000)
-            times["run cell to first map (kernel start, trace, block)"] = [(time.perf_counter() - t0) * 1000]
-            page.evaluate(_WIDGET_TIMER)
+    lab = {"devtools": _lab_devtools, "playwright": _lab_playwright}[driver]
+    with serve_notebook(tmp, notebook) as port:
+        t0 = time.perf_counter()
+        with lab(port, notebook.name) as evaluate:
+            _wait_for(evaluate, "document.querySelector('.rmt-explorer[data-drawn]')", 300)
+            times["run cell to first map (kernel start, trace, map)"] = [(time.perf_counter() - t0) * 1000]
+            evaluate(_WIDGET_TIMER)
 
             def choose(label, name, value, state):
                 expect = "{sample}/{segment}/{layer}/{head}".format(**state)
-                times.setdefault(label, []).append(page.evaluate("([n, v, e]) => window.__choose(n, v, e)",
-                                                                 [name, str(value), expect]))
+                ms = evaluate(f"window.__choose({json.dumps(name)}, {json.dumps(str(value))}, {json.dumps(expect)})")
+                if label:
+                    times.setdefault(label, []).append(ms)
 
             state = {"sample": 0, "segment": 0, "layer": 0, "head": "mean"}
 
@@ -215,8 +345,20 @@ def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, seg
                 choose("segment change, block held", "segment", state["segment"], state)
                 state["layer"] = k % layers
                 choose("layer change, block held", "layer", state["layer"], state)
-        finally:
-            browser.close()
+            far = segments - 1  # from the first segment to the last and back: not a neighbour when segments > 2
+            for b in range(2, samples):  # far jumps: samples and segments nothing was prefetched from
+                looked = b % 2 == 0
+                when = "after 1.5 s looking" if looked else "right after the previous change"
+                time.sleep(1.5 if looked else 0.0)
+                state["sample"] = b
+                choose(f"far jump, cold: sample change, {when}", "sample", b, state)
+                time.sleep(1.5)
+                state["segment"] = far if state["segment"] == 0 else 0
+                choose("far jump, cold: segment 2+ away, after 1.5 s looking", "segment", state["segment"], state)
+                state["head"] = "grid"  # every head of a block the kernel has just begun to send
+                choose("all heads (grid) right after a far jump", "head", "grid", state)
+                state["head"] = "mean"
+                choose(None, "head", "mean", state)
     for name, values in times.items():
         print(_summary(name, values))
     return times
@@ -230,12 +372,17 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--timeline-segments", type=int, default=4096)
+    parser.add_argument("--samples", type=int, default=10,
+                        help="samples in the JupyterLab trace (far jumps: 2 and up)")
+    parser.add_argument("--driver", choices=("devtools", "playwright"), default="devtools",
+                        help="how the JupyterLab rows drive Chromium (see _DevTools)")
     parser.add_argument("--no-jupyterlab", action="store_true", help="only the standalone page")
     args = parser.parse_args()
     benchmark_explorer(args.positions, args.heads, args.layers, args.segments, args.repeats, args.timeline_segments)
     if not args.no_jupyterlab:
-        print("\nthe widget in JupyterLab (kernel on this machine):")
-        benchmark_widget(args.positions, args.heads, args.layers, args.segments, args.repeats // 2)
+        print(f"\nthe widget in JupyterLab (kernel on this machine; Chromium driven by {args.driver}):")
+        benchmark_widget(args.positions, args.heads, args.layers, args.segments, args.repeats // 2, args.samples,
+                         args.driver)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The attention explorer's data, without a browser: the quantized blocks (error bound, size, labels), the
-kernel's answers to the browser, the figures of the current view and the standalone page's contents."""
+"""The attention explorer's data, without a browser: the quantized maps and blocks (error bound, size, labels),
+the kernel's answers to the browser (the maps asked for, one message each, from floats it cuts once), the
+figures of the current view and the standalone page's contents."""
 
 import base64
 import json
@@ -11,6 +12,7 @@ import pytest
 from rmt_lab.viz import AttentionExplorer
 from rmt_lab.viz.explorer import (
     ESM,
+    KERNEL_BLOCKS,
     dequantize,
     encode_block,
     encode_timeline,
@@ -99,16 +101,65 @@ def test_block_drops_padding():
     assert header["n"] == 12 and "[PAD]" not in header["labels"] and len(data) == 3 * 12 * 12
 
 
-def test_kernel_answers_the_browser_with_one_binary_message(monkeypatch):
+def test_kernel_answers_a_need_with_just_the_maps_asked_for(monkeypatch):
     explorer = AttentionExplorer(FakeTrace())
     sent = []
     monkeypatch.setattr(explorer.widget, "send", lambda content, buffers=None: sent.append((content, buffers)))
-    explorer._on_msg(explorer.widget, {"type": "need", "sample": 1, "segment": 2, "layer": 0}, [])
+    explorer._on_msg(explorer.widget, {"type": "need", "sample": 1, "segment": 2, "layer": 1, "maps": ["1"]}, [])
     (header, buffers), = sent
-    assert (header["type"], header["sample"], header["segment"], header["layer"]) == ("block", 1, 2, 0)
-    assert len(buffers) == 1 and len(buffers[0]) == 3 * 15 * 15
-    explorer._on_msg(explorer.widget, {"type": "need", "sample": 0, "segment": 9, "layer": 0}, [])
-    assert "kept no full maps" in sent[-1][0]["error"] and sent[-1][1] is None
+    assert (header["type"], header["sample"], header["segment"], header["layer"]) == ("maps", 1, 2, 1)
+    assert header["maps"] == ["1"] and header["heads"] == [0, 1] and len(header["labels"]) == header["n"] == 15
+    assert len(buffers) == 1 and len(buffers[0]) == 15 * 15  # one map, not the block
+    exact = FakeTrace().pattern(2, 1)[1, 1]
+    back = dequantize(np.frombuffer(buffers[0], np.uint8).reshape(1, 15, 15), np.float32(header["scales"]))[0]
+    assert np.all(np.abs(back - exact) <= quantization_bound(exact, header["scales"][0]) * (1 + 1e-5) + 1e-9)
+
+    # several maps (here none named: all of them): one message a map, so the browser can colour each as it comes
+    explorer._on_msg(explorer.widget, {"type": "need", "sample": 1, "segment": 2, "layer": 1}, [])
+    assert [h["maps"] for h, _b in sent[1:]] == [["mean"], ["0"], ["1"]]
+    assert all(len(b) == 1 and len(b[0]) == 15 * 15 for _h, b in sent[1:])
+    del sent[:]
+    explorer._on_msg(explorer.widget, {"type": "need", "sample": 0, "segment": 9, "layer": 0, "maps": ["mean"]}, [])
+    assert "kept no full maps" in sent[-1][0]["error"] and sent[-1][0]["maps"] == ["mean"] and sent[-1][1] is None
+    explorer._on_msg(explorer.widget, {"type": "need", "sample": 0, "segment": 0, "layer": 0, "maps": ["7", "1"]}, [])
+    (error, _none), (header, buffers) = sent[-2:]  # a head the segment lacks fails alone
+    assert "head '7' has no map in segment 0; choose 'mean' or one of [0, 1]" in error["error"]
+    assert error["maps"] == ["7"] and header["maps"] == ["1"] and len(buffers[0]) == 15 * 15
+
+
+def test_maps_one_at_a_time_equal_the_rows_of_the_block():
+    explorer = AttentionExplorer(synthetic_trace(n_positions=60, n_mem=4, heads=3, layers=2, batch=2))
+    header, data = explorer.block(1, 0, 1)
+    rows = np.frombuffer(data, np.uint8).reshape(4, 60 * 60)
+    for k, name in enumerate(["mean", 0, "1", 2]):  # a head by number or by text
+        one, buffers = explorer.maps(1, 0, 1, [name])
+        assert one["maps"] == [str(name)] and buffers[0] == rows[k].tobytes()
+        assert one["scales"] == [header["scales"][k]]
+        assert {k: one[k] for k in ("n", "heads", "labels", "facts")} == \
+            {k: header[k] for k in ("n", "heads", "labels", "facts")}
+    both, buffers = explorer.maps(1, 0, 1, ["2", "mean"])  # in the order asked
+    assert both["maps"] == ["2", "mean"] and buffers == [rows[3].tobytes(), rows[0].tobytes()]
+
+
+def test_kernel_cuts_a_block_from_the_trace_once(monkeypatch):
+    trace = FakeTrace()
+    explorer = AttentionExplorer(trace)
+    loads = []
+    pattern = trace.pattern
+    monkeypatch.setattr(trace, "pattern", lambda segment, layer: loads.append((segment, layer))
+                        or pattern(segment, layer))
+    for name in ("mean", "0", "1"):  # the browser fills a block in one map at a time
+        explorer.maps(0, 1, 1, [name])
+    explorer.view()
+    assert loads == [(1, 1), (0, 1)]  # the view's block (segment 0, layer 1) and the one asked for
+    for segment in (2, 3, 0):  # held: the most recent KERNEL_BLOCKS, so memory stays bounded
+        explorer.maps(0, segment, 1, ["mean"])
+    explorer.maps(0, 1, 1, ["0"])
+    assert loads[-1] == (1, 1) and len(explorer._held) == KERNEL_BLOCKS
+    for head in ("mean", "1"):  # view() hands out the held floats
+        explorer.widget.head = head
+        with pytest.raises(ValueError, match="read-only"):
+            explorer.view().attention[0, 0] = 1.0
 
 
 def test_meta_segments_facts_and_timeline():

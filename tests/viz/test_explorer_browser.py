@@ -3,13 +3,16 @@ with no kernel: hovering a known cell reads out its tokens and its weight (withi
 a click pins the row and lists its top keys, the wheel zooms, a drag pans, the head grid draws, the
 timeline of a 4,096-segment trace zooms to single segments, reads out their summaries and opens a kept map
 or names the command that records one, and the page makes no request at all (every request is intercepted
-and counted).
+and counted). Over a scripted model that answers only when the test delivers the kernel's reply, the view's
+side of the protocol: it asks for just the maps it draws, merges them into its blocks as they come, and
+prefetches the rest one map at a time.
 
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package, like test_browser.py.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import re
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 
 from rmt_lab.viz import AttentionExplorer
-from rmt_lab.viz.explorer import quantization_bound
+from rmt_lab.viz.explorer import ESM, quantization_bound
 from tests.viz.synthetic import synthetic_trace
 from tests.viz.test_browser import CHROMIUM, CHROMIUM_FLAGS
 
@@ -45,9 +48,10 @@ def page_of(tmp_path_factory, trace):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
 
-        def open_page(of=None, **export):
-            path = AttentionExplorer(of or trace, layer=1).save_html(tmp_path_factory.mktemp("page") / "explorer.html",
-                                                                     **export)
+        def open_page(of=None, own=None, **export):
+            """A standalone page of `of` (default: the trace), or `own`, a page that draws when it has data."""
+            path = own or AttentionExplorer(of or trace, layer=1).save_html(
+                tmp_path_factory.mktemp("page") / "explorer.html", **export)
             page = browser.new_page(viewport={"width": 1200, "height": 1000})
             requests, errors = [], []
             page.route("**/*", lambda route: (requests.append(route.request.url),
@@ -55,7 +59,7 @@ def page_of(tmp_path_factory, trace):
                                               else route.abort()))
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(path.as_uri())
-            page.wait_for_selector(".rmt-explorer[data-drawn]", timeout=20_000)
+            page.wait_for_selector(".rmt-explorer[data-drawn]" if own is None else ".rmt-explorer", timeout=20_000)
             return page, requests, errors
 
         try:
@@ -243,5 +247,118 @@ def test_timeline_reaches_single_segments_of_a_long_trace(page_of, long_trace):
     assert after["span"] == before["span"] and after["picked"] == 2000  # a drag picks nothing
     page.locator("canvas.rmt-timeline").dblclick()
     assert _timeline(page)["span"] == 4096
+    assert not errors and requests == [page.url]
+    page.close()
+
+
+# explorer.js with a model that records what the view asks for and answers only when the test delivers the
+# kernel's reply, so each step of the protocol can be checked: what is asked, when, and what is drawn.
+_HARNESS = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><div id="app"></div>
+<script type="module">
+{esm}
+const state = {state}, listeners = {{}};
+window.__sent = [];
+const model = {{
+  get: (name) => state[name],
+  set: (name, value) => {{ state[name] = value; }},
+  save_changes: () => {{}},
+  on: (event, fn) => {{ (listeners[event] = listeners[event] || []).push(fn); }},
+  send: (msg) => window.__sent.push(msg),
+}};
+window.__deliver = (header, data) =>
+  (listeners["msg:custom"] || []).forEach((fn) => fn(header, data.map((b) => new DataView(base64Bytes(b).buffer))));
+render({{ model, el: document.getElementById("app") }});
+</script></body></html>
+"""
+
+
+@pytest.fixture
+def harness(page_of, trace, tmp_path):
+    """A page running explorer.js over a scripted model; yields (page, the explorer whose `maps` answer it)."""
+    explorer = AttentionExplorer(trace, layer=1)
+    w = explorer.widget
+    state = {"meta": w.meta, "sample": w.sample, "segment": w.segment, "layer": w.layer, "head": w.head,
+             "window": [], "picked": w.picked}
+    path = tmp_path / "harness.html"
+    path.write_text(_HARNESS.format(esm=ESM.read_text(encoding="utf-8"), state=json.dumps(state)), encoding="utf-8")
+    page, _requests, errors = page_of(own=path)
+    yield page, explorer
+    assert not errors
+    page.close()
+
+
+def _sent(page):
+    return page.evaluate("window.__sent")
+
+
+def _deliver(page, explorer, need):
+    header, buffers = explorer.maps(need["sample"], need["segment"], need["layer"], need["maps"])
+    page.evaluate("([h, d]) => window.__deliver(h, d)", [header, [base64.b64encode(b).decode() for b in buffers]])
+
+
+def _drawn(page):
+    return page.get_attribute(".rmt-explorer", "data-drawn")
+
+
+def _need(segment, layer, maps, sample=0):
+    return {"type": "need", "sample": sample, "segment": segment, "layer": layer, "maps": maps}
+
+
+def test_view_asks_for_the_maps_it_draws_then_prefetches_one_map_at_a_time(harness, trace):
+    page, explorer = harness
+    assert _sent(page) == [_need(0, 1, ["mean"])] and _drawn(page) is None  # only the shown map, not the block
+    assert page.inner_text(".rmt-note") == "loading…"
+    _deliver(page, explorer, _sent(page)[0])
+    assert _drawn(page) == "0/0/1/mean"
+    # then, while the user looks, the rest of the shown block, one map a request and the next only once it came
+    page.wait_for_function("window.__sent.length === 2")
+    page.wait_for_timeout(300)
+    assert _sent(page)[1:] == [_need(0, 1, ["0"])]
+
+    page.select_option("select[name=head]", "2")  # a head not here yet: asked for at once, alone
+    assert _sent(page)[2:] == [_need(0, 1, ["2"])] and _drawn(page) == "0/0/1/mean"  # the last frame stays
+    _deliver(page, explorer, _sent(page)[2])
+    assert _drawn(page) == "0/0/1/2"
+    page.mouse.move(*_cell_point(page, 17, 33))  # the merged map reads out within the quantization bound
+    exact = float(trace.pattern(0, 1)[0, 2, 17, 33])
+    scale = float(trace.pattern(0, 1)[0, 2].max())
+    assert abs(_readout_weight(page.inner_text(".rmt-readout")) - exact) <= (quantization_bound(exact, scale)
+                                                                             + _printed(exact))
+
+    expected = [_need(0, 1, ["1"]),  # the shown block's last map
+                _need(1, 1, ["2"]), _need(0, 0, ["2"]),  # the neighbours' shown head (next segment, other layer)
+                _need(1, 1, ["mean"]), _need(1, 1, ["0"])]  # then the neighbours' other maps
+    _deliver(page, explorer, _sent(page)[1])
+    for k, need in enumerate(expected):
+        page.wait_for_function(f"window.__sent.length === {4 + k}")
+        assert _sent(page)[-1] == need
+        _deliver(page, explorer, need)
+
+    page.select_option("select[name=segment]", "1")  # prefetched: drawn at once, its map not asked for again
+    assert _drawn(page) == "0/1/1/2"
+    assert not [n for n in _sent(page)[3 + len(expected):] if n["segment"] == 1 and "2" in n["maps"]]
+
+
+def test_grid_asks_for_the_heads_it_lacks_in_one_need(harness):
+    page, explorer = harness
+    _deliver(page, explorer, _sent(page)[0])  # the mean
+    page.wait_for_function("window.__sent.length === 2")  # head 0, prefetched
+    page.select_option("select[name=head]", "grid")
+    assert _sent(page)[2:] == [_need(0, 1, ["1", "2"])]  # head 0 is on its way already
+    for need in _sent(page)[1:]:
+        _deliver(page, explorer, need)
+    assert _drawn(page) == "0/0/1/grid"
+    page.mouse.move(*_cell_point(page, 7, 8))
+    assert "head 0 · sample 0" in page.inner_text(".rmt-readout")
+
+
+def test_standalone_page_answers_each_need_from_its_inlined_blocks(page_of):
+    page, requests, errors = page_of(segments=[0, 1], layers=[1])
+    page.select_option("select[name=layer]", "1")
+    for segment, head in (("1", "2"), ("0", "grid"), ("1", "mean")):
+        page.select_option("select[name=segment]", segment)
+        page.select_option("select[name=head]", head)
+        page.wait_for_function(f"document.querySelector('.rmt-explorer').dataset.drawn === '0/{segment}/1/{head}'")
+    assert page.inner_text(".rmt-note") == ""
     assert not errors and requests == [page.url]
     page.close()

@@ -11,10 +11,16 @@
 // colour scale is sqrt too, so the 256 levels of q are the colour levels and no decoding is needed to
 // draw. The browser fills a block in map by map: the maps a change draws first, the rest while the
 // user looks (`prefetch`).
+//
+// A view of one map waits for it, the last frame staying up. The grid paints at once: the heads it holds, and
+// a placeholder for each other head, filled in as its map comes. The root element says what the canvas shows:
+// data-painted, the view of the last frame (maybe with placeholders); data-placeholders, the heads still shown
+// as placeholders; data-drawn, the last view drawn whole. Tests and the benchmark wait on them.
 
 const MEMORY = "#d55e00"; // memory positions, as in the matplotlib figures
 const FACT = "#0072b2"; // fact tokens
 const SPECIAL = "#555555"; // [CLS], [SEP]
+const PLACEHOLDER = "#ececec", PLACEHOLDER_TEXT = "#888888"; // a grid tile whose map is on its way
 const FONT = "10px sans-serif";
 const LABEL_PX = 11; // a label needs this many pixels along its axis, so labels never overlap
 const MAX_ZOOM_CELL = 48; // largest cell, in CSS pixels
@@ -198,14 +204,17 @@ function render({ model, el: host }) {
                            layer: Number(layBox.value), head: headBox.value });
   const keyOf = (v) => blockKey(v.sample, v.segment, v.layer);
   const viewName = (c) => `${c.sample}/${c.segment}/${c.layer}/${c.head}`;
-  // The maps a view draws: one, or for the grid every head (and the mean, whose rows a pinned query lists).
+  // The maps a view draws: one, or for the grid every head, then the mean (whose rows a pinned query lists):
+  // the kernel answers in the order asked, and the grid paints each head as it comes.
   function shownMaps(head, block) {
-    return head === "grid" ? mapNames(block ? block.heads : meta.heads) : [head];
+    return head === "grid" ? [...(block ? block.heads : meta.heads).map(String), "mean"] : [head];
   }
-  // The shown block once it holds every map the view draws; until then the last frame stays up.
+  const holds = (block, name) => block !== undefined && block.has(name);
+  // The shown block, if the view draws from it now: a view of one map once it holds that map; the grid whatever
+  // it holds (none of it, before the block's first map comes).
   function currentBlock() {
     const c = current(), block = cache.get(keyOf(c));
-    return block && shownMaps(c.head, block).every((name) => block.has(name)) ? block : undefined;
+    return c.head === "grid" || holds(block, c.head) ? block : undefined;
   }
   function headText(head) { return head === "mean" ? "mean of heads" : `head ${head}`; }
 
@@ -237,14 +246,13 @@ function render({ model, el: host }) {
       prefetchSoon(0);
       return;
     }
-    const block = cache.get(key) || makeBlock(msg);
+    const fresh = !cache.has(key), block = cache.get(key) || makeBlock(msg);
     msg.maps.forEach((name, i) => block.add(name, asBytes(buffers[i]), msg.scales[i]));
     remember(key, block);
-    const pending = shown && root.dataset.drawn !== viewName(c);
-    if (pending && currentBlock()) draw();
-    else if (pending && c.head === "grid") { // colour each tile while the others travel: the grid's draw only scales
-      msg.maps.filter((name) => name !== "mean").forEach((name) => mapImage(block, name, cmap));
-    } else prefetchSoon(0);
+    // A grid painted before its block's first map came knows no positions yet: that map redraws it whole.
+    if (!shown || root.dataset.drawn === viewName(c)) prefetchSoon(0);
+    else if (c.head === "grid" && !fresh) fill(block, msg.maps);
+    else if (currentBlock()) draw();
   });
 
   // While the user looks, fill in the maps the next change will probably draw: the other maps of the shown
@@ -275,11 +283,12 @@ function render({ model, el: host }) {
   // ------------------------------------------------------------------ geometry
   const plot = () => {
     if (headBox.value !== "grid") return [{ x: ML, y: MT, size: Math.min(W - ML - 8, H - MT - 8) }];
-    const block = currentBlock(), k = block.heads.length, cols = Math.ceil(Math.sqrt(k));
+    const heads = (currentBlock() || meta).heads, cols = Math.ceil(Math.sqrt(heads.length));
     const size = Math.floor((W - 8 - (cols - 1) * 10) / cols) - 0;
-    return block.heads.map((h, i) => ({ x: (i % cols) * (size + 10), y: 18 + Math.floor(i / cols) * (size + 22),
-                                        size, head: h }));
+    return heads.map((h, i) => ({ x: (i % cols) * (size + 10), y: 18 + Math.floor(i / cols) * (size + 22),
+                                  size, head: h }));
   };
+  const placeholder = (block, r) => r.head !== undefined && !holds(block, String(r.head)); // a grid tile on its way
   function clampView(n) {
     view.cells = Math.min(n, Math.max(view.cells || n, Math.min(n, 4)));
     view.x0 = Math.min(Math.max(view.x0, 0), n - view.cells);
@@ -290,6 +299,7 @@ function render({ model, el: host }) {
     if (!block) return null;
     for (const r of plot()) {
       if (px < r.x || py < r.y || px >= r.x + r.size || py >= r.y + r.size) continue;
+      if (placeholder(block, r)) return null;
       const cell = r.size / view.cells;
       const col = Math.floor(view.x0 + (px - r.x) / cell), row = Math.floor(view.y0 + (py - r.y) / cell);
       if (row >= 0 && col >= 0 && row < block.n && col < block.n) return { row, col, rect: r };
@@ -311,6 +321,16 @@ function render({ model, el: host }) {
       ctx.strokeRect(r.x + (m0 - view.x0) * cell, r.y + (m0 - view.y0) * cell, (m1 - m0) * cell, (m1 - m0) * cell);
     }
     ctx.restore();
+  }
+  // A grid tile: its map, or a placeholder while the map is on its way; its title above it.
+  function drawTile(block, r) {
+    if (placeholder(block, r)) {
+      ctx.fillStyle = PLACEHOLDER; ctx.fillRect(r.x, r.y, r.size, r.size);
+      ctx.fillStyle = PLACEHOLDER_TEXT; ctx.textAlign = "center"; ctx.textBaseline = "middle";
+      ctx.fillText("loading…", r.x + r.size / 2, r.y + r.size / 2);
+    } else drawMap(block, String(r.head), r);
+    ctx.fillStyle = "#222"; ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";
+    ctx.fillText(`head ${r.head}`, r.x, r.y - 4);
   }
   function markColor(block, i) {
     const lab = block.labels[i];
@@ -363,33 +383,55 @@ function render({ model, el: host }) {
     ctx.fillText("keys →", 4, 12); ctx.fillText("queries ↓", 4, 26);
   }
 
+  // Marks what the canvas shows (see the top of this file).
+  function mark() {
+    const c = current(), block = cache.get(keyOf(c));
+    root.dataset.placeholders = JSON.stringify(c.head === "grid" ? plot().filter((r) => placeholder(block, r))
+                                                                     .map((r) => String(r.head)) : []);
+    root.dataset.painted = viewName(c);
+    if (shownMaps(c.head, block).every((name) => holds(block, name))) root.dataset.drawn = viewName(c);
+  }
+
   function draw() {
     const c = current();
+    const missing = lacking(c, shownMaps(c.head, cache.get(keyOf(c))));
+    if (missing.length) ask(c, missing); // the kernel answers with one message a map
     const block = currentBlock();
-    if (!block) { // ask for the maps this view lacks; the kernel answers with one message a map
-      const missing = lacking(c, shownMaps(c.head, cache.get(keyOf(c))));
-      if (missing.length) ask(c, missing);
+    if (!block && c.head !== "grid") {
       note.textContent = "loading…";
       return;
     }
-    remember(keyOf(c), block);
+    if (block) { remember(keyOf(c), block); clampView(block.n); }
     note.textContent = "";
-    clampView(block.n);
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, W, H);
     const rects = plot();
     if (c.head === "grid") {
-      ctx.font = FONT; ctx.fillStyle = "#222"; ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";
-      for (const r of rects) { drawMap(block, String(r.head), r); ctx.fillStyle = "#222"; ctx.fillText(`head ${r.head}`, r.x, r.y - 4); }
+      ctx.font = FONT;
+      for (const r of rects) drawTile(block, r);
     } else {
       drawMap(block, c.head, rects[0]);
       drawAxes(block, rects[0]);
     }
-    root.dataset.plot = JSON.stringify({ ...rects[0], n: block.n, x0: view.x0, y0: view.y0, cells: view.cells });
-    root.dataset.drawn = viewName(c);
+    root.dataset.plot = JSON.stringify({ ...rects[0], n: block && block.n, x0: view.x0, y0: view.y0, cells: view.cells,
+                                         tiles: c.head === "grid" ? rects : undefined });
+    mark();
     drawOverlay();
     drawPinned();
     drawTimeline();
+    prefetchSoon();
+  }
+
+  // Maps of the shown grid came while it is up: each replaces its placeholder (the title stays), the rest stays.
+  function fill(block, names) {
+    for (const r of plot()) {
+      if (!names.includes(String(r.head))) continue;
+      ctx.clearRect(r.x, r.y, r.size, r.size);
+      drawMap(block, String(r.head), r);
+    }
+    mark();
+    drawOverlay();
+    if (names.includes("mean")) drawPinned(); // the grid's pinned row lists the mean's top keys
     prefetchSoon();
   }
 
@@ -399,6 +441,7 @@ function render({ model, el: host }) {
     const block = currentBlock();
     if (!block) return;
     for (const r of plot()) {
+      if (placeholder(block, r)) continue;
       const cell = r.size / view.cells;
       octx.save(); octx.beginPath(); octx.rect(r.x, r.y, r.size, r.size); octx.clip();
       if (pinned !== null) {
@@ -425,13 +468,13 @@ function render({ model, el: host }) {
 
   function drawPinned() {
     side.textContent = "";
-    const block = currentBlock();
-    if (!block || pinned === null) {
-      side.appendChild(el("div", { style: "color:#777" }, "click a cell to pin its query row and list its top keys"));
+    const block = currentBlock(), c = current();
+    const head = c.head === "grid" ? "mean" : c.head;
+    if (!block || pinned === null || !block.has(head)) {
+      side.appendChild(el("div", { style: "color:#777" }, pinned === null
+        ? "click a cell to pin its query row and list its top keys" : "loading…"));
       return;
     }
-    const c = current();
-    const head = c.head === "grid" ? "mean" : c.head;
     const row = block.map(head).subarray(pinned * block.n, (pinned + 1) * block.n);
     const order = Array.from(row.keys()).sort((a, b) => row[b] - row[a]).slice(0, 12);
     side.appendChild(el("div", { style: "font-weight:bold; margin-bottom:4px" },

@@ -36,7 +36,8 @@ from the trace once. While a view is shown, the browser fills in what the next c
 a request (the kernel answers messages in order, so a change the user makes waits behind one map at most):
 the other maps of the shown block, then the shown map of the neighbouring segments and layers, then their
 other maps. A change draws from maps already in the browser when it can; otherwise it waits for the maps it
-draws: for a far jump (another sample, a distant segment) one map, 272 KB, a 13th of its block. A
+draws: for a far jump (another sample, a distant segment) one map, 272 KB, a 13th of its block. The grid
+waits for none: it paints the heads held and a placeholder for each other, filled in as its map comes. A
 standalone page inlines whole blocks (base64) and answers the same `need` from them. The timeline travels
 once, with the widget: per sample, uint8 levels of 1/254 (`encode_timeline`), 4 x map layers x segments bytes,
 e.g. 16 KB for one layer of a 4,096-segment trace, base64 in the widget state.

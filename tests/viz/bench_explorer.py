@@ -12,10 +12,11 @@ head's image the page has not drawn before (base64 decode, colouring 522^2 cells
 from what is already decoded. In Jupyter a map the browser does not hold also waits for the kernel to
 encode and send it: `benchmark_widget` measures that inside JupyterLab (127.0.0.1), from the choice in the
 page to the frame drawn with the maps the kernel sent, including far jumps (another sample, a segment two
-away) to blocks nothing was prefetched from. It drives Chromium by bare DevTools calls (`_DevTools`; with
---driver playwright, as the browser tests do, every websocket frame is also copied to the driver). The
-trace's summaries cover `timeline_segments` segments (4,096: 2,048,000 tokens at 499 a segment), so the
-timeline rows time its zoom, pan and hover at that length.
+away) to blocks nothing was prefetched from. The all-heads grid paints at once, with a placeholder for each
+head still on its way: its rows give the first paint, the first head's map and the whole grid. It drives
+Chromium by bare DevTools calls (`_DevTools`; with --driver playwright, as the browser tests do, every
+websocket frame is also copied to the driver). The trace's summaries cover `timeline_segments` segments
+(4,096: 2,048,000 tokens at 499 a segment), so the timeline rows time its zoom, pan and hover at that length.
 """
 
 from __future__ import annotations
@@ -168,14 +169,29 @@ def benchmark_explorer(positions: int = 522, heads: int = 12, layers: int = 2, s
     return times
 
 
-# In JupyterLab: choose a value, resolve on the frame after the view drew `expect` (the kernel's block may
-# arrive first; the view marks what it drew in data-drawn).
+# In JupyterLab: choose a value; ms from the choice to the frame after each moment of the view `expect`, as the
+# view marks them on its root (explorer.js): `painted`, its first frame, which in the grid may show placeholders;
+# `tile`, the first frame with a map in it (for a view of one map, the first frame); `drawn`, the frame that shows
+# the whole view. The kernel's maps may arrive first.
 _WIDGET_TIMER = """
 window.__choose = (name, value, expect) => new Promise((done) => {
-  const root = document.querySelector(".rmt-explorer"), t0 = performance.now();
-  const finish = () => requestAnimationFrame(() => setTimeout(() => done(performance.now() - t0), 0));
-  const watch = new MutationObserver(() => { if (root.dataset.drawn === expect) { watch.disconnect(); finish(); } });
-  watch.observe(root, {attributes: true, attributeFilter: ["data-drawn"]});
+  const root = document.querySelector(".rmt-explorer"), t0 = performance.now(), at = {};
+  const frame = (moment) => {
+    if (moment in at) return;
+    at[moment] = null;
+    requestAnimationFrame(() => setTimeout(() => {
+      at[moment] = performance.now() - t0;
+      if (["painted", "tile", "drawn"].every((m) => at[m] != null)) done(at);
+    }, 0));
+  };
+  const watch = new MutationObserver(() => {
+    if (root.dataset.painted !== expect) return;
+    frame("painted");
+    const tiles = JSON.parse(root.dataset.plot).tiles;
+    if (!tiles || JSON.parse(root.dataset.placeholders).length < tiles.length) frame("tile");
+    if (root.dataset.drawn === expect) { watch.disconnect(); frame("drawn"); }
+  });
+  watch.observe(root, {attributes: true, attributeFilter: ["data-painted", "data-placeholders", "data-drawn"]});
   const box = root.querySelector(`select[name=${name}]`);
   box.value = String(value);
   box.dispatchEvent(new Event("change"));
@@ -293,10 +309,13 @@ def _lab_playwright(port: int, notebook: str):
 
 
 def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, segments: int = 3,
-                     repeats: int = 10, samples: int = 10, driver: str = "devtools") -> dict[str, list[float]]:
+                     repeats: int = 10, samples: int = 10, grid_jumps: int = 4,
+                     driver: str = "devtools") -> dict[str, list[float]]:
     """Print and return ms from a choice to its frame, with the explorer widget in JupyterLab: a block the view
     does not hold waits for the kernel's maps (encode, websocket, decode); a held one draws at once. Samples 2
-    and up are each visited once by far jumps, so nothing of theirs was prefetched. `driver`: "devtools"
+    and up are each visited once by far jumps, so nothing of theirs was prefetched: samples 2 to `samples` - 1
+    with the mean shown, then `grid_jumps` more in grid mode. The grid paints at once with a placeholder for each
+    head it lacks: its rows give the first paint, the first head's map and the whole grid. `driver`: "devtools"
     (`_DevTools`) or "playwright"."""
     import nbformat
 
@@ -305,7 +324,8 @@ def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, seg
     code = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
             "from tests.viz.synthetic import synthetic_trace\nfrom rmt_lab.viz import AttentionExplorer\n"
             f"explorer = AttentionExplorer(synthetic_trace(n_positions={positions}, n_mem=10, layers={layers}, "
-            f"heads={heads}, map_segments=tuple(range({segments})), n_segments={max(segments, 4)}, batch={samples}), "
+            f"heads={heads}, map_segments=tuple(range({segments})), n_segments={max(segments, 4)}, "
+            f"batch={samples + grid_jumps}), "
             "layer=0)\n"
             "explorer.widget")
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), notebook)
@@ -318,11 +338,16 @@ def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, seg
             times["run cell to first map (kernel start, trace, map)"] = [(time.perf_counter() - t0) * 1000]
             evaluate(_WIDGET_TIMER)
 
-            def choose(label, name, value, state):
+            def choose(label, name, value, state, moments=None):
+                """Choose; record under `label` ms to the frame of the whole view, or under `label: text` ms to each
+                moment in `moments` ({moment: text}, see _WIDGET_TIMER)."""
                 expect = "{sample}/{segment}/{layer}/{head}".format(**state)
-                ms = evaluate(f"window.__choose({json.dumps(name)}, {json.dumps(str(value))}, {json.dumps(expect)})")
+                at = evaluate(f"window.__choose({json.dumps(name)}, {json.dumps(str(value))}, {json.dumps(expect)})")
                 if label:
-                    times.setdefault(label, []).append(ms)
+                    for moment, text in (moments or {"drawn": None}).items():
+                        times.setdefault(f"{label}: {text}" if text else label, []).append(at[moment])
+
+            grid = {"painted": "first paint", "tile": "first head drawn", "drawn": f"complete ({heads} heads)"}
 
             state = {"sample": 0, "segment": 0, "layer": 0, "head": "mean"}
 
@@ -356,9 +381,15 @@ def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, seg
                 state["segment"] = far if state["segment"] == 0 else 0
                 choose("far jump, cold: segment 2+ away, after 1.5 s looking", "segment", state["segment"], state)
                 state["head"] = "grid"  # every head of a block the kernel has just begun to send
-                choose("all heads (grid) right after a far jump", "head", "grid", state)
+                choose("all heads (grid) right after a far jump", "head", "grid", state, grid)
                 state["head"] = "mean"
                 choose(None, "head", "mean", state)
+            state["head"] = "grid"
+            choose(None, "head", "grid", state)
+            for b in range(samples, samples + grid_jumps):  # in grid mode, to a sample nothing was prefetched from
+                time.sleep(1.5)
+                state["sample"] = b
+                choose("grid: far jump to another sample, after 1.5 s looking", "sample", b, state, grid)
     for name, values in times.items():
         print(_summary(name, values))
     return times
@@ -382,7 +413,7 @@ def main() -> None:
     if not args.no_jupyterlab:
         print(f"\nthe widget in JupyterLab (kernel on this machine; Chromium driven by {args.driver}):")
         benchmark_widget(args.positions, args.heads, args.layers, args.segments, args.repeats // 2, args.samples,
-                         args.driver)
+                         driver=args.driver)
 
 
 if __name__ == "__main__":

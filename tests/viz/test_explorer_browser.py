@@ -4,8 +4,9 @@ a click pins the row and lists its top keys, the wheel zooms, a drag pans, the h
 timeline of a 4,096-segment trace zooms to single segments, reads out their summaries and opens a kept map
 or names the command that records one, and the page makes no request at all (every request is intercepted
 and counted). Over a scripted model that answers only when the test delivers the kernel's reply, the view's
-side of the protocol: it asks for just the maps it draws, merges them into its blocks as they come, and
-prefetches the rest one map at a time.
+side of the protocol: it asks for just the maps it draws, merges them into its blocks as they come,
+prefetches the rest one map at a time, and paints the grid at once: the heads it holds and a placeholder for
+each other head, each filled in as its map comes.
 
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package, like test_browser.py.
 """
@@ -350,6 +351,65 @@ def test_grid_asks_for_the_heads_it_lacks_in_one_need(harness):
     assert _drawn(page) == "0/0/1/grid"
     page.mouse.move(*_cell_point(page, 7, 8))
     assert "head 0 · sample 0" in page.inner_text(".rmt-readout")
+
+
+def _painted(page):
+    """The view of the last frame and the heads it shows as placeholders."""
+    return (page.get_attribute(".rmt-explorer", "data-painted"),
+            json.loads(page.get_attribute(".rmt-explorer", "data-placeholders")))
+
+
+_PLACEHOLDER = "236,236,236,255"  # explorer.js, PLACEHOLDER
+
+
+def _tile_pixels(page):
+    """Per grid tile, the canvas pixel just inside its top-left corner, as "r,g,b,a"."""
+    return page.evaluate("""() => {
+      const canvas = document.querySelector("canvas.rmt-heatmap"), ctx = canvas.getContext("2d");
+      const scale = canvas.width / canvas.getBoundingClientRect().width;
+      return JSON.parse(document.querySelector(".rmt-explorer").dataset.plot).tiles.map((r) =>
+        Array.from(ctx.getImageData(Math.round((r.x + 2) * scale), Math.round((r.y + 2) * scale), 1, 1).data).join());
+    }""")
+
+
+def _hover_tile(page, k):
+    tile = _plot(page)["tiles"][k]
+    box = page.locator("canvas.rmt-overlay").bounding_box()
+    page.mouse.move(box["x"] + tile["x"] + tile["size"] / 2, box["y"] + tile["y"] + tile["size"] / 2)
+    return page.inner_text(".rmt-readout")
+
+
+def test_grid_paints_what_it_holds_at_once_and_fills_in_each_head_as_it_comes(harness):
+    page, explorer = harness
+    _deliver(page, explorer, _sent(page)[0])  # the mean
+    page.wait_for_function("window.__sent.length === 2")  # head 0, prefetched
+    _deliver(page, explorer, _sent(page)[1])
+    page.wait_for_function("window.__sent.length === 3")  # head 1, prefetched: still on its way
+    page.select_option("select[name=head]", "grid")
+    # at once: head 0's map, a placeholder for heads 1 and 2, and a need for the head not asked for yet
+    assert _sent(page)[3:] == [_need(0, 1, ["2"])]
+    assert _painted(page) == ("0/0/1/grid", ["1", "2"]) and _drawn(page) == "0/0/1/mean"
+    pixels = _tile_pixels(page)
+    assert pixels[0] != _PLACEHOLDER and pixels[1:] == [_PLACEHOLDER] * 2
+    assert _hover_tile(page, 2) == "" and "head 0 · sample 0" in _hover_tile(page, 0)
+    _deliver(page, explorer, _sent(page)[2])  # head 1: its tile is filled in, head 2 still waits
+    assert _painted(page) == ("0/0/1/grid", ["2"]) and _drawn(page) == "0/0/1/mean"
+    assert _tile_pixels(page)[1] != _PLACEHOLDER and _tile_pixels(page)[2] == _PLACEHOLDER
+    assert "head 1 · sample 0" in _hover_tile(page, 1)
+    _deliver(page, explorer, _sent(page)[3])
+    assert _painted(page) == ("0/0/1/grid", []) and _drawn(page) == "0/0/1/grid"
+    assert _PLACEHOLDER not in _tile_pixels(page) and "head 2 · sample 0" in _hover_tile(page, 2)
+
+    page.select_option("select[name=sample]", "1")  # nothing of the new block here: every tile a placeholder
+    need = _sent(page)[-1]
+    assert need == _need(0, 1, ["0", "1", "2", "mean"], sample=1)  # the heads first, as the kernel answers in order
+    assert _painted(page) == ("1/0/1/grid", ["0", "1", "2"]) and _drawn(page) == "0/0/1/grid"
+    assert _tile_pixels(page) == [_PLACEHOLDER] * 3 and _hover_tile(page, 0) == ""
+    for k, name in enumerate(need["maps"]):  # one message a map, as the kernel sends them
+        _deliver(page, explorer, _need(0, 1, [name], sample=1))
+        assert _painted(page) == ("1/0/1/grid", ["0", "1", "2"][k + 1:])
+        assert _drawn(page) == ("1/0/1/grid" if name == "mean" else "0/0/1/grid")  # the mean: a pinned row's list
+    assert _PLACEHOLDER not in _tile_pixels(page) and "head 2 · sample 1" in _hover_tile(page, 2)
 
 
 def test_standalone_page_answers_each_need_from_its_inlined_blocks(page_of):

@@ -40,6 +40,7 @@ from typing import ContextManager, Literal
 import torch
 from torch import Tensor, nn
 
+from rmt_lab.model import kernels
 from rmt_lab.model.backbones import Backbone
 from rmt_lab.model.config import RMTConfig
 from rmt_lab.model.lora import attach_lora
@@ -80,6 +81,10 @@ class MemoryCell(nn.Module):
         self.special = backbone.special
         self.tokenizer = backbone.tokenizer  # turns the backbone's ids into text; None: none known
         self.model = backbone.model
+        # The backbone's attention, chosen here for every way a model is built or loaded: rmt_lab's fused CPU
+        # kernel where it serves and a gradient is to come (fp32, every position visible, no dropout: full
+        # encoder segments in training), the backbone's sdpa otherwise (`kernels.fused_training_attention`).
+        kernels.use_fused_attention(self.model)
         self.layout: Literal["encoder", "decoder"] = backbone.adapter.layout
         if config.layout not in ("auto", self.layout):
             raise ValueError(

@@ -30,6 +30,7 @@ import rmt_lab
 from rmt_lab.assets import load_local_tokenizer, load_tokenizer, sha256_file
 from rmt_lab.config import ConfigError, from_dict, to_dict
 from rmt_lab.io import atomic_path, write_json
+from rmt_lab.model import kernels
 from rmt_lab.model.adapters import init_kwargs
 from rmt_lab.model.backbones import (
     BACKBONES, SpecialTokens, available_backbones, backbone_from_config, backbone_from_folder, backbone_from_model,
@@ -115,8 +116,9 @@ class RecurrentWrapper(nn.Module):
         evaluation only, runs under `torch.inference_mode()` / `no_grad`: it folds the weights in as
         constants (inductor's freezing: prepacked matmul weights on CPU), so later changes to the
         weights are not seen, and it switches the backbone's attention to rmt_lab's fused CPU kernel
-        ("rmt_fused", `rmt_lab.model.kernels`: built on first use, ~40 s once per machine), which
-        serves unmasked fp32 encoder attention on the CPU and hands every other case to sdpa.
+        for inference too ("rmt_fused", `rmt_lab.model.kernels`: built on first use, ~40 s once per
+        machine), which serves unmasked fp32 encoder attention on the CPU and hands every other case to
+        sdpa. Without freezing, the kernel serves where a gradient is to come, as in eager training.
         Outputs equal the eager model's within float rounding (tests: 1e-5 in fp32). The state dict
         keeps its keys, so saving and loading are unchanged.
         """
@@ -128,11 +130,9 @@ class RecurrentWrapper(nn.Module):
         # Not torch.compile's `options`: those reach inductor only, after dynamo has traced the graph without
         # freezing (torch 2.13 ignores options={"freezing": True}); the cell enters these around each call.
         options = {**list_mode_options(mode), "freezing": freeze}
+        if self.cell.memory.device.type == "cpu":  # built now: the compiled graph calls it, training included
+            kernels.prepare()
         if freeze:
-            from rmt_lab.model import kernels
-
-            if self.cell.memory.device.type == "cpu":
-                kernels.prepare()
             self.cell.model.set_attn_implementation(kernels.FUSED_IMPL)
         self.cell.adapter.body(self.cell.model).compile(dynamic=False)
         self.cell.backbone_context = functools.partial(inductor_config.patch, options)

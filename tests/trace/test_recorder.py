@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rmt_lab.model import kernels
 from rmt_lab.trace import (
     METRICS, Recorder, TraceConfig, build_index, record, summaries_from_maps, where_written,
 )
@@ -101,7 +102,7 @@ def test_recording_does_not_change_outputs(name, fused):
 def _assert_detached(model):
     cell = model.cell
     assert not cell._forward_hooks and not cell._forward_pre_hooks
-    assert cell.model.config._attn_implementation == "sdpa"
+    assert cell.model.config._attn_implementation == kernels.TRAINING_IMPL  # the model's own: sdpa in inference
     assert attention.RECORDING.get() is None
 
 
@@ -131,7 +132,7 @@ def test_recording_off_costs_nothing():
         with torch.no_grad():
             out = model(tokens(1, 20))
     finally:
-        model.cell.model.set_attn_implementation("sdpa")
+        model.cell.model.set_attn_implementation(kernels.TRAINING_IMPL)
     with torch.no_grad():
         assert torch.equal(out.logits, model(tokens(1, 20)).logits)
 

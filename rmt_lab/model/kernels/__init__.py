@@ -1,14 +1,38 @@
-"""A fused softmax attention kernel for the CPU, and the transformers attention function that uses it.
+"""A fused softmax attention kernel for the CPU, forward and backward, and the transformers attention
+functions that use it.
 
 `cpu_attention.cpp` holds the kernel (how it works: the comment at its top). It is compiled on first
 use with torch's C++ extension builder (g++ and ninja, the toolchain torch.compile's CPU backend needs
-as well) into torch's extension cache, about 40 s once per machine and source version; later loads take
-well under a second. It serves fp32, unmasked, non-causal attention without gradients, the case of an
-RMT encoder streaming full segments at inference, where it takes ~0.70x the time of torch's CPU flash
-attention (512 positions, 12 heads of 32 dims, AVX-512). `fused_attention`, registered with
-transformers as "rmt_fused", sends every other case (a padding or causal mask, a GPU, another dtype,
-gradients, head sizes that are not 1, 2, 4 or 8 SIMD vectors) to the backbone's sdpa.
-The kernel is a torch custom op, so torch.compile keeps it as one call in the compiled graph.
+as well) into torch's extension cache, about 40-70 s once per machine and source version; later loads
+take well under a second; where it cannot be built, sdpa serves (`built`). It serves fp32 attention with
+every key visible to every query and no dropout: full segments of an RMT encoder, in inference
+(`cpu_attention`) and in training (`cpu_attention_with_lse`, whose backward is `cpu_attention_backward`:
+flash-style, the weights recomputed from each row's log-sum-exp). Three torch custom ops, the backward
+registered with autograd, so torch.compile keeps each as one call in the forward and backward graphs.
+
+Measured on this project's 2-core Intel Xeon (AVX-512 and AMX, 2 MB L2 a core; shared with a training
+run: load 2.5-4.9) at 12 heads of 32 dims, batch 8, against torch 2.13's CPU flash attention
+(`_scaled_dot_product_flash_attention_for_cpu` and its backward), in one process, interleaved:
+- forward and backward, 511 positions (an RMT segment of 499 + 12): 0.79x its time on one thread (CPU
+  time: forward 0.80x, backward 0.78x), 0.71x on two (wall clock, median of 40 paired ratios, in two
+  runs); 75 positions (64 + 11): 0.62x on one thread, 0.45-0.47x on two;
+- inference forward, two threads: 0.80x at 511 positions, 0.8-1.0x at 75 (two runs); the forward of the
+  first version, whose keys past the last whole tile took a scalar loop, took 1.7x longer at 511
+  positions and 2.3x at 75 (one thread), the same at 512;
+- the AVX2 build (ATEN_CPU_CAPABILITY=avx2 on the same Xeon) is slower at 511 positions, 1.24x forward
+  and backward and 1.46x inference, and faster at 75 (0.50x; inference 1.0x): there torch's flash
+  kernel still runs MKL's AVX-512 matmuls, so this is no measure of an AVX2-only CPU.
+A MiniLM RMT training step (4 segments of 499, batch 8, full BPTT, dropout off, fp32) took 0.944x the
+time with sdpa on two threads (18.45 vs 19.48 s; 61.2% vs 57.9% of the paired matmul peak, which the load
+held at 113 GFLOP/s) and 0.973x on one (8.73 vs 9.06 s CPU time; 69.6% vs 67.1%); attention is about a
+quarter of the step.
+
+Two registered attention functions: `fused_training_attention` ("rmt_fused_training", every RMT's
+attention from construction, `use_fused_attention`) runs the kernel where a gradient is to come, so
+inference keeps sdpa's exact numbers (which recording attention reproduces); `fused_attention`
+("rmt_fused", set by `RecurrentWrapper.compile_backbone(freeze=True)`) runs it in inference too. Both
+send every other case (a padding or causal mask, dropout, a GPU, another dtype, head sizes that are not
+1, 2, 4 or 8 SIMD vectors) to the backbone's sdpa.
 """
 
 from __future__ import annotations
@@ -27,7 +51,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-FUSED_IMPL = "rmt_fused"
+FUSED_IMPL = "rmt_fused"  # the kernel wherever it serves (`RecurrentWrapper.compile_backbone(freeze=True)`)
+TRAINING_IMPL = "rmt_fused_training"  # the kernel where it serves and a gradient is to come (every RMT's default)
 SOURCE = Path(__file__).with_name("cpu_attention.cpp")
 log = logging.getLogger(__name__)
 
@@ -75,18 +100,47 @@ def extension() -> ModuleType:
     return module
 
 
+# Whether the kernel could be built: None until first needed. A plain module value, not a cached function,
+# so that torch.compile reads it as a constant instead of tracing into the build.
+_built: bool | None = None
+
+
 def prepare() -> None:
     """Build (or load) the kernel now where this CPU has one, so no later step (a trace, a timed run, a
-    benchmark process whose peak memory would include the compiler's) pays for it."""
+    benchmark process whose peak memory would include the compiler's, a torch.compile trace) pays for it."""
+    global _built
     if VECTOR_FLOATS:
         extension()
+        _built = True
+
+
+def built() -> bool:
+    """Whether the kernel is ready, building it on the first call; False (with a warning, once) where it cannot
+    be built, and sdpa then serves every attention."""
+    global _built
+    if _built is None:
+        try:
+            extension()
+            _built = True
+        except RuntimeError as exc:
+            log.warning("%s; the backbone's sdpa serves every attention instead", exc)
+            _built = False
+    return _built
+
+
+def use_fused_attention(model: torch.nn.Module) -> None:
+    """Run `model`'s attention as TRAINING_IMPL where it runs transformers' sdpa (HF's default) through the
+    attention interface. Families that compute attention in their own code, and a model loaded with another
+    implementation (eager, say), keep theirs."""
+    if getattr(model, "_supports_attention_backend", False) and model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(TRAINING_IMPL)
 
 
 @torch.library.custom_op("rmt_lab::cpu_attention", mutates_args=())
 def cpu_attention(query: Tensor, key: Tensor, value: Tensor, scale: float) -> Tensor:
     """softmax(scale * query key^T) value for (batch, heads, length, dim) fp32 CPU tensors, no mask.
 
-    Returns (batch, query length, heads, dim), contiguous.
+    Returns (batch, query length, heads, dim), contiguous. No gradient: see `cpu_attention_with_lse`.
     """
     return extension().attention(query, key, value, scale)
 
@@ -97,15 +151,66 @@ def _(query: Tensor, key: Tensor, value: Tensor, scale: float) -> Tensor:
     return query.new_empty(batch, length, heads, dim)
 
 
+@torch.library.custom_op("rmt_lab::cpu_attention_with_lse", mutates_args=())
+def cpu_attention_with_lse(query: Tensor, key: Tensor, value: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """`cpu_attention`, differentiable in query, key and value, and what its backward needs besides them: each
+    query row's log-sum-exp of its scores, (batch, heads, query length), in log2 units (of scale * log2(e) *
+    query key^T). The log-sum-exp itself takes no gradient."""
+    out, lse = extension().attention_with_lse(query, key, value, scale)
+    return out, lse
+
+
+@cpu_attention_with_lse.register_fake
+def _(query: Tensor, key: Tensor, value: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    batch, heads, length, dim = query.shape
+    return query.new_empty(batch, length, heads, dim), query.new_empty(batch, heads, length)
+
+
+@torch.library.custom_op("rmt_lab::cpu_attention_backward", mutates_args=())
+def cpu_attention_backward(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor, lse: Tensor,
+                           scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of query, key and value from the gradient of `cpu_attention_with_lse`'s output (batch, length,
+    heads, dim): (batch, heads, length, dim) views of (batch, length, heads, dim) tensors, the layout of the
+    projections the inputs are views of."""
+    dq, dk, dv = extension().attention_backward(grad, query, key, value, out, lse, scale)
+    return dq, dk, dv
+
+
+@cpu_attention_backward.register_fake
+def _(grad: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor, lse: Tensor,
+      scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    def like(t: Tensor) -> Tensor:
+        batch, heads, length, dim = t.shape
+        return t.new_empty(batch, length, heads, dim).transpose(1, 2)
+
+    return like(query), like(key), like(value)
+
+
+def _save_for_backward(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    query, key, value, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(query, key, value, out, lse)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad: Tensor, _grad_lse: Tensor | None) -> tuple[Tensor, Tensor, Tensor, None]:
+    if grad.stride(-1) != 1:
+        grad = grad.contiguous()
+    return (*cpu_attention_backward(grad, *ctx.saved_tensors, ctx.scale), None)
+
+
+cpu_attention_with_lse.register_autograd(_backward, setup_context=_save_for_backward)
+
+
 def supports(query: Tensor, key: Tensor, value: Tensor) -> bool:
-    """Whether the kernel computes this attention: fp32 on an x86 CPU with AVX2 or AVX-512, no gradient,
-    equal heads, head dims of 1, 2, 4 or 8 SIMD vectors (16-128 floats with AVX-512, 8-64 with AVX2)."""
+    """Whether the kernel computes this attention: fp32 on an x86 CPU with AVX2 or AVX-512, equal heads, head
+    dims of 1, 2, 4 or 8 SIMD vectors (16-128 floats with AVX-512, 8-64 with AVX2)."""
     width = VECTOR_FLOATS
     return (
         width > 0
         and query.device.type == key.device.type == value.device.type == "cpu"
         and query.dtype == key.dtype == value.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad))
         and query.dim() == 4 and key.shape == value.shape
         and query.shape[:2] == key.shape[:2] and query.shape[-1] == key.shape[-1]
         and query.shape[-1] in (width, 2 * width, 4 * width, 8 * width)
@@ -114,19 +219,37 @@ def supports(query: Tensor, key: Tensor, value: Tensor) -> bool:
     )
 
 
-def fused_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """Registered as "rmt_fused": the CPU kernel where every key is visible to every query, sdpa otherwise."""
+def _attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs, inference: bool):
+    """The kernel where every key is visible to every query and no weight is dropped, and either a gradient is to
+    come (`cpu_attention_with_lse`) or `inference` allows it (`cpu_attention`); sdpa otherwise."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     extras = any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "sliding_window", "s_aux"))
     if (attention_mask is None and not causal and not extras and (dropout == 0.0 or not module.training)
-            and supports(query, key, value)):
+            and supports(query, key, value) and built()):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        return cpu_attention(query, key, value, scale), None
+        if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
+            return cpu_attention_with_lse(query, key, value, scale)[0], None
+        if inference:
+            return cpu_attention(query, key, value, scale), None
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
 
 
+def fused_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """Registered as FUSED_IMPL: the CPU kernel wherever it serves, in inference and training; sdpa otherwise."""
+    return _attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs, inference=True)
+
+
+def fused_training_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                             **kwargs):
+    """Registered as TRAINING_IMPL: the CPU kernel where it serves and a gradient is to come; sdpa otherwise, so
+    inference keeps sdpa's very numbers (which a recording of attention reproduces exactly)."""
+    return _attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs, inference=False)
+
+
 AttentionInterface.register(FUSED_IMPL, fused_attention)
+AttentionInterface.register(TRAINING_IMPL, fused_training_attention)
 # The masks sdpa gets: None where every position is valid (then the kernel runs), a padding mask otherwise.
 AttentionMaskInterface.register(FUSED_IMPL, sdpa_mask)
+AttentionMaskInterface.register(TRAINING_IMPL, sdpa_mask)

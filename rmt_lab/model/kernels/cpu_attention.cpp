@@ -1,18 +1,35 @@
-// Softmax attention for the CPU, fp32, every key visible: out = softmax(scale * Q K^T) V.
+// Softmax attention for the CPU, fp32, every key visible: out = softmax(scale * Q K^T) V, and its gradient.
 //
 // Built on first use by rmt_lab/model/kernels/__init__.py (torch.utils.cpp_extension). The shape it is
 // for: an RMT segment of a few hundred positions and heads of 32-64 dims, where the flash kernel torch
-// ships for the CPU reaches about 45% of the matmul peak (two BLAS calls per 64-row query block, with K
-// or N the head dim); this one takes ~0.70x its time at 512 positions and 12 heads of 32. One head's
-// keys (transposed) and values are packed once into contiguous buffers, and each block of query rows
-// runs three passes that stay in the L1/L2 caches:
+// ships for the CPU reaches about 45-50% of the matmul peak, forward and backward (two BLAS calls per
+// 64-row query block, with K or N the head dim). Measured figures: the module docstring.
+//
+// Forward. One head's keys (transposed) and values are packed once into contiguous buffers (zero past the
+// last key, up to a whole tile), and each block of query rows runs three passes that stay in the L1/L2 caches:
 //   1. scores S = (scale Q) K^T, register tiles of 8 rows x 2 vectors of keys, with each row's max, key tile
-//      by key tile (keys packed tile-major), so a tile read from L2 serves the whole block from L1;
+//      by key tile (keys packed tile-major), so a tile read from L2 serves the whole block from L1; a last,
+//      partial tile runs as whole vectors over the padding, whose lanes stay out of the max;
 //   2. S <- exp(S - max) in place and each row's sum (as 2^x of scores kept in log2 units, see exp2_nonpositive);
 //   3. out = S V / sum, register tiles of (16 / vectors per head) rows x the head's vectors.
-// A block is 8 query rows (16 for heads of one vector), see block_rows.
-// Inputs (batch, heads, length, dim) with any strides whose last one is 1; the output is (batch, query
-// length, heads, dim), contiguous: the layout the attention's output projection reads.
+// A block is 8 query rows (16 for heads of one vector), see block_rows. For a backward it also writes each
+// row's log-sum-exp, lse = max + log2(sum), in the same log2 units.
+//
+// Backward, flash-style: the weights are recomputed from lse, never stored. One task per (batch, head) packs
+// its keys (transposed, and as rows) and values (transposed), keeps dK and dV in buffers of its own, and
+// takes BACKWARD_ROWS query rows at a time, with their dQ, through the key tiles; per tile, all in L1:
+//   1. P = 2^(S - lse), S from pass 1's register tiles, P in their epilogue;
+//   2. dS = P (dO V^T - rowsum(dO o out)), the same tiles with dO and V in place of Q and K, P read back in
+//      their epilogue;
+//   3. dQ += dS K, register tiles as in pass 3;
+//   4. dV += P^T dO and dK += dS^T Q, register tiles of keys x the head's vectors over the block's rows.
+// dQ and dK are scaled once, when written. Like torch's flash backward, it computes five products of the
+// forward's size (the scores again); the training FLOPs count four.
+//
+// Inputs (batch, heads, length, dim) with any strides whose last one is 1; out and its gradient are (batch,
+// query length, heads, dim), the layout the attention's output projection reads, and so are the gradients
+// of Q, K and V in memory (returned as (batch, heads, length, dim) views): the layout of the projections
+// Q, K and V are views of.
 
 #include <torch/extension.h>
 
@@ -23,6 +40,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -33,6 +52,15 @@ constexpr int QK_ROWS = 8;     // query rows per register tile of the scores
 constexpr int QK_VECS = 2;     // vectors of keys per register tile of the scores
 constexpr int64_t TILE = QK_VECS * W;  // keys per tile; packed keys are tile after tile, each (D, TILE)
 constexpr int ACCUMULATORS = 16;  // vector registers a register tile of weighted values accumulates in
+constexpr float LOG2E = 1.4426950408889634f;
+
+// Query rows per block of the backward: a key tile's weights and their gradients, 2 x 32 x 32 floats, and
+// the block's rows of Q, dO and dQ stay in L1, and each tile's rows of dK and dV are loaded and stored once
+// per block. Blocks of 16 rows took ~3% longer at 12 heads of 32 dims and 511 positions (AVX-512), of 48
+// and 64 rows the same within 1-2%. A multiple of QK_ROWS.
+#ifndef BACKWARD_ROWS
+#define BACKWARD_ROWS 32
+#endif
 
 // Query rows of a head dim D that one register tile of weighted values covers (D / W vectors a row).
 template <int64_t D>
@@ -44,59 +72,93 @@ constexpr int64_t pv_rows() { return std::max<int64_t>(1, ACCUMULATORS / (D / W)
 template <int64_t D>
 constexpr int64_t block_rows() { return std::max<int64_t>(QK_ROWS, pv_rows<D>()); }
 
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
 // Where packed (transposed) keys keep key j's dim d.
 template <int64_t D>
 inline int64_t kt_index(int64_t j, int64_t d) { return (j / TILE) * D * TILE + d * TILE + j % TILE; }
 
-// One tile of scores: R query rows (packed, scaled) against TILE keys (one packed tile), stored at s[r][0..TILE)
-// (rows n_keys apart); vmax[r] takes the running max of each row.
-template <int R, int64_t D>
-inline void tile_scores(const float* q, const float* tile, float* s, int64_t n_keys, Vec* vmax) {
-  Vec acc[R][QK_VECS];
+// Rows a pass over a strided tensor asks the cache for ahead of the one it reads. The tensors are (batch, length,
+// heads, dim), so a head's rows are 128-512 bytes every few KB: too far apart for the hardware prefetchers,
+// and each row read would wait for memory (without: ~20% of the backward's time at 12 heads of 32 dims).
+constexpr int64_t PREFETCH_ROWS = 16;
+
+// The cache lines of one row of D floats, fetched for a read (or a write) to come.
+template <int64_t D, bool WRITE = false>
+inline void prefetch_row(const float* row) {
+  for (int64_t d = 0; d < D; d += 64 / sizeof(float)) __builtin_prefetch(row + d, WRITE ? 1 : 0);
+}
+
+// n rows of D floats (`stride` apart) packed transposed, tile-major (kt_index). The buffer's entries past n
+// are not written: a zeroed buffer keeps them zero, which the backward reads as keys of weight 0.
+template <int64_t D>
+void pack_transposed(const float* src, int64_t stride, int64_t n, float* dst) {
+  int64_t j = 0;
+  if (D % 16 == 0)  // 16 x 16 blocks, inside a tile: TILE is 16 or 32
+    for (; j + 16 <= n; j += 16) {
+      for (int64_t i = j + PREFETCH_ROWS; i < std::min(n, j + PREFETCH_ROWS + 16); ++i) prefetch_row<D>(src + i * stride);
+      for (int64_t d = 0; d < D; d += 16)
+        at::vec::transpose_mxn<float, 16, 16>(src + j * stride + d, stride, dst + kt_index<D>(j, d), TILE);
+    }
+  for (; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) dst[kt_index<D>(j, d)] = src[j * stride + d];
+}
+
+// n rows of D floats (`stride` apart) packed one after the other, times `mult`.
+template <int64_t D>
+void pack_rows(const float* src, int64_t stride, int64_t n, float* dst, float mult = 1.f) {
+  const Vec m(mult);
+  for (int64_t j = 0; j < n; ++j) {
+    if (j + PREFETCH_ROWS < n) prefetch_row<D>(src + (j + PREFETCH_ROWS) * stride);
+    for (int64_t d = 0; d < D; d += W) (Vec::loadu(src + j * stride + d) * m).store(dst + j * D + d);
+  }
+}
+
+// One register tile: R packed rows of `a` (D floats each) times VECS vectors of keys of one packed tile;
+// epi(r, c, x) gets row r's products x with the tile's keys c W .. (c + 1) W. Always inlined and its loops
+// unrolled: otherwise GCC 12 left the d loop rolled, or the accumulators on the stack, behind some epilogues
+// (~3% of the forward at 512 positions).
+template <int R, int VECS, int64_t D, class Epilogue>
+__attribute__((always_inline)) inline void tile_products(const float* a, const float* tile, Epilogue&& epi) {
+  Vec acc[R][VECS];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < QK_VECS; ++c) acc[r][c] = Vec(0.f);
+    for (int c = 0; c < VECS; ++c) acc[r][c] = Vec(0.f);
 #pragma GCC unroll 16
   for (int64_t d = 0; d < D; ++d) {
-    Vec b[QK_VECS];
-    for (int c = 0; c < QK_VECS; ++c) b[c] = Vec::loadu(tile + d * TILE + c * W);
+    Vec b[VECS];
+    for (int c = 0; c < VECS; ++c) b[c] = Vec::loadu(tile + d * TILE + c * W);
     for (int r = 0; r < R; ++r) {
-      const Vec a(q[r * D + d]);
-      for (int c = 0; c < QK_VECS; ++c) acc[r][c] = at::vec::fmadd(a, b[c], acc[r][c]);
+      const Vec x(a[r * D + d]);
+      for (int c = 0; c < VECS; ++c) acc[r][c] = at::vec::fmadd(x, b[c], acc[r][c]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < QK_VECS; ++c) {
-      acc[r][c].store(s + r * n_keys + c * W);
-      vmax[r] = at::vec::maximum(vmax[r], acc[r][c]);
-    }
+#pragma GCC unroll 2
+    for (int c = 0; c < VECS; ++c) epi(r, c, acc[r][c]);
 }
 
-// Scores of a block's `rows` query rows against every key: s[r][j], each row's max in row_max[r]. Tile by
-// tile, so each packed tile of keys is read from the L2 cache once per block and reused from L1.
-template <int64_t D>
-inline void block_scores(const float* q, int64_t rows, const float* kt, int64_t n_keys, float* s, float* row_max) {
-  Vec vmax[block_rows<D>()];
-  for (int64_t r = 0; r < rows; ++r) vmax[r] = Vec(-std::numeric_limits<float>::infinity());
-  int64_t j = 0;
-  for (; j + TILE <= n_keys; j += TILE) {
-    const float* tile = kt + kt_index<D>(j, 0);
-    int64_t r = 0;
-    for (; r + QK_ROWS <= rows; r += QK_ROWS) tile_scores<QK_ROWS, D>(q + r * D, tile, s + r * n_keys + j, n_keys, vmax + r);
-    for (; r < rows; ++r) tile_scores<1, D>(q + r * D, tile, s + r * n_keys + j, n_keys, vmax + r);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    float m = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vmax[r]);
-    for (int64_t jj = j; jj < n_keys; ++jj) {  // keys past the last full tile
-      float acc = 0.f;
-      for (int64_t d = 0; d < D; ++d) acc += q[r * D + d] * kt[kt_index<D>(jj, d)];
-      s[r * n_keys + jj] = acc;
-      m = std::max(m, acc);
-    }
-    row_max[r] = m;
-  }
+template <int VECS, int64_t D, class Epilogue>
+inline void tile_rows(const float* a, int64_t rows, const float* tile, Epilogue& epi) {
+  int64_t r = 0;
+  for (; r + QK_ROWS <= rows; r += QK_ROWS)
+    tile_products<QK_ROWS, VECS, D>(a + r * D, tile, [&](int i, int c, const Vec& x) { epi(r + i, c * W, x); });
+  for (; r < rows; ++r)
+    tile_products<1, VECS, D>(a + r * D, tile, [&](int, int c, const Vec& x) { epi(r, c * W, x); });
 }
 
-// 2^x for x <= 0 (scores minus their row max, in log2 units); below 2^-126 (a weight under 1e-38 next
+// Products of `rows` packed rows (D floats each) with one packed tile of keys, of which the first `keys` are
+// real: epi(r, j, x) gets row r's products x with the tile's keys j .. j + W, for j = 0, W below `keys` (keys
+// past it give products with the packing's padding).
+template <int64_t D, class Epilogue>
+inline void tile_block(const float* a, int64_t rows, const float* tile, int64_t keys, Epilogue&& epi) {
+  if (keys > W)
+    tile_rows<QK_VECS, D>(a, rows, tile, epi);
+  else
+    tile_rows<1, D>(a, rows, tile, epi);
+}
+
+// 2^x for x <= 0 (scores minus their row max or log-sum-exp, in log2 units); below 2^-126 (a weight under 1e-38 next
 // to the max's 1) it returns 2^-126, never a denormal. AVX-512: x = n + f with n an integer, |f| <= 1/2,
 // 2^f by its degree-6 Taylor polynomial (relative error < 1.3e-7), times 2^n by scalef: 10 instructions.
 inline Vec exp2_nonpositive(Vec x) {
@@ -135,80 +197,203 @@ inline float exp_row(float* s, int64_t n_keys, float max) {
   return sum;
 }
 
-// out[r][:] = (sum_j p[r][j] v[j][:]) / sum[r] for R rows; v packed (keys, D), out rows `out_stride` apart.
-template <int R, int64_t D>
-inline void weighted_values(const float* p, int64_t n_keys, const float* v, const float* sum, float* out,
-                            int64_t out_stride) {
+// out[x][:] = (out[x][:] if ACCUMULATE) + sum_{y < n} a[x sx + y sy] b[y][:], times mult[x] (not with ACCUMULATE),
+// for R rows x: weights times values (sx a row of weights, sy 1) or their transpose (sx 1, sy a row). The R x D
+// accumulators stay in registers over the n rows of b, packed (n, D); out's rows are out_stride apart. Strides
+// given as std::integral_constant fold into the addresses.
+template <int R, int64_t D, bool ACCUMULATE, class SX, class SY>
+inline void combine(const float* a, SX sx, SY sy, int64_t n, const float* b, const float* mult, float* out,
+                    int64_t out_stride) {
   constexpr int NV = D / W;
   Vec acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NV; ++c) acc[r][c] = Vec(0.f);
-  for (int64_t j = 0; j < n_keys; ++j) {
-    Vec b[NV];
-    for (int c = 0; c < NV; ++c) b[c] = Vec::loadu(v + j * D + c * W);
-    for (int r = 0; r < R; ++r) {
-      const Vec a(p[r * n_keys + j]);
-      for (int c = 0; c < NV; ++c) acc[r][c] = at::vec::fmadd(a, b[c], acc[r][c]);
+  for (int x = 0; x < R; ++x)
+    for (int c = 0; c < NV; ++c) acc[x][c] = ACCUMULATE ? Vec::loadu(out + x * out_stride + c * W) : Vec(0.f);
+  for (int64_t y = 0; y < n; ++y) {
+    Vec bv[NV];
+    for (int c = 0; c < NV; ++c) bv[c] = Vec::loadu(b + y * D + c * W);
+    for (int x = 0; x < R; ++x) {
+      const Vec w(a[x * sx + y * sy]);
+      for (int c = 0; c < NV; ++c) acc[x][c] = at::vec::fmadd(w, bv[c], acc[x][c]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    const Vec inv(1.f / sum[r]);
-    for (int c = 0; c < NV; ++c) (acc[r][c] * inv).store(out + r * out_stride + c * W);
+  for (int x = 0; x < R; ++x) {
+    const Vec m(ACCUMULATE ? 1.f : mult[x]);
+    for (int c = 0; c < NV; ++c) (ACCUMULATE ? acc[x][c] : acc[x][c] * m).store(out + x * out_stride + c * W);
   }
 }
 
-template <int64_t D>
-void attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, float scale, at::Tensor& out) {
-  constexpr int64_t BLOCK = block_rows<D>();
+// combine of weights (rows of a, p_stride apart) with values for a block's `rows` rows, pv_rows at a time.
+template <int64_t D, bool ACCUMULATE, class Stride>
+inline void block_values(const float* p, Stride p_stride, int64_t rows, int64_t n_keys, const float* v,
+                         const float* mult, float* out, int64_t out_stride) {
   constexpr int PV_ROWS = pv_rows<D>();
+  constexpr std::integral_constant<int64_t, 1> one;
+  int64_t r = 0;
+  for (; r + PV_ROWS <= rows; r += PV_ROWS)
+    combine<PV_ROWS, D, ACCUMULATE>(p + r * p_stride, p_stride, one, n_keys, v, ACCUMULATE ? nullptr : mult + r,
+                                    out + r * out_stride, out_stride);
+  for (; r < rows; ++r)
+    combine<1, D, ACCUMULATE>(p + r * p_stride, p_stride, one, n_keys, v, ACCUMULATE ? nullptr : mult + r,
+                              out + r * out_stride, out_stride);
+}
+
+template <int64_t D>
+void attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, float scale, at::Tensor& out,
+                      float* lse) {
+  constexpr int64_t BLOCK = block_rows<D>();
   const int64_t batch = q.size(0), heads = q.size(1), n_q = q.size(2), n_keys = k.size(2);
   const int64_t blocks = (n_q + BLOCK - 1) / BLOCK;
+  const int64_t n_pad = round_up(n_keys, W);  // a row of scores: full vectors, the last one part padding
   const float* q_data = q.data_ptr<float>();
   const float* k_data = k.data_ptr<float>();
   const float* v_data = v.data_ptr<float>();
   float* out_data = out.data_ptr<float>();
   const int64_t out_row = heads * D;  // out is (batch, n_q, heads, D)
   at::parallel_for(0, batch * heads * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kt((n_keys + TILE - 1) / TILE * TILE * D), vp(n_keys * D), s(BLOCK * n_keys), qp(BLOCK * D);
-    float row_max[BLOCK], row_sum[BLOCK];
+    std::vector<float> kt(round_up(n_keys, TILE) * D), vp(n_keys * D), s(BLOCK * n_pad), qp(BLOCK * D);
+    float row_max[BLOCK], row_mult[BLOCK];
+    Vec vmax[BLOCK];
     int64_t packed = -1;  // the (batch, head) whose keys and values kt / vp hold
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / blocks, b = bh / heads, h = bh % heads, r0 = (task % blocks) * BLOCK;
       if (bh != packed) {
-        const float* kb = k_data + b * k.stride(0) + h * k.stride(1);
-        const float* vb = v_data + b * v.stride(0) + h * v.stride(1);
-        int64_t j = 0;
-        if (D % 16 == 0)  // 16 x 16 blocks, inside a tile: TILE is 16 or 32
-          for (; j + 16 <= n_keys; j += 16)
-            for (int64_t d = 0; d < D; d += 16)
-              at::vec::transpose_mxn<float, 16, 16>(kb + j * k.stride(2) + d, k.stride(2), kt.data() + kt_index<D>(j, d),
-                                                    TILE);
-        for (; j < n_keys; ++j)
-          for (int64_t d = 0; d < D; ++d) kt[kt_index<D>(j, d)] = kb[j * k.stride(2) + d];
-        for (j = 0; j < n_keys; ++j)
-          for (int64_t d = 0; d < D; d += W) Vec::loadu(vb + j * v.stride(2) + d).store(vp.data() + j * D + d);
+        pack_transposed<D>(k_data + b * k.stride(0) + h * k.stride(1), k.stride(2), n_keys, kt.data());
+        pack_rows<D>(v_data + b * v.stride(0) + h * v.stride(1), v.stride(2), n_keys, vp.data());
         packed = bh;
       }
       const int64_t rows = std::min(BLOCK, n_q - r0);
-      const float* qb = q_data + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2);
-      const Vec vscale(scale * 1.4426950408889634f);  // log2(e): scores in log2 units, softmax by 2^x
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t d = 0; d < D; d += W) (Vec::loadu(qb + r * q.stride(2) + d) * vscale).store(qp.data() + r * D + d);
-      block_scores<D>(qp.data(), rows, kt.data(), n_keys, s.data(), row_max);
-      int64_t r = 0;
-      for (; r < rows; ++r) row_sum[r] = exp_row(s.data() + r * n_keys, n_keys, row_max[r]);
-      float* ob = out_data + b * n_q * out_row + r0 * out_row + h * D;
-      for (r = 0; r + PV_ROWS <= rows; r += PV_ROWS)
-        weighted_values<PV_ROWS, D>(s.data() + r * n_keys, n_keys, vp.data(), row_sum + r, ob + r * out_row, out_row);
-      for (; r < rows; ++r)
-        weighted_values<1, D>(s.data() + r * n_keys, n_keys, vp.data(), row_sum + r, ob + r * out_row, out_row);
+      // Scores in log2 units: softmax by 2^x.
+      pack_rows<D>(q_data + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2), q.stride(2), rows, qp.data(),
+                   scale * LOG2E);
+      for (int64_t r = 0; r < rows; ++r) vmax[r] = Vec(-std::numeric_limits<float>::infinity());
+      // Key tile by key tile, so each tile read from L2 serves the whole block from L1. Lanes past n_keys (the
+      // last, partial vector) stay out of the max.
+      float* sd = s.data();
+      Vec* vm = vmax;
+      int64_t t = 0;
+      for (; t + TILE <= n_keys; t += TILE)
+        tile_block<D>(qp.data(), rows, kt.data() + kt_index<D>(t, 0), TILE, [sd, vm, n_pad, t](int64_t r, int64_t j, const Vec& x) {
+          x.store(sd + r * n_pad + t + j);
+          vm[r] = at::vec::maximum(vm[r], x);
+        });
+      if (t < n_keys)
+        tile_block<D>(qp.data(), rows, kt.data() + kt_index<D>(t, 0), n_keys - t, [&](int64_t r, int64_t j, const Vec& x) {
+          x.store(sd + r * n_pad + t + j);
+          if (t + j + W <= n_keys) vm[r] = at::vec::maximum(vm[r], x);
+        });
+      const int64_t full = n_keys / W * W;
+      for (int64_t r = 0; r < rows; ++r) {
+        float m = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vmax[r]);
+        for (int64_t j = full; j < n_keys; ++j) m = std::max(m, sd[r * n_pad + j]);  // the last, partial vector
+        row_max[r] = m;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const float sum = exp_row(sd + r * n_pad, n_keys, row_max[r]);
+        row_mult[r] = 1.f / sum;
+        if (lse != nullptr) lse[bh * n_q + r0 + r] = row_max[r] + std::log2(sum);
+      }
+      block_values<D, false>(sd, n_pad, rows, n_keys, vp.data(), row_mult,
+                             out_data + b * n_q * out_row + r0 * out_row + h * D, out_row);
     }
   });
 }
 
-}  // namespace
+template <int64_t D>
+void backward_kernel(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& out, const at::Tensor& lse, float scale, at::Tensor& dq, at::Tensor& dk,
+                     at::Tensor& dv) {
+  constexpr int64_t BLOCK = BACKWARD_ROWS;
+  constexpr int64_t KEYS = pv_rows<D>();  // keys per register tile of dK and dV; divides TILE
+  constexpr std::integral_constant<int64_t, 1> one;
+  constexpr std::integral_constant<int64_t, TILE> tile_row;  // a row of one key tile's weights
+  const int64_t batch = q.size(0), heads = q.size(1), n_q = q.size(2), n_keys = k.size(2);
+  const int64_t n_pad = round_up(n_keys, TILE);  // packed keys and values, and dK and dV, in whole tiles
+  const float* grad_data = grad.data_ptr<float>();
+  const float* q_data = q.data_ptr<float>();
+  const float* k_data = k.data_ptr<float>();
+  const float* v_data = v.data_ptr<float>();
+  const float* out_data = out.data_ptr<float>();
+  const float* lse_data = lse.data_ptr<float>();
+  float* dq_data = dq.data_ptr<float>();
+  float* dk_data = dk.data_ptr<float>();
+  float* dv_data = dv.data_ptr<float>();
+  const int64_t row = heads * D;  // dq is (batch, n_q, heads, D), dk and dv (batch, n_keys, heads, D)
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> kt(n_pad * D), vt(n_pad * D), kp(n_pad * D), dk_acc(n_pad * D), dv_acc(n_pad * D),
+        qp(BLOCK * D), qu(BLOCK * D), gp(BLOCK * D), dq_acc(BLOCK * D), p(BLOCK * TILE), ds(BLOCK * TILE);
+    float row_lse[BLOCK], row_delta[BLOCK];
+    float* pd = p.data();
+    float* dsd = ds.data();
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      const float* kb = k_data + b * k.stride(0) + h * k.stride(1);
+      pack_transposed<D>(kb, k.stride(2), n_keys, kt.data());
+      pack_rows<D>(kb, k.stride(2), n_keys, kp.data());
+      pack_transposed<D>(v_data + b * v.stride(0) + h * v.stride(1), v.stride(2), n_keys, vt.data());
+      std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
+      std::fill(dv_acc.begin(), dv_acc.end(), 0.f);
+      for (int64_t r0 = 0; r0 < n_q; r0 += BLOCK) {
+        const int64_t rows = std::min(BLOCK, n_q - r0);
+        const float* qb = q_data + b * q.stride(0) + h * q.stride(1) + r0 * q.stride(2);
+        pack_rows<D>(qb, q.stride(2), rows, qp.data(), scale * LOG2E);  // scores in log2 units, as in the forward
+        pack_rows<D>(qb, q.stride(2), rows, qu.data());
+        pack_rows<D>(grad_data + b * grad.stride(0) + r0 * grad.stride(1) + h * grad.stride(2), grad.stride(1), rows,
+                     gp.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          row_lse[r] = lse_data[bh * n_q + r0 + r];
+          const float* o = out_data + b * out.stride(0) + (r0 + r) * out.stride(1) + h * out.stride(2);
+          Vec acc(0.f);
+          for (int64_t d = 0; d < D; d += W) acc = at::vec::fmadd(Vec::loadu(gp.data() + r * D + d), Vec::loadu(o + d), acc);
+          row_delta[r] = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc);
+        }
+        std::fill(dq_acc.begin(), dq_acc.end(), 0.f);
+        for (int64_t r = r0 + BLOCK; r < std::min(n_q, r0 + 2 * BLOCK); ++r) {  // the next block's rows
+          prefetch_row<D>(q_data + b * q.stride(0) + h * q.stride(1) + r * q.stride(2));
+          prefetch_row<D>(grad_data + b * grad.stride(0) + r * grad.stride(1) + h * grad.stride(2));
+          prefetch_row<D>(out_data + b * out.stride(0) + r * out.stride(1) + h * out.stride(2));
+          prefetch_row<D, true>(dq_data + (b * n_q + r) * row + h * D);
+        }
+        // One key tile at a time: its weights, their gradients and its keys' rows of dK and dV stay in L1.
+        for (int64_t t = 0; t < n_keys; t += TILE) {
+          const int64_t keys = std::min(TILE, n_keys - t);
+          tile_block<D>(qp.data(), rows, kt.data() + kt_index<D>(t, 0), keys, [&](int64_t r, int64_t j, const Vec& x) {
+            exp2_nonpositive(x - Vec(row_lse[r])).store(pd + r * TILE + j);
+          });
+          tile_block<D>(gp.data(), rows, vt.data() + kt_index<D>(t, 0), keys, [&](int64_t r, int64_t j, const Vec& x) {
+            (Vec::loadu(pd + r * TILE + j) * (x - Vec(row_delta[r]))).store(dsd + r * TILE + j);
+          });
+          if (keys < TILE)  // padding keys: weight 0, so they add nothing to dK and dV below
+            for (int64_t r = 0; r < rows; ++r) {
+              std::fill(pd + r * TILE + keys, pd + (r + 1) * TILE, 0.f);
+              std::fill(dsd + r * TILE + keys, dsd + (r + 1) * TILE, 0.f);
+            }
+          block_values<D, true>(dsd, tile_row, rows, keys, kp.data() + t * D, nullptr, dq_acc.data(), D);
+          for (int64_t i = 0; i < keys; i += KEYS) {
+            combine<KEYS, D, true>(pd + i, one, tile_row, rows, gp.data(), nullptr, dv_acc.data() + (t + i) * D, D);
+            combine<KEYS, D, true>(dsd + i, one, tile_row, rows, qu.data(), nullptr, dk_acc.data() + (t + i) * D, D);
+          }
+        }
+        const Vec vscale(scale);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t d = 0; d < D; d += W)
+            (Vec::loadu(dq_acc.data() + r * D + d) * vscale).store(dq_data + (b * n_q + r0 + r) * row + h * D + d);
+      }
+      const Vec vscale(scale);
+      for (int64_t j = 0; j < n_keys; ++j) {
+        if (j + PREFETCH_ROWS < n_keys) {
+          prefetch_row<D, true>(dk_data + (b * n_keys + j + PREFETCH_ROWS) * row + h * D);
+          prefetch_row<D, true>(dv_data + (b * n_keys + j + PREFETCH_ROWS) * row + h * D);
+        }
+        for (int64_t d = 0; d < D; d += W) {
+          (Vec::loadu(dk_acc.data() + j * D + d) * vscale).store(dk_data + (b * n_keys + j) * row + h * D + d);
+          Vec::loadu(dv_acc.data() + j * D + d).store(dv_data + (b * n_keys + j) * row + h * D + d);
+        }
+      }
+    }
+  });
+}
 
-at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "cpu_attention: CPU tensors only");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "cpu_attention: float32 only");
@@ -217,18 +402,70 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
               "cpu_attention: q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes(), " do not match");
   TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "cpu_attention: last dim must be contiguous");
   TORCH_CHECK(k.size(2) > 0, "cpu_attention: no keys");
-  auto out = at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
-  const float s = static_cast<float>(scale);
-  switch (q.size(3)) {
-    case W: attention_kernel<W>(q, k, v, s, out); break;
-    case 2 * W: attention_kernel<2 * W>(q, k, v, s, out); break;
-    case 4 * W: attention_kernel<4 * W>(q, k, v, s, out); break;
-    case 8 * W: attention_kernel<8 * W>(q, k, v, s, out); break;
-    default: TORCH_CHECK(false, "cpu_attention: head dim ", q.size(3), " not in ", W, ", ", 2 * W, ", ", 4 * W, ", ", 8 * W);
+  const int64_t d = q.size(3);
+  TORCH_CHECK(d == W || d == 2 * W || d == 4 * W || d == 8 * W, "cpu_attention: head dim ", d, " not in ", W, ", ",
+              2 * W, ", ", 4 * W, ", ", 8 * W);
+}
+
+// The kernel instantiated for q's head dim (checked by check_inputs): f(std::integral_constant<int64_t, D>).
+template <class F>
+void for_head_dim(int64_t d, F&& f) {
+  switch (d) {
+    case W: f(std::integral_constant<int64_t, W>()); break;
+    case 2 * W: f(std::integral_constant<int64_t, 2 * W>()); break;
+    case 4 * W: f(std::integral_constant<int64_t, 4 * W>()); break;
+    default: f(std::integral_constant<int64_t, 8 * W>()); break;
   }
+}
+
+at::Tensor forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, float* lse) {
+  check_inputs(q, k, v);
+  auto out = at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
+  for_head_dim(q.size(3), [&](auto d) { attention_kernel<decltype(d)::value>(q, k, v, static_cast<float>(scale), out, lse); });
   return out;
+}
+
+}  // namespace
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  return forward(q, k, v, scale, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_with_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                      double scale) {
+  check_inputs(q, k, v);
+  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  auto out = forward(q, k, v, scale, lse.data_ptr<float>());
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(const at::Tensor& grad, const at::Tensor& q,
+                                                                  const at::Tensor& k, const at::Tensor& v,
+                                                                  const at::Tensor& out, const at::Tensor& lse,
+                                                                  double scale) {
+  check_inputs(q, k, v);
+  const auto out_shape = std::vector<int64_t>{q.size(0), q.size(2), q.size(1), q.size(3)};
+  TORCH_CHECK(grad.sizes() == out_shape && out.sizes() == out_shape, "cpu_attention backward: grad ", grad.sizes(),
+              " and out ", out.sizes(), " must be (batch, length, heads, dim) ", at::IntArrayRef(out_shape));
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat && lse.scalar_type() == at::kFloat &&
+              grad.device().is_cpu() && out.device().is_cpu() && lse.device().is_cpu(),
+              "cpu_attention backward: float32 CPU tensors only");
+  TORCH_CHECK(grad.stride(3) == 1 && out.stride(3) == 1, "cpu_attention backward: last dim must be contiguous");
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2)}) && lse.is_contiguous(),
+              "cpu_attention backward: lse must be a contiguous (batch, heads, length)");
+  auto dq = at::empty(out_shape, q.options());
+  auto dk = at::empty({k.size(0), k.size(2), k.size(1), k.size(3)}, k.options());
+  auto dv = at::empty({v.size(0), v.size(2), v.size(1), v.size(3)}, v.options());
+  for_head_dim(q.size(3), [&](auto d) {
+    backward_kernel<decltype(d)::value>(grad, q, k, v, out, lse, static_cast<float>(scale), dq, dk, dv);
+  });
+  return {dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention", &attention, "softmax(scale q k^T) v, fp32, no mask; returns (batch, length, heads, dim)");
+  m.def("attention_with_lse", &attention_with_lse,
+        "attention and each query row's log2-sum-exp of scale log2(e) q k^T, (batch, heads, length), for the backward");
+  m.def("attention_backward", &attention_backward,
+        "gradients of q, k, v (as (batch, heads, length, dim) views of (batch, length, heads, dim) tensors)");
 }

@@ -10,22 +10,8 @@ every key visible to every query and no dropout: full segments of an RMT encoder
 flash-style, the weights recomputed from each row's log-sum-exp). Three torch custom ops, the backward
 registered with autograd, so torch.compile keeps each as one call in the forward and backward graphs.
 
-Measured on this project's 2-core Intel Xeon (AVX-512 and AMX, 2 MB L2 a core; shared with a training
-run: load 2.5-4.9) at 12 heads of 32 dims, batch 8, against torch 2.13's CPU flash attention
-(`_scaled_dot_product_flash_attention_for_cpu` and its backward), in one process, interleaved:
-- forward and backward, 511 positions (an RMT segment of 499 + 12): 0.79x its time on one thread (CPU
-  time: forward 0.80x, backward 0.78x), 0.71x on two (wall clock, median of 40 paired ratios, in two
-  runs); 75 positions (64 + 11): 0.62x on one thread, 0.45-0.47x on two;
-- inference forward, two threads: 0.80x at 511 positions, 0.8-1.0x at 75 (two runs); the forward of the
-  first version, whose keys past the last whole tile took a scalar loop, took 1.7x longer at 511
-  positions and 2.3x at 75 (one thread), the same at 512;
-- the AVX2 build (ATEN_CPU_CAPABILITY=avx2 on the same Xeon) is slower at 511 positions, 1.24x forward
-  and backward and 1.46x inference, and faster at 75 (0.50x; inference 1.0x): there torch's flash
-  kernel still runs MKL's AVX-512 matmuls, so this is no measure of an AVX2-only CPU.
-A MiniLM RMT training step (4 segments of 499, batch 8, full BPTT, dropout off, fp32) took 0.944x the
-time with sdpa on two threads (18.45 vs 19.48 s; 61.2% vs 57.9% of the paired matmul peak, which the load
-held at 113 GFLOP/s) and 0.973x on one (8.73 vs 9.06 s CPU time; 69.6% vs 67.1%); attention is about a
-quarter of the step.
+Its speed against torch's CPU flash attention, forward and backward, on AVX-512 and AVX2 builds, and
+what it does to a training step: the README's speed section.
 
 Two registered attention functions: `fused_training_attention` ("rmt_fused_training", every RMT's
 attention from construction, `use_fused_attention`) runs the kernel where a gradient is to come, so

@@ -3,7 +3,7 @@
 // Built on first use by rmt_lab/model/kernels/__init__.py (torch.utils.cpp_extension). The shape it is
 // for: an RMT segment of a few hundred positions and heads of 32-64 dims, where the flash kernel torch
 // ships for the CPU reaches about 45-50% of the matmul peak, forward and backward (two BLAS calls per
-// 64-row query block, with K or N the head dim). Measured figures: the module docstring.
+// 64-row query block, with K or N the head dim). Measured figures: the README's speed section.
 //
 // Forward. One head's keys (transposed) and values are packed once into contiguous buffers (zero past the
 // last key, up to a whole tile), and each block of query rows runs three passes that stay in the L1/L2 caches:

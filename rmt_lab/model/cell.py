@@ -82,8 +82,8 @@ class MemoryCell(nn.Module):
         self.tokenizer = backbone.tokenizer  # turns the backbone's ids into text; None: none known
         self.model = backbone.model
         # The backbone's attention, chosen here for every way a model is built or loaded: rmt_lab's fused CPU
-        # kernel where it serves and a gradient is to come (fp32, every position visible, no dropout: full
-        # encoder segments in training), the backbone's sdpa otherwise (`kernels.fused_training_attention`).
+        # kernel where it serves and a gradient is to come (fp32, no padding mask: full segments in training),
+        # the backbone's sdpa otherwise (`kernels.fused_training_attention`).
         kernels.use_fused_attention(self.model)
         self.layout: Literal["encoder", "decoder"] = backbone.adapter.layout
         if config.layout not in ("auto", self.layout):

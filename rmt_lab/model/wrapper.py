@@ -117,8 +117,9 @@ class RecurrentWrapper(nn.Module):
         constants (inductor's freezing: prepacked matmul weights on CPU), so later changes to the
         weights are not seen, and it switches the backbone's attention to rmt_lab's fused CPU kernel
         for inference too ("rmt_fused", `rmt_lab.model.kernels`: built on first use, ~40 s once per
-        machine), which serves unmasked fp32 encoder attention on the CPU and hands every other case to
-        sdpa. Without freezing, the kernel serves where a gradient is to come, as in eager training.
+        machine), which serves fp32 attention on the CPU with no mask or a plain causal one (full encoder
+        and decoder segments) and hands every other case to sdpa. Without freezing, the kernel serves
+        where a gradient is to come, as in eager training.
         Outputs equal the eager model's within float rounding (tests: 1e-5 in fp32). The state dict
         keeps its keys, so saving and loading are unchanged.
         """

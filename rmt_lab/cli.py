@@ -2,8 +2,9 @@
 
 It parses options into the arguments of `rmt_lab.recipes`, taking their defaults and types from the recipes'
 signatures and their help from the recipes' docstrings, and prints what comes back with the report functions
-of the modules that make each result. This is the only module that imports every part of rmt_lab; the
-library code never imports it.
+of the modules that make each result. A `_run_<name>` returns its exit code, None for 0; the errors it lets
+through are turned into a one-line message and an exit code in one place, `main` (see EXIT_CODES). This is
+the only module that imports every part of rmt_lab; the library code never imports it.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ from rmt_lab.bench.memory import MemorySweepConfig, memory_report
 from rmt_lab.bench.speed import SpeedSweepConfig, speed_report
 from rmt_lab.bench.workloads import DTYPES
 from rmt_lab.catalog import option, run_file
-from rmt_lab.config import ConfigError
 from rmt_lab.model import COMPILE_MODES
 from rmt_lab.process import Budget
-from rmt_lab.tasks import NoiseError, TaskConfig, TaskGenerator, export_split, format_sample
+from rmt_lab.tasks import TaskConfig, TaskGenerator, export_split, format_sample
 from rmt_lab.tasks import bench as task_bench
 from rmt_lab.trace import TraceBudgetError
 from rmt_lab.trace import bench as trace_bench
-from rmt_lab.train import CheckpointError, TrainingDiverged
+from rmt_lab.train import TrainingDiverged
 from rmt_lab.train.evaluate import EVAL_DTYPES, ablation_report, generalization_report, long_report
 
 
@@ -78,26 +78,16 @@ def _call(recipe, args: argparse.Namespace, **fixed):
     return recipe(**{name: value for name, value in given.items() if value is not None}, **fixed)
 
 
-def _error(command: str, err: object, code: int = 2) -> int:
-    print(f"rmt-lab {command}: error: {err}", file=sys.stderr)
-    return code
-
-
 def _add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", action="store_true", help="also measure minilm RMT inference tokens/s and peak memory")
-    p.add_argument(
-        "--bench-tokens", type=int, nargs="+", default=[16_000, 1_000_000], metavar="N",
-        help="input lengths for --bench, each measured in a fresh process (default: 16000 1000000)",
-    )
+    p.add_argument("--bench-tokens", type=int, nargs="+", default=[16_000, 1_000_000], metavar="N",
+                   help="input lengths for --bench, each measured in a fresh process (default: 16000 1000000)")
 
 
-def _run_info(args: argparse.Namespace) -> int:
+def _run_info(args: argparse.Namespace) -> None:
     print(info_report())
     if args.bench:
-        print()
-        for line in stream_table(recipes.stream(n) for n in args.bench_tokens):
-            print(line)
-    return 0
+        print("", *stream_table(recipes.stream(n) for n in args.bench_tokens), sep="\n")
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -105,11 +95,10 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
              compile={"choices": COMPILE_MODES})
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def _run_demo(args: argparse.Namespace) -> None:
     print(f"Streaming {args.tokens:,} random tokens through an RMT over {args.backbone!r} (10 memory tokens, "
           f"{args.dtype}{', compiled ' + args.compile if args.compile else ''}) ...")
     print(stream_summary(_call(recipes.stream, args)))
-    return 0
 
 
 def _add_bench_flops(p: argparse.ArgumentParser) -> None:
@@ -174,15 +163,11 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
         add(actions.add_parser(name, help=help_text, description=help_text))
 
 
-def _run_bench(args: argparse.Namespace) -> int:
+def _run_bench(args: argparse.Namespace) -> None:
     """The action's recipe with the options given over its defaults (or --quick preset), its report printed;
     `all` runs flops, memory and speed in turn and stops at the first that fails."""
     for name in ["flops", "memory", "speed"] if args.action == "all" else [args.action]:
-        try:
-            print(_bench_report(name, args))
-        except ConfigError as err:
-            return _error(f"bench {name}", err)
-    return 0
+        print(_bench_report(name, args))
 
 
 def _bench_report(name: str, args: argparse.Namespace) -> str:
@@ -210,7 +195,7 @@ def _task_options(p, description: str):
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     preview = sub.add_parser("preview", help="print a sample with its facts highlighted and its ground truth")
     _task_options(preview, "1 segment long unless --segments or --tokens")
     preview.add_argument("--index", type=int, default=0, help="which sample of the split")
@@ -223,23 +208,19 @@ def _add_data(p: argparse.ArgumentParser) -> None:
              "tokens task placement")
 
 
-def _run_data(args: argparse.Namespace) -> int:
-    if args.data_command == "bench":
+def _run_data(args: argparse.Namespace) -> None:
+    if args.action == "bench":
         print(task_bench.format_results(_call(task_bench.run, args)))
-        return 0
-    try:
-        config = TaskConfig.of_length(args.segments, args.tokens, task=args.task, segment_size=args.segment_size,
-                                      placement=args.placement, seed=args.seed, noise=args.noise)
-        generator = TaskGenerator(config)
-        if args.data_command == "preview":
-            color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-            print(format_sample(generator.sample(args.split, args.index), generator.tokenizer, color=color))
-        else:
-            path = export_split(generator, args.split, args.n, args.out)
-            print(f"wrote {args.n} {args.split} samples of {config.task} to {path}")
-    except (ConfigError, NoiseError) as err:
-        return _error("data", err)
-    return 0
+        return
+    config = TaskConfig.of_length(args.segments, args.tokens, task=args.task, segment_size=args.segment_size,
+                                  placement=args.placement, seed=args.seed, noise=args.noise)
+    generator = TaskGenerator(config)
+    if args.action == "preview":
+        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+        print(format_sample(generator.sample(args.split, args.index), generator.tokenizer, color=color))
+    else:
+        path = export_split(generator, args.split, args.n, args.out)
+        print(f"wrote {args.n} {args.split} samples of {config.task} to {path}")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -247,17 +228,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
              overrides={"nargs": "*", "metavar": "KEY=VALUE"})
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    try:  # a bad config is a usage error (2), not a failed run
-        recipes.experiment_config(args.config, args.task, args.overrides)
-    except (ConfigError, ValueError) as err:
-        return _error("train", err)
-    try:
-        result = _call(recipes.train, args)
-    except (CheckpointError, TrainingDiverged) as err:
-        return _error("train", err, code=1)
-    print(result.report())
-    return 0
+def _run_train(args: argparse.Namespace) -> None:
+    print(_call(recipes.train, args).report())
 
 
 # `rmt-lab eval ACTION`: its recipe, the recipe's arguments that are options, the result file's key, the
@@ -275,7 +247,7 @@ EVAL_ACTIONS = {
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, (recipe, names, _, _, help_text) in EVAL_ACTIONS.items():
         action = sub.add_parser(name, help=help_text)
         _options(action, recipe, names, samples_from={"metavar": ("TOKENS", "N")}, compile={"choices": COMPILE_MODES})
@@ -286,17 +258,12 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                                  "AMX and on GPUs)")
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    recipe, _, result, report, _ = EVAL_ACTIONS[args.eval_command]
-    try:
-        frame = _call(recipe, args)
-    except (FileNotFoundError, ValueError) as err:
-        return _error("eval", err)
-    if not PartialState().is_main_process:  # under torchrun: one report
-        return 0
-    print(report(frame))
-    print(f"wrote {args.out or run_file(result, args.run_dir)}")
-    return 0
+def _run_eval(args: argparse.Namespace) -> None:
+    recipe, _, result, report, _ = EVAL_ACTIONS[args.action]
+    frame = _call(recipe, args)
+    if PartialState().is_main_process:  # under torchrun: one report
+        print(report(frame))
+        print(f"wrote {args.out or run_file(result, args.run_dir)}")
 
 
 def _add_trace(p: argparse.ArgumentParser) -> None:
@@ -315,46 +282,36 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     bench.add_argument("--bench-long-backbone", default="minilm", help="backbone of the long trace")
 
 
-def _run_trace(args: argparse.Namespace) -> int:
+def _run_trace(args: argparse.Namespace) -> None:
     if args.bench:
         return _run_trace_bench(args)
-    if not args.out:
-        return _error("trace", "--out is required (the trace folder to write)")
-    try:
-        r = _call(recipes.trace, args)
-    except (ValueError, FileExistsError, NoiseError, TraceBudgetError) as err:
-        return _error("trace", err)
+    if not args.out:  # argparse cannot say "required unless --bench"
+        raise ValueError("--out is required (the trace folder to write)")
+    r = _call(recipes.trace, args)
     print(r.report())
     print(f"wrote {args.out}: trace.json, summaries.parquet ({len(r.trace.summaries):,} rows), written.parquet, "
           f"maps/ (load with rmt_lab.trace.Trace.load)")
-    return 0
 
 
-def _run_trace_bench(args: argparse.Namespace) -> int:
+def _run_trace_bench(args: argparse.Namespace) -> None:
     tables = recipes.trace_overhead(args.bench_backbones, args.bench_threads, args.bench_segments,
                                     args.bench_repeats, args.bench_pairs)
-    for line in trace_bench.overhead_report(tables, args.bench_segments, args.bench_repeats, args.bench_pairs):
-        print(line)
+    print(*trace_bench.overhead_report(tables, args.bench_segments, args.bench_repeats, args.bench_pairs), sep="\n")
     if args.bench_tokens:
         long_trace = trace_bench.million_in_subprocess(n_tokens=args.bench_tokens, backbone=args.bench_long_backbone)
         print("\n" + trace_bench.million_report(long_trace))
-    return 0
 
 
 def _add_probe(p: argparse.ArgumentParser) -> None:
     _options(p, recipes.probe, "checkpoint task segments samples split seed out")
 
 
-def _run_probe(args: argparse.Namespace) -> int:
-    try:
-        frame = _call(recipes.probe, args)
-    except (CheckpointError, ValueError, OSError) as err:
-        return _error("probe", err)
+def _run_probe(args: argparse.Namespace) -> None:
+    frame = _call(recipes.probe, args)
     print(f"linear probe on the memory state, {args.task}, {args.samples} samples of {args.segments} segments "
           "(half train, half test); accuracy by distance from the fact segment (chance 0.167):")
     print(recipes.probe_by_distance(frame).round(3).to_string())
     print(f"wrote {args.out}")
-    return 0
 
 
 def _add_reproduce(p: argparse.ArgumentParser) -> None:
@@ -377,20 +334,15 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
                         "a step's command by hand), so that a clone judges them by content, not file times")
 
 
-def _run_reproduce(args: argparse.Namespace) -> int:
+def _run_reproduce(args: argparse.Namespace) -> int | None:
     steps = reproduce.plan(args.plan, args.results, args.figures)
     if args.adopt:
         adopted = reproduce.adopt(steps, args.results)
         print(f"recorded the inputs of {len(adopted)} step(s): {', '.join(s.name for s in adopted) or 'none'}")
-        return 0
-    if args.list:
+    elif args.list:
         print("\n".join(reproduce.step_lines(steps, args.results)))
-        return 0
-    try:
-        return reproduce.reproduce(steps, args.force, args.results,
-                                   jobs=args.jobs or reproduce.default_jobs(args.plan))
-    except ValueError as err:
-        return _error("reproduce", err)
+    else:
+        return reproduce.reproduce(steps, args.force, args.results, jobs=args.jobs or reproduce.default_jobs(args.plan))
 
 
 def _add_figures(p: argparse.ArgumentParser) -> None:
@@ -402,22 +354,19 @@ def _add_figures(p: argparse.ArgumentParser) -> None:
                    help="first rerun every experiment behind the figures (rmt-lab reproduce --quick, all steps)")
 
 
-def _run_figures(args: argparse.Namespace) -> int:
+def _run_figures(args: argparse.Namespace) -> int | None:
     from rmt_lab.viz import drawn_summary, figures_failed, format_report, inputs_report  # loads matplotlib
 
     code = reproduce.recompute(args.results, args.out) if args.recompute else 0
     if code:
         return code
     if not Path(args.results).is_dir():
-        return _error("figures", f"results folder {args.results} does not exist; make results with "
-                                 "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)")
+        raise FileNotFoundError(f"results folder {args.results} does not exist; make results with "
+                                "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)")
     if args.list:
         print(inputs_report(args.results, args.config))
-        return 0
-    try:
-        report = recipes.figures(args.results, args.out, only=args.only, config=args.config)
-    except ValueError as err:
-        return _error("figures", err)
+        return None
+    report = recipes.figures(args.results, args.out, only=args.only, config=args.config)
     print(format_report(report))
     print(drawn_summary(report, args.results, args.out))
     if figures_failed(report):
@@ -449,13 +398,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit code by exception class, for the errors that are the user's to fix: their message names the problem and
+# is printed alone. 2 is bad input, as for argparse's usage errors; 1 a run that started well and failed. Any
+# other exception is a bug and keeps its traceback.
+EXIT_CODES: dict[type[Exception], int] = {
+    ValueError: 2,  # rmt_lab's input checks (ConfigError, NoiseError, CheckpointError ...), if rmt_lab raised it
+    OSError: 2,  # a file or folder named in the options is missing, already there or unreadable
+    TraceBudgetError: 2,  # the trace would hold more than --budget-mib: keep fewer maps or raise the budget
+    TrainingDiverged: 1,  # the loss became NaN or infinite mid-run; the message names the last good checkpoint
+}
+
+
+def _raised_by_rmt_lab(err: BaseException) -> bool:
+    """Whether `err` was raised in rmt_lab's own code: a ValueError from inside torch, numpy or pandas means
+    rmt_lab called them wrongly (a bug), not that the input was bad, and its traceback is what fixes it."""
+    tb = err.__traceback__
+    while tb.tb_next:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__", "").partition(".")[0] == "rmt_lab"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
-    return args._run(args)
+    try:
+        return args._run(args) or 0
+    except tuple(EXIT_CODES) as err:
+        if isinstance(err, ValueError) and not _raised_by_rmt_lab(err):
+            raise
+        command = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
+        print(f"rmt-lab {command}: error: {err}", file=sys.stderr)
+        return next(code for kind, code in EXIT_CODES.items() if isinstance(err, kind))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ def test_train_then_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--config", "quick", "--task", "memorize", "--run-dir", str(run), "--set", *TINY]) == 0
     assert "2 segments:" in capsys.readouterr().out
+    # a folder that holds a run is bad input (2) without --resume, not a failed run
+    assert main(["train", "--config", "quick", "--task", "memorize", "--run-dir", str(run), "--set", *TINY]) == 2
+    assert capsys.readouterr().err.startswith(f"rmt-lab train: error: {run} already holds a run")
     assert main(["eval", "generalization", "--run-dir", str(run), "--samples", "4"]) == 0
     table = pd.read_parquet(run / "generalization.parquet")
     assert table.shape[0] == 2 * 4

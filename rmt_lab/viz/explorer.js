@@ -13,14 +13,19 @@
 // user looks (`prefetch`).
 //
 // A view of one map waits for it, the last frame staying up. The grid paints at once: the heads it holds, and
-// a placeholder for each other head, filled in as its map comes. The root element says what the canvas shows:
-// data-painted, the view of the last frame (maybe with placeholders); data-placeholders, the heads still shown
-// as placeholders; data-drawn, the last view drawn whole. Tests and the benchmark wait on them.
+// a placeholder for each other head, filled in as its map comes. A map the kernel could not send (its reply
+// carries an `error`) is drawn as that reason, in the tile or in place of the map, until the user chooses the
+// view again, which asks for it again. The root element says what the canvas shows: data-painted, the view of
+// the last frame (maybe with placeholders); data-placeholders, the heads still shown as placeholders;
+// data-failed, {map: reason} of the shown maps that could not be sent; data-drawn, the last view drawn whole.
+// Tests and the benchmark wait on them.
 
 const MEMORY = "#d55e00"; // memory positions, as in the matplotlib figures
 const FACT = "#0072b2"; // fact tokens
 const SPECIAL = "#555555"; // [CLS], [SEP]
 const PLACEHOLDER = "#ececec", PLACEHOLDER_TEXT = "#888888"; // a grid tile whose map is on its way
+const FAILED = "#fbe4dc", FAILED_TEXT = "#a3300f"; // a map the kernel could not send: its reason
+const FAILED_LINE = 13; // px between the lines of a reason, in FONT
 const FONT = "10px sans-serif";
 const LABEL_PX = 11; // a label needs this many pixels along its axis, so labels never overlap
 const MAX_ZOOM_CELL = 48; // largest cell, in CSS pixels
@@ -61,6 +66,12 @@ function base64Bytes(text) {
   for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
   return out;
 }
+// Bytes [start, start + length) of those a base64 text holds, decoding only the groups (4 characters, 3 bytes) that
+// hold them: a standalone page decodes the map a view asks for, not the 13 of its block.
+function base64Slice(text, start, length) {
+  const first = Math.floor(start / 3), last = Math.ceil((start + length) / 3);
+  return base64Bytes(text.slice(4 * first, 4 * last)).subarray(start - 3 * first, start - 3 * first + length);
+}
 // A message buffer as a Uint8Array (Jupyter hands over DataViews).
 function asBytes(buf) {
   return buf instanceof Uint8Array ? buf : new Uint8Array(buf.buffer || buf, buf.byteOffset || 0, buf.byteLength);
@@ -84,15 +95,15 @@ function makeBlock(header) {
            has: (name) => maps.has(name), map: (name) => maps.get(name), scale: (name) => scales.get(name) };
 }
 
-// The standalone page's answer to a `need`, from a block inlined whole (`header`, with scales in block order,
-// and its bytes): the named maps (default: all), or an error naming what the page holds.
-function answerNeed(msg, header, bytes) {
+// The standalone page's answer to a `need`, from a block inlined whole (`header`, with scales in block order, and
+// `mapBytes(i)`, the bytes of its map i): the named maps (default: all), or an error naming what the page holds.
+function answerNeed(msg, header, mapBytes) {
   const key = { type: "maps", sample: msg.sample, segment: msg.segment, layer: msg.layer };
   if (!header) {
     return [{ ...key, maps: msg.maps || [], error: "this page holds no map of that view: "
                                                    + "save_html(path, segments=..., layers=..., samples=...)" }, []];
   }
-  const all = mapNames(header.heads), names = (msg.maps || all).map(String), size = header.n * header.n;
+  const all = mapNames(header.heads), names = (msg.maps || all).map(String);
   const unknown = names.find((name) => !all.includes(name));
   if (unknown !== undefined) {
     return [{ ...key, maps: names, error: `head ${unknown} has no map in segment ${msg.segment}` }, []];
@@ -100,7 +111,7 @@ function answerNeed(msg, header, bytes) {
   const index = names.map((name) => all.indexOf(name));
   return [{ ...key, n: header.n, heads: header.heads, labels: header.labels, facts: header.facts, maps: names,
             scales: index.map((i) => header.scales[i]) },
-          index.map((i) => bytes.subarray(i * size, (i + 1) * size))];
+          index.map(mapBytes)];
 }
 
 // Four significant digits: at 512 positions most weights sit near 0.002, where fixed decimals tell none apart.
@@ -110,6 +121,30 @@ function formatWeight(w) {
 function weight(block, name, q) {
   const v = q / 255;
   return block.scale(name) * v * v;
+}
+
+// `text` in lines at most `width` px wide in ctx's font, `most` lines at most (the last then ends in "…"); a
+// word wider than that (a file path) is cut wherever it must be.
+function wrapText(ctx, text, width, most) {
+  const fits = (t) => ctx.measureText(t).width <= width;
+  const lines = [];
+  let line = "";
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    if (fits(line ? `${line} ${word}` : word)) { line = line ? `${line} ${word}` : word; continue; }
+    if (line) lines.push(line);
+    line = word;
+    while (!fits(line) && line.length > 1) {
+      let k = line.length - 1;
+      while (k > 1 && !fits(line.slice(0, k))) k--;
+      lines.push(line.slice(0, k));
+      line = line.slice(k);
+    }
+  }
+  if (line) lines.push(line);
+  if (lines.length <= most) return lines;
+  let last = lines[most - 1];
+  while (last && !fits(last + "…")) last = last.slice(0, -1);
+  return [...lines.slice(0, most - 1), last + "…"];
 }
 
 // An n x n canvas of one map, coloured through the colormap: the drawing step only scales it.
@@ -195,7 +230,8 @@ function render({ model, el: host }) {
   // ------------------------------------------------------------------ state
   const cache = new Map(); // blockKey -> block, most recently used last
   const waiting = new Map(); // blockKey -> names of the maps asked for that have not arrived
-  const failed = new Set(); // "blockKey/name" of maps the kernel could not send: not prefetched again
+  const failed = new Map(); // "blockKey/name" -> why the kernel could not send that map: asked for again only
+                            // when the user chooses its view again (`forgetFailures`), never by a redraw or prefetch
   let view = { x0: 0, y0: 0, cells: 0 }; // window: first column/row and cells across, in positions
   let pinned = null; // pinned query row
   let hover = null;
@@ -217,6 +253,11 @@ function render({ model, el: host }) {
     return c.head === "grid" || holds(block, c.head) ? block : undefined;
   }
   function headText(head) { return head === "mean" ? "mean of heads" : `head ${head}`; }
+  const failure = (v, name) => failed.get(`${keyOf(v)}/${name}`);
+  function forgetFailures(v) {
+    const prefix = `${keyOf(v)}/`;
+    for (const k of [...failed.keys()]) if (k.startsWith(prefix)) failed.delete(k);
+  }
 
   function remember(key, block) {
     cache.delete(key); cache.set(key, block);
@@ -240,14 +281,18 @@ function render({ model, el: host }) {
     if (asked) { msg.maps.forEach((name) => asked.delete(name)); if (!asked.size) waiting.delete(key); }
     const c = current(), shown = key === keyOf(c);
     if (msg.error) {
-      msg.maps.forEach((name) => failed.add(`${key}/${name}`));
-      const drawn = shownMaps(c.head, cache.get(key));
-      if (shown && msg.maps.some((name) => drawn.includes(name))) note.textContent = msg.error; // a failed prefetch is not news
+      msg.maps.forEach((name) => failed.set(`${key}/${name}`, msg.error));
+      const lost = shown ? shownMaps(c.head, cache.get(key)).filter((name) => msg.maps.includes(name)) : [];
+      if (lost.length && c.head === "grid") { fill(cache.get(key), lost); note.textContent = msg.error; }
+      else if (lost.length) draw(); // a failed prefetch is not news
       prefetchSoon(0);
       return;
     }
     const fresh = !cache.has(key), block = cache.get(key) || makeBlock(msg);
-    msg.maps.forEach((name, i) => block.add(name, asBytes(buffers[i]), msg.scales[i]));
+    msg.maps.forEach((name, i) => {
+      block.add(name, asBytes(buffers[i]), msg.scales[i]);
+      failed.delete(`${key}/${name}`);
+    });
     remember(key, block);
     // A grid painted before its block's first map came knows no positions yet: that map redraws it whole.
     if (!shown || root.dataset.drawn === viewName(c)) prefetchSoon(0);
@@ -288,7 +333,9 @@ function render({ model, el: host }) {
     return heads.map((h, i) => ({ x: (i % cols) * (size + 10), y: 18 + Math.floor(i / cols) * (size + 22),
                                   size, head: h }));
   };
-  const placeholder = (block, r) => r.head !== undefined && !holds(block, String(r.head)); // a grid tile on its way
+  // A grid tile without its map: on its way (a placeholder), or failed (drawn as the reason).
+  const lacksMap = (block, r) => r.head !== undefined && !holds(block, String(r.head));
+  const placeholder = (block, r) => lacksMap(block, r) && failure(current(), String(r.head)) === undefined;
   function clampView(n) {
     view.cells = Math.min(n, Math.max(view.cells || n, Math.min(n, 4)));
     view.x0 = Math.min(Math.max(view.x0, 0), n - view.cells);
@@ -299,7 +346,7 @@ function render({ model, el: host }) {
     if (!block) return null;
     for (const r of plot()) {
       if (px < r.x || py < r.y || px >= r.x + r.size || py >= r.y + r.size) continue;
-      if (placeholder(block, r)) return null;
+      if (lacksMap(block, r)) return null;
       const cell = r.size / view.cells;
       const col = Math.floor(view.x0 + (px - r.x) / cell), row = Math.floor(view.y0 + (py - r.y) / cell);
       if (row >= 0 && col >= 0 && row < block.n && col < block.n) return { row, col, rect: r };
@@ -322,13 +369,29 @@ function render({ model, el: host }) {
     }
     ctx.restore();
   }
-  // A grid tile: its map, or a placeholder while the map is on its way; its title above it.
-  function drawTile(block, r) {
-    if (placeholder(block, r)) {
+  // In the square `r`, why its map could not be sent, wrapped to the square (the note below holds it whole).
+  function drawFailure(r, why) {
+    ctx.save();
+    ctx.fillStyle = FAILED; ctx.fillRect(r.x, r.y, r.size, r.size);
+    ctx.font = FONT; ctx.fillStyle = FAILED_TEXT; ctx.textAlign = "left"; ctx.textBaseline = "top";
+    const lines = wrapText(ctx, `could not load this map: ${why}`, r.size - 12,
+                           Math.max(1, Math.floor((r.size - 12) / FAILED_LINE)));
+    lines.forEach((line, i) => ctx.fillText(line, r.x + 6, r.y + 6 + i * FAILED_LINE));
+    ctx.restore();
+  }
+  // A grid tile's square: its map, a placeholder while the map is on its way, or why it could not be sent.
+  function drawTileBody(block, r) {
+    const why = failure(current(), String(r.head));
+    if (!lacksMap(block, r)) drawMap(block, String(r.head), r);
+    else if (why !== undefined) drawFailure(r, why);
+    else {
       ctx.fillStyle = PLACEHOLDER; ctx.fillRect(r.x, r.y, r.size, r.size);
       ctx.fillStyle = PLACEHOLDER_TEXT; ctx.textAlign = "center"; ctx.textBaseline = "middle";
       ctx.fillText("loading…", r.x + r.size / 2, r.y + r.size / 2);
-    } else drawMap(block, String(r.head), r);
+    }
+  }
+  function drawTile(block, r) { // its square and its title above it
+    drawTileBody(block, r);
     ctx.fillStyle = "#222"; ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";
     ctx.fillText(`head ${r.head}`, r.x, r.y - 4);
   }
@@ -388,31 +451,33 @@ function render({ model, el: host }) {
     const c = current(), block = cache.get(keyOf(c));
     root.dataset.placeholders = JSON.stringify(c.head === "grid" ? plot().filter((r) => placeholder(block, r))
                                                                      .map((r) => String(r.head)) : []);
+    const lost = shownMaps(c.head, block).filter((name) => failure(c, name) !== undefined);
+    root.dataset.failed = JSON.stringify(Object.fromEntries(lost.map((name) => [name, failure(c, name)])));
     root.dataset.painted = viewName(c);
     if (shownMaps(c.head, block).every((name) => holds(block, name))) root.dataset.drawn = viewName(c);
   }
 
   function draw() {
-    const c = current();
-    const missing = lacking(c, shownMaps(c.head, cache.get(keyOf(c))));
+    const c = current(), shown = shownMaps(c.head, cache.get(keyOf(c)));
+    const missing = lacking(c, shown).filter((name) => failure(c, name) === undefined);
     if (missing.length) ask(c, missing); // the kernel answers with one message a map
-    const block = currentBlock();
-    if (!block && c.head !== "grid") {
+    const block = currentBlock(), lost = c.head === "grid" ? undefined : failure(c, c.head);
+    if (!block && c.head !== "grid" && lost === undefined) {
       note.textContent = "loading…";
       return;
     }
     if (block) { remember(keyOf(c), block); clampView(block.n); }
-    note.textContent = "";
+    note.textContent = shown.map((name) => failure(c, name)).find((why) => why !== undefined) || "";
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, W, H);
     const rects = plot();
     if (c.head === "grid") {
       ctx.font = FONT;
       for (const r of rects) drawTile(block, r);
-    } else {
+    } else if (block) {
       drawMap(block, c.head, rects[0]);
       drawAxes(block, rects[0]);
-    }
+    } else drawFailure(rects[0], lost);
     root.dataset.plot = JSON.stringify({ ...rects[0], n: block && block.n, x0: view.x0, y0: view.y0, cells: view.cells,
                                          tiles: c.head === "grid" ? rects : undefined });
     mark();
@@ -422,12 +487,13 @@ function render({ model, el: host }) {
     prefetchSoon();
   }
 
-  // Maps of the shown grid came while it is up: each replaces its placeholder (the title stays), the rest stays.
+  // Maps of the shown grid came (or failed) while it is up: each replaces its placeholder (the title stays), the
+  // rest stays.
   function fill(block, names) {
     for (const r of plot()) {
       if (!names.includes(String(r.head))) continue;
       ctx.clearRect(r.x, r.y, r.size, r.size);
-      drawMap(block, String(r.head), r);
+      drawTileBody(block, r);
     }
     mark();
     drawOverlay();
@@ -441,7 +507,7 @@ function render({ model, el: host }) {
     const block = currentBlock();
     if (!block) return;
     for (const r of plot()) {
-      if (placeholder(block, r)) continue;
+      if (lacksMap(block, r)) continue;
       const cell = r.size / view.cells;
       octx.save(); octx.beginPath(); octx.rect(r.x, r.y, r.size, r.size); octx.clip();
       if (pinned !== null) {
@@ -471,8 +537,10 @@ function render({ model, el: host }) {
     const block = currentBlock(), c = current();
     const head = c.head === "grid" ? "mean" : c.head;
     if (!block || pinned === null || !block.has(head)) {
+      const why = failure(c, head);
       side.appendChild(el("div", { style: "color:#777" }, pinned === null
-        ? "click a cell to pin its query row and list its top keys" : "loading…"));
+        ? "click a cell to pin its query row and list its top keys"
+        : why === undefined ? "loading…" : `could not load the ${headText(head)}: ${why}`));
       return;
     }
     const row = block.map(head).subarray(pinned * block.n, (pinned + 1) * block.n);
@@ -630,6 +698,7 @@ function render({ model, el: host }) {
   // ------------------------------------------------------------------ interaction
   function changed(name) {
     model.set(name, name === "head" ? headBox.value : Number({ segment: segBox, layer: layBox, sample: samBox }[name].value));
+    forgetFailures(current()); // choosing a view again asks again for what it could not get
     if (name === "segment") model.set("picked", Number(segBox.value)); // the timeline marks the map's segment
     if (name === "sample" || name === "segment") pinned = null;
     if (name === "sample") for (const o of segBox.options) o.textContent = segLabel(Number(o.value), Number(samBox.value));
@@ -643,7 +712,10 @@ function render({ model, el: host }) {
   for (const name of ["segment", "layer", "head", "sample"]) {
     model.on(`change:${name}`, () => {
       const box = { segment: segBox, layer: layBox, head: headBox, sample: samBox }[name];
-      if (box.value !== String(model.get(name))) { box.value = String(model.get(name)); draw(); }
+      if (box.value === String(model.get(name))) return;
+      box.value = String(model.get(name));
+      forgetFailures(current());
+      draw();
     });
   }
   let syncTimer = null;

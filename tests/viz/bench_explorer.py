@@ -97,73 +97,74 @@ def benchmark_explorer(positions: int = 522, heads: int = 12, layers: int = 2, s
         _header, (one,) = timed("python: a head of the block just held", explorer.maps, 0, s, layer, ["1"])
     for s, layer in blocks:
         _header, data = timed("python: a whole block, not held (save_html)", explorer.block, 0, s, layer)
-    path = Path(tempfile.mkdtemp(prefix="rmt_explorer_bench_")) / "explorer.html"
-    explorer.save_html(path, segments=list(range(segments)), layers=list(range(layers)))
-    print(f"{positions} positions x {heads} heads (+ their mean): one map {len(one) / 1e3:.0f} KB, a block "
-          f"{len(data) / 1e6:.2f} MB ({heads + 1} x {positions}^2 bytes); float32 would be "
-          f"{heads * positions ** 2 * 4 / 1e6:.1f} MB")
-    print(f"standalone page with {segments} segments x {layers} layers: {path.stat().st_size / 1e6:.1f} MB "
-          f"({path})")
-    timeline = explorer.widget.meta["timeline"]
-    print(f"timeline of {timeline['n_segments']:,} segments: {len(timeline['samples']['0']['data']) / 1e3:.0f} KB "
-          f"of base64 a sample ({len(timeline['lanes'])} lanes x {layers} layers x {timeline['n_segments']:,} "
-          "segments, uint8)")
-    times: dict[str, list[float]] = dict(kernel)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            t0 = time.perf_counter()
-            page.goto(path.as_uri())
-            page.wait_for_selector(".rmt-explorer[data-drawn]", timeout=120_000)
-            times["open page to first map"] = [(time.perf_counter() - t0) * 1000]
-            page.evaluate(_TIMER)
-            last = layers - 1
+    # the page is ~30 MB and a folder in /tmp: both go when the browser has closed
+    with tempfile.TemporaryDirectory(prefix="rmt_explorer_bench_") as folder:
+        path = Path(folder) / "explorer.html"
+        explorer.save_html(path, segments=list(range(segments)), layers=list(range(layers)))
+        print(f"{positions} positions x {heads} heads (+ their mean): one map {len(one) / 1e3:.0f} KB, a block "
+              f"{len(data) / 1e6:.2f} MB ({heads + 1} x {positions}^2 bytes); float32 would be "
+              f"{heads * positions ** 2 * 4 / 1e6:.1f} MB")
+        print(f"standalone page with {segments} segments x {layers} layers: {path.stat().st_size / 1e6:.1f} MB")
+        timeline = explorer.widget.meta["timeline"]
+        print(f"timeline of {timeline['n_segments']:,} segments: {len(timeline['samples']['0']['data']) / 1e3:.0f} KB "
+              f"of base64 a sample ({len(timeline['lanes'])} lanes x {layers} layers x {timeline['n_segments']:,} "
+              "segments, uint8)")
+        times: dict[str, list[float]] = dict(kernel)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 1000})
+                t0 = time.perf_counter()
+                page.goto(path.as_uri())
+                page.wait_for_selector(".rmt-explorer[data-drawn]", timeout=120_000)
+                times["open page to first map"] = [(time.perf_counter() - t0) * 1000]
+                page.evaluate(_TIMER)
+                last = layers - 1
 
-            def record(name, script, *args):
-                times.setdefault(name, []).append(page.evaluate(script, list(args)))
+                def record(name, script, *args):
+                    times.setdefault(name, []).append(page.evaluate(script, list(args)))
 
-            choose = "([n, v]) => window.__choose(n, v)"
-            for s in range(1, segments):  # blocks not decoded yet
-                record("segment change (first)", choose, "segment", s)
-            for layer in range(layers):
-                if layer != last:
-                    record("layer change (first)", choose, "layer", layer)
-            record("layer change (first)", choose, "layer", last)
-            for h in range(heads):  # each head's image coloured for the first time
-                record("head change (first)", choose, "head", h)
-            record("head: mean of heads", choose, "head", "mean")
-            for k in range(repeats):
-                record("segment change (seen)", choose, "segment", k % segments)
-                record("layer change (seen)", choose, "layer", k % layers)
-                record("head change (seen)", choose, "head", k % 2)
-            record("head: grid of all heads (first)", choose, "head", "grid")
-            for k in range(repeats):
-                record("head: grid of all heads (seen)", choose, "head", "grid" if k % 2 else 0)
-            page.evaluate(choose, ["head", "mean"])
-            page.evaluate(choose, ["segment", 0])
-            for k in range(repeats * 3):
-                x = 100 + (k * 37) % 640
-                y = 100 + (k * 53) % 640
-                record("hover (readout + crosshair)", "([x, y]) => window.__hover('rmt-overlay', x, y)", x, y)
-            for k in range(repeats):
-                record("wheel zoom step", "([x, y, d]) => window.__wheel('rmt-overlay', x, y, d)", 400, 400,
-                       -120 if k % 2 else 120)
-            n = f"{timeline['n_segments']:,} segments"
-            for k in range(repeats):  # all segments in view, then down to ~10 and back
-                record(f"timeline: wheel zoom step ({n})", "([x, y, d]) => window.__wheel('rmt-timeline', x, y, d)",
-                       400, 30, -600 if k < repeats // 2 else 600)
-            for k in range(repeats):
-                record(f"timeline: hover readout ({n})", "([x, y]) => window.__hover('rmt-timeline', x, y)",
-                       120 + (k * 29) % 600, 30)
-            for _ in range(3):  # ~280 segments in view, so a drag has somewhere to go
-                page.evaluate("window.__wheel('rmt-timeline', 400, 30, -600)")
-            page.evaluate("window.__press('rmt-timeline', 400, 30)")
-            for k in range(repeats):
-                record(f"timeline: drag-pan step ({n})", "([x, y]) => window.__hover('rmt-timeline', x, y, 1)",
-                       400 + 10 * (k + 1), 30)
-        finally:
-            browser.close()
+                choose = "([n, v]) => window.__choose(n, v)"
+                for s in range(1, segments):  # blocks not decoded yet
+                    record("segment change (first)", choose, "segment", s)
+                for layer in range(layers):
+                    if layer != last:
+                        record("layer change (first)", choose, "layer", layer)
+                record("layer change (first)", choose, "layer", last)
+                for h in range(heads):  # each head's image coloured for the first time
+                    record("head change (first)", choose, "head", h)
+                record("head: mean of heads", choose, "head", "mean")
+                for k in range(repeats):
+                    record("segment change (seen)", choose, "segment", k % segments)
+                    record("layer change (seen)", choose, "layer", k % layers)
+                    record("head change (seen)", choose, "head", k % 2)
+                record("head: grid of all heads (first)", choose, "head", "grid")
+                for k in range(repeats):
+                    record("head: grid of all heads (seen)", choose, "head", "grid" if k % 2 else 0)
+                page.evaluate(choose, ["head", "mean"])
+                page.evaluate(choose, ["segment", 0])
+                for k in range(repeats * 3):
+                    x = 100 + (k * 37) % 640
+                    y = 100 + (k * 53) % 640
+                    record("hover (readout + crosshair)", "([x, y]) => window.__hover('rmt-overlay', x, y)", x, y)
+                for k in range(repeats):
+                    record("wheel zoom step", "([x, y, d]) => window.__wheel('rmt-overlay', x, y, d)", 400, 400,
+                           -120 if k % 2 else 120)
+                n = f"{timeline['n_segments']:,} segments"
+                for k in range(repeats):  # all segments in view, then down to ~10 and back
+                    record(f"timeline: wheel zoom step ({n})", "([x, y, d]) => window.__wheel('rmt-timeline', x, y, d)",
+                           400, 30, -600 if k < repeats // 2 else 600)
+                for k in range(repeats):
+                    record(f"timeline: hover readout ({n})", "([x, y]) => window.__hover('rmt-timeline', x, y)",
+                           120 + (k * 29) % 600, 30)
+                for _ in range(3):  # ~280 segments in view, so a drag has somewhere to go
+                    page.evaluate("window.__wheel('rmt-timeline', 400, 30, -600)")
+                page.evaluate("window.__press('rmt-timeline', 400, 30)")
+                for k in range(repeats):
+                    record(f"timeline: drag-pan step ({n})", "([x, y]) => window.__hover('rmt-timeline', x, y, 1)",
+                           400 + 10 * (k + 1), 30)
+            finally:
+                browser.close()
     for name, values in times.items():
         print(_summary(name, values))
     return times
@@ -262,10 +263,19 @@ class _DevTools:
         return result["result"].get("value")
 
     def close(self) -> None:
+        # Asked to close, Chromium removes the folder of its singleton socket in /tmp (org.chromium.Chromium.*);
+        # on SIGTERM it leaves it behind, so the signal is only for a browser that cannot be asked
+        asked = False
         if getattr(self, "socket", None) is not None:
+            with contextlib.suppress(Exception):  # it may close the connection before it answers
+                self.call("Browser.close")
+            asked = True
             self.socket.close()
-        self.process.terminate()
-        self.process.wait(timeout=20)
+        try:
+            self.process.wait(timeout=20 if asked else 0)
+        except subprocess.TimeoutExpired:
+            self.process.terminate()
+            self.process.wait(timeout=20)
         self.loop.close()
         shutil.rmtree(self.profile, ignore_errors=True)
 
@@ -308,6 +318,19 @@ def _lab_playwright(port: int, notebook: str):
             browser.close()
 
 
+@contextlib.contextmanager
+def _served_notebook(code: str):
+    """JupyterLab (`serve_notebook`) over a notebook of one cell of `code`; yields (port, notebook name). Its folder,
+    with JupyterLab's settings, runtime files and log, is a temporary one removed once the server has stopped."""
+    import nbformat
+
+    with tempfile.TemporaryDirectory(prefix="rmt_explorer_lab_") as folder:
+        notebook = Path(folder) / "explorer_bench.ipynb"
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), notebook)
+        with serve_notebook(Path(folder), notebook) as port:
+            yield port, notebook.name
+
+
 def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, segments: int = 3,
                      repeats: int = 10, samples: int = 10, grid_jumps: int = 4,
                      driver: str = "devtools") -> dict[str, list[float]]:
@@ -317,10 +340,6 @@ def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, seg
     with the mean shown, then `grid_jumps` more in grid mode. The grid paints at once with a placeholder for each
     head it lacks: its rows give the first paint, the first head's map and the whole grid. `driver`: "devtools"
     (`_DevTools`) or "playwright"."""
-    import nbformat
-
-    tmp = Path(tempfile.mkdtemp(prefix="rmt_explorer_lab_"))
-    notebook = tmp / "explorer_bench.ipynb"
     code = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
             "from tests.viz.synthetic import synthetic_trace\nfrom rmt_lab.viz import AttentionExplorer\n"
             f"explorer = AttentionExplorer(synthetic_trace(n_positions={positions}, n_mem=10, layers={layers}, "
@@ -328,12 +347,11 @@ def benchmark_widget(positions: int = 522, heads: int = 12, layers: int = 2, seg
             f"batch={samples + grid_jumps}), "
             "layer=0)\n"
             "explorer.widget")
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), notebook)
     times: dict[str, list[float]] = {}
     lab = {"devtools": _lab_devtools, "playwright": _lab_playwright}[driver]
-    with serve_notebook(tmp, notebook) as port:
+    with _served_notebook(code) as (port, notebook):
         t0 = time.perf_counter()
-        with lab(port, notebook.name) as evaluate:
+        with lab(port, notebook) as evaluate:
             _wait_for(evaluate, "document.querySelector('.rmt-explorer[data-drawn]')", 300)
             times["run cell to first map (kernel start, trace, map)"] = [(time.perf_counter() - t0) * 1000]
             evaluate(_WIDGET_TIMER)

@@ -7,8 +7,8 @@ widgets work offline: no CDN). A screenshot is saved; set RMT_LAB_SCREENSHOTS=fi
 
 Needs Debian's chromium (/usr/bin/chromium; CI: apt-get install -y chromium) and the playwright
 package; skipped with the reason when either is missing. JupyterLab's config, data, runtime, settings
-and workspace folders point into a temporary folder: the test writes nothing into the home folder or
-the repository (the notebook is served from a temporary copy).
+and workspace folders, and the kernel's TMPDIR, point into a temporary folder: the test writes nothing into
+the home folder, the repository (the notebook is served from a temporary copy) or elsewhere in /tmp.
 """
 
 from __future__ import annotations
@@ -92,12 +92,16 @@ def serve_notebook(tmp_path: Path, notebook: Path):
         (served / name).symlink_to(ROOT / name)
     home = tmp_path / "jupyter"
     _settings(home / "settings")
+    (tmp_path / "tmp").mkdir()
     env = dict(os.environ)
     env.update({
         "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_DATA_DIR": str(home / "data"),
         "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"), "JUPYTER_PLATFORM_DIRS": "1",
         "IPYTHONDIR": str(home / "ipython"), "MPLCONFIGDIR": str(home / "mpl"),
+        # the notebook's own folders (tempfile.mkdtemp: its trace, its exported views) go with tmp_path, not
+        # into /tmp, where nothing would remove them
+        "TMPDIR": str(tmp_path / "tmp"),
     })
     port = _free_port()
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={LOOPBACK}", f"--port={port}",

@@ -127,6 +127,27 @@ def test_kernel_answers_a_need_with_just_the_maps_asked_for(monkeypatch):
     assert error["maps"] == ["7"] and header["maps"] == ["1"] and len(buffers[0]) == 15 * 15
 
 
+def test_kernel_answers_any_failure_with_its_reason(monkeypatch):
+    """Not only a map the trace lacks: a failed read would otherwise leave the handler for the kernel's log, and the
+    browser would wait for the map forever."""
+    explorer = AttentionExplorer(FakeTrace())
+    sent = []
+    monkeypatch.setattr(explorer.widget, "send", lambda content, buffers=None: sent.append((content, buffers)))
+    explorer._on_msg(explorer.widget, {"type": "need", "sample": 0, "segment": 9, "layer": 0, "maps": ["mean"]}, [])
+    assert sent[0][0]["error"].startswith("segment 9 kept no full maps")  # a KeyError's message, not its repr
+    del sent[:]
+
+    def unreadable(segment, layer):
+        raise OSError(f"maps of segment {segment} are unreadable")
+
+    monkeypatch.setattr(explorer.trace, "pattern", unreadable)
+    explorer._on_msg(explorer.widget, {"type": "need", "sample": 0, "segment": 2, "layer": 1, "maps": ["mean", "1"]},
+                     [])
+    assert [(c["maps"], c["error"], b) for c, b in sent] == [
+        (["mean"], "OSError: maps of segment 2 are unreadable", None),
+        (["1"], "OSError: maps of segment 2 are unreadable", None)]
+
+
 def test_maps_one_at_a_time_equal_the_rows_of_the_block():
     explorer = AttentionExplorer(synthetic_trace(n_positions=60, n_mem=4, heads=3, layers=2, batch=2))
     header, data = explorer.block(1, 0, 1)

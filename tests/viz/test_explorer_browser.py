@@ -6,7 +6,8 @@ or names the command that records one, and the page makes no request at all (eve
 and counted). Over a scripted model that answers only when the test delivers the kernel's reply, the view's
 side of the protocol: it asks for just the maps it draws, merges them into its blocks as they come,
 prefetches the rest one map at a time, and paints the grid at once: the heads it holds and a placeholder for
-each other head, each filled in as its map comes.
+each other head, each filled in as its map comes; a map the kernel cannot send shows why, in its tile or in place
+of the map, until choosing the view again brings it.
 
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package, like test_browser.py.
 """
@@ -253,9 +254,16 @@ def test_timeline_reaches_single_segments_of_a_long_trace(page_of, long_trace):
 
 
 # explorer.js with a model that records what the view asks for and answers only when the test delivers the
-# kernel's reply, so each step of the protocol can be checked: what is asked, when, and what is drawn.
+# kernel's reply, so each step of the protocol can be checked: what is asked, when, and what is drawn. Text drawn
+# on the map's canvas is recorded too (window.__texts: [text, x, y], CSS pixels), as a canvas cannot be read back.
 _HARNESS = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><div id="app"></div>
 <script type="module">
+window.__texts = [];
+const fillText = CanvasRenderingContext2D.prototype.fillText;
+CanvasRenderingContext2D.prototype.fillText = function (text, x, y, ...rest) {{
+  if (this.canvas.classList.contains("rmt-heatmap")) window.__texts.push([String(text), x, y]);
+  return fillText.call(this, text, x, y, ...rest);
+}};
 {esm}
 const state = {state}, listeners = {{}};
 window.__sent = [];
@@ -266,6 +274,7 @@ const model = {{
   on: (event, fn) => {{ (listeners[event] = listeners[event] || []).push(fn); }},
   send: (msg) => window.__sent.push(msg),
 }};
+window.__base64Slice = base64Slice;
 window.__deliver = (header, data) =>
   (listeners["msg:custom"] || []).forEach((fn) => fn(header, data.map((b) => new DataView(base64Bytes(b).buffer))));
 render({{ model, el: document.getElementById("app") }});
@@ -410,6 +419,85 @@ def test_grid_paints_what_it_holds_at_once_and_fills_in_each_head_as_it_comes(ha
         assert _painted(page) == ("1/0/1/grid", ["0", "1", "2"][k + 1:])
         assert _drawn(page) == ("1/0/1/grid" if name == "mean" else "0/0/1/grid")  # the mean: a pinned row's list
     assert _PLACEHOLDER not in _tile_pixels(page) and "head 2 · sample 1" in _hover_tile(page, 2)
+
+
+_FAILED = "251,228,220,255"  # explorer.js, FAILED
+
+
+def _answer(page, explorer, need, monkeypatch):
+    """Answer `need` as the kernel does (`_on_msg`, failures included), delivering each message it sends."""
+    sent = []
+    monkeypatch.setattr(explorer.widget, "send", lambda content, buffers=None: sent.append((content, buffers or [])))
+    explorer._on_msg(explorer.widget, need, [])
+    for header, buffers in sent:
+        page.evaluate("([h, d]) => window.__deliver(h, d)", [header, [base64.b64encode(b).decode() for b in buffers]])
+
+
+def _text_in(page, r):
+    """The text drawn inside the square `r` since window.__texts was last emptied, its lines joined by spaces."""
+    return " ".join(t for t, x, y in page.evaluate("window.__texts")
+                    if r["x"] <= x < r["x"] + r["size"] and r["y"] <= y < r["y"] + r["size"])
+
+
+def _failed(page):
+    return json.loads(page.get_attribute(".rmt-explorer", "data-failed"))
+
+
+def test_a_map_the_kernel_cannot_send_shows_why_until_a_later_request_brings_it(harness, monkeypatch):
+    page, explorer = harness
+    unreadable, real = {"2"}, explorer.maps
+
+    def read(sample, segment, layer, maps=None):  # _on_msg asks for one map at a time
+        if maps and maps[0] in unreadable:
+            raise OSError(f"[Errno 5] Input/output error: 'maps/segment_{segment}.safetensors'")
+        return real(sample, segment, layer, maps)
+
+    monkeypatch.setattr(explorer, "maps", read)
+    why = "OSError: [Errno 5] Input/output error: 'maps/segment_0.safetensors'"
+    _answer(page, explorer, _sent(page)[0], monkeypatch)  # the mean
+    page.wait_for_function("window.__sent.length === 2")  # head 0, prefetched
+    page.select_option("select[name=head]", "grid")
+    assert _sent(page)[2:] == [_need(0, 1, ["1", "2"])]
+    _answer(page, explorer, _sent(page)[1], monkeypatch)
+    page.evaluate("window.__texts = []")
+    _answer(page, explorer, _sent(page)[2], monkeypatch)  # head 1 comes, head 2 fails
+
+    # head 2's tile says why, on the canvas and in the note; it is no placeholder, and the grid is not drawn whole
+    assert _painted(page) == ("0/0/1/grid", []) and _failed(page) == {"2": why} and _drawn(page) == "0/0/1/mean"
+    pixels = _tile_pixels(page)
+    assert pixels[2] == _FAILED and not {_PLACEHOLDER, _FAILED} & set(pixels[:2])
+    assert _text_in(page, _plot(page)["tiles"][2]) == f"could not load this map: {why}"
+    assert page.inner_text(".rmt-note") == why and _hover_tile(page, 2) == ""
+    page.wait_for_function("window.__sent.length === 4")  # prefetching goes on, without asking for head 2 again
+    assert _sent(page)[3] == _need(1, 1, ["0"])
+
+    page.select_option("select[name=head]", "2")  # choosing it again asks again; failing, it shows why in its place
+    assert _sent(page)[4:] == [_need(0, 1, ["2"])]
+    page.evaluate("window.__texts = []")
+    _answer(page, explorer, _sent(page)[4], monkeypatch)
+    assert _painted(page) == ("0/0/1/2", []) and _failed(page) == {"2": why} and _drawn(page) == "0/0/1/mean"
+    assert _text_in(page, _plot(page)) == f"could not load this map: {why}"
+    assert page.inner_text(".rmt-note") == why
+
+    unreadable.clear()  # the next request succeeds: the grid asks for head 2 again and its map replaces the reason
+    page.select_option("select[name=head]", "grid")
+    assert _sent(page)[5:] == [_need(0, 1, ["2"])]
+    assert _painted(page) == ("0/0/1/grid", ["2"]) and _failed(page) == {}  # on its way again
+    _answer(page, explorer, _sent(page)[5], monkeypatch)
+    assert _painted(page) == ("0/0/1/grid", []) and _failed(page) == {} and _drawn(page) == "0/0/1/grid"
+    assert _FAILED not in _tile_pixels(page) and _PLACEHOLDER not in _tile_pixels(page)
+    assert "head 2 · sample 0" in _hover_tile(page, 2) and page.inner_text(".rmt-note") == ""
+
+
+def test_a_slice_of_base64_decodes_to_just_those_bytes(harness):
+    """A standalone page decodes one map of an inlined block (base64Slice); at 61 positions the maps start and end
+    inside the 3-byte groups of base64."""
+    page, _explorer = harness
+    data = np.random.default_rng(0).integers(0, 256, 4 * 61 * 61, dtype=np.uint8).tobytes()
+    text = base64.b64encode(data).decode()
+    for start, length in [(k * 61 * 61, 61 * 61) for k in range(4)] + [(0, 1), (1, 1), (2, 5), (len(data) - 1, 1)]:
+        got = page.evaluate("([t, s, n]) => Array.from(window.__base64Slice(t, s, n))", [text, start, length])
+        assert bytes(got) == data[start:start + length], (start, length)
 
 
 def test_standalone_page_answers_each_need_from_its_inlined_blocks(page_of):

@@ -28,6 +28,11 @@ class CurriculumConfig:
     min_steps: int = 0  # steps before a stage may end early
     advance_accuracy: float = 1.0  # end a stage once validation accuracy reaches this (1.0 = only a perfect score)
     patience: int = 0  # also end it after this many evaluations without improvement; 0 = never
+    # Before each training batch, up to this many segments of the task's noise (their count drawn per step,
+    # uniformly from 0) run without gradient and leave the memory the batch starts from. A model trained
+    # from fresh memory only meets, in a long input, memory states it never wrote from: this trains writing
+    # and reading from them at the cost of a forward pass per noise segment. 0 = every batch starts fresh.
+    noise_prefix: int = 0
 
     def __post_init__(self) -> None:
         stages = tuple(self.stages)
@@ -44,6 +49,8 @@ class CurriculumConfig:
             raise ConfigError(f"CurriculumConfig.advance_accuracy={self.advance_accuracy} must be in (0, 1]")
         if self.patience < 0:
             raise ConfigError(f"CurriculumConfig.patience={self.patience} must be >= 0")
+        if isinstance(self.noise_prefix, bool) or not isinstance(self.noise_prefix, int) or self.noise_prefix < 0:
+            raise ConfigError(f"CurriculumConfig.noise_prefix={self.noise_prefix!r} must be an integer >= 0 (segments)")
         object.__setattr__(self, "stages", stages)
 
 

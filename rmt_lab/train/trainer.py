@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from rmt_lab.io import write_json, write_parquet
 from rmt_lab.runtime import follow_thread_budget
 from rmt_lab.model import RecurrentWrapper
-from rmt_lab.tasks import TaskGenerator, collate
+from rmt_lab.tasks import NoiseStream, TaskGenerator, collate
 from rmt_lab.train.checkpoint import (
     CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint, stage_name, step_name,
 )
@@ -216,9 +217,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = self._batch(gen, "train", self.state["step"] * c.optim.batch_size, c.optim.batch_size)
+        memory = self._noise_memory(gen, len(batch["labels"]))
         self.ddp_model.train()
         with acc.autocast():
-            out = self.ddp_model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+            out = self.ddp_model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], memory=memory)
         smoothing = c.optim.label_smoothing
         loss = F.cross_entropy(out.logits, batch["labels"], label_smoothing=smoothing) if smoothing else out.loss
         if not torch.isfinite(loss.detach()).all():
@@ -232,6 +234,26 @@ class Trainer:
         stats = acc.reduce(torch.stack([loss.detach().float(), correct]), reduction="mean")
         tokens = int(batch["attention_mask"].sum()) * acc.num_processes
         return float(stats[0]), float(stats[1]), tokens, time.perf_counter() - start
+
+    def _noise_memory(self, gen: TaskGenerator, batch_size: int) -> torch.Tensor | None:
+        """The memory this step's batch starts from: None (fresh) without a noise prefix, else the memory left by
+        0..noise_prefix segments of training noise run in evaluation mode without gradient. The count depends on
+        the seed and the step only (every process runs as many segments), the tokens on the process as well,
+        so a resumed run draws the same prefixes."""
+        most = self.config.curriculum.noise_prefix
+        if not most:
+            return None
+        seed, step = self.config.run.seed, self.state["global_step"]
+        n = int(np.random.default_rng([seed, step]).integers(0, most + 1))
+        if n == 0:
+            return None
+        size = gen.config.segment_size
+        noise = NoiseStream(gen.noise, "train", np.random.default_rng([seed, step, self.accelerator.process_index]))
+        tokens = torch.from_numpy(np.concatenate(list(noise.read(batch_size * n * size))).astype(np.int64))
+        segments = tokens.view(batch_size, n, size).transpose(0, 1).to(self.accelerator.device)
+        self.model.eval()
+        with torch.no_grad(), self.accelerator.autocast():
+            return self.model.stream(segments, check=False).memory.detach()
 
     def _batch(self, gen: TaskGenerator, split: str, first: int, size: int) -> dict:
         """Rows rank::world of the global batch [first, first + size) of `split`."""

@@ -113,6 +113,8 @@ def test_bad_input_fails_clearly(tmp_path):
         tiny_experiment(task="sorting")
     with pytest.raises(ConfigError, match=r"stages=\[1, 3, 2\] must be strictly increasing"):
         CurriculumConfig(stages=(1, 3, 2))
+    with pytest.raises(ConfigError, match=r"noise_prefix=-1 must be an integer >= 0"):
+        CurriculumConfig(noise_prefix=-1)
     run_experiment(tiny_experiment(max_steps=3), tmp_path / "run", callbacks=[])
     other = tiny_experiment(max_steps=3, backbone="tiny-gpt2")
     with pytest.raises(CheckpointError, match=r"another config \(backbone: this run has 'tiny-gpt2'"):
@@ -180,3 +182,37 @@ def test_label_smoothing_keeps_the_loss_above_its_floor(tmp_path):
     train = metrics[metrics["kind"] == "train"]
     assert (train["loss"] >= floor - 1e-4).all()
     assert set(train["mixed_precision"]) == {"no"}
+
+
+def test_noise_prefix_starts_batches_from_the_memory_noise_leaves(tmp_path):
+    config = tiny_experiment(stages=(1, 2), max_steps=8)
+    config = dataclasses.replace(config, curriculum=dataclasses.replace(config.curriculum, noise_prefix=3))
+    trainer = Trainer(config, tmp_path / "probe", callbacks=[])
+    trainer.setup()
+    gen = trainer.generator(1)
+    streamed = []
+    stream = trainer.model.stream
+    trainer.model.stream = lambda segments, **kw: stream(streamed.append(len(segments)) or segments, **kw)
+    drawn = []
+    for step in range(12):
+        trainer.state["global_step"] = step
+        memory = trainer._noise_memory(gen, 4)
+        drawn.append(memory)
+        if memory is not None:
+            assert memory.shape == trainer.model.init_memory(4).shape and not memory.requires_grad
+            assert not torch.allclose(memory, trainer.model.init_memory(4))
+    assert any(m is None for m in drawn) and any(m is not None for m in drawn)
+    assert set(streamed) <= {1, 2, 3} and len(streamed) == sum(m is not None for m in drawn)
+    trainer.state["global_step"] = next(i for i, m in enumerate(drawn) if m is not None)
+    assert torch.equal(trainer._noise_memory(gen, 4), drawn[trainer.state["global_step"]])  # the seed and step decide
+    trainer.model.stream = stream
+    trainer.cleanup()
+    # a run with noise prefixes resumes to the same weights
+    whole = run_experiment(config, tmp_path / "whole", callbacks=[])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "cut", callbacks=[_Interrupt(at=12)])
+    resumed = run_experiment(config, tmp_path / "cut", resume=True, callbacks=[])
+    a = load_file(str(tmp_path / "whole" / "checkpoints" / "stage-2" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "checkpoints" / "stage-2" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole["loss"].equals(resumed["loss"])

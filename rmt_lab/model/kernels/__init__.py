@@ -243,7 +243,7 @@ def _attention(module, query, key, value, attention_mask, dropout, scaling, is_c
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(causal) and query.shape[2] > 1  # one query row sees every key, as in HF's sdpa
     extras = any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "sliding_window", "s_aux"))
-    if attention_mask is None and not extras and supports(query, key, value, causal) and built():
+    if attention_mask is None and not extras and dropout < 1.0 and supports(query, key, value, causal) and built():
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
         if grad or (inference and dropout > 0.0):

@@ -15,7 +15,6 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 
 from accelerate import PartialState
@@ -29,8 +28,6 @@ from rmt_lab.bench.speed import SpeedSweepConfig, speed_report
 from rmt_lab.bench.workloads import DTYPES
 from rmt_lab.catalog import option, run_file
 from rmt_lab.model import COMPILE_MODES
-from rmt_lab.process import Budget
-from rmt_lab.tasks import TaskConfig, TaskGenerator, export_split, format_sample
 from rmt_lab.tasks import bench as task_bench
 from rmt_lab.trace import TraceBudgetError
 from rmt_lab.trace import bench as trace_bench
@@ -41,7 +38,8 @@ from rmt_lab.train.evaluate import EVAL_DTYPES, ablation_report, generalization_
 def _options(p, recipe, names: str, prefix: str = "", settings: type | None = None, **extra: dict) -> None:
     """An option --<prefix><argument> (see rmt_lab.catalog.option) for each argument in `names` of `recipe`,
     with the argument's default (none: the option is required), a type from its annotation and the help that
-    the recipe's docstring gives it under "Args:"; `extra` adds argparse settings by argument (metavar ...).
+    the recipe's docstring gives it under "Args:"; `extra` adds argparse settings by argument (metavar ...,
+    and "aliases": more option strings).
     An argument that is a field of the dataclass `settings`, which the recipe takes as **settings, has no
     default: left unset, the recipe keeps the field's default or its preset's."""
     hints = typing.get_type_hints(recipe) | (typing.get_type_hints(settings) if settings else {})
@@ -53,7 +51,8 @@ def _options(p, recipe, names: str, prefix: str = "", settings: type | None = No
             kwargs["required"] = True
         else:
             kwargs["default"] = list(default) if isinstance(default, tuple) else default
-        p.add_argument("--" + prefix + option(name).removeprefix("--"), **(kwargs | extra.get(name, {})))
+        kwargs |= extra.get(name, {})
+        p.add_argument("--" + prefix + option(name).removeprefix("--"), *kwargs.pop("aliases", ()), **kwargs)
 
 
 def _typed(hint) -> dict:
@@ -71,23 +70,29 @@ def _typed(hint) -> dict:
     return {"type": hint}
 
 
+def _given(recipe, args: argparse.Namespace, prefix: str = "") -> dict:
+    """The options named like the arguments of `recipe` (a function or a dataclass; after `prefix`) that were
+    given: one left unset, None, keeps the argument's default."""
+    names = [name for name, p in inspect.signature(recipe).parameters.items() if p.kind is not p.VAR_KEYWORD]
+    return {name: getattr(args, prefix + name) for name in names if getattr(args, prefix + name, None) is not None}
+
+
 def _call(recipe, args: argparse.Namespace, **fixed):
-    """`recipe` with the options named like its arguments (an option left unset, None, keeps the default) and
-    the arguments `fixed`."""
-    given = {name: getattr(args, name, None) for name in inspect.signature(recipe).parameters}
-    return recipe(**{name: value for name, value in given.items() if value is not None}, **fixed)
+    """`recipe` with the options given that are named like its arguments, and the arguments `fixed` over them."""
+    return recipe(**_given(recipe, args) | fixed)
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", action="store_true", help="also measure minilm RMT inference tokens/s and peak memory")
-    p.add_argument("--bench-tokens", type=int, nargs="+", default=[16_000, 1_000_000], metavar="N",
-                   help="input lengths for --bench, each measured in a fresh process (default: 16000 1000000)")
+    _options(p, recipes.stream_lengths, "tokens", prefix="bench-", tokens={"metavar": "N"})
 
 
 def _run_info(args: argparse.Namespace) -> None:
     print(info_report())
     if args.bench:
-        print("", *stream_table(recipes.stream(n) for n in args.bench_tokens), sep="\n")
+        print()
+        for line in stream_table(recipes.stream_lengths(args.bench_tokens)):
+            print(line, flush=True)  # each length when it is measured: a million tokens take minutes
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -125,24 +130,8 @@ def _add_sweep_common(p: argparse.ArgumentParser) -> None:
              settings=MemorySweepConfig)
     p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
     _options(p, recipes.bench_memory, "remeasure")
-    d = Budget()
-    g = p.add_argument_group("budget per point (a point out of it becomes a row with the reason)")
-    g.add_argument("--grace-s", type=float,
-                   help=f"seconds every point may take whatever its length (default {d.grace_s:g})")
-    g.add_argument("--min-tokens-per-s", type=float,
-                   help=f"pace after the grace; time limit = grace + tokens / pace (default {d.min_tokens_per_s:g})")
-    g.add_argument("--rss-limit-gib", type=float,
-                   help=f"resident memory limit of a point's process, GiB (default {d.rss_limit_mib / 1024:g})")
-
-
-def _settings(args: argparse.Namespace, config) -> dict:
-    """The options given that are named like fields of the sweep's `config` dataclass, and the budget options
-    given (the recipe applies them over the defaults or the --quick preset)."""
-    given = {f.name: getattr(args, f.name, None) for f in fields(config)}
-    budget = {"grace_s": getattr(args, "grace_s", None), "min_tokens_per_s": getattr(args, "min_tokens_per_s", None),
-              "rss_limit_mib": None if getattr(args, "rss_limit_gib", None) is None else args.rss_limit_gib * 1024}
-    budget = {k: v for k, v in budget.items() if v is not None}
-    return {**{k: v for k, v in given.items() if v is not None}, **({"budget": budget} if budget else {})}
+    _options(p.add_argument_group("budget per point (a point out of it becomes a row with the reason)"),
+             recipes.bench_memory, "grace_s min_tokens_per_s rss_limit_gib")
 
 
 # `rmt-lab bench ACTION`: the options of each action, and its help.
@@ -164,24 +153,21 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> None:
-    """The action's recipe with the options given over its defaults (or --quick preset), its report printed;
-    `all` runs flops, memory and speed in turn and stops at the first that fails."""
-    for name in ["flops", "memory", "speed"] if args.action == "all" else [args.action]:
-        print(_bench_report(name, args))
-
-
-def _bench_report(name: str, args: argparse.Namespace) -> str:
-    """Benchmark `name` run by its recipe (rmt_lab.recipes.bench_<name>); its report and the files written.
-    Under `bench all` flops keeps its defaults: the shared options are those of the measured sweeps."""
+    """The action's recipe (rmt_lab.recipes.bench_<action>) with the options given over its defaults (or the
+    --quick preset); its report and the files written. `all` runs flops, memory and speed in turn and stops at
+    the first that fails; flops keeps its defaults there: the shared options are those of the measured sweeps."""
     out = Path(args.out)
-    if name == "flops":
-        settings = {} if args.action == "all" else _settings(args, FlopsSweepConfig)
-        frame, ratio = _call(recipes.bench_flops, args, **settings)
-        written = f"wrote {out / 'flops.parquet'} ({len(frame)} rows) and {out / 'flops_ratio.parquet'}"
-        return f"{flops_report(frame, ratio)}\n{written}"
-    config, report = {"memory": (MemorySweepConfig, memory_report), "speed": (SpeedSweepConfig, speed_report)}[name]
-    frame = _call(getattr(recipes, f"bench_{name}"), args, **_settings(args, config))
-    return f"{report(frame)}\n\nwrote {out / f'{name}.parquet'} ({len(frame)} rows of this sweep)"
+    for name in ["flops", "memory", "speed"] if args.action == "all" else [args.action]:
+        if name == "flops":
+            settings = {} if args.action == "all" else _given(FlopsSweepConfig, args)
+            frame, ratio = _call(recipes.bench_flops, args, **settings)
+            print(flops_report(frame, ratio))
+            print(f"wrote {out / 'flops.parquet'} ({len(frame)} rows) and {out / 'flops_ratio.parquet'}")
+        else:
+            config, report = {"memory": (MemorySweepConfig, memory_report),
+                              "speed": (SpeedSweepConfig, speed_report)}[name]
+            frame = _call(getattr(recipes, f"bench_{name}"), args, **_given(config, args))
+            print(f"{report(frame)}\n\nwrote {out / f'{name}.parquet'} ({len(frame)} rows of this sweep)")
 
 
 def _task_options(p, description: str):
@@ -198,29 +184,25 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     preview = sub.add_parser("preview", help="print a sample with its facts highlighted and its ground truth")
     _task_options(preview, "1 segment long unless --segments or --tokens")
-    preview.add_argument("--index", type=int, default=0, help="which sample of the split")
+    _options(preview, recipes.preview_data, "index")
     preview.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="ANSI highlight")
     export = sub.add_parser("export", help="write a split to parquet (atomic), with its config as JSON")
     _task_options(export, "1 segment long unless --segments or --tokens")
-    export.add_argument("--n", type=int, required=True, help="number of samples")
-    export.add_argument("--out", required=True, help="parquet path, e.g. data/memorize_train.parquet")
+    _options(export, recipes.export_data, "n out")
     _options(sub.add_parser("bench", help="tokens/s and peak RSS when streaming long samples"), task_bench.run,
              "tokens task placement")
 
 
 def _run_data(args: argparse.Namespace) -> None:
+    task = _given(recipes.task_generator, args)
     if args.action == "bench":
         print(task_bench.format_results(_call(task_bench.run, args)))
-        return
-    config = TaskConfig.of_length(args.segments, args.tokens, task=args.task, segment_size=args.segment_size,
-                                  placement=args.placement, seed=args.seed, noise=args.noise)
-    generator = TaskGenerator(config)
-    if args.action == "preview":
+    elif args.action == "preview":
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-        print(format_sample(generator.sample(args.split, args.index), generator.tokenizer, color=color))
+        print(_call(recipes.preview_data, args, color=color, **task))
     else:
-        path = export_split(generator, args.split, args.n, args.out)
-        print(f"wrote {args.n} {args.split} samples of {config.task} to {path}")
+        path = _call(recipes.export_data, args, **task)
+        print(f"wrote {args.n} {args.split} samples of {args.task} to {path}")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -251,11 +233,9 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     for name, (recipe, names, _, _, help_text) in EVAL_ACTIONS.items():
         action = sub.add_parser(name, help=help_text)
         _options(action, recipe, names, samples_from={"metavar": ("TOKENS", "N")}, compile={"choices": COMPILE_MODES})
-        action.add_argument("--run-dir", "--run", dest="run_dir", required=True,
-                            help="run folder made by rmt-lab train (--run-dir passes through torchrun; --run does not)")
-        action.add_argument("--dtype", default="float32", choices=list(EVAL_DTYPES),
-                            help="compute dtype: bfloat16 = autocast (weights and memory fp32; fast on CPUs with "
-                                 "AMX and on GPUs)")
+        # every evaluation takes these two as eval_generalization does, and its docstring says what they are
+        _options(action, recipes.eval_generalization, "run_dir dtype", run_dir={"aliases": ["--run"]},
+                 dtype={"choices": list(EVAL_DTYPES)})
 
 
 def _run_eval(args: argparse.Namespace) -> None:
@@ -272,34 +252,29 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     _options(data, recipes.trace, "samples")
     _options(p.add_argument_group("what to keep"), recipes.trace,
              "maps layers heads top_k keep_memory budget_mib map_dtype")
-    p.add_argument("--out", help="trace folder to write (required unless --bench)")
-    p.add_argument("--overwrite", action="store_true", help="replace a trace already in --out")
+    _options(p, recipes.trace, "out overwrite",
+             out={"required": False, "help": "trace folder to write (required unless --bench)"})
     bench = p.add_argument_group("benchmark (instead of a trace)")
     bench.add_argument("--bench", action="store_true",
                        help="print the recorder's overhead vs recording off, and a 1M-token trace's peak memory")
-    _options(bench, recipes.trace_overhead, "backbones segments repeats threads pairs", prefix="bench-")
-    bench.add_argument("--bench-tokens", type=int, default=1_000_000, help="length of the long trace (0: skip)")
-    bench.add_argument("--bench-long-backbone", default="minilm", help="backbone of the long trace")
+    _options(bench, recipes.trace_overhead, "backbones segments repeats threads pairs tokens long_backbone",
+             prefix="bench-")
 
 
 def _run_trace(args: argparse.Namespace) -> None:
     if args.bench:
-        return _run_trace_bench(args)
+        tables = recipes.trace_overhead(**_given(recipes.trace_overhead, args, prefix="bench_"))
+        for line in trace_bench.overhead_report(tables, args.bench_segments, args.bench_repeats, args.bench_pairs):
+            print(line, flush=True)  # each row when it is measured: a row takes seconds to minutes
+        for long_trace in tables["long"]:
+            print("\n" + trace_bench.million_report(long_trace))
+        return
     if not args.out:  # argparse cannot say "required unless --bench"
         raise ValueError("--out is required (the trace folder to write)")
     r = _call(recipes.trace, args)
     print(r.report())
     print(f"wrote {args.out}: trace.json, summaries.parquet ({len(r.trace.summaries):,} rows), written.parquet, "
           f"maps/ (load with rmt_lab.trace.Trace.load)")
-
-
-def _run_trace_bench(args: argparse.Namespace) -> None:
-    tables = recipes.trace_overhead(args.bench_backbones, args.bench_threads, args.bench_segments,
-                                    args.bench_repeats, args.bench_pairs)
-    print(*trace_bench.overhead_report(tables, args.bench_segments, args.bench_repeats, args.bench_pairs), sep="\n")
-    if args.bench_tokens:
-        long_trace = trace_bench.million_in_subprocess(n_tokens=args.bench_tokens, backbone=args.bench_long_backbone)
-        print("\n" + trace_bench.million_report(long_trace))
 
 
 def _add_probe(p: argparse.ArgumentParser) -> None:
@@ -316,15 +291,11 @@ def _run_probe(args: argparse.Namespace) -> None:
 
 def _add_reproduce(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--quick", action="store_const", const="quick", dest="plan",
-                       help="quick config on a CPU: about 20 minutes on 2 cores")
-    which.add_argument("--base", action="store_const", const="base", dest="plan",
-                       help="base config (pretrained MiniLM, adapters) on a CPU: many hours on 2 cores, resumable")
-    which.add_argument("--paper", action="store_const", const="paper", dest="plan",
-                       help="the report's setup on the pretrained MiniLM; meant for a GPU")
+    for name, help_text in reproduce.PLANS.items():
+        which.add_argument("--" + name, action="store_const", const=name, dest="plan", help=help_text)
     _options(p, reproduce.plan, "results figures")
-    p.add_argument("--force", nargs="+", default=[], metavar="STEP",
-                   help="redo these steps even if their files exist (a prefix: 'train', 'long evaluation memorize')")
+    _options(p, reproduce.reproduce, "force", force={"metavar": "STEP"})
+    # not reproduce()'s argument: its default depends on the plan (reproduce.default_jobs)
     p.add_argument("--jobs", type=int,
                    help="steps run side by side (trainings, evaluations); default: the CPU count up to 3 for "
                         "--quick and --base, 1 for --paper")
@@ -357,21 +328,15 @@ def _add_figures(p: argparse.ArgumentParser) -> None:
 def _run_figures(args: argparse.Namespace) -> int | None:
     from rmt_lab.viz import drawn_summary, figures_failed, format_report, inputs_report  # loads matplotlib
 
-    code = reproduce.recompute(args.results, args.out) if args.recompute else 0
-    if code:
+    if args.recompute and (code := reproduce.recompute(args.results, args.out)):
         return code
-    if not Path(args.results).is_dir():
-        raise FileNotFoundError(f"results folder {args.results} does not exist; make results with "
-                                "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)")
     if args.list:
-        print(inputs_report(args.results, args.config))
+        print(inputs_report(recipes.results_folder(args.results), args.config))
         return None
-    report = recipes.figures(args.results, args.out, only=args.only, config=args.config)
+    report = _call(recipes.figures, args)
     print(format_report(report))
     print(drawn_summary(report, args.results, args.out))
-    if figures_failed(report):
-        return 1
-    return 1 if args.strict and any(r.missing for r in report) else 0
+    return 1 if figures_failed(report) or (args.strict and any(r.missing for r in report)) else 0
 
 
 COMMANDS = {

@@ -136,8 +136,10 @@ def eval_generalization(run_dir: str | Path, max_segments: int | None = None, sa
     Figure 5), computed in `dtype`. Written to `out` cell by cell, so an interrupted evaluation resumes.
 
     Args:
+        run_dir: run folder made by rmt-lab train (--run-dir passes through torchrun; --run does not)
         max_segments: M (default 2 x the largest trained length)
         samples: test samples per point
+        dtype: compute dtype: bfloat16 = autocast (weights and memory fp32; fast on CPUs with AMX and on GPUs)
         out: parquet path (default <run>/generalization.parquet)
     """
     from rmt_lab.train import generalization_matrix
@@ -153,7 +155,8 @@ def eval_generalization(run_dir: str | Path, max_segments: int | None = None, sa
 def eval_ablation(run_dir: str | Path, max_segments: int = 7, samples: int = 128, dtype: str = "float32",
                   out: str | Path | None = None) -> pd.DataFrame:
     """The last stage's model of the run in `run_dir` with every segment reading the initial memory: the
-    control that shows the task needs recurrence (near chance beyond 1 segment).
+    control that shows the task needs recurrence (near chance beyond 1 segment). `run_dir` and `dtype` mean
+    what they do in `eval_generalization`.
 
     Args:
         max_segments: lengths 1..this
@@ -187,7 +190,8 @@ def eval_long(run_dir: str | Path, stage: int | None = None, min_tokens: int = 1
               compile: str = "", dtype: str = "float32", out: str | Path | None = None) -> pd.DataFrame:
     """A stage's model of the run in `run_dir` streamed at lengths from `min_tokens` doubling to `max_tokens`
     (report Figure 1), `batch_size` samples at a time. Resumable batch by batch; under torchrun each process
-    takes its share of the samples (`rmt_lab.train.long_evaluation`).
+    takes its share of the samples (`rmt_lab.train.long_evaluation`). `run_dir` and `dtype` mean what they do
+    in `eval_generalization`.
 
     Args:
         stage: segments of the stage checkpoint to use (default: the largest)
@@ -233,6 +237,43 @@ def long_eval_complete(run_dir: str | Path, min_tokens: int = 16_000, max_tokens
     table = pd.read_parquet(table_path)
     have = dict(zip(table["n_segments"].astype(int), table["n_samples"].astype(int)))
     return all(have.get(n, 0) >= k for n, k in counts.items())
+
+
+# ------------------------------------------------------------------------------------------ task data
+def task_generator(task: str = "memorize", segments: int | None = None, tokens: int | None = None,
+                   segment_size: int = 499, placement: str = "segment", seed: int = 0, noise: str = "pydoc"):
+    """The sample generator (rmt_lab.tasks.TaskGenerator) of a synthetic task whose samples are 1 segment long
+    unless `segments` or `tokens`; the arguments mean what they do in `trace`."""
+    from rmt_lab.tasks import TaskConfig, TaskGenerator
+
+    return TaskGenerator(TaskConfig.of_length(segments, tokens, task=task, segment_size=segment_size,
+                                              placement=placement, seed=seed, noise=noise))
+
+
+def preview_data(index: int = 0, split: str = "train", color: bool = False, **task) -> str:
+    """Sample `index` of a `split` of the task `task_generator(**task)` as text: its segments, its facts
+    highlighted (ANSI colours if `color`) and its ground truth (rmt_lab.tasks.format_sample).
+
+    Args:
+        index: which sample of the split
+    """
+    from rmt_lab.tasks import format_sample
+
+    generator = task_generator(**task)
+    return format_sample(generator.sample(split, index), generator.tokenizer, color=color)
+
+
+def export_data(out: str | Path, n: int, split: str = "train", **task) -> Path:
+    """Samples 0..n-1 of a `split` of the task `task_generator(**task)` written to the parquet file `out`
+    (atomic), with the task's config beside it as JSON (rmt_lab.tasks.export_split); returns the path.
+
+    Args:
+        n: number of samples
+        out: parquet path, e.g. data/memorize_train.parquet
+    """
+    from rmt_lab.tasks import export_split
+
+    return export_split(task_generator(**task), split, n, out)
 
 
 # ------------------------------------------------------------------------------------ traces, probes
@@ -305,6 +346,8 @@ def trace(out: str | Path, checkpoint: str | Path | None = None, backbone: str =
         keep_memory: store every segment's memory state
         budget_mib: trace data held in RAM at most
         map_dtype: float32 or float16
+        out: trace folder to write
+        overwrite: replace a trace already in --out
     """
     import torch
 
@@ -401,10 +444,12 @@ def bench_flops(out: str | Path = "data/results/bench", quick: bool = False,
 
 
 def bench_memory(out: str | Path = "data/results/bench", quick: bool = False, remeasure: bool = False,
-                 progress: bool = True, **settings) -> pd.DataFrame:
+                 progress: bool = True, grace_s: float | None = None, min_tokens_per_s: float | None = None,
+                 rss_limit_gib: float | None = None, **settings) -> pd.DataFrame:
     """Measured peak memory and time versus length, RMT against full attention, each point in a fresh
-    process under a time and memory budget; `settings`: fields of rmt_lab.bench.memory.MemorySweepConfig
-    over its defaults (or its `quick` preset). Resumes from <out>/memory.parquet.
+    process under a time and memory budget (rmt_lab.process.Budget; the limits given replace its
+    defaults); `settings`: fields of rmt_lab.bench.memory.MemorySweepConfig over its defaults (or its
+    `quick` preset). Resumes from <out>/memory.parquet.
 
     Args:
         lengths: forward lengths, tokens per sample
@@ -421,16 +466,21 @@ def bench_memory(out: str | Path = "data/results/bench", quick: bool = False, re
         quick: tiny settings (tiny-bert, short lengths): seconds per point
         out: folder of the parquet results
         remeasure: run every point again instead of resuming
+        grace_s: seconds every point may take whatever its length (default 120)
+        min_tokens_per_s: pace after the grace; time limit = grace + tokens / pace (default 500)
+        rss_limit_gib: resident memory limit of a point's process, GiB (default 12)
     """
     from rmt_lab.bench.memory import QUICK, MemorySweepConfig, memory_sweep
     from rmt_lab.config import from_dict
 
-    config = from_dict(MemorySweepConfig, {**(QUICK if quick else {}), **settings})
+    budget = _budget(grace_s, min_tokens_per_s, rss_limit_gib)
+    config = from_dict(MemorySweepConfig, {**(QUICK if quick else {}), **settings, **budget})
     return memory_sweep(config, Path(out) / "memory.parquet", progress=progress, remeasure=remeasure)
 
 
 def bench_speed(out: str | Path = "data/results/bench", quick: bool = False, remeasure: bool = False,
-                progress: bool = True, **settings) -> pd.DataFrame:
+                progress: bool = True, grace_s: float | None = None, min_tokens_per_s: float | None = None,
+                rss_limit_gib: float | None = None, **settings) -> pd.DataFrame:
     """RMT forward (eager, compiled) and training-step speed against the matmul peak, the bare backbone and
     a naive loop; `settings`: fields of rmt_lab.bench.speed.SpeedSweepConfig over its defaults (or its
     `quick` preset). Resumes from <out>/speed.parquet unless `remeasure`. The arguments and settings that
@@ -449,8 +499,18 @@ def bench_speed(out: str | Path = "data/results/bench", quick: bool = False, rem
     from rmt_lab.bench.speed import QUICK, SpeedSweepConfig, speed_sweep
     from rmt_lab.config import from_dict
 
-    config = from_dict(SpeedSweepConfig, {**(QUICK if quick else {}), **settings})
+    budget = _budget(grace_s, min_tokens_per_s, rss_limit_gib)
+    config = from_dict(SpeedSweepConfig, {**(QUICK if quick else {}), **settings, **budget})
     return speed_sweep(config, Path(out) / "speed.parquet", progress=progress, remeasure=remeasure)
+
+
+def _budget(grace_s: float | None, min_tokens_per_s: float | None, rss_limit_gib: float | None) -> dict:
+    """The `budget` setting of a measured sweep: the limits given over Budget's defaults, in place of any
+    `budget` in the settings; {} when none is given."""
+    budget = {"grace_s": grace_s, "min_tokens_per_s": min_tokens_per_s,
+              "rss_limit_mib": None if rss_limit_gib is None else rss_limit_gib * 1024}
+    budget = {k: v for k, v in budget.items() if v is not None}
+    return {"budget": budget} if budget else {}
 
 
 def stream(tokens: int = 100_000, backbone: str = "minilm", device: str = "auto", dtype: str = "float32",
@@ -470,20 +530,35 @@ def stream(tokens: int = 100_000, backbone: str = "minilm", device: str = "auto"
     return measure_in_subprocess(tokens, backbone, device=device, dtype=dtype, compile=compile)
 
 
+def stream_lengths(tokens: Sequence[int] = (16_000, 1_000_000)) -> Iterator[dict]:
+    """`stream` with its defaults at each length in `tokens`, each measured as the iterator reaches it, so a
+    caller can show each length when it is ready (a million tokens take minutes).
+
+    Args:
+        tokens: input lengths for --bench, each measured in a fresh process (default: 16000 1000000)
+    """
+    return (stream(n) for n in tokens)
+
+
 def trace_overhead(backbones: Sequence[str] = ("minilm", "small-bert"), threads: Sequence[int] = (1, 2),
-                   segments: int = 40, repeats: int = 7, pairs: int = 30) -> dict[str, Iterator[dict]]:
+                   segments: int = 40, repeats: int = 7, pairs: int = 30, tokens: int = 1_000_000,
+                   long_backbone: str = "minilm") -> dict[str, Iterator[dict]]:
     """The recorder's cost against recording off, per backbone and torch thread count (rmt_lab.trace.bench):
     "wall" (plain and traced runs alternating), "segment" (segments paired inside one recording) and
-    "own_time" (the recorder's own time over the model's). Each table is an iterator of rows measured as
-    they are read, so a caller can show each row when it is ready; `pd.DataFrame(rows)` measures a whole table.
+    "own_time" (the recorder's own time over the model's); and "long", one row: a `tokens`-long
+    detect_memorize trace on `long_backbone` in a fresh process, its time and peak memory. Each table is an
+    iterator of rows measured as they are read, so a caller can show each row when it is ready;
+    `pd.DataFrame(rows)` measures a whole table.
 
     Args:
         threads: torch threads to measure with
         segments: segments per timed run
         repeats: alternating untraced/traced runs
         pairs: paired segments for the per-segment cost
+        tokens: length of the long trace (0: skip)
+        long_backbone: backbone of the long trace
     """
-    from rmt_lab.trace.bench import overhead_ratio, own_time_share, segment_overhead
+    from rmt_lab.trace.bench import million_in_subprocess, overhead_ratio, own_time_share, segment_overhead
 
     grid = [(backbone, n) for n in threads for backbone in backbones]
     return {
@@ -491,6 +566,7 @@ def trace_overhead(backbones: Sequence[str] = ("minilm", "small-bert"), threads:
                  for b, n in grid),
         "segment": ({"backbone": b, **segment_overhead(b, n_pairs=pairs, threads=n)} for b, n in grid),
         "own_time": ({"backbone": b, **own_time_share(b, n_segments=segments, threads=n)} for b, n in grid),
+        "long": (million_in_subprocess(n_tokens=tokens, backbone=long_backbone) for _ in range(1 if tokens else 0)),
     }
 
 
@@ -498,7 +574,7 @@ def trace_overhead(backbones: Sequence[str] = ("minilm", "small-bert"), threads:
 def figures(results: str | Path = "data/results", out: str | Path = "figures", only: Sequence[str] | None = None,
             config: str | None = None, formats: Sequence[str] = ("png", "svg")) -> list:
     """Draw every figure that has its inputs (rmt_lab.viz.render_figures) as `formats`; returns the report
-    of what was drawn and what each missing figure lacks.
+    of what was drawn and what each missing figure lacks. A `results` folder that does not exist is an error.
 
     Args:
         results: results folder the figures are drawn from
@@ -509,7 +585,16 @@ def figures(results: str | Path = "data/results", out: str | Path = "figures", o
     """
     from rmt_lab.viz import render_figures
 
-    return render_figures(results, out, only=list(only) if only else None, formats=tuple(formats), config=config)
+    return render_figures(results_folder(results), out, only=list(only) if only else None, formats=tuple(formats),
+                          config=config)
+
+
+def results_folder(results: str | Path) -> Path:
+    """The folder `results`, which must exist: figures drawn from a mistyped folder would all be "missing"."""
+    if not Path(results).is_dir():
+        raise FileNotFoundError(f"results folder {results} does not exist; make results with "
+                                "rmt-lab reproduce --quick (or the train/eval/bench/trace commands)")
+    return Path(results)
 
 
 # ------------------------------------------------------------------------------ one recipe, one process

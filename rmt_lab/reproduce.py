@@ -46,7 +46,11 @@ from rmt_lab.runtime import THREADS_FILE_ENV, write_thread_budget
 
 TASKS = ("memorize", "detect_memorize", "reasoning")
 MADE_FROM = "made_from.json"  # under the results folder: each step's input digests when it last succeeded
-PLANS = ("quick", "base", "paper")
+PLANS = {  # each plan in a line: the help of rmt-lab reproduce --<plan>
+    "quick": "quick config on a CPU: about 20 minutes on 2 cores",
+    "base": "base config (pretrained MiniLM, adapters) on a CPU: many hours on 2 cores, resumable",
+    "paper": "the report's setup on the pretrained MiniLM; meant for a GPU",
+}
 
 
 def _long_eval_complete(**arguments) -> bool:
@@ -276,6 +280,9 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
     the last reproduction) every `status_every` seconds; on a terminal (the default) it is redrawn in
     place below the step lines at every change too. Returns 0, or the failing step's exit code. Step timings go to
     <results>/reproduce.json.
+
+    Args:
+        force: redo these steps even if their files exist (a prefix: 'train', 'long evaluation memorize')
     """
     run = run or _run_process
     unknown = [f for f in force if not any(step.name.startswith(f) for step in steps)]

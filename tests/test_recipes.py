@@ -3,16 +3,21 @@
 import inspect
 from dataclasses import fields
 
+import pandas as pd
 import pytest
 
+import rmt_lab.bench.sweep as sweep
 from rmt_lab import recipes
 from rmt_lab.bench.flops_sweep import FlopsSweepConfig
 from rmt_lab.bench.memory import MemorySweepConfig
 from rmt_lab.bench.speed import SpeedSweepConfig
 from rmt_lab.cli import build_parser
 from rmt_lab.config import ConfigError
-from rmt_lab.reproduce import plan
+from rmt_lab.process import Budget
+from rmt_lab.reproduce import plan, reproduce
+from rmt_lab.tasks import TaskConfig, TaskGenerator, format_sample
 from rmt_lab.tasks.bench import run as streaming_bench
+from tests.bench.fakes import FakeRunner
 
 TINY = ["backbone=tiny-bert", "rmt.num_mem_tokens=2", "rmt.segment_size=16", "task.segment_size=16",
         "curriculum.stages=[1,2]", "curriculum.max_steps=2", "curriculum.min_steps=0", "optim.batch_size=4",
@@ -33,6 +38,7 @@ TINY = ["backbone=tiny-bert", "rmt.num_mem_tokens=2", "rmt.segment_size=16", "ta
     (["figures"], recipes.figures),
     (["reproduce", "--quick"], plan),
     (["data", "bench"], streaming_bench),
+    (["data", "export", "--n", "1", "--out", "x"], recipes.export_data),
 ])
 def test_the_cli_shows_the_recipe_defaults(argv, recipe):
     args = vars(build_parser().parse_args(argv))
@@ -47,7 +53,8 @@ def test_the_cli_shows_the_recipe_defaults(argv, recipe):
 @pytest.mark.parametrize("recipe, settings", [
     (recipes.train, None), (recipes.eval_generalization, None), (recipes.eval_ablation, None),
     (recipes.eval_long, None), (recipes.trace, None), (recipes.probe, None), (recipes.stream, None),
-    (recipes.trace_overhead, None), (recipes.figures, None), (plan, None),
+    (recipes.trace_overhead, None), (recipes.figures, None), (plan, None), (reproduce, None),
+    (recipes.stream_lengths, None), (recipes.preview_data, None), (recipes.export_data, None),
     (recipes.bench_flops, FlopsSweepConfig), (recipes.bench_memory, MemorySweepConfig),
     (recipes.bench_speed, SpeedSweepConfig),
 ])
@@ -92,10 +99,51 @@ def test_recipes_refuse_bad_input_by_name(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'lrr'"):
         recipes.experiment_config("quick", "memorize", ["optim.lrr=1"])
     assert recipes.long_lengths(16_000, 64_000, 64) == [250, 500, 1000]
+    with pytest.raises(FileNotFoundError, match="results folder .* does not exist"):
+        recipes.figures(tmp_path / "nowhere")
+
+
+def test_task_data_from_python(tmp_path):
+    expected = TaskGenerator(TaskConfig(task="reasoning", length=2, segment_size=64))
+    text = recipes.preview_data(index=3, split="test", task="reasoning", segments=2, segment_size=64)
+    assert text == format_sample(expected.sample("test", 3), expected.tokenizer)
+    path = recipes.export_data(tmp_path / "r.parquet", 4, split="test", task="reasoning", segments=2, segment_size=64)
+    frame = pd.read_parquet(path)
+    assert len(frame) == 4 and list(frame.iloc[3]["input_ids"]) == expected.sample("test", 3).tokens().tolist()
+
+
+def test_budget_limits_given_replace_the_defaults(tmp_path, monkeypatch):
+    budgets = []
+
+    def runner(workload, params, budget, *, time_limit_s):
+        budgets.append(budget)
+        return FakeRunner()(workload, params, budget, time_limit_s=time_limit_s)
+
+    monkeypatch.setattr(sweep, "run_point", runner)
+    recipes.bench_memory(tmp_path, quick=True, progress=False, grace_s=5, rss_limit_gib=2, lengths=[1000],
+                         methods=["rmt"], modes=["forward"])
+    assert budgets and set(budgets) == {Budget(grace_s=5, rss_limit_mib=2048)}
+    # the help states Budget's defaults: the CLI shows it as the options' help
+    helps, default = recipes.argument_help(recipes.bench_memory), Budget()
+    assert f"(default {default.grace_s:g})" in helps["grace_s"]
+    assert f"(default {default.min_tokens_per_s:g})" in helps["min_tokens_per_s"]
+    assert f"(default {default.rss_limit_mib / 1024:g})" in helps["rss_limit_gib"]
+
+
+def test_stream_lengths_measures_each_length_when_it_is_read(monkeypatch):
+    measured = []
+    monkeypatch.setattr(recipes, "stream", lambda n: measured.append(n) or {"tokens": n})
+    rows = recipes.stream_lengths([1000, 2000])
+    assert measured == [] and next(rows) == {"tokens": 1000} and measured == [1000]
 
 
 def test_trace_overhead_measures_each_row_when_it_is_read():
-    tables = recipes.trace_overhead(["tiny-bert"], threads=[1], segments=2, repeats=1, pairs=2)
-    assert set(tables) == {"wall", "segment", "own_time"}
+    tables = recipes.trace_overhead(["tiny-bert"], threads=[1], segments=2, repeats=1, pairs=2, tokens=0)
+    assert set(tables) == {"wall", "segment", "own_time", "long"} and list(tables["long"]) == []
     (row,) = list(tables["segment"])
     assert row["backbone"] == "tiny-bert" and row["threads"] == 1 and row["traced_ms"] > 0
+
+
+def test_trace_overhead_long_trace_is_one_row():
+    (row,) = recipes.trace_overhead(tokens=2_000, long_backbone="tiny-bert")["long"]
+    assert row["backbone"] == "tiny-bert" and row["tokens"] == 2_000 and row["peak_rss_mib"] > 0

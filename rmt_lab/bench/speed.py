@@ -19,13 +19,14 @@ sweep's dtype, median of repeats) first, so every ratio to the peak is taken in 
   RMT: the fair baseline of the cell. The streamed RMT also runs one plain-loop segment right before
   each of its own (`paired_plain`), so its speed over the plain loop is also taken in pairs;
 - "rmt-train" / "rmt-train-ckpt": one training step (forward + backward through every segment, full
-  BPTT, classification loss, dropout off, every weight trained) over `train_segments` segments, at each
-  batch of `train_batches` and segment size of `train_segment_sizes`, without and with gradient
-  checkpointing across segments (`checkpoint_segments`): the time/memory trade. After the measured
-  step, paired rounds of (one matmul, one step) give each step's fraction of the peak of its own moment;
+  BPTT, classification loss, dropout off or at `train_dropout`, every weight trained) over
+  `train_segments` segments, at each batch of `train_batches` and segment size of `train_segment_sizes`,
+  without and with gradient checkpointing across segments (`checkpoint_segments`): the time/memory
+  trade. After the measured step, paired rounds of (one matmul, one step) give each step's fraction of
+  the peak of its own moment;
   the eager step's rounds also run the plain memory-cell loop trained the way the published wrapper
-  trains (`workloads._paired_training`: same weights and kernels, one backward through every segment),
-  so its speed over that baseline is taken in pairs too;
+  trains (`workloads._paired_training`: same weights, kernels and dropout, one backward through every
+  segment), so its speed over that baseline is taken in pairs too;
 - "rmt-train-compiled": the same step with the backbone compiled (`compile` mode) for forward and
   backward, compiled in the warm-up step.
 Achieved FLOP/s count the FLOPs each method runs: no head for the RMT and the plain loop (the RMT reads
@@ -71,6 +72,10 @@ class SpeedSweepConfig:
     train_segment_sizes: tuple[int, ...] = (64, 499)  # the base experiments' segments, and 512-position ones
     train_batch: int | None = None  # one batch size in place of train_batches (the CLI's --train-batch)
     train_segments: int = 4  # full BPTT through 4 segments: memory carried, gradients through it
+    # Off by default: the step's FLOPs are the same either way, and the rows stay comparable with earlier ones.
+    # 0.1 (MiniLM's own, the trainer presets') times the steps as training runs them: the backbone's hidden and
+    # attention dropout, modules in train mode, the RMT's step and the paired plain-loop step alike.
+    train_dropout: float = 0.0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: the GPU's fast path
     matmul_n: int = 2048  # the peak's matmul: n x n by n x n, fp32
     matmul_repeats: int = 10  # median of this many, after 2 warm-up products
@@ -92,6 +97,9 @@ class SpeedSweepConfig:
             for b in getattr(self, name):
                 if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
                     raise ConfigError(f"SpeedSweepConfig.{name} item must be a positive integer, got {b!r}")
+        p = self.train_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ConfigError(f"SpeedSweepConfig.train_dropout must be a probability in [0, 1), got {p!r}")
         for size in (self.segment_size, *self.train_segment_sizes):
             try:
                 rmt_flops(shape, size, size, self.num_mem)  # the segment must fit
@@ -119,7 +127,8 @@ def speed_points(config: SpeedSweepConfig) -> list[Point]:
         tokens = segments * size
         key = {"sweep": "speed", "method": method, "attn": "sdpa", "mode": mode, "backbone": config.backbone,
                "dtype": config.dtype, "tokens": tokens, "batch": batch, "segment_size": size,
-               "num_mem": config.num_mem, "bptt_depth": -1 if mode == "train" else 0}
+               "num_mem": config.num_mem, "bptt_depth": -1 if mode == "train" else 0,
+               "dropout": params.get("dropout", 0.0)}  # a key: a step with dropout is not the one without
         known = {"flops": float(flops), "positions": size + memory_positions(shape, config.num_mem),
                  "n_segments": segments}
         points.append(Point(key, workload, params, tokens * batch * (3 if mode == "train" else 1), known))
@@ -149,7 +158,8 @@ def speed_points(config: SpeedSweepConfig) -> list[Point]:
                 params = {**common, "num_mem": config.num_mem, "segment_size": size, "tokens": tokens, "batch": batch,
                           "mode": "train", "bptt_depth": -1, "checkpoint_segments": method == "rmt-train-ckpt",
                           "compile": config.compile if method == "rmt-train-compiled" else "",
-                          "paired_peak": True, "paired_plain": method == "rmt-train"}
+                          "paired_peak": True, "paired_plain": method == "rmt-train",
+                          "dropout": float(config.train_dropout)}
                 add(method, "train", batch, config.train_segments, size, "rmt", params,
                     total(rmt_flops(shape, tokens, size, config.num_mem, batch, head="cls", mode="train")))
     return points
@@ -158,7 +168,7 @@ def speed_points(config: SpeedSweepConfig) -> list[Point]:
 def speed_sweep(config: SpeedSweepConfig, path, *, progress: bool = True, remeasure: bool = False,
                 runner=None) -> pd.DataFrame:
     """Run (or resume) the speed points into the parquet file `path`; returns their rows."""
-    if "rmt-compiled" in config.methods and resolve_device(config.device).type == "cpu":
+    if {"rmt-compiled", *TRAIN_METHODS} & set(config.methods) and resolve_device(config.device).type == "cpu":
         kernels.prepare()  # here, so a point's peak memory and warm-up never include compiling the kernel
     return run_sweep(speed_points(config), path, config.budget, progress=progress, remeasure=remeasure,
                      runner=runner)
@@ -237,17 +247,19 @@ def _own_peak(row: dict) -> float:
 
 
 def train_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (backbone, dtype, segment_size, batch, tokens) of the training step: without and with
-    gradient checkpointing across segments, and the trade (time and peak memory, checkpointed / plain);
-    the CPU, its vector width and the matmul peak of the same process with every row."""
+    """One row per (backbone, dtype, dropout, segment_size, batch, tokens) of the training step: without and
+    with gradient checkpointing across segments, and the trade (time and peak memory, checkpointed / plain);
+    the CPU, its vector width and the matmul peak of the same process with every row. `dropout`: the
+    backbone's dropout probability the steps ran with (0: off; rows written before it was recorded)."""
     require_columns(frame, SPEED_COLUMNS, "speed table input")
-    ok = frame[(frame["status"] == "ok") & (frame["mode"] == "train")]
+    ok = _with_dropout(frame[(frame["status"] == "ok") & (frame["mode"] == "train")])
     rows = []
-    keys = ["backbone", "dtype", "segment_size", "batch", "tokens"]
-    for (backbone, dtype, size, batch, tokens), group in ok.groupby(keys, sort=True):
+    keys = ["backbone", "dtype", "dropout", "segment_size", "batch", "tokens"]
+    for (backbone, dtype, dropout, size, batch, tokens), group in ok.groupby(keys, sort=True):
         by = {r["method"]: r for r in group.to_dict("records")}
         plain, ckpt, compiled = by.get("rmt-train"), by.get("rmt-train-ckpt"), by.get("rmt-train-compiled")
-        row = {"backbone": backbone, "dtype": dtype, "segment_size": size, "batch": batch, "tokens_per_sample": tokens}
+        row = {"backbone": backbone, "dtype": dtype, "dropout": dropout, "segment_size": size, "batch": batch,
+               "tokens_per_sample": tokens}
         for prefix, r in (("", plain), ("ckpt_", ckpt), ("compiled_", compiled)):
             if r is not None:
                 row.update({f"{prefix}tokens_per_s": r["tokens_per_s"], f"{prefix}gflops_per_s": r["gflops_per_s"],
@@ -266,6 +278,17 @@ def train_table(frame: pd.DataFrame) -> pd.DataFrame:
                        compiled_warmup_s=compiled["warmup_s"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _with_dropout(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its dropout column, 0 (off) where a row has none: rows written before it was recorded."""
+    dropout = frame["dropout"].fillna(0.0) if "dropout" in frame else pd.Series(0.0, index=frame.index)
+    return frame.assign(dropout=dropout)
+
+
+def _dropout_note(dropout: float) -> str:
+    return (f"; dropout {dropout:g} on the backbone's hidden states and attention weights, in train mode, "
+            "the plain-loop step's too") if dropout else ""
 
 
 def _machines(frame: pd.DataFrame) -> str:
@@ -349,7 +372,8 @@ def speed_report(frame: pd.DataFrame) -> str:
         rows = train.to_dict("records")
         parts.append(_columns(
             "\nRMT training step (forward + backward through every segment, full BPTT; FLOPs: 3x the forward):",
-            [f"{r['backbone']}, {r['dtype']}, {r['batch']} x {r['tokens_per_sample']:,} tok" for r in rows], [
+            [f"{r['backbone']}, {r['dtype']}, {r['batch']} x {r['tokens_per_sample']:,} tok"
+             + (f", dropout {r['dropout']:g}" if r["dropout"] else "") for r in rows], [
                 ("content tokens per segment", lambda r: f"{r['segment_size']}"),
                 ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
                 ("achieved GFLOP/s", lambda r: f"{r['gflops_per_s']:,.1f}"),
@@ -408,13 +432,14 @@ def speed_markdown(frame: pd.DataFrame) -> str:
                 ("peak RSS MiB: RMT / plain loop / naive loop",
                  lambda r: f"{r['peak_mib']:,.0f} / {r['plain_peak_mib']:,.0f} / {r['naive_peak_mib']:,.0f}"),
             ], rows, markdown=True))
-    for backbone, group in train.groupby("backbone", sort=False) if not train.empty else []:
+    trained = _with_dropout(ok[ok["mode"] == "train"])
+    for (backbone, dropout), group in train.groupby(["backbone", "dropout"], sort=False) if not train.empty else []:
         rows = group.to_dict("records")
-        measured = ok[(ok["mode"] == "train") & (ok["backbone"] == backbone)]
+        measured = trained[(trained["backbone"] == backbone) & (trained["dropout"] == dropout)]
         parts.append(_columns(
             f"{backbone} training step (full BPTT through {rows[0]['tokens_per_sample'] // rows[0]['segment_size']} "
-            f"segments, every weight trained; FLOPs: 3x the forward's; fraction of the matmul peak measured in the "
-            f"same process); {_machine_note(measured)}:",
+            f"segments, every weight trained{_dropout_note(dropout)}; FLOPs: 3x the forward's; fraction of the "
+            f"matmul peak measured in the same process); {_machine_note(measured)}:",
             [f"{r['segment_size']} tok/seg, batch {r['batch']}" for r in rows], [
                 ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
                 ("fraction of the matmul peak", lambda r: f"{r['fraction_of_peak']:.1%}"),

@@ -33,6 +33,10 @@ from rmt_lab.io import write_parquet
 # What identifies a point (with the machine columns); every sweep's rows carry all of them.
 KEY_COLUMNS = ["sweep", "method", "attn", "mode", "backbone", "dtype", "tokens", "batch", "segment_size", "num_mem",
                "bptt_depth"]
+# Key columns that only some points carry, with the value a row without one is taken to have (rows written
+# before the column existed included): a training step with dropout must not resume from the dropout-off
+# row of the same shape, and adding the column must not make every stored row look new.
+OPTIONAL_KEY_COLUMNS = {"dropout": 0.0}
 BUDGET_COLUMNS = ["grace_s", "min_tokens_per_s", "rss_limit_mib"]
 RESULT_COLUMNS = [  # in this order after the key; NaN where a column does not apply
     "status", "reason", "seconds", "tokens_per_s", "peak_mib", "memory_metric", "peak_rss_mib",
@@ -67,12 +71,13 @@ class Point:
 
     @property
     def series_key(self) -> tuple:
-        return tuple(self.key[c] for c in KEY_COLUMNS if c != "tokens")
+        return tuple(self.key[c] for c in KEY_COLUMNS if c != "tokens") + _optional_keys(self.key)
 
     def describe(self) -> str:
         k = self.key
         depth = "all" if k["bptt_depth"] == -1 else k["bptt_depth"]
         extra = f" k2={depth}" if k["mode"] == "train" and k["method"] == "rmt" else ""
+        extra += f" dropout {k['dropout']:g}" if k.get("dropout") else ""
         return f"{k['method']}/{k['attn']} {k['mode']}{extra} {k['tokens']:,} tok x{k['batch']}"
 
 
@@ -83,8 +88,14 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> N
         raise ConfigError(f"{what} is missing column(s) {missing}; it needs {list(columns)}")
 
 
+def _optional_keys(row: dict) -> tuple:
+    """The values of OPTIONAL_KEY_COLUMNS in `row`, the default where it has none (missing or NaN)."""
+    values = ((row.get(c, default), default) for c, default in OPTIONAL_KEY_COLUMNS.items())
+    return tuple(default if value is None or value != value else value for value, default in values)
+
+
 def _identity(row: dict, machine: list[str]) -> tuple:
-    return tuple(row[c] for c in KEY_COLUMNS + machine)
+    return tuple(row[c] for c in KEY_COLUMNS + machine) + _optional_keys(row)
 
 
 def _finish(row: dict) -> dict:
@@ -109,6 +120,10 @@ def _frame(rows: list[dict], machine: list[str]) -> pd.DataFrame:
     for c in columns:
         if c not in frame:
             frame[c] = math.nan
+    optional = [c for c in OPTIONAL_KEY_COLUMNS if c in frame]  # after the key, the default where a row has none
+    for c in optional:
+        frame[c] = frame[c].fillna(OPTIONAL_KEY_COLUMNS[c])
+    columns = KEY_COLUMNS + optional + columns[len(KEY_COLUMNS):]
     extra = [c for c in frame.columns if c not in columns]  # e.g. memory_shape
     frame = frame[columns + extra]
     for c in ("status", "reason", "memory_metric", "attn_impl", "device", "cpu_capability", "measured_at"):

@@ -18,11 +18,14 @@ taken in the same process, minutes apart at most; the streamed RMT can also meas
 segments (`paired_peak`), so each segment's rate is compared with the peak of the same moment.
 Every workload runs in `dtype` (float32 by default; bfloat16 is the GPU's fast path).
 
-Training steps run with dropout off (modules in eval mode, gradients on). With attention dropout,
-CPU sdpa leaves its fused kernel for the math path, which materializes the L x L probabilities as
-eager does (seen here: a 2-layer, 4-head BERT step over 8,000 tokens peaked at 0.5 GiB without
+Training steps run with dropout off by default (modules in eval mode, gradients on). With attention
+dropout, CPU sdpa leaves its fused kernel for the math path, which materializes the L x L probabilities
+as eager does (seen here: a 2-layer, 4-head BERT step over 8,000 tokens peaked at 0.5 GiB without
 dropout, 7.4 GiB with). The step's FLOPs are the same either way, and long-context training
-commonly turns attention dropout off.
+commonly turns attention dropout off. The RMT's training step takes `dropout` too: every dropout
+probability of the backbone set to it (hidden and attention, as the trainer's `ExperimentConfig.dropout`
+sets them through `RecurrentWrapper.from_backbone`) and the modules in train mode, for the RMT's step
+and the paired plain-loop step alike (same modules): how the trainer presets train (MiniLM's own 0.1).
 """
 
 from __future__ import annotations
@@ -196,27 +199,32 @@ def _maybe_peak(matmul_n: int, matmul_repeats: int, dev: torch.device, dtype: st
 
 # ------------------------------------------------------------------------------------------ the RMT
 def _rmt_model(backbone: str, num_mem: int, segment_size: int, bptt_depth: int, train: bool, dev: torch.device,
-               dtype: str = "float32"):
+               dtype: str = "float32", dropout: float = 0.0):
+    """The RMT in eval mode (dropout off, in training steps too), or with `dropout` > 0 (training only) every
+    dropout probability of the backbone set to it and the modules in train mode (module docstring)."""
     from rmt_lab.model import RecurrentWrapper, RMTConfig
 
+    if dropout and not train:
+        raise ValueError(f"dropout={dropout!r} applies to a training step only; a forward runs in inference mode")
     config = RMTConfig(num_mem_tokens=num_mem, segment_size=segment_size, num_classes=NUM_CLASSES if train else 0,
                        bptt_depth=bptt_depth if bptt_depth != 0 else -1)
-    model = RecurrentWrapper.from_backbone(backbone, config).to(dev, torch_dtype(dtype))
-    return model.eval()  # dropout off in training steps too (module docstring)
+    model = RecurrentWrapper.from_backbone(backbone, config, dropout=dropout or None).to(dev, torch_dtype(dtype))
+    return model.train(bool(dropout))
 
 
 @workload("rmt")
 def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, segment_size: int = 499,
             mode: str = "forward", bptt_depth: int = 0, keep_outputs: bool = False, plain: bool = False,
             paired_backbone: bool = False, paired_plain: bool = False, paired_peak: bool = False, compile: str = "",
-            checkpoint_segments: bool = False, dtype: str = "float32", device: str = "auto", matmul_n: int = 2048,
-            matmul_repeats: int = 0) -> dict:
+            checkpoint_segments: bool = False, dropout: float = 0.0, dtype: str = "float32", device: str = "auto",
+            matmul_n: int = 2048, matmul_repeats: int = 0) -> dict:
     """The RMT over `tokens` random tokens per sample (batch rows), streamed, or the naive loop.
 
     forward: inference mode, memory carried segment to segment, nothing else kept.
     train: one step, classification loss on the last summary, backward through the memory of the
-    last `bptt_depth` segments (-1: all of them, full BPTT as in the report); dropout off, no
-    optimizer step.
+    last `bptt_depth` segments (-1: all of them, full BPTT as in the report); no optimizer step; dropout
+    off, or with `dropout` > 0 the backbone's hidden and attention dropout at that probability, in train
+    mode (the paired plain-loop steps too: the same modules).
     keep_outputs (forward only): the naive baseline, see `naive_loop`.
     plain (forward only): the plain memory-cell loop instead of the RMT (`PlainLoop`), streamed like it
     (paired_peak applies; the RMT's weights, nothing compiled).
@@ -240,7 +248,7 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
     dev = resolve_device(device)
     peak = _maybe_peak(matmul_n, matmul_repeats, dev, dtype)
     train = mode == "train"
-    model = _rmt_model(backbone, num_mem, segment_size, bptt_depth, train, dev, dtype)
+    model = _rmt_model(backbone, num_mem, segment_size, bptt_depth, train, dev, dtype, dropout)
     model.checkpoint_segments = checkpoint_segments
     between, held = {}, []  # the paired references, and the tensors they hold (not the RMT's memory)
     if paired_backbone:  # made before compiling: an eager copy of the backbone if the RMT's gets compiled
@@ -253,7 +261,8 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
     if compile:
         model.compile_backbone(mode=compile, freeze=not train)
     n_segments = math.ceil(tokens / segment_size)
-    info = {"attn_impl": model.cell.model.config._attn_implementation, "positions": model.cell.positions_per_segment}
+    info = {"attn_impl": model.cell.model.config._attn_implementation, "positions": model.cell.positions_per_segment,
+            "dropout": dropout}
     if train:
         labels = torch.randint(0, NUM_CLASSES, (batch,), device=dev)
         start = time.perf_counter()
@@ -345,8 +354,9 @@ def _paired_training(model: nn.Module, tokens: int, batch: int, labels: torch.Te
     The plain-loop step is the published wrapper's way of training a classifier: each segment through the
     HF body with the memory concatenated (`PlainLoop`, same weights and kernels), the memory carried with
     its graph, the class loss on the last segment's [CLS] (encoder) or last token (decoder), one backward
-    through all of it. Returns the medians over rounds: `paired_fraction_median` (step GFLOP/s over the
-    matmul's, FLOPs 3x the forward's) and `paired_plain_speedup_median` (plain step time / RMT step time).
+    through all of it; the RMT's modules, so its dropout too. Returns the medians over rounds:
+    `paired_fraction_median` (step GFLOP/s over the matmul's, FLOPs 3x the forward's) and
+    `paired_plain_speedup_median` (plain step time / RMT step time).
     """
     size = model.config.segment_size
     n_segments = math.ceil(tokens / size)

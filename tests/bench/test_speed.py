@@ -7,7 +7,7 @@ import pytest
 
 from rmt_lab.bench.flops import forward_pass_flops, rmt_flops, total
 from rmt_lab.bench.speed import SpeedSweepConfig, speed_points, speed_sweep, speed_table
-from rmt_lab.bench.sweep import backbone_shape
+from rmt_lab.bench.sweep import KEY_COLUMNS, backbone_shape
 from rmt_lab.config import ConfigError, from_dict
 from tests.bench.fakes import FakeRunner
 
@@ -115,6 +115,8 @@ def test_speed_table_without_baselines_leaves_them_out(tmp_path):
     ({"train_batch": 0}, "SpeedSweepConfig.train_batch must be a positive integer"),
     ({"segments": 0}, "SpeedSweepConfig.segments must be a positive integer"),
     ({"num_mem": 40}, "exceeds the model's 512 positions"),
+    ({"train_dropout": 1.0}, r"train_dropout must be a probability in \[0, 1\), got 1.0"),
+    ({"train_dropout": -0.1}, r"train_dropout must be a probability in \[0, 1\)"),
 ])
 def test_bad_configs_fail_clearly(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -222,8 +224,64 @@ def test_readme_speed_tables_are_the_committed_rows():
     from rmt_lab.bench.speed import speed_markdown
 
     root = Path(__file__).resolve().parents[2]
-    blocks = re.findall(r"<!-- speed tables: (\S+) -->\n((?:(?!<!--).)*?)<!-- end of speed tables -->",
-                        (root / "README.md").read_text(), flags=re.S)
+    readme = (root / "README.md").read_text()
+    blocks = re.findall(r"<!-- speed tables: (\S+) -->\n((?:(?!<!--).)*?)<!-- end of speed tables -->", readme,
+                        flags=re.S)
     assert blocks, "README.md has no speed-table block"
+    # Every block is checked: one the pattern misses (a typo in its end marker) would go unchecked.
+    assert len(blocks) == readme.count("<!-- speed tables:") == readme.count("<!-- end of speed tables -->")
     for path, table in blocks:
         assert table.strip() == speed_markdown(pd.read_parquet(root / path)).strip(), path
+
+
+def test_a_training_point_with_dropout_runs_and_records_it(tmp_path):
+    """train_dropout reaches the step in its own process; the row says so, the table heading names it, and
+    the dropout-off row of the same shape is neither reused for it nor replaced by it."""
+    from rmt_lab.bench.speed import speed_markdown, train_table
+
+    tiny = dict(backbone="tiny-bert", num_mem=4, segment_size=30, matmul_n=64, matmul_repeats=1, methods=("rmt-train",),
+                train_batch=2, train_segment_sizes=(30,), train_segments=3)
+    path = tmp_path / "speed.parquet"
+    speed_sweep(SpeedSweepConfig(**tiny), path, progress=False)
+    on = speed_sweep(SpeedSweepConfig(**tiny, train_dropout=0.1), path, progress=False)
+    row = on.iloc[0]
+    assert row["status"] == "ok", row["reason"]
+    assert row["dropout"] == 0.1 and row["paired_plain_speedup_median"] > 0
+    stored = pd.read_parquet(path)
+    assert sorted(stored["dropout"]) == [0.0, 0.1] and list(stored.columns).index("dropout") == len(KEY_COLUMNS)
+    table = train_table(stored)
+    assert sorted(table["dropout"]) == [0.0, 0.1] and (table["over_plain_paired"] > 0).all()
+    text = speed_markdown(stored)
+    assert "tiny-bert training step (full BPTT through 3 segments, every weight trained; FLOPs" in text
+    assert "every weight trained; dropout 0.1 on the backbone's hidden states and attention weights" in text
+
+
+def test_dropout_reaches_the_rmt_and_the_plain_loop():
+    """The step trains with the backbone's dropout at the given probability: both sides of the pairing."""
+    import torch
+
+    from rmt_lab.bench.workloads import PlainLoop, _rmt_model, random_segments
+
+    model = _rmt_model("tiny-bert", 4, 30, -1, True, torch.device("cpu"), dropout=0.25)
+    config = model.cell.model.config
+    assert model.training and config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.25
+    segments = list(random_segments(60, 30, batch=2))
+    runs = [PlainLoop(model, 2).run(segments).memory for _ in range(2)]
+    assert not torch.allclose(*runs)  # fresh dropout masks each run
+    assert not _rmt_model("tiny-bert", 4, 30, -1, True, torch.device("cpu")).training  # off by default
+    with pytest.raises(ValueError, match="applies to a training step only"):
+        _rmt_model("tiny-bert", 4, 30, 0, False, torch.device("cpu"), dropout=0.1)
+
+
+def test_rows_without_a_dropout_column_resume_as_dropout_off(tmp_path):
+    """A file written before dropout was recorded: its rows are the dropout-off points, not remeasured."""
+    path = tmp_path / "speed.parquet"
+    config = SpeedSweepConfig(**TINY, train_batch=2, train_segment_sizes=(499,))
+    speed_sweep(config, path, progress=False, runner=FakeRunner())
+    pd.read_parquet(path).drop(columns="dropout").to_parquet(path)
+    runner = FakeRunner()
+    speed_sweep(config, path, progress=False, runner=runner)
+    assert runner.calls == []
+    speed_sweep(SpeedSweepConfig(**{**TINY, "methods": ("rmt-train",)}, train_batch=2, train_segment_sizes=(499,),
+                                 train_dropout=0.1), path, progress=False, runner=runner)
+    assert [params["dropout"] for _, params in runner.calls] == [0.1]

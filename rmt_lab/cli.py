@@ -119,7 +119,7 @@ def _add_bench_memory(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bench_speed(p: argparse.ArgumentParser) -> None:
-    names = "batches segments methods matmul_n matmul_repeats compile train_batch train_segments"
+    names = "batches segments methods matmul_n matmul_repeats compile train_batch train_segments train_dropout"
     _options(p, recipes.bench_speed, names, settings=SpeedSweepConfig, batches={"metavar": "B"})
     _add_sweep_common(p)
 

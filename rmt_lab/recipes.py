@@ -495,6 +495,8 @@ def bench_speed(out: str | Path = "data/results/bench", quick: bool = False, rem
         compile: torch.compile mode of rmt-compiled (default: default)
         train_batch: training step: one batch size in place of the default 8 and 32
         train_segments: training step: segments per sample (default 4)
+        train_dropout: training step: the backbone's hidden and attention dropout, in train mode, for the RMT
+            and the paired plain loop alike (default 0: off; the trainer presets train with 0.1)
     """
     from rmt_lab.bench.speed import QUICK, SpeedSweepConfig, speed_sweep
     from rmt_lab.config import from_dict

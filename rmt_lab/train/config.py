@@ -31,7 +31,8 @@ class CurriculumConfig:
     # Before each training batch, up to this many segments of the task's noise (their count drawn per step,
     # uniformly from 0) run without gradient and leave the memory the batch starts from. A model trained
     # from fresh memory only meets, in a long input, memory states it never wrote from: this trains writing
-    # and reading from them at the cost of a forward pass per noise segment. 0 = every batch starts fresh.
+    # and reading from them at the cost of a batch-1 forward pass per noise segment. 0 = every batch starts
+    # fresh.
     noise_prefix: int = 0
 
     def __post_init__(self) -> None:

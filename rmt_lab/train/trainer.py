@@ -237,9 +237,10 @@ class Trainer:
 
     def _noise_memory(self, gen: TaskGenerator, batch_size: int) -> torch.Tensor | None:
         """The memory this step's batch starts from: None (fresh) without a noise prefix, else the memory left by
-        0..noise_prefix segments of training noise run in evaluation mode without gradient. The count depends on
-        the seed and the step only (every process runs as many segments), the tokens on the process as well,
-        so a resumed run draws the same prefixes."""
+        0..noise_prefix segments of training noise run in evaluation mode without gradient. One noise run a step,
+        its memory shared by the batch's samples: a forward at batch 1 per noise segment makes prefixes of
+        hundreds of segments affordable, and the steps between them vary it. The count depends on the seed and the step only (every process runs as
+        many segments), the tokens on the process as well, so a resumed run draws the same prefixes."""
         most = self.config.curriculum.noise_prefix
         if not most:
             return None
@@ -249,11 +250,12 @@ class Trainer:
             return None
         size = gen.config.segment_size
         noise = NoiseStream(gen.noise, "train", np.random.default_rng([seed, step, self.accelerator.process_index]))
-        tokens = torch.from_numpy(np.concatenate(list(noise.read(batch_size * n * size))).astype(np.int64))
-        segments = tokens.view(batch_size, n, size).transpose(0, 1).to(self.accelerator.device)
+        tokens = torch.from_numpy(np.concatenate(list(noise.read(n * size))).astype(np.int64))
+        segments = tokens.view(n, 1, size).to(self.accelerator.device)
         self.model.eval()
         with torch.no_grad(), self.accelerator.autocast():
-            return self.model.stream(segments, check=False).memory.detach()
+            memory = self.model.stream(segments, check=False).memory
+        return memory.expand(batch_size, -1, -1).contiguous()
 
     def _batch(self, gen: TaskGenerator, split: str, first: int, size: int) -> dict:
         """Rows rank::world of the global batch [first, first + size) of `split`."""

@@ -203,6 +203,8 @@ def test_noise_prefix_starts_batches_from_the_memory_noise_leaves(tmp_path):
             assert not torch.allclose(memory, trainer.model.init_memory(4))
     assert any(m is None for m in drawn) and any(m is not None for m in drawn)
     assert set(streamed) <= {1, 2, 3} and len(streamed) == sum(m is not None for m in drawn)
+    shared = next(m for m in drawn if m is not None)
+    assert torch.equal(shared[0], shared[3])  # one noise run, its memory shared by the batch
     trainer.state["global_step"] = next(i for i, m in enumerate(drawn) if m is not None)
     assert torch.equal(trainer._noise_memory(gen, 4), drawn[trainer.state["global_step"]])  # the seed and step decide
     trainer.model.stream = stream

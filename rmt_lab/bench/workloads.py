@@ -26,10 +26,13 @@ commonly turns attention dropout off. The RMT's training step takes `dropout` to
 probability of the backbone set to it (hidden and attention, as the trainer's `ExperimentConfig.dropout`
 sets them through `RecurrentWrapper.from_backbone`) and the modules in train mode, for the RMT's step
 and the paired plain-loop step alike (same modules): how the trainer presets train (MiniLM's own 0.1).
+The paired plain-loop step runs the backbone's attention as HF's default, sdpa, the way the published
+wrapper trains an HF model (`hf_default_attention`); the RMT's step runs its own (rmt_lab's fused kernel).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -224,14 +227,15 @@ def run_rmt(*, backbone: str, tokens: int, batch: int = 1, num_mem: int = 10, se
     train: one step, classification loss on the last summary, backward through the memory of the
     last `bptt_depth` segments (-1: all of them, full BPTT as in the report); no optimizer step; dropout
     off, or with `dropout` > 0 the backbone's hidden and attention dropout at that probability, in train
-    mode (the paired plain-loop steps too: the same modules).
+    mode (the paired plain-loop steps too: the same modules, on HF's sdpa attention).
     keep_outputs (forward only): the naive baseline, see `naive_loop`.
     plain (forward only): the plain memory-cell loop instead of the RMT (`PlainLoop`), streamed like it
     (paired_peak applies; the RMT's weights, nothing compiled).
     paired_plain: before each segment, one segment of the plain loop (its own tokens and memory), timed
     apart: `paired_plain_speedup_median` is the median over segments of plain loop time / RMT time, the
     RMT's speed in units of the plain loop's under the same load. In a training step, whole steps are
-    paired instead (`_paired_training`): the plain loop trained like the published wrapper trains.
+    paired instead (`_paired_training`): the plain loop trained like the published wrapper trains, on HF's
+    sdpa attention.
     paired_backbone (streamed forward only): before each segment, the bare backbone (same weights)
     runs once over the segment's positions, timed apart; returns its per-pass times and the median
     of the per-segment ratios RMT / bare, which a load change on a shared machine hits alike. The
@@ -351,12 +355,12 @@ def _paired_training(model: nn.Module, tokens: int, batch: int, labels: torch.Te
     """Rounds of (one matmul, one plain-loop training step, one RMT training step), each timed apart, so
     the RMT's step is compared with the peak and the baseline of the same moment.
 
-    The plain-loop step is the published wrapper's way of training a classifier: each segment through the
-    HF body with the memory concatenated (`PlainLoop`, same weights and kernels), the memory carried with
-    its graph, the class loss on the last segment's [CLS] (encoder) or last token (decoder), one backward
-    through all of it; the RMT's modules, so its dropout too. Returns the medians over rounds:
+    The plain-loop step is the published wrapper's way of training a classifier (`plain_training_loss`):
+    the RMT's weights and dropout, its attention HF's default sdpa as the published wrapper runs it
+    (`hf_default_attention`), one backward through every segment. Returns the medians over rounds:
     `paired_fraction_median` (step GFLOP/s over the matmul's, FLOPs 3x the forward's) and
-    `paired_plain_speedup_median` (plain step time / RMT step time).
+    `paired_plain_speedup_median` (plain step time / RMT step time), with `paired_plain_attn_impl`, the
+    attention the plain step ran.
     """
     size = model.config.segment_size
     n_segments = math.ceil(tokens / size)
@@ -374,16 +378,15 @@ def _paired_training(model: nn.Module, tokens: int, batch: int, labels: torch.Te
                             labels=labels).loss
 
     def plain_step() -> torch.Tensor:
-        loop = PlainLoop(model, batch)
-        loop.run(random_segments(tokens, size, batch, seed=6, device=dev))
-        return nn.functional.cross_entropy(model._classify(loop.summary), labels)
+        return plain_training_loss(model, random_segments(tokens, size, batch, seed=6, device=dev), labels)
 
     peaks, plain_s, rmt_s = [], [], []
     for _ in range(TRAIN_ROUNDS):
         if matmul is not None:
             peaks.append(matmul())
         if plain:
-            plain_s.append(timed(plain_step))
+            with hf_default_attention(model) as plain_impl:  # switched outside the timing: no part of a step
+                plain_s.append(timed(plain_step))
         rmt_s.append(timed(rmt_step))
     model.zero_grad(set_to_none=True)
     out = {**time_stats(rmt_s, "paired_step_s")}
@@ -392,9 +395,37 @@ def _paired_training(model: nn.Module, tokens: int, batch: int, labels: torch.Te
         out.update(paired_peak_gflops_median=_median(peaks),
                    paired_fraction_median=_median([flops / t / 1e9 / p for t, p in zip(rmt_s, peaks)]))
     if plain:
-        out.update(**time_stats(plain_s, "paired_plain_s"),
+        out.update(**time_stats(plain_s, "paired_plain_s"), paired_plain_attn_impl=plain_impl,
                    paired_plain_speedup_median=_median([p / t for p, t in zip(plain_s, rmt_s)]))
     return out
+
+
+@contextlib.contextmanager
+def hf_default_attention(model: nn.Module) -> Iterator[str]:
+    """The RMT's backbone on HF's default attention, sdpa, inside the block; its own back when it ends, however.
+
+    The published wrapper trains an HF model as loaded, whose attention is sdpa; every RMT runs rmt_lab's fused
+    kernel where a gradient is to come (`rmt_lab.model.kernels`), which on the CPU with attention dropout is
+    much faster than sdpa's math path. A baseline sharing the RMT's modules must not share that kernel.
+    Yields the implementation set ("sdpa").
+    """
+    hf = model.cell.model
+    own = hf.config._attn_implementation
+    hf.set_attn_implementation("sdpa")
+    try:
+        yield hf.config._attn_implementation
+    finally:
+        hf.set_attn_implementation(own)
+
+
+def plain_training_loss(model: nn.Module, segments: Iterable[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The published wrapper's training forward of a classifier: each (batch, seg_len) segment through the HF
+    body with the memory concatenated (`PlainLoop`, the RMT's weights and modules), the memory carried with its
+    graph, the class loss on the last segment's [CLS] (encoder) or last token (decoder). Runs whatever attention
+    the backbone is set to: `hf_default_attention` makes it the published one."""
+    loop = PlainLoop(model, labels.shape[0])
+    loop.run(segments)
+    return nn.functional.cross_entropy(model._classify(loop.summary), labels)  # (,)
 
 
 def _median(values: list[float]) -> float:

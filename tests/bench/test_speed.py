@@ -157,10 +157,10 @@ def test_plain_loop_is_the_rmts_computation(backbone):
 
 @pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-gpt2"])
 def test_plain_loop_trains_what_the_rmt_trains(backbone):
-    """The published-style training baseline: the same loss and the same gradients as the RMT's step."""
+    """The published-style training baseline, on HF's sdpa: the same loss and the same gradients as the RMT's step."""
     import torch
 
-    from rmt_lab.bench.workloads import PlainLoop, _rmt_model, random_segments
+    from rmt_lab.bench.workloads import _rmt_model, hf_default_attention, plain_training_loss, random_segments
 
     torch.manual_seed(0)
     model = _rmt_model(backbone, 4, 30, -1, True, torch.device("cpu"))
@@ -169,15 +169,62 @@ def test_plain_loop_trains_what_the_rmt_trains(backbone):
     rmt.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    loop = PlainLoop(model, 2)
-    loop.run(segments)
-    plain = torch.nn.functional.cross_entropy(model._classify(loop.summary), labels)
+    with hf_default_attention(model):
+        plain = plain_training_loss(model, segments, labels)
     plain.backward()
+    # The RMT's attention is rmt_lab's kernel, the plain loop's sdpa: equal up to fp32 rounding, not bitwise.
     torch.testing.assert_close(plain, rmt, rtol=1e-5, atol=1e-6)
     got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert got.keys() == expected.keys() and "memory" in " ".join(got)  # the memory is trained through the loop
     for name, grad in expected.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.fixture
+def attention_calls(monkeypatch):
+    """Which attention ran, call by call: "kernel" (rmt_lab's fused kernel with a gradient, the RMT's own) or
+    "sdpa" (torch's, reached through HF's sdpa attention)."""
+    import torch
+
+    from rmt_lab.model import kernels
+
+    seen = []
+    kernel, sdpa = kernels.cpu_attention_with_lse, torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(kernels, "cpu_attention_with_lse", lambda *a: seen.append("kernel") or kernel(*a))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: seen.append("sdpa") or sdpa(*a, **k))
+    return seen
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-gpt2"])
+def test_paired_training_runs_the_kernel_for_the_rmt_and_sdpa_for_the_plain_loop(backbone, dropout, attention_calls):
+    """Each round runs the plain-loop step, then the RMT's: every attention of the first on HF's sdpa (as the published
+    wrapper trains), every one of the second on the RMT's own kernel; the RMT's attention is its own again after."""
+    import torch
+
+    from rmt_lab.bench.workloads import TRAIN_ROUNDS, _paired_training, _rmt_model
+    from rmt_lab.model import kernels
+
+    model = _rmt_model(backbone, 4, 32, -1, True, torch.device("cpu"), dropout=dropout)
+    per_step = 3 * model.cell.model.config.num_hidden_layers  # 3 segments, each through every layer
+    out = _paired_training(model, 96, 2, torch.tensor([1, 4]), torch.device("cpu"), None, plain=True)
+    assert attention_calls == (["sdpa"] * per_step + ["kernel"] * per_step) * TRAIN_ROUNDS
+    assert out["paired_plain_attn_impl"] == "sdpa" and out["paired_plain_speedup_median"] > 0
+    assert model.cell.model.config._attn_implementation == kernels.TRAINING_IMPL
+
+
+def test_hf_default_attention_gives_the_rmt_its_own_back_on_failure():
+    import torch
+
+    from rmt_lab.bench.workloads import _rmt_model, hf_default_attention
+    from rmt_lab.model import kernels
+
+    model = _rmt_model("tiny-bert", 4, 30, -1, True, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="inside"), hf_default_attention(model) as impl:
+        assert impl == model.cell.model.config._attn_implementation == "sdpa"
+        raise RuntimeError("inside")
+    assert model.cell.model.config._attn_implementation == kernels.TRAINING_IMPL
 
 
 def test_paired_training_rounds_report_fraction_and_baseline():

@@ -239,8 +239,9 @@ class Trainer:
         """The memory this step's batch starts from: None (fresh) without a noise prefix, else the memory left by
         0..noise_prefix segments of training noise run in evaluation mode without gradient. One noise run a step,
         its memory shared by the batch's samples: a forward at batch 1 per noise segment makes prefixes of
-        hundreds of segments affordable, and the steps between them vary it. The count depends on the seed and the step only (every process runs as
-        many segments), the tokens on the process as well, so a resumed run draws the same prefixes."""
+        hundreds of segments affordable, and the steps between them vary it. The count depends on the seed and
+        the step only (every process runs as many segments), the tokens on the process as well, so a resumed run
+        draws the same prefixes."""
         most = self.config.curriculum.noise_prefix
         if not most:
             return None

@@ -400,8 +400,7 @@ def _paired_training(model: nn.Module, tokens: int, batch: int, labels: torch.Te
     return out
 
 
-@contextlib.contextmanager
-def hf_default_attention(model: nn.Module) -> Iterator[str]:
+def hf_default_attention(model: nn.Module) -> contextlib.AbstractContextManager[str]:
     """The RMT's backbone on HF's default attention, sdpa, inside the block; its own back when it ends, however.
 
     The published wrapper trains an HF model as loaded, whose attention is sdpa; every RMT runs rmt_lab's fused
@@ -409,13 +408,9 @@ def hf_default_attention(model: nn.Module) -> Iterator[str]:
     much faster than sdpa's math path. A baseline sharing the RMT's modules must not share that kernel.
     Yields the implementation set ("sdpa").
     """
-    hf = model.cell.model
-    own = hf.config._attn_implementation
-    hf.set_attn_implementation("sdpa")
-    try:
-        yield hf.config._attn_implementation
-    finally:
-        hf.set_attn_implementation(own)
+    from rmt_lab.model.backbones import attention_implementation
+
+    return attention_implementation(model.cell.model, "sdpa")
 
 
 def plain_training_loss(model: nn.Module, segments: Iterable[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ tasks. Weights are built from configs or loaded from verified local files; nothi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,20 @@ def backbone_from_folder(folder: str | Path, special_tokens: Mapping[str, int] |
         tokenizer = folder
     # The absolute path names the model in checkpoints and traces, and cannot be a ready backbone's name.
     return backbone_from_model(model, str(folder.resolve()), special_tokens, tokenizer)
+
+
+@contextlib.contextmanager
+def attention_implementation(model: nn.Module, impl: str) -> Iterator[str]:
+    """The HF model `model` runs the attention implementation `impl` inside the block (a name of transformers'
+    AttentionInterface); the one it ran before is set back when the block ends, however it ends. Yields `impl`."""
+    own = model.config._attn_implementation
+    if own != impl:
+        model.set_attn_implementation(impl)
+    try:
+        yield impl
+    finally:
+        if model.config._attn_implementation != own:
+            model.set_attn_implementation(own)
 
 
 def set_dropout(config: PretrainedConfig, dropout: float | None) -> None:

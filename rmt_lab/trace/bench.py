@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,6 +27,7 @@ import torch
 
 from rmt_lab.process import peak_rss_mib, run_in_process
 from rmt_lab.model import RecurrentWrapper, RMTConfig
+from rmt_lab.model.backbones import attention_implementation
 from rmt_lab.tasks import NUM_CLASSES
 from rmt_lab.trace.config import TraceConfig
 from rmt_lab.trace.recorder import Recorder
@@ -102,30 +103,28 @@ def segment_overhead(backbone: str = "minilm", n_pairs: int = 30, segment_size: 
                      batch: int = 1, threads: int | None = 1, seed: int = 0) -> dict:
     """Per-segment cost of recording, paired segment by segment inside one recording: each segment runs
     once through the hooked cell with the recorded attention and once through `cell.forward` (no hooks)
-    with sdpa restored, in alternating order. Drift in machine load then hits both halves of a pair
+    with the model's own attention restored (sdpa's numbers in inference), in alternating order. Drift in machine load then hits both halves of a pair
     alike; the median pair ratio is reported. Per-recording costs (entering, writing tables) are left
     out: they do not grow with the input."""
-    from rmt_lab.trace.attention import TRACE_IMPL
-
     plain, traced = [], []
     with _torch_threads(threads) as used:
         model = _bench_model(backbone, num_mem_tokens, segment_size, seed)
         seg = torch.randint(1000, 29000, (batch, segment_size), generator=torch.Generator().manual_seed(seed))
         mask = torch.ones_like(seg, dtype=torch.bool)
         hf = model.cell.model
+        own = hf.config._attn_implementation  # sdpa's numbers in inference, whatever its name
         with torch.inference_mode(), Recorder(model, TraceConfig()):
             memory = model.init_memory(batch)
             for i in range(n_pairs + 2):
                 for mode in ("traced", "plain")[:: 1 if i % 2 == 0 else -1]:
-                    hf.set_attn_implementation(TRACE_IMPL if mode == "traced" else "sdpa")
-                    start = time.process_time()
-                    # check=False: as the segment loop calls the cell, the input known valid
-                    out = (model.cell(seg, mask, memory, check=False) if mode == "traced"
-                           else model.cell.forward(seg, mask, memory, check=False))
-                    (traced if mode == "traced" else plain).append(time.process_time() - start)
+                    with nullcontext() if mode == "traced" else attention_implementation(hf, own):
+                        start = time.process_time()
+                        # check=False: as the segment loop calls the cell, the input known valid
+                        out = (model.cell(seg, mask, memory, check=False) if mode == "traced"
+                               else model.cell.forward(seg, mask, memory, check=False))
+                        (traced if mode == "traced" else plain).append(time.process_time() - start)
                     if mode == "traced":
                         memory = out.memory
-                hf.set_attn_implementation(TRACE_IMPL)
     plain, traced = plain[2:], traced[2:]  # warm-up pairs
     ratios = [t / p for p, t in zip(plain, traced)]
     return {

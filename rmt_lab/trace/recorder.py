@@ -27,6 +27,7 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 import rmt_lab
 from rmt_lab.config import to_dict
+from rmt_lab.model.backbones import attention_implementation
 from rmt_lab.trace import attention
 from rmt_lab.trace.attention import (
     TRACE_IMPL, FloatMask, full_probs, attention_with_read_mass, lse_path_ok, mean_over_content, read_mass, read_scores,
@@ -114,9 +115,8 @@ class Recorder:
         self.trace: Trace | None = None
         self.seconds = 0.0
         self._handles: list = []
-        self._hf_model = None
+        self._restore = contextlib.ExitStack()  # sets the backbone's own attention back
         self._token = None  # from RECORDING.set while a cell call runs
-        self._old_impl = None
         self.index = None  # the current segment's SegmentIndex, while a cell call runs
 
     # ------------------------------------------------------------------ setup
@@ -215,13 +215,11 @@ class Recorder:
         try:
             self._handles.append(cell.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(cell.register_forward_hook(self._after, with_kwargs=True))
-            self._hf_model = cell.model
-            self._old_impl = cell.model.config._attn_implementation
             if self.own_attention:
                 self._handles.append(self.body.register_forward_pre_hook(self._ask_for_maps, with_kwargs=True))
                 self._handles.append(self.body.register_forward_hook(self._own_maps))
             else:
-                cell.model.set_attn_implementation(TRACE_IMPL)
+                self._restore.enter_context(attention_implementation(cell.model, TRACE_IMPL))
         except BaseException:
             self._detach()
             raise
@@ -235,10 +233,7 @@ class Recorder:
         if self._token is not None:
             attention.RECORDING.reset(self._token)
             self._token = None
-        if self._hf_model is not None:
-            if self._hf_model.config._attn_implementation != self._old_impl:
-                self._hf_model.set_attn_implementation(self._old_impl)
-            self._hf_model = None
+        self._restore.close()
         self.index = None
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -235,7 +235,8 @@ def test_paired_training_rounds_report_fraction_and_baseline():
     assert out["n_segments"] == 3 and TRAIN_ROUNDS >= 2
     assert out["paired_step_s_p10"] <= out["paired_step_s_median"] <= out["paired_step_s_p90"]
     assert out["paired_plain_s_median"] > 0 and out["paired_plain_speedup_median"] > 0
-    assert out["paired_peak_gflops_median"] > 0 and 0 < out["paired_fraction_median"] < 2
+    # A 64^3 product is no peak: under load the fraction of it can take any positive value.
+    assert out["paired_peak_gflops_median"] > 0 and 0 < out["paired_fraction_median"] < math.inf
     unpaired = WORKLOADS["rmt"](backbone="tiny-bert", tokens=90, segment_size=30, num_mem=4, mode="train")
     assert not any(k.startswith("paired") for k in unpaired)
 

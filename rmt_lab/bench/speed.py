@@ -461,9 +461,16 @@ def speed_markdown(frame: pd.DataFrame) -> str:
 
 def _machine_note(measured: pd.DataFrame) -> str:
     """The CPU and vector width that measured the rows of a table, the matmul peaks and loads they saw."""
-    capability = measured["cpu_capability"] if "cpu_capability" in measured else pd.Series("", index=measured.index)
-    cpus = sorted({f"{cpu} ({cap or 'vector width not recorded'})"
-                   for cpu, cap in zip(measured["cpu"], capability.fillna(""))})
+    def column(name: str) -> pd.Series:
+        return measured[name].fillna("") if name in measured else pd.Series("", index=measured.index)
+
+    def width(cap: str, isa: str) -> str:
+        if not cap:
+            return "vector width not recorded"
+        return f"{cap} kernels on an {isa} CPU" if isa and isa != cap else cap
+
+    cpus = sorted({f"{cpu} ({width(cap, isa)})"
+                   for cpu, cap, isa in zip(measured["cpu"], column("cpu_capability"), column("cpu_isa"))})
     peaks, loads = measured["matmul_peak_gflops"].dropna(), measured["load_avg_1m"].dropna()
     note = f"{', '.join(cpus)}, fp32"
     note += f", matmul peak {peaks.min():,.0f}-{peaks.max():,.0f} GFLOP/s" if len(peaks) else ""

@@ -46,7 +46,7 @@ RESULT_COLUMNS = [  # in this order after the key; NaN where a column does not a
     "paired_backbone_s_p90", "paired_ratio_median", "paired_plain_s_median", "paired_plain_s_p10", "paired_plain_s_p90",
     "paired_plain_speedup_median", "paired_peak_gflops_median", "paired_fraction_median",
     "warmup_s", "reference_mib", "backward_s", "attn_impl", "time_limit_s", "wall_s",
-    "device", "threads", "cpu_capability", "load_avg_1m", "measured_at",
+    "device", "threads", "cpu_capability", "cpu_isa", "load_avg_1m", "measured_at",
 ]
 
 
@@ -126,7 +126,7 @@ def _frame(rows: list[dict], machine: list[str]) -> pd.DataFrame:
     columns = KEY_COLUMNS + optional + columns[len(KEY_COLUMNS):]
     extra = [c for c in frame.columns if c not in columns]  # e.g. memory_shape
     frame = frame[columns + extra]
-    for c in ("status", "reason", "memory_metric", "attn_impl", "device", "cpu_capability", "measured_at"):
+    for c in ("status", "reason", "memory_metric", "attn_impl", "device", "cpu_capability", "cpu_isa", "measured_at"):
         frame[c] = frame[c].fillna("").astype(str)
     return frame
 

@@ -159,9 +159,13 @@ def _common(dev: torch.device) -> dict:
     """Taken right before the measured work: where it runs, and how busy the machine is (times depend on it).
 
     cpu_capability: the vector width torch's CPU kernels were picked for ("AVX512", "AVX2", ...; lowered by
-    ATEN_CPU_CAPABILITY), which moves the matmul peak and the fused kernels' advantage."""
+    ATEN_CPU_CAPABILITY), which moves the matmul peak and the fused kernels' advantage; cpu_isa: the widest
+    the CPU itself has, so a row measured with the width lowered on purpose says so."""
+    isa = ("AVX512" if torch.cpu._is_avx512_supported() else "AVX2" if torch.cpu._is_avx2_supported()
+           else "DEFAULT")
     return {"device": str(dev), "threads": torch.get_num_threads(), "baseline_rss_mib": rss_mib(),
-            "load_avg_1m": os.getloadavg()[0], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "load_avg_1m": os.getloadavg()[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_isa": isa}
 
 
 def _matmul(n: int, dev: torch.device, dtype: torch.dtype, held: list | None = None) -> Callable[[], float]:

@@ -333,3 +333,20 @@ def test_rows_without_a_dropout_column_resume_as_dropout_off(tmp_path):
     speed_sweep(SpeedSweepConfig(**{**TINY, "methods": ("rmt-train",)}, train_batch=2, train_segment_sizes=(499,),
                                  train_dropout=0.1), path, progress=False, runner=runner)
     assert [params["dropout"] for _, params in runner.calls] == [0.1]
+
+
+def test_the_table_heading_says_when_the_vector_width_was_lowered_on_purpose():
+    """A row measured with torch's kernels held below the CPU's own width (ATEN_CPU_CAPABILITY) names both, so an
+    emulated AVX2 table is never read as a measurement of an AVX2-only CPU; older rows without cpu_isa keep theirs."""
+    from rmt_lab.bench.speed import _machine_note
+    import torch
+
+    from rmt_lab.bench.workloads import _common
+
+    assert _common(torch.device("cpu"))["cpu_isa"] in ("AVX512", "AVX2", "DEFAULT")
+    rows = pd.DataFrame({"cpu": ["EPYC"] * 3, "cpu_capability": ["AVX2", "AVX512", "AVX2"],
+                         "cpu_isa": ["AVX512", "AVX512", None], "matmul_peak_gflops": [190.0, 200.0, 195.0],
+                         "load_avg_1m": [0.5, 0.7, 0.6]})
+    note = _machine_note(rows)
+    assert note.startswith("EPYC (AVX2 kernels on an AVX512 CPU), EPYC (AVX2), EPYC (AVX512), fp32")
+    assert "matmul peak 190-200 GFLOP/s" in note

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -157,7 +158,8 @@ def long_accuracy(
 
     Each batch's per-sample outcomes go to their own parquet file in `parts` as soon as the batch is
     done (so a run killed mid-length loses only the batch in flight), with the seconds it took and
-    this process's peak memory so far. `compile`: a torch.compile mode for the backbone
+    this process's peak memory so far, and a line to stderr says so: at millions of tokens a batch
+    runs for an hour, longer than anyone watches a bar that moves once per length. `compile`: a torch.compile mode for the backbone
     (`RecurrentWrapper.compile_backbone`, weights frozen; "" = eager), counted in the first batch's time.
     """
     model = RecurrentWrapper.from_pretrained(checkpoint).eval().merge_adapters()
@@ -184,6 +186,9 @@ def long_accuracy(
             })
             frame["correct"] = frame["label"] == frame["predicted"]
             write_parquet(Path(parts) / f"b{chunk[0]:07d}.parquet", frame)
+            print(f"{task.task}, {task.n_segments:,} segments: batch {start // batch_size + 1} of "
+                  f"{-(-len(indices) // batch_size)} in this process done, {int(frame['correct'].sum())} of "
+                  f"{len(chunk)} right, {seconds:,.0f} s", file=sys.stderr, flush=True)
 
 
 def _followed(segments: Iterator[Segment]) -> Iterator[Segment]:
@@ -253,7 +258,8 @@ def long_evaluation(
             device = f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu"
             result = run_in_process("rmt_lab.train.evaluate:_long_accuracy_part", {
                 "checkpoint": str(checkpoint), "task": t.to_dict(), "indices": mine, "batch_size": batch_size,
-                "parts": str(parts), "split": split, "compile": compile, "device": device, "dtype": dtype})
+                "parts": str(parts), "split": split, "compile": compile, "device": device, "dtype": dtype},
+                inherit_output=True)
             if result["status"] != "ok":
                 raise RuntimeError(f"long evaluation at {n} segments failed: {result['reason']}")
         state.wait_for_everyone()

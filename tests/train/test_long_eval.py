@@ -26,9 +26,11 @@ def _task(n_segments):
     return TaskConfig(task="memorize", segment_size=32, length=n_segments, unit="segments")
 
 
-def test_rows_carry_counts_and_wilson_intervals(run, tmp_path):
+def test_rows_carry_counts_and_wilson_intervals(run, tmp_path, capfd):
     out = tmp_path / "long.parquet"
     table = long_evaluation(stage_checkpoints(run)[2], _task(2), [2, 3], out, n_samples=5, batch_size=2)
+    progress = [line for line in capfd.readouterr().err.splitlines() if "in this process done" in line]
+    assert len(progress) == 6 and progress[2].startswith("memorize, 2 segments: batch 3 of 3 in this process done, ")
     assert table["n_samples"].tolist() == [5, 5]
     assert (table["n_correct"] == (table["accuracy"] * 5).round()).all()
     assert ((table["ci_low"] <= table["accuracy"]) & (table["accuracy"] <= table["ci_high"])).all()

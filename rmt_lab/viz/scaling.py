@@ -146,11 +146,12 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
             mem_ax.text(0.01, 0.06, f"measured: {sources[tasks[0]]}", transform=mem_ax.transAxes, fontsize="small",
                         color="0.35")
     else:  # tasks measured on different devices: CUDA allocations and a process's RSS are not one quantity
-        for task in tasks:
-            last = longest[task]
-            mem_ax.annotate(sources[task] or "source not recorded", (last["tokens"], last["peak_mib"]),
+        for source in dict.fromkeys(sources.values()):  # each named once: tasks sharing one would overprint it
+            sharing = [task for task in tasks if sources[task] == source]
+            last = max((longest[task] for task in sharing), key=lambda row: row["tokens"])
+            mem_ax.annotate(source or "source not recorded", (last["tokens"], last["peak_mib"]),
                             xytext=(0, 5), textcoords="offset points", ha="right", va="bottom", fontsize="x-small",
-                            color=palette[task])
+                            color=palette[sharing[0]] if len(sharing) == 1 else "0.35")
     mem_ax.set_ylim(0, long_eval["peak_mib"].max() * 1.25)
     log_tokens_axis(mem_ax)
     mem_ax.set_xlabel("input length (tokens, log scale)")

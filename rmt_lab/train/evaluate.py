@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -159,8 +160,9 @@ def long_accuracy(
     Each batch's per-sample outcomes go to their own parquet file in `parts` as soon as the batch is
     done (so a run killed mid-length loses only the batch in flight), with the seconds it took and
     this process's peak memory so far, and a line to stderr says so: at millions of tokens a batch
-    runs for an hour, longer than anyone watches a bar that moves once per length. `compile`: a torch.compile mode for the backbone
-    (`RecurrentWrapper.compile_backbone`, weights frozen; "" = eager), counted in the first batch's time.
+    runs for an hour, longer than anyone watches a bar that moves once per length. `compile`: a
+    torch.compile mode for the backbone (`RecurrentWrapper.compile_backbone`, weights frozen; "" =
+    eager), counted in the first batch's time.
     """
     model = RecurrentWrapper.from_pretrained(checkpoint).eval().merge_adapters()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -187,7 +189,7 @@ def long_accuracy(
             frame["correct"] = frame["label"] == frame["predicted"]
             write_parquet(Path(parts) / f"b{chunk[0]:07d}.parquet", frame)
             print(f"{task.task}, {task.n_segments:,} segments: batch {start // batch_size + 1} of "
-                  f"{-(-len(indices) // batch_size)} in this process done, {int(frame['correct'].sum())} of "
+                  f"{math.ceil(len(indices) / batch_size)} in this process done, {int(frame['correct'].sum())} of "
                   f"{len(chunk)} right, {seconds:,.0f} s", file=sys.stderr, flush=True)
 
 

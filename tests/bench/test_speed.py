@@ -338,9 +338,9 @@ def test_rows_without_a_dropout_column_resume_as_dropout_off(tmp_path):
 def test_the_table_heading_says_when_the_vector_width_was_lowered_on_purpose():
     """A row measured with torch's kernels held below the CPU's own width (ATEN_CPU_CAPABILITY) names both, so an
     emulated AVX2 table is never read as a measurement of an AVX2-only CPU; older rows without cpu_isa keep theirs."""
-    from rmt_lab.bench.speed import _machine_note
     import torch
 
+    from rmt_lab.bench.speed import _machine_note
     from rmt_lab.bench.workloads import _common
 
     assert _common(torch.device("cpu"))["cpu_isa"] in ("AVX512", "AVX2", "DEFAULT")

@@ -296,9 +296,8 @@ def _machines(frame: pd.DataFrame) -> str:
     ok = frame[frame["status"] == "ok"]
     if ok.empty:
         return ""
-    capability = ok["cpu_capability"] if "cpu_capability" in ok else pd.Series("", index=ok.index)
-    machines = sorted({f"{cpu}, {cap or 'vector width not recorded'}, {threads} threads"
-                       for cpu, cap, threads in zip(ok["cpu"], capability.fillna(""), ok["torch_threads"])})
+    machines = sorted({f"{cpu}, {width}, {threads} threads"
+                       for cpu, width, threads in zip(ok["cpu"], _vector_widths(ok), ok["torch_threads"])})
     load = ok["load_avg_1m"]
     return (f"\nmeasured on {'; '.join(machines)}; 1-minute load average {load.min():.2f}-{load.max():.2f} "
             "when the measured work began")
@@ -459,18 +458,23 @@ def speed_markdown(frame: pd.DataFrame) -> str:
     return "\n\n".join(parts)
 
 
-def _machine_note(measured: pd.DataFrame) -> str:
-    """The CPU and vector width that measured the rows of a table, the matmul peaks and loads they saw."""
+def _vector_widths(rows: pd.DataFrame) -> list[str]:
+    """Per row, the vector width torch's kernels ran at, and the CPU's own where it was lowered on purpose (rows
+    older than either column say so)."""
     def column(name: str) -> pd.Series:
-        return measured[name].fillna("") if name in measured else pd.Series("", index=measured.index)
+        return rows[name].fillna("") if name in rows else pd.Series("", index=rows.index)
 
     def width(cap: str, isa: str) -> str:
         if not cap:
             return "vector width not recorded"
         return f"{cap} kernels on an {isa} CPU" if isa and isa != cap else cap
 
-    cpus = sorted({f"{cpu} ({width(cap, isa)})"
-                   for cpu, cap, isa in zip(measured["cpu"], column("cpu_capability"), column("cpu_isa"))})
+    return [width(cap, isa) for cap, isa in zip(column("cpu_capability"), column("cpu_isa"))]
+
+
+def _machine_note(measured: pd.DataFrame) -> str:
+    """The CPU and vector width that measured the rows of a table, the matmul peaks and loads they saw."""
+    cpus = sorted({f"{cpu} ({width})" for cpu, width in zip(measured["cpu"], _vector_widths(measured))})
     peaks, loads = measured["matmul_peak_gflops"].dropna(), measured["load_avg_1m"].dropna()
     note = f"{', '.join(cpus)}, fp32"
     note += f", matmul peak {peaks.min():,.0f}-{peaks.max():,.0f} GFLOP/s" if len(peaks) else ""

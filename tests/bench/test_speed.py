@@ -340,7 +340,7 @@ def test_the_table_heading_says_when_the_vector_width_was_lowered_on_purpose():
     emulated AVX2 table is never read as a measurement of an AVX2-only CPU; older rows without cpu_isa keep theirs."""
     import torch
 
-    from rmt_lab.bench.speed import _machine_note
+    from rmt_lab.bench.speed import _machine_note, _machines
     from rmt_lab.bench.workloads import _common
 
     assert _common(torch.device("cpu"))["cpu_isa"] in ("AVX512", "AVX2", "DEFAULT")
@@ -350,3 +350,5 @@ def test_the_table_heading_says_when_the_vector_width_was_lowered_on_purpose():
     note = _machine_note(rows)
     assert note.startswith("EPYC (AVX2 kernels on an AVX512 CPU), EPYC (AVX2), EPYC (AVX512), fp32")
     assert "matmul peak 190-200 GFLOP/s" in note
+    printed = _machines(rows.assign(status="ok", torch_threads=2))  # what `rmt-lab bench speed` prints
+    assert printed.startswith("\nmeasured on EPYC, AVX2 kernels on an AVX512 CPU, 2 threads; EPYC, AVX2, 2 threads; ")

@@ -8,7 +8,8 @@ import platform
 from pathlib import Path
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is often only 'x86_64')."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -24,7 +25,7 @@ def machine_description() -> dict[str, str | int]:
     import transformers
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
@@ -32,6 +33,13 @@ def machine_description() -> dict[str, str | int]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+
+
+def device_name(device: torch.device) -> str:
+    """What computed on `device`: the GPU's name for a CUDA device, else the CPU's model."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def info_report() -> str:
@@ -50,7 +58,7 @@ def info_report() -> str:
         ("transformers", transformers.__version__),
         ("device", "cuda" if torch.cuda.is_available() else "cpu"),
         ("cuda device", cuda),
-        ("cpu", platform.processor() or platform.machine()),
+        ("cpu", cpu_model()),
         ("torch threads", str(torch.get_num_threads())),
         ("backbones", ", ".join(available_backbones())),
     ]

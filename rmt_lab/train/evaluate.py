@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from rmt_lab.bench.machine import device_name
 from rmt_lab.process import peak_rss_mib, run_in_process
 from rmt_lab.io import write_parquet
 from rmt_lab.model import RecurrentWrapper, Segment
@@ -183,8 +184,8 @@ def long_accuracy(
             frame = pd.DataFrame({
                 "index": chunk, "label": [s.label for s in samples], "predicted": predicted,
                 "seconds": seconds / len(chunk),  # each sample's share of its batch
-                "batch_size": len(chunk), "peak_mib": _peak_mib(device), "device": str(device), "compile": compile,
-                "dtype": dtype,
+                "batch_size": len(chunk), "peak_mib": _peak_mib(device), "device": str(device),
+                "hardware": device_name(device), "compile": compile, "dtype": dtype,
             })
             frame["correct"] = frame["label"] == frame["predicted"]
             write_parquet(Path(parts) / f"b{chunk[0]:07d}.parquet", frame)
@@ -313,7 +314,10 @@ def _summary_row(out: Path, task: TaskConfig, trained_segments: int | None) -> d
         "task": task.task, "tokens": task.n_tokens, "n_segments": task.n_segments, "accuracy": k / n,
         "n_correct": k, "n_samples": n, "ci_low": float(low), "ci_high": float(high), "seconds": seconds,
         "tokens_per_s": task.n_tokens * n / seconds,  # per process
-        "peak_mib": float(rows["peak_mib"].max()), "device": device, "compile": str(rows["compile"].iloc[-1]),
+        "peak_mib": float(rows["peak_mib"].max()), "device": device,
+        # the CPU's model or the GPU's name; "" for samples of runs that did not record it
+        "hardware": ",".join(sorted(rows["hardware"].dropna().unique())) if "hardware" in rows else "",
+        "compile": str(rows["compile"].iloc[-1]),
         "dtype": ",".join(sorted(rows["dtype"].unique())),  # one, unless a resumed length changed it
         "processes": int(rows["processes"].max()), "trained_segments": trained_segments,
         "memory_source": "cuda max_memory_allocated" if device.startswith("cuda") else "peak RSS (fresh process)",

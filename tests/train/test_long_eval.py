@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 import pytest
 
+from rmt_lab.bench.machine import cpu_model
 from rmt_lab.cli import main
 from rmt_lab.train.evaluate import long_accuracy, long_evaluation, parts_dir, samples_path, stage_checkpoints
 from rmt_lab.tasks import TaskConfig
@@ -35,6 +36,7 @@ def test_rows_carry_counts_and_wilson_intervals(run, tmp_path, capfd):
     assert (table["n_correct"] == (table["accuracy"] * 5).round()).all()
     assert ((table["ci_low"] <= table["accuracy"]) & (table["accuracy"] <= table["ci_high"])).all()
     assert (table["ci_high"] - table["ci_low"] > 0.3).all()  # 5 samples prove little, and the interval says so
+    assert table["hardware"].tolist() == [cpu_model()] * 2  # speed and peak memory name the CPU they ran on
     samples = pd.read_parquet(samples_path(out))
     assert sorted(samples[samples["n_segments"] == 3]["index"]) == [0, 1, 2, 3, 4]
     assert not parts_dir(out, 2).exists()
@@ -96,6 +98,17 @@ def test_fewer_samples_at_the_longest_lengths(run, tmp_path):
     table = pd.read_parquet(out)
     assert table["tokens"].tolist() == [64, 128, 256] and table["n_samples"].tolist() == [3, 3, 2]
     assert table["trained_segments"].tolist() == [2, 2, 2]
+
+
+def test_samples_that_predate_the_hardware_column_still_summarize(run, tmp_path):
+    out = tmp_path / "old.parquet"
+    long_evaluation(stage_checkpoints(run)[2], _task(2), [2], out, n_samples=2, batch_size=2)
+    old = pd.read_parquet(samples_path(out)).drop(columns="hardware")
+    old.to_parquet(samples_path(out))
+    more = long_evaluation(stage_checkpoints(run)[2], _task(2), [2], out, n_samples=4, batch_size=2)
+    assert more["n_samples"].tolist() == [4] and more["hardware"].tolist() == [cpu_model()]
+    old.to_parquet(samples_path(out))
+    assert long_evaluation(stage_checkpoints(run)[2], _task(2), [2], out, n_samples=2)["hardware"].tolist() == [""]
 
 
 def test_bfloat16_evaluation_is_recorded_as_such(run, tmp_path):

@@ -140,6 +140,15 @@ def _single(results: Path, config: str, key: str) -> tuple[pd.DataFrame | None, 
     return pd.read_parquet(path), []
 
 
+def _long_eval_inputs(results: Path, config: str) -> tuple[pd.DataFrame | None, list[Missing]]:
+    """The runs' long evaluations, with those of runs carried on to longer stages (continued/) beside them."""
+    table, missing = _per_task_table(results, config, "long_eval")
+    runs = [CATALOG["continued_run"].at(results, config=config, task=task) for task in TASK_ORDER]
+    continued = [pd.read_parquet(p) for p in (CATALOG["long_eval"].at(run=run) for run in runs) if p.is_file()]
+    frames = ([table] if table is not None else []) + continued
+    return (pd.concat(frames, ignore_index=True) if frames else None), missing
+
+
 def _ablation_inputs(results: Path, config: str):
     ablation, missing = _per_task_table(results, config, "no_recurrence")
     generalization, more = _per_task_table(results, config, "generalization")
@@ -246,7 +255,7 @@ def _figures() -> list[FigureSpec]:
 
     return [
         FigureSpec("fig1_accuracy_vs_length", "Figure 1: accuracy and memory versus input length",
-                   lambda r, c: _per_task_table(r, c, "long_eval"),
+                   _long_eval_inputs,
                    lambda d: {"fig1_accuracy_vs_length": scaling.plot_long_context(d)}),
         FigureSpec("fig3_flops", "Figure 3: FLOPs versus input length, full attention vs RMT",
                    lambda r, c: _single(r, c, "flops"),

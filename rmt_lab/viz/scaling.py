@@ -103,12 +103,26 @@ def _memory_source(rows: pd.DataFrame) -> str:
     return ", ".join(part for part in parts if part)
 
 
+def _long_context_curves(long_eval: pd.DataFrame) -> list[tuple[str, float | None, pd.DataFrame]]:
+    """(task, trained segments or None, rows) per curve of Figure 1: one per task and training length, so a
+    model carried on to longer stages is drawn beside the one its curriculum ended with."""
+    curves = []
+    for task in ordered_tasks(long_eval["task"]):
+        rows = long_eval[long_eval["task"] == task]
+        groups = rows.groupby("trained_segments", dropna=False) if "trained_segments" in rows else [(None, rows)]
+        for trained, d in groups:
+            curves.append((task, None if pd.isna(trained) else float(trained), d.sort_values("tokens")))
+    return curves
+
+
 @styled
 def plot_long_context(long_eval: pd.DataFrame) -> Figure:
-    """Report Figure 1 from `runs/*/long_eval.parquet`: accuracy versus input length for each task
+    """Report Figure 1 from the runs' long evaluations: accuracy versus input length for each task
     (95% Wilson intervals from the samples per length), and below it the peak memory of each length.
 
-    A dotted line marks the longest input the evaluated model was trained on (`trained_segments`).
+    A task evaluated with models trained on different lengths (`trained_segments`, e.g. a curriculum
+    carried on to longer stages) gets a curve per model, the longer-trained ones dash-dotted with open
+    markers; a dashed vertical line marks each training length.
     """
     require_columns(long_eval, ["task", "tokens", "accuracy", "n_samples", "peak_mib"],
                     "long evaluation table (rmt-lab eval long)")
@@ -117,41 +131,48 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     markers = dict(zip(tasks, "osD^v<>"))
     fig, axes = new_figure(2, 1, figsize=(9.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
     acc_ax, mem_ax = axes[:, 0]
-    longest, sources = {}, {}  # per task: its longest length's row, and what its peak memory measured
-    for task in tasks:
-        d = long_eval[long_eval["task"] == task].sort_values("tokens")
-        longest[task], sources[task] = d.iloc[-1], _memory_source(d)
+    curves = _long_context_curves(long_eval)
+    several = {task for task in tasks if sum(c[0] == task for c in curves) > 1}
+    sources = {}  # per curve label: what its peak memory measured, and its longest length's row
+    for task, trained, d in curves:
+        first = trained is None or trained == min(c[1] for c in curves if c[0] == task and c[1] is not None)
+        label = task_title(task) + (f", trained on {int(trained)} segments" if task in several else "")
+        style = dict(marker=markers[task], color=palette[task], linestyle="-" if first else "-.",
+                     markerfacecolor=None if first else "white", label=label)
+        sources[label] = (_memory_source(d), d.iloc[-1], palette[task])
         lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
-        acc_ax.fill_between(d["tokens"], lo, hi, color=palette[task], alpha=0.15, linewidth=0)
-        acc_ax.plot(d["tokens"], d["accuracy"], marker=markers[task], color=palette[task], label=task_title(task))
-        mem_ax.plot(d["tokens"], d["peak_mib"], marker=markers[task], color=palette[task], label=task_title(task))
+        acc_ax.fill_between(d["tokens"], lo, hi, color=palette[task], alpha=0.15 if first else 0.08, linewidth=0)
+        acc_ax.plot(d["tokens"], d["accuracy"], **style)
+        mem_ax.plot(d["tokens"], d["peak_mib"], **style)
     if {"trained_segments", "n_segments"} <= set(long_eval.columns):
         per_segment = (long_eval["tokens"] / long_eval["n_segments"]).median()
-        for trained in sorted(long_eval["trained_segments"].dropna().unique()):
+        for i, trained in enumerate(sorted(long_eval["trained_segments"].dropna().unique())):
             x = trained * per_segment
             for ax in (acc_ax, mem_ax):
                 ax.axvline(x, color="0.3", linestyle="--", linewidth=1)
-            acc_ax.annotate(f"trained on {int(trained)} segments\n({x:,.0f} tokens)", (x, 0.03),
+            acc_ax.annotate(f"trained on {int(trained)} segments\n({x:,.0f} tokens)", (x, 0.03 + 0.2 * i),
                             xycoords=("data", "axes fraction"), xytext=(4, 0), textcoords="offset points",
                             fontsize="small", color="0.3")
     acc_ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
     acc_ax.set_ylim(0, 1.04)
     acc_ax.set_ylabel("accuracy")
     acc_ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
-    acc_ax.set_title("Accuracy versus input length: one model per task, evaluated far past its training length",
+    acc_ax.set_title("Accuracy versus input length: each model evaluated far past its training length",
                      fontsize="medium")
     mem_ax.set_ylabel("peak memory (MiB)")
-    if len(set(sources.values())) == 1:
-        if sources[tasks[0]]:
-            mem_ax.text(0.01, 0.06, f"measured: {sources[tasks[0]]}", transform=mem_ax.transAxes, fontsize="small",
+    measures = {source for source, _, _ in sources.values()}
+    if len(measures) == 1:
+        if measures != {""}:
+            mem_ax.text(0.01, 0.06, f"measured: {measures.pop()}", transform=mem_ax.transAxes, fontsize="small",
                         color="0.35")
-    else:  # tasks measured on different devices: CUDA allocations and a process's RSS are not one quantity
-        for source in dict.fromkeys(sources.values()):  # each named once: tasks sharing one would overprint it
-            sharing = [task for task in tasks if sources[task] == source]
-            last = max((longest[task] for task in sharing), key=lambda row: row["tokens"])
+    else:  # curves measured on different devices: CUDA allocations and a process's RSS are not one quantity
+        for source in dict.fromkeys(source for source, _, _ in sources.values()):  # each named once
+            sharing = [v for v in sources.values() if v[0] == source]
+            last = max((row for _, row, _ in sharing), key=lambda row: row["tokens"])
+            color = sharing[0][2] if len({tuple(c) for _, _, c in sharing}) == 1 else "0.35"
             mem_ax.annotate(source or "source not recorded", (last["tokens"], last["peak_mib"]),
                             xytext=(0, 5), textcoords="offset points", ha="right", va="bottom", fontsize="x-small",
-                            color=palette[sharing[0]] if len(sharing) == 1 else "0.35")
+                            color=color)
     mem_ax.set_ylim(0, long_eval["peak_mib"].max() * 1.25)
     log_tokens_axis(mem_ax)
     mem_ax.set_xlabel("input length (tokens, log scale)")

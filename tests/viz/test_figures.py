@@ -61,6 +61,20 @@ def test_long_context_accuracy_and_memory_panels():
     assert trained and trained[0].get_xdata()[0] == pytest.approx(7 * 499)
 
 
+def test_long_context_draws_a_curve_per_training_length_of_a_task():
+    table = helpers.long_eval_table()
+    longer = table[table["task"] == "detect_memorize"].assign(trained_segments=32, accuracy=0.95)
+    acc, _ = data_axes(plot_long_context(pd.concat([table, longer], ignore_index=True)))
+    legend = [t.get_text() for t in acc.get_legend().get_texts()]
+    assert legend[1:3] == ["Detect & Memorize, trained on 7 segments", "Detect & Memorize, trained on 32 segments"]
+    assert "Memorize" in legend  # a task with one model keeps its plain name
+    curves = {line.get_label(): line for line in acc.get_lines()}
+    assert curves[legend[2]].get_linestyle() == "-." and np.allclose(curves[legend[2]].get_ydata(), 0.95)
+    assert curves[legend[1]].get_linestyle() == "-"
+    trained = [line.get_xdata()[0] for line in acc.get_lines() if line.get_linestyle() == "--"]
+    assert trained == pytest.approx([7 * 499, 32 * 499])
+
+
 def test_long_context_names_each_tasks_memory_measure_when_they_differ():
     table = helpers.long_eval_table()
     texts = lambda fig: [t.get_text() for t in data_axes(fig)[1].texts]  # noqa: E731

@@ -127,3 +127,19 @@ def test_memory_size_sweep_joins_the_main_run_at_the_sweep_length(tmp_path):
     assert not missing and sorted(zip(table["num_mem_tokens"], table["tokens"])) == [(2, 128_000), (4, 128_000)]
     report = render_figures(results, tmp_path / "figures", only=["memory_size_sweep"], formats=("png",))
     assert [p.name for p in report[0].files] == ["memory_size_sweep.png"] and report[0].config == "quick"
+
+
+def test_figure_1_draws_runs_carried_on_to_longer_stages_beside_their_runs(tmp_path):
+    import pandas as pd
+
+    from rmt_lab.viz.results import _long_eval_inputs
+
+    results = tmp_path / "results"
+    for folder, trained in ((results / "runs" / "quick-detect_memorize", 7),
+                            (results / "continued" / "quick-detect_memorize", 32)):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"task": {"task": "detect_memorize"}}))
+        pd.DataFrame({"task": "detect_memorize", "tokens": [16_000, 32_000], "accuracy": 0.5, "n_samples": 8,
+                      "trained_segments": trained, "peak_mib": 600.0}).to_parquet(folder / "long_eval.parquet")
+    table, _ = _long_eval_inputs(results, "quick")
+    assert sorted(table["trained_segments"].unique()) == [7, 32] and len(table) == 4

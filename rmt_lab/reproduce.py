@@ -239,7 +239,8 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                                          f"curriculum.min_steps={s.continued_steps}",
                                          f"curriculum.max_steps={s.continued_steps}",
                                          f"optim.batch_size={s.continued_batch}", "run.eval_every=50",
-                                         f"name={run.name}-continued"]},
+                                         # a step of 16 samples through 32 segments holds 18 GB without it
+                                         "run.gradient_checkpointing=true", f"name={run.name}-continued"]},
                           [stage], [final(task)], resume={"resume": True}, resume_from=run / "checkpoints",
                           clean=run / "checkpoints", group="continue"))
         steps.append(Step(f"long evaluation {task} trained on to {stages[-1]} segments", "eval_long",

@@ -133,7 +133,7 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     acc_ax, mem_ax = axes[:, 0]
     curves = _long_context_curves(long_eval)
     several = {task for task in tasks if sum(c[0] == task for c in curves) > 1}
-    sources = {}  # per curve label: what its peak memory measured, and its longest length's row
+    sources = {}  # per curve label: what its peak memory measured, its longest length's row, its colour
     for task, trained, d in curves:
         first = trained is None or trained == min(c[1] for c in curves if c[0] == task and c[1] is not None)
         label = task_title(task) + (f", trained on {int(trained)} segments" if task in several else "")

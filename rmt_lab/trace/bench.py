@@ -104,8 +104,8 @@ def segment_overhead(backbone: str = "minilm", n_pairs: int = 30, segment_size: 
     """Per-segment cost of recording, paired segment by segment inside one recording: each segment runs
     once through the hooked cell with the recorded attention and once through `cell.forward` (no hooks)
     with the model's own attention restored (sdpa's numbers in inference), in alternating order. Drift
-    in machine load then hits both halves of a pair alike; the median pair ratio is reported. Per-recording costs (entering, writing tables) are left
-    out: they do not grow with the input."""
+    in machine load then hits both halves of a pair alike; the median pair ratio is reported.
+    Per-recording costs (entering, writing tables) are left out: they do not grow with the input."""
     plain, traced = [], []
     with _torch_threads(threads) as used:
         model = _bench_model(backbone, num_mem_tokens, segment_size, seed)

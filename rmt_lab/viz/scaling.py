@@ -133,13 +133,13 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     acc_ax, mem_ax = axes[:, 0]
     curves = _long_context_curves(long_eval)
     several = {task for task in tasks if sum(c[0] == task for c in curves) > 1}
-    sources = {}  # per curve label: what its peak memory measured, its longest length's row, its colour
+    sources = {}  # per curve label: what its peak memory measured, its longest length's row, its task
     for task, trained, d in curves:
         first = trained is None or trained == min(c[1] for c in curves if c[0] == task and c[1] is not None)
         label = task_title(task) + (f", trained on {int(trained)} segments" if task in several else "")
         style = dict(marker=markers[task], color=palette[task], linestyle="-" if first else "-.",
                      markerfacecolor=None if first else "white", label=label)
-        sources[label] = (_memory_source(d), d.iloc[-1], palette[task])
+        sources[label] = (_memory_source(d), d.iloc[-1], task)
         lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
         acc_ax.fill_between(d["tokens"], lo, hi, color=palette[task], alpha=0.15 if first else 0.08, linewidth=0)
         acc_ax.plot(d["tokens"], d["accuracy"], **style)
@@ -169,7 +169,8 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
         for source in dict.fromkeys(source for source, _, _ in sources.values()):  # each named once
             sharing = [v for v in sources.values() if v[0] == source]
             last = max((row for _, row, _ in sharing), key=lambda row: row["tokens"])
-            color = sharing[0][2] if len({tuple(c) for _, _, c in sharing}) == 1 else "0.35"
+            shared_by = {task for _, _, task in sharing}
+            color = palette[shared_by.pop()] if len(shared_by) == 1 else "0.35"
             mem_ax.annotate(source or "source not recorded", (last["tokens"], last["peak_mib"]),
                             xytext=(0, 5), textcoords="offset points", ha="right", va="bottom", fontsize="x-small",
                             color=color)

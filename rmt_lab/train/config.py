@@ -156,12 +156,19 @@ class ExperimentConfig:
         return to_dict(self)
 
     def experiment_difference(self, other: ExperimentConfig) -> str | None:
-        """The first setting in which `other` runs another experiment, or None; execution settings are ignored."""
+        """The first setting in which `other` runs another experiment, or None; execution settings are ignored.
+
+        Stages appended after all of `other`'s are no difference: a finished curriculum carried on to longer
+        stages trains the same stages first, so it resumes in its own folder.
+        """
         from rmt_lab.train.checkpoint import first_difference
 
         mine, theirs = self.to_dict(), other.to_dict()
         for key in RunConfig.EXECUTION:
             mine["run"].pop(key), theirs["run"].pop(key)
+        done = theirs["curriculum"]["stages"]
+        if mine["curriculum"]["stages"][: len(done)] == done:
+            theirs["curriculum"]["stages"] = mine["curriculum"]["stages"]
         return None if mine == theirs else first_difference(mine, theirs)
 
     @classmethod

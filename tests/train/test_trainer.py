@@ -53,6 +53,20 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     assert whole[cols].equals(resumed[cols])
 
 
+def test_finished_run_carries_on_to_appended_stages(tmp_path):
+    run_experiment(tiny_experiment(stages=(1, 2), max_steps=4), tmp_path / "run", callbacks=[])
+    first = load_file(str(tmp_path / "run" / "checkpoints" / "stage-2" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"another config \(curriculum.stages"):
+        run_experiment(tiny_experiment(stages=(1, 3), max_steps=4), tmp_path / "run", resume=True, callbacks=[])
+    longer = run_experiment(tiny_experiment(stages=(1, 2, 3), max_steps=4), tmp_path / "run", resume=True,
+                            callbacks=[])
+    assert sorted(longer[longer.kind == "train"].groupby("stage").n_segments.first()) == [1, 2, 3]
+    assert len(longer[(longer.kind == "train") & (longer.n_segments == 3)]) == 2  # 4 steps, logged every 2
+    kept = load_file(str(tmp_path / "run" / "checkpoints" / "stage-2" / "model.safetensors"))
+    assert all(torch.equal(first[k], kept[k]) for k in first)  # the stages already trained are not redone
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["curriculum"]["stages"] == [1, 2, 3]
+
+
 class _StageStart(Callback):
     def __init__(self):
         self.weights = {}

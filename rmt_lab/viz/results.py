@@ -158,18 +158,27 @@ def _ablation_inputs(results: Path, config: str):
 
 
 def _fact_position_inputs(results: Path, config: str):
-    """Each run's per-sample long evaluation, with where each sample's facts sit (regenerated from its config)."""
+    """Each run's per-sample long evaluation, with where each sample's facts sit (regenerated from its config)
+    and the training length of the model (from the run's table of lengths); runs carried on to longer stages
+    (continued/) beside the others."""
     from rmt_lab.train import ExperimentConfig
     from rmt_lab.train.evaluate import with_fact_positions
 
-    frames, missing = [], []
-    for task, run in run_folders(results, config).items():
-        path = CATALOG["long_eval_samples"].at(run=run)
+    runs = run_folders(results, config)
+    missing = [Missing(str(CATALOG["long_eval_samples"].at(run=run)), _command("long_eval", results, config, run=run))
+               for run in runs.values() if not CATALOG["long_eval_samples"].at(run=run).is_file()]
+    continued = [CATALOG["continued_run"].at(results, config=config, task=task) for task in TASK_ORDER]
+    frames = []
+    for run in [*runs.values(), *continued]:
+        path, lengths = CATALOG["long_eval_samples"].at(run=run), CATALOG["long_eval"].at(run=run)
         if not path.is_file():
-            missing.append(Missing(str(path), _command("long_eval", results, config, run=run)))
             continue
         experiment = ExperimentConfig.from_dict(json.loads((run / "config.json").read_text()))
-        frames.append(with_fact_positions(pd.read_parquet(path).assign(task=task), experiment.task))
+        samples = with_fact_positions(pd.read_parquet(path).assign(task=experiment.task.task), experiment.task)
+        if lengths.is_file() and "trained_segments" in (table := pd.read_parquet(lengths)):
+            # only the lengths whose evaluation finished, as Figure 1 draws them
+            samples = samples.merge(table[["tokens", "trained_segments"]], on="tokens", how="inner")
+        frames.append(samples)
     return (pd.concat(frames, ignore_index=True) if frames else None), missing
 
 

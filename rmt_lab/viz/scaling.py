@@ -290,7 +290,8 @@ FACT_QUARTERS = ("first quarter", "second quarter", "third quarter", "last quart
 @styled
 def plot_accuracy_by_fact_position(samples: pd.DataFrame) -> Figure:
     """Long-input accuracy versus input length, one line per quarter of the input in which the sample's
-    last fact sits (95% Wilson intervals), a panel per task whose facts move (`with_fact_positions` rows).
+    last fact sits (95% Wilson intervals), a panel per task whose facts move (`with_fact_positions` rows),
+    and per training length (`trained_segments`) where a task has models trained on several.
 
     A model that forgets loses the early facts first; one whose memory drifts out of the states it was
     trained from over long noise fails on the late facts, however close to the question."""
@@ -299,11 +300,18 @@ def plot_accuracy_by_fact_position(samples: pd.DataFrame) -> Figure:
     moving = [t for t in ordered_tasks(samples["task"]) if samples.loc[samples["task"] == t, "last_fact_segment"].any()]
     if not moving:
         raise ValueError("every fact sits in the first segment (memorize): there is no position to split by")
-    fig, axes = new_figure(1, len(moving), figsize=(5.2 * len(moving), 4.2), sharey=True)
+    trained = samples["trained_segments"] if "trained_segments" in samples else pd.Series(float("nan"), samples.index)
+    panels = []
+    for task in moving:
+        lengths = trained[samples["task"] == task]
+        panels += [(task, n) for n in sorted(lengths.dropna().unique())] + ([(task, None)] if lengths.isna().any() else [])
+    several = {task for task in moving if sum(p[0] == task for p in panels) > 1}
+    fig, axes = new_figure(1, len(panels), figsize=(5.2 * len(panels), 4.2), sharex=True, sharey=True)
     quarter = (4 * samples["last_fact_segment"] // samples["n_segments"]).clip(0, 3)
     palette = colors(4)
-    for ax, task in zip(axes[0], moving):
-        d = samples[samples["task"] == task].assign(quarter=quarter)
+    for ax, (task, n) in zip(axes[0], panels):
+        chosen = (samples["task"] == task) & (trained.isna() if n is None else trained == n)
+        d = samples[chosen].assign(quarter=quarter)
         table = d.groupby(["quarter", "tokens"])["correct"].agg(["mean", "size"]).reset_index()
         for q, rows in table.groupby("quarter"):
             lo, hi = wilson_interval(rows["mean"], rows["size"])
@@ -312,7 +320,8 @@ def plot_accuracy_by_fact_position(samples: pd.DataFrame) -> Figure:
                     label=f"fact in the {FACT_QUARTERS[q]}")
         ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
         per_point = table["size"]
-        ax.set_title(f"{task_title(task)} ({int(per_point.min())}-{int(per_point.max())} samples a point)",
+        model = f", trained on {int(n)} segments" if task in several else ""
+        ax.set_title(f"{task_title(task)}{model}\n({int(per_point.min())}-{int(per_point.max())} samples a point)",
                      fontsize="medium")
         log_tokens_axis(ax)
         ax.set_xlabel("input length (tokens, log scale)")

@@ -153,6 +153,19 @@ def test_accuracy_by_fact_position_one_line_per_quarter_and_a_panel_per_moving_t
         plot_accuracy_by_fact_position(pd.DataFrame(rows[-1:]))
 
 
+def test_accuracy_by_fact_position_a_panel_per_training_length():
+    rows = [{"task": "detect_memorize", "tokens": 16_000, "n_segments": 250, "last_fact_segment": last,
+             "correct": trained == 32 or last > 125, "trained_segments": trained}
+            for trained in (7, 32) for last in range(0, 250, 10)]
+    rows += [{"task": "reasoning", "tokens": 16_000, "n_segments": 250, "last_fact_segment": 3, "correct": False,
+              "trained_segments": 7}]
+    axes = data_axes(plot_accuracy_by_fact_position(pd.DataFrame(rows)))
+    assert [ax.get_title().split("\n")[0] for ax in axes] == [
+        "Detect & Memorize, trained on 7 segments", "Detect & Memorize, trained on 32 segments", "Reasoning"]
+    early = [[line.get_ydata()[0] for line in ax.get_lines() if line.get_marker() == "o"][0] for ax in axes[:2]]
+    assert early == [0, 1]  # the 7-segment model lost the facts of the first quarter, the 32-segment one kept them
+
+
 def test_training_curves():
     fig = plot_training_curves(helpers.metrics_table())
     loss, acc = data_axes(fig)

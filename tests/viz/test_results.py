@@ -143,3 +143,24 @@ def test_figure_1_draws_runs_carried_on_to_longer_stages_beside_their_runs(tmp_p
                       "trained_segments": trained, "peak_mib": 600.0}).to_parquet(folder / "long_eval.parquet")
     table, _ = _long_eval_inputs(results, "quick")
     assert sorted(table["trained_segments"].unique()) == [7, 32] and len(table) == 4
+
+
+def test_fact_positions_read_runs_carried_on_to_longer_stages_with_their_training_length(tmp_path):
+    import pandas as pd
+
+    from rmt_lab.viz.results import _fact_position_inputs
+    from tests.train.helpers import tiny_experiment
+
+    results = tmp_path / "results"
+    config = tiny_experiment(task="detect_memorize").to_dict()
+    for folder, trained in ((results / "runs" / "quick-detect_memorize", 7),
+                            (results / "continued" / "quick-detect_memorize", 32)):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(config))
+        pd.DataFrame({"index": range(4), "n_segments": 8, "tokens": 128, "correct": True}).to_parquet(
+            folder / "long_eval_samples.parquet")
+        pd.DataFrame({"task": "detect_memorize", "tokens": [128], "trained_segments": trained}).to_parquet(
+            folder / "long_eval.parquet")
+    samples, missing = _fact_position_inputs(results, "quick")
+    assert not missing and samples.groupby("trained_segments").size().to_dict() == {7: 4, 32: 4}
+    assert samples["last_fact_segment"].between(0, 7).all() and (samples["task"] == "detect_memorize").all()

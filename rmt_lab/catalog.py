@@ -7,8 +7,9 @@ Paths are templates under the results folder (default data/results/); `{config}-
 
     runs/{config}-{task}/                    config.json, metrics.parquet, checkpoints/stage-N/ (train)
     {run}/generalization.parquet             eval_generalization    Figure 5
-    {run}/long_eval.parquet                  eval_long              Figure 1, memory-size sweep
+    {run}/long_eval.parquet                  eval_long              Figure 1, memory-size sweep, training length
     {run}/long_eval_samples.parquet          eval_long              accuracy by fact position
+    {run}/long_eval_stage{stage}.parquet     eval_long --stage N    training length (an earlier stage's model)
     {run}/no_recurrence.parquet              eval_ablation          the control without recurrence
     sweeps/memory/{config}-{task}-m{memory}/ a run with `memory` memory tokens, evaluated at one length
     continued/{config}-{task}/               a run carrying a finished curriculum on to longer stages
@@ -48,7 +49,8 @@ CATALOG: dict[str, ResultFile] = {r.key: r for r in (
     ResultFile("generalization", "{run}/generalization.parquet", "eval_generalization",
                ("fig5_generalization", "ablation_no_recurrence")),
     ResultFile("long_eval", "{run}/long_eval.parquet", "eval_long",
-               ("fig1_accuracy_vs_length", "memory_size_sweep")),
+               ("fig1_accuracy_vs_length", "memory_size_sweep", "training_length")),
+    ResultFile("long_eval_stage", "{run}/long_eval_stage{stage}.parquet", "eval_long", ("training_length",)),
     ResultFile("long_eval_samples", "{run}/long_eval_samples.parquet", "eval_long", ("fact_position",)),
     ResultFile("no_recurrence", "{run}/no_recurrence.parquet", "eval_ablation",
                ("ablation_no_recurrence",)),

@@ -149,6 +149,30 @@ def _long_eval_inputs(results: Path, config: str) -> tuple[pd.DataFrame | None, 
     return (pd.concat(frames, ignore_index=True) if frames else None), missing
 
 
+def _training_length_inputs(results: Path, config: str) -> tuple[pd.DataFrame | None, list[Missing]]:
+    """Every long evaluation of each task's models: the run's, its continued run's, and those of the continued
+    run's earlier stages (`eval long --stage N --out <run>/long_eval_stageN.parquet`); one table per model."""
+    frames, pattern = [], Path(CATALOG["long_eval_stage"].path.format(run="", stage="*")).name
+    for task in TASK_ORDER:
+        run, continued = run_folder(results, config, task), CATALOG["continued_run"].at(results, config=config,
+                                                                                          task=task)
+        stages = sorted(p for p in continued.glob(pattern) if p.stem.removeprefix("long_eval_stage").isdigit())
+        for path in [CATALOG["long_eval"].at(run=run), CATALOG["long_eval"].at(run=continued), *stages]:
+            if path.is_file():
+                frames.append(pd.read_parquet(path).assign(task=task))
+    if not frames:
+        # Named as the two commands that make a second model of a task: its curriculum carried on further.
+        run, continued = (run_folder(results, config, "<task>"),
+                          CATALOG["continued_run"].at(results, config=config, task="<task>"))
+        make = (command_line("train", {"config": config, "task": "<task>", "run_dir": str(continued),
+                                       "overrides": [f"init={run}/checkpoints/stage-<N>",
+                                                     "curriculum.stages=[<longer stages>]"]})
+                + " && " + command_line("eval long", {"run_dir": str(continued)}))
+        return None, [Missing(str(CATALOG["long_eval"].at(run=continued)), make)]
+    table = pd.concat(frames, ignore_index=True)
+    return table.drop_duplicates(["task", "trained_segments", "tokens"]), []
+
+
 def _ablation_inputs(results: Path, config: str):
     ablation, missing = _per_task_table(results, config, "no_recurrence")
     generalization, more = _per_task_table(results, config, "generalization")
@@ -276,6 +300,9 @@ def _figures() -> list[FigureSpec]:
         FigureSpec("fact_position", "Long-input accuracy by where the fact sits",
                    _fact_position_inputs,
                    lambda d: {"fact_position": scaling.plot_accuracy_by_fact_position(d)}),
+        FigureSpec("training_length", "Long-input accuracy of each task's models by training length",
+                   _training_length_inputs,
+                   lambda d: {"training_length": scaling.plot_accuracy_by_training_length(d)}),
         FigureSpec("ablation_no_recurrence", "Control: the last stage's model without recurrence",
                    _ablation_inputs, lambda d: {"ablation_no_recurrence": training.plot_recurrence_ablation(*d)}),
         FigureSpec("memory_size_sweep", "Accuracy at one long length versus memory size",

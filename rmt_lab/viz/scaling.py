@@ -6,6 +6,8 @@
   RMT on the same OPT model, two panels (up to 32,000 tokens, and 32,000 to 2,048,000).
 - `plot_accuracy_by_fact_position`: Figure 1's long-input accuracy split by where the fact sits in the
   input, which tells forgetting (early facts lost) from failing to write (late facts never stored).
+- `plot_accuracy_by_training_length`: Figure 1's long-input accuracy for each model of a task, one curve per
+  training length (a curriculum carried on to longer stages), to show the horizon each stage buys.
 - `plot_measured_memory`: measured peak memory and throughput versus length, RMT against full
   attention on the same backbone, forward and training step (where full attention runs out).
 """
@@ -17,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from rmt_lab.stats import wilson_interval
-from rmt_lab.viz.style import CHANCE_STYLE, colors, log_tokens_axis, new_figure, plain_log_axis, styled
+from rmt_lab.viz.style import CHANCE_STYLE, colors, log_tokens_axis, new_figure, ordered_colors, plain_log_axis, styled
 from rmt_lab.viz.tables import N_CLASSES, ordered_tasks, require_columns, task_title
 
 # The models the report draws in Figure 3.
@@ -177,6 +179,48 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     mem_ax.set_ylim(0, long_eval["peak_mib"].max() * 1.25)
     log_tokens_axis(mem_ax)
     mem_ax.set_xlabel("input length (tokens, log scale)")
+    return fig
+
+
+@styled
+def plot_accuracy_by_training_length(long_eval: pd.DataFrame) -> Figure:
+    """Long-input accuracy versus input length for each model of a task, one curve per training length
+    (`trained_segments`: the curriculum's last stage, or a stage it was carried on to), 95% Wilson intervals,
+    a panel per task with more than one model and a dashed line where each model's training ended.
+
+    It shows how far past its training length a model holds a fact: the horizon each longer stage buys."""
+    require_columns(long_eval, ["task", "tokens", "n_segments", "accuracy", "n_samples", "trained_segments"],
+                    "long evaluation tables of models trained on different lengths (rmt-lab eval long)")
+    tasks = [t for t in ordered_tasks(long_eval["task"])
+             if long_eval.loc[long_eval["task"] == t, "trained_segments"].nunique() > 1]
+    if not tasks:
+        raise ValueError("every task has models of one training length: nothing to compare")
+    fig, axes = new_figure(1, len(tasks), figsize=(7.5 * len(tasks), 4.6), sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        rows = long_eval[long_eval["task"] == task]
+        per_segment = (rows["tokens"] / rows["n_segments"]).median()
+        lengths = sorted(rows["trained_segments"].unique())
+        palette = ordered_colors(len(lengths))
+        for color, trained in zip(palette, lengths):
+            d = rows[rows["trained_segments"] == trained].sort_values("tokens")
+            lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
+            if len(d) > 1:
+                ax.fill_between(d["tokens"], lo, hi, color=color, alpha=0.15, linewidth=0)
+            else:  # a band needs two lengths: the interval of a single one as a bar
+                ax.vlines(d["tokens"], lo, hi, color=color, alpha=0.5, linewidth=3)
+            least, most = int(d["n_samples"].min()), int(d["n_samples"].max())
+            samples = f"{least}" if least == most else f"{least}-{most}"
+            ax.plot(d["tokens"], d["accuracy"], marker="o", color=color,
+                    label=f"trained on {int(trained)} segments ({samples} samples a point)")
+            ax.axvline(trained * per_segment, color=color, linestyle="--", linewidth=1.2)
+        ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
+        ax.set_title(f"{task_title(task)}: dashed lines mark each model's training length", fontsize="medium")
+        log_tokens_axis(ax)
+        ax.set_xlabel("input length (tokens, log scale)")
+        ax.set_ylim(0, 1.04)
+        ax.legend(loc="lower left", fontsize="small")
+    axes[0, 0].set_ylabel("accuracy")
+    fig.suptitle("How far past its training length each model holds the fact", fontsize="medium")
     return fig
 
 

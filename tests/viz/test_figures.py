@@ -7,8 +7,9 @@ from matplotlib.figure import Figure
 
 from rmt_lab.viz import (
     TableError, memory_projection, plot_flops, plot_generalization, plot_generalization_heatmap, plot_long_context,
-    plot_accuracy_by_fact_position, plot_measured_memory, plot_memory_size_sweep, plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile,
-    plot_recurrence_ablation, plot_training_curves, plot_write_precision, save_figure,
+    plot_accuracy_by_fact_position, plot_accuracy_by_training_length, plot_measured_memory, plot_memory_size_sweep,
+    plot_memory_trajectory, plot_probe_accuracy, plot_read_write_profile, plot_recurrence_ablation,
+    plot_training_curves, plot_write_precision, save_figure,
 )
 from rmt_lab.stats import wilson_interval
 from rmt_lab.viz.scaling import REPORT_OPT_MODELS
@@ -164,6 +165,26 @@ def test_accuracy_by_fact_position_a_panel_per_training_length():
         "Detect & Memorize, trained on 7 segments", "Detect & Memorize, trained on 32 segments", "Reasoning"]
     early = [[line.get_ydata()[0] for line in ax.get_lines() if line.get_marker() == "o"][0] for ax in axes[:2]]
     assert early == [0, 1]  # the 7-segment model lost the facts of the first quarter, the 32-segment one kept them
+
+
+def test_accuracy_by_training_length_a_curve_per_model_of_tasks_with_several():
+    rows = [{"task": "detect_memorize", "tokens": tokens, "n_segments": tokens // 64, "accuracy": acc,
+             "n_samples": 64, "trained_segments": trained}
+            for trained, points in ((7, {16_000: 0.8, 32_000: 0.6}), (32, {16_000: 1.0, 32_000: 0.98}),
+                                    (64, {2_048_000: 0.875}))
+            for tokens, acc in points.items()]
+    rows.append({"task": "memorize", "tokens": 16_000, "n_segments": 250, "accuracy": 1.0, "n_samples": 64,
+                 "trained_segments": 7})  # one model only: no panel
+    (ax,) = data_axes(plot_accuracy_by_training_length(pd.DataFrame(rows)))
+    curves = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert [tuple(line.get_ydata()) for line in curves] == [(0.8, 0.6), (1.0, 0.98), (0.875,)]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:3] == ["trained on 7 segments (64 samples a point)", "trained on 32 segments (64 samples a point)",
+                          "trained on 64 segments (64 samples a point)"]
+    trained_at = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert trained_at == [7 * 64, 32 * 64, 64 * 64]  # where each model's training ended, in tokens
+    with pytest.raises(ValueError, match="models of one training length"):
+        plot_accuracy_by_training_length(pd.DataFrame(rows[-1:]))
 
 
 def test_training_curves():

@@ -164,3 +164,23 @@ def test_fact_positions_read_runs_carried_on_to_longer_stages_with_their_trainin
     samples, missing = _fact_position_inputs(results, "quick")
     assert not missing and samples.groupby("trained_segments").size().to_dict() == {7: 4, 32: 4}
     assert samples["last_fact_segment"].between(0, 7).all() and (samples["task"] == "detect_memorize").all()
+
+
+def test_training_length_reads_every_model_of_a_task(tmp_path):
+    import pandas as pd
+
+    from rmt_lab.viz.results import _training_length_inputs
+
+    results = tmp_path / "results"
+    run, continued = results / "runs" / "quick-detect_memorize", results / "continued" / "quick-detect_memorize"
+    for folder in (run, continued):
+        folder.mkdir(parents=True)
+    assert _training_length_inputs(results, "quick")[0] is None  # nothing evaluated: the command that makes it
+    for path, trained in ((run / "long_eval.parquet", 7), (continued / "long_eval.parquet", 32),
+                          (continued / "long_eval_stage16.parquet", 16)):
+        pd.DataFrame({"tokens": [16_000], "n_segments": 250, "accuracy": 0.5, "n_samples": 8,
+                      "trained_segments": trained}).to_parquet(path)
+    pd.DataFrame({"index": [0]}).to_parquet(continued / "long_eval_stage16_samples.parquet")  # not a table of lengths
+    table, missing = _training_length_inputs(results, "quick")
+    assert not missing and sorted(table["trained_segments"]) == [7, 16, 32]
+    assert (table["task"] == "detect_memorize").all()

@@ -154,7 +154,7 @@ SETTINGS = {
         eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
         memory_sweep=(1, 2, 5, 20), trace_maps={"layers": [5], "map_dtype": "float16"},
         # Its stage-7 model fails to store a fact that arrives after hundreds of noise segments: longer stages.
-        continued={"detect_memorize": (8, 16, 32)},
+        continued={"detect_memorize": (8, 16, 32, 64)},
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,

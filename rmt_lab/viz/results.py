@@ -140,10 +140,15 @@ def _single(results: Path, config: str, key: str) -> tuple[pd.DataFrame | None, 
     return pd.read_parquet(path), []
 
 
+def _continued_runs(results: Path, config: str) -> dict[str, Path]:
+    """The folder (continued/) where each task's run is carried on to longer stages, whether it exists or not."""
+    return {task: CATALOG["continued_run"].at(results, config=config, task=task) for task in TASK_ORDER}
+
+
 def _long_eval_inputs(results: Path, config: str) -> tuple[pd.DataFrame | None, list[Missing]]:
     """The runs' long evaluations, with those of runs carried on to longer stages (continued/) beside them."""
     table, missing = _per_task_table(results, config, "long_eval")
-    runs = [CATALOG["continued_run"].at(results, config=config, task=task) for task in TASK_ORDER]
+    runs = _continued_runs(results, config).values()
     continued = [pd.read_parquet(p) for p in (CATALOG["long_eval"].at(run=run) for run in runs) if p.is_file()]
     frames = ([table] if table is not None else []) + continued
     return (pd.concat(frames, ignore_index=True) if frames else None), missing
@@ -153,9 +158,8 @@ def _training_length_inputs(results: Path, config: str) -> tuple[pd.DataFrame | 
     """Every long evaluation of each task's models: the run's, its continued run's, and those of the continued
     run's earlier stages (`eval long --stage N --out <run>/long_eval_stageN.parquet`); one table per model."""
     frames, pattern = [], Path(CATALOG["long_eval_stage"].path.format(run="", stage="*")).name
-    for task in TASK_ORDER:
-        run, continued = run_folder(results, config, task), CATALOG["continued_run"].at(results, config=config,
-                                                                                          task=task)
+    for task, continued in _continued_runs(results, config).items():
+        run = run_folder(results, config, task)
         stages = sorted(p for p in continued.glob(pattern) if p.stem.removeprefix("long_eval_stage").isdigit())
         for path in [CATALOG["long_eval"].at(run=run), CATALOG["long_eval"].at(run=continued), *stages]:
             if path.is_file():
@@ -191,9 +195,8 @@ def _fact_position_inputs(results: Path, config: str):
     runs = run_folders(results, config)
     missing = [Missing(str(CATALOG["long_eval_samples"].at(run=run)), _command("long_eval", results, config, run=run))
                for run in runs.values() if not CATALOG["long_eval_samples"].at(run=run).is_file()]
-    continued = [CATALOG["continued_run"].at(results, config=config, task=task) for task in TASK_ORDER]
     frames = []
-    for run in [*runs.values(), *continued]:
+    for run in [*runs.values(), *_continued_runs(results, config).values()]:
         path, lengths = CATALOG["long_eval_samples"].at(run=run), CATALOG["long_eval"].at(run=run)
         if not path.is_file():
             continue

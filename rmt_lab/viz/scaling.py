@@ -348,7 +348,8 @@ def plot_accuracy_by_fact_position(samples: pd.DataFrame) -> Figure:
     panels = []
     for task in moving:
         lengths = trained[samples["task"] == task]
-        panels += [(task, n) for n in sorted(lengths.dropna().unique())] + ([(task, None)] if lengths.isna().any() else [])
+        panels += [(task, n) for n in sorted(lengths.dropna().unique())]
+        panels += [(task, None)] if lengths.isna().any() else []
     several = {task for task in moving if sum(p[0] == task for p in panels) > 1}
     fig, axes = new_figure(1, len(panels), figsize=(5.2 * len(panels), 4.2), sharex=True, sharey=True)
     quarter = (4 * samples["last_fact_segment"] // samples["n_segments"]).clip(0, 3)

@@ -302,7 +302,8 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="print the steps, their commands and whether each is done")
     p.add_argument("--adopt", action="store_true",
                    help="record the models that steps' existing outputs were made from (results made by running "
-                        "a step's command by hand), so that a clone judges them by content, not file times")
+                        "a step's command by hand), so that a clone judges them by content, not file times; "
+                        "outputs whose model is gone are kept, and the model is not remade for them")
 
 
 def _run_reproduce(args: argparse.Namespace) -> int | None:

@@ -5,7 +5,9 @@ and the files it makes, at the paths of `rmt_lab.catalog`. A step
 whose files all exist, newer than the checkpoint it reads, is skipped (make's rule): an interrupted
 reproduction continues where it stopped (a training run cut off mid-way resumes from its last
 checkpoint), a retrained model has its evaluations redone, and results that need no model (the
-committed benchmarks under data/results/bench/) are reused. `--force NAME` redoes steps.
+committed benchmarks under data/results/bench/) are reused. A model not kept with the results (a
+sweep's checkpoints) is not retrained while every evaluation made from it is done and recorded, as make
+leaves an intermediate file unmade (`not_needed`). `--force NAME` redoes steps.
 
 Three plans:
   quick  the `quick` training config on the three tasks, their generalization matrices, the long
@@ -310,6 +312,11 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                     echo(f"[{i}/{len(steps)}] {step.name}: done already ({', '.join(str(p) for p in step.outputs)})")
                     log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
                     board.finish(step.name)
+                elif not forced and not_needed(step, steps, records, results, force):
+                    echo(f"[{i}/{len(steps)}] {step.name}: not needed (every step reading "
+                         f"{', '.join(str(p) for p in step.outputs)} is done)")
+                    log.append({"step": step.name, "status": "not needed", "seconds": 0.0})
+                    board.finish(step.name)
                 else:
                     group.append((i, step, forced))
             if not group:
@@ -472,6 +479,19 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def not_needed(step: Step, steps: Sequence[Step], records: dict, results: Path, force: Sequence[str] = ()) -> bool:
+    """make's rule for intermediate files: a step whose outputs are all gone need not run while every step
+    that reads them is done, has a record of what it was made from, and is not forced. A model not kept with
+    the results (a sweep's checkpoints, 5 MB each) is then not retrained for evaluations already made from
+    it; a reader without a record (results copied in, never adopted) still has its model remade."""
+    if not step.outputs or any(p.exists() for p in step.outputs):
+        return False
+    readers = [s for s in steps if any(p in s.inputs for p in step.outputs)]
+    return bool(readers) and all(
+        r.key(results) in records and r.done(records, results) and not any(r.name.startswith(f) for f in force)
+        for r in readers)
+
+
 def made_from(results: Path) -> dict[str, dict[str, str]]:
     """{step: {input: digest}} recorded under `results` when each step last succeeded."""
     path = results / MADE_FROM
@@ -479,11 +499,13 @@ def made_from(results: Path) -> dict[str, dict[str, str]]:
 
 
 def adopt(steps: Sequence[Step], results: str | Path) -> list[Step]:
-    """Record, for each step whose outputs and inputs all exist and that has no record, its inputs here now
-    as what the outputs were made from: for results made by running a step's command by hand. Returns them."""
+    """Record, for each step that reads inputs, whose outputs all exist and that has no record, its inputs here
+    now as what the outputs were made from: for results made by running a step's command by hand. An input
+    that is gone (a model not kept) is left out of the record: the outputs stand until it is remade, which
+    makes them stale. Returns the steps recorded."""
     results = Path(results)
     records = made_from(results)
-    adopted = [s for s in steps if s.inputs and s.outputs and all(p.exists() for p in [*s.outputs, *s.inputs])
+    adopted = [s for s in steps if s.inputs and s.outputs and all(p.exists() for p in s.outputs)
                and s.key(results) not in records]
     for step in adopted:
         records[step.key(results)] = step.input_digests(results)
@@ -496,8 +518,12 @@ def step_lines(steps: Sequence[Step], results: str | Path) -> list[str]:
     """A line per step: its number, name, whether it is done in `results`, and the command that runs it."""
     results = Path(results)
     records = made_from(results)
-    return [f"[{i}/{len(steps)}] {step.name} ({'done' if step.done(records, results) else 'to do'}): "
-            f"{step.command()}" for i, step in enumerate(steps, 1)]
+    def state(step: Step) -> str:
+        if step.done(records, results):
+            return "done"
+        return "not needed" if not_needed(step, steps, records, results) else "to do"
+
+    return [f"[{i}/{len(steps)}] {step.name} ({state(step)}): {step.command()}" for i, step in enumerate(steps, 1)]
 
 
 def recompute(results: str | Path = "data/results", figures: str | Path = "figures") -> int:

@@ -309,3 +309,43 @@ def test_a_long_evaluation_is_done_only_when_it_reaches_its_last_length(tmp_path
     assert not step.done()
     table.assign(n_samples=table["n_samples"] - 1).to_parquet(step.outputs[0])  # a sample short everywhere
     assert not step.done()
+
+
+def test_a_model_not_kept_is_not_remade_for_evaluations_recorded_from_it(tmp_path, capsys):
+    from rmt_lab.reproduce import step_lines
+
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    reproduce(steps, results=results, run=Recorder(steps), echo=lambda s: None)
+    train = next(s for s in steps if s.name == "train memorize")
+    readers = [s for s in steps if train.outputs[0] in s.inputs]
+    assert readers
+    train.outputs[0].unlink()  # the checkpoint is not kept with the results
+    assert "train memorize (not needed)" in "\n".join(step_lines(steps, results))
+    again = Recorder(steps)
+    reproduce(steps, results=results, run=again, echo=lambda s: None)
+    assert again.calls == [call(next(s for s in steps if s.name == "figures"))]
+    forced = Recorder(steps)  # an evaluation redone needs its model: make's rule, as for a missing file
+    reproduce(steps, force=[readers[0].name], results=results, run=forced, echo=lambda s: None)
+    assert call(train, resume=True) in forced.calls and call(readers[0]) in forced.calls
+
+
+def test_adopting_results_whose_model_is_gone_keeps_them_until_it_is_remade(tmp_path, capsys):
+    from rmt_lab.reproduce import made_from, step_lines
+
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    gen = next(s for s in steps if s.name == "generalization memorize")
+    train = next(s for s in steps if s.name == "train memorize")
+    gen.outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    gen.outputs[0].write_bytes(b"made by hand")  # its model was not kept
+    assert "train memorize (to do)" in "\n".join(step_lines(steps, results))
+    assert main(["reproduce", "--quick", "--adopt", "--results", str(results)]) == 0
+    assert "generalization memorize" in capsys.readouterr().out
+    assert made_from(results)[gen.key(results)] == {}
+    lines = "\n".join(step_lines(steps, results))
+    # the other evaluations of the same model were never made: the model is still needed for them
+    assert "generalization memorize (done)" in lines and "train memorize (to do)" in lines
+    train.outputs[0].mkdir(parents=True)
+    (train.outputs[0] / "model.safetensors").write_bytes(b"retrained")
+    assert not gen.done(made_from(results), results)  # a remade model makes the kept results stale

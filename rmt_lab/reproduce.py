@@ -134,10 +134,13 @@ class PlanSettings:
     sweep_tokens: int = SWEEP_TOKENS  # the one long length each memory size is evaluated at (a length of the main runs)
     long_samples_from: tuple[int, int] | None = None  # (tokens, samples): fewer samples at this length and above
     # Curricula carried on past the last stage from the final model (ExperimentConfig.init), per task: the
-    # stages, each `continued_steps` steps of `continued_batch` samples.
+    # stages, each `continued_steps` steps of `continued_batch` samples at a peak lr of `continued_lr`: the
+    # model already solves the task, and half the curriculum's batch at reasoning's lr of 1e-3 risks the
+    # collapse that lr gave in its stage 7.
     continued: dict[str, tuple[int, ...]] = field(default_factory=dict)
     continued_steps: int = 100
     continued_batch: int = 16
+    continued_lr: float = 3e-4
     # Full maps the reasoning trace keeps ({} = every layer, float32). A 6-layer, 12-head model's maps of 8 samples
     # are 55 MB in float32: its last layer (where memory writes facts and the answer reads) in float16 is 4.5 MB.
     trace_maps: dict[str, Any] = field(default_factory=dict)
@@ -155,8 +158,8 @@ SETTINGS = {
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
         eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
         memory_sweep=(1, 2, 5, 20), trace_maps={"layers": [5], "map_dtype": "float16"},
-        # Its stage-7 model fails to store a fact that arrives after hundreds of noise segments: longer stages.
-        continued={"detect_memorize": (8, 16, 32, 64)},
+        # Their stage-7 models do not hold a fact over hundreds of noise segments: longer stages.
+        continued={"detect_memorize": (8, 16, 32, 64), "reasoning": (8, 16, 32)},
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,
@@ -240,7 +243,8 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                            "overrides": [f"init={final(task)}", f"curriculum.stages={list(stages)}",
                                          f"curriculum.min_steps={s.continued_steps}",
                                          f"curriculum.max_steps={s.continued_steps}",
-                                         f"optim.batch_size={s.continued_batch}", "run.eval_every=50",
+                                         f"optim.batch_size={s.continued_batch}", f"optim.lr={s.continued_lr}",
+                                         "run.eval_every=50",
                                          # a step of 16 samples through 32 segments holds 18 GB without it
                                          "run.gradient_checkpointing=true", f"name={run.name}-continued"]},
                           [stage], [final(task)], resume={"resume": True}, resume_from=run / "checkpoints",

@@ -217,6 +217,8 @@ def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
     assert continued.outputs[0].name == "stage-64" and continued.arguments["run_dir"].endswith(
         "continued/base-detect_memorize")
     assert steps["long evaluation detect_memorize trained on to 64 segments"].inputs == continued.outputs
+    reasoning = steps["train reasoning on to 32 segments"]
+    assert reasoning.inputs == steps["train reasoning"].outputs and "optim.lr=0.0003" in reasoning.arguments["overrides"]
 
 
 def test_adopting_hand_made_results_records_their_models(tmp_path, capsys):

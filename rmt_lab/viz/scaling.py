@@ -154,7 +154,10 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
                 ax.axvline(x, color="0.3", linestyle="--", linewidth=1)
             acc_ax.annotate(f"trained on {int(trained)} segments\n({x:,.0f} tokens)", (x, 0.03 + 0.2 * i),
                             xycoords=("data", "axes fraction"), xytext=(4, 0), textcoords="offset points",
-                            fontsize="small", color="0.3")
+                            fontsize="small", color="0.3",
+                            # on a light box under the curves: legible where no curve crosses, hiding no point
+                            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none",
+                                  "alpha": 0.8}, zorder=1.5)
     acc_ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
     acc_ax.set_ylim(0, 1.04)
     acc_ax.set_ylabel("accuracy")

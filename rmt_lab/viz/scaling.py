@@ -199,12 +199,14 @@ def plot_accuracy_by_training_length(long_eval: pd.DataFrame) -> Figure:
     if not tasks:
         raise ValueError("every task has models of one training length: nothing to compare")
     fig, axes = new_figure(1, len(tasks), figsize=(7.5 * len(tasks), 4.6), sharey=True)
+    # one colour per training length across the panels, so that panels compare at a glance
+    every_length = sorted(long_eval.loc[long_eval["task"].isin(tasks), "trained_segments"].unique())
+    color_of = dict(zip(every_length, ordered_colors(len(every_length))))
     for ax, task in zip(axes[0], tasks):
         rows = long_eval[long_eval["task"] == task]
         per_segment = (rows["tokens"] / rows["n_segments"]).median()
-        lengths = sorted(rows["trained_segments"].unique())
-        palette = ordered_colors(len(lengths))
-        for color, trained in zip(palette, lengths):
+        for trained in sorted(rows["trained_segments"].unique()):
+            color = color_of[trained]
             d = rows[rows["trained_segments"] == trained].sort_values("tokens")
             lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
             if len(d) > 1:

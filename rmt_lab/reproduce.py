@@ -17,9 +17,10 @@ Three plans:
          generalization on 1..15 segments at 128 samples a cell, long evaluation of every task to
          2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there), the
          no-recurrence control on 1..7 segments, a memory-size sweep (memorize trained with 1, 2, 5
-         and 20 memory tokens besides 10, each evaluated at 128,000 tokens), evaluations in bf16
-         autocast, trace, probe, figures: many hours on 2 CPU cores; every step resumes where it
-         stopped.
+         and 20 memory tokens besides 10, each evaluated at 128,000 tokens), detect_memorize and
+         reasoning carried on to longer stages (to 64 and 32 segments) and evaluated again,
+         evaluations in bf16 autocast, trace, probe, figures: many hours on 2 CPU cores; every step
+         resumes where it stopped.
   paper  the report's setup (`paper` config on the pretrained MiniLM, 3000 steps per stage,
          256 samples per point, long evaluation to 2,043,904 tokens on every task); meant for a GPU.
 The seconds each step took are written to <results>/reproduce.json.

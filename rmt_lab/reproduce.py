@@ -312,7 +312,7 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
             # Decided when the group starts, after the steps before it made the models it reads.
             group = []
             for i, step in candidates:
-                forced = any(step.name.startswith(f) for f in force)
+                forced = is_forced(step, force)
                 if step.done(records, results) and not forced:
                     echo(f"[{i}/{len(steps)}] {step.name}: done already ({', '.join(str(p) for p in step.outputs)})")
                     log.append({"step": step.name, "status": "skipped", "seconds": 0.0})
@@ -484,6 +484,11 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_forced(step: Step, force: Sequence[str]) -> bool:
+    """Whether `--force` names the step: by a prefix of its name ('train', 'long evaluation memorize')."""
+    return any(step.name.startswith(f) for f in force)
+
+
 def not_needed(step: Step, steps: Sequence[Step], records: dict, results: Path, force: Sequence[str] = ()) -> bool:
     """make's rule for intermediate files: a step whose outputs are all gone need not run while every step
     that reads them is done, has a record of what it was made from, and is not forced. A model not kept with
@@ -493,8 +498,7 @@ def not_needed(step: Step, steps: Sequence[Step], records: dict, results: Path, 
         return False
     readers = [s for s in steps if any(p in s.inputs for p in step.outputs)]
     return bool(readers) and all(
-        r.key(results) in records and r.done(records, results) and not any(r.name.startswith(f) for f in force)
-        for r in readers)
+        r.key(results) in records and r.done(records, results) and not is_forced(r, force) for r in readers)
 
 
 def made_from(results: Path) -> dict[str, dict[str, str]]:

@@ -18,6 +18,7 @@ import torch
 from rmt_lab.model import RecurrentWrapper
 from rmt_lab.tasks import TaskConfig, TaskGenerator, iter_batch_segments
 from rmt_lab.tasks.registry import PLACES
+from rmt_lab.train.evaluate import compute_dtype
 
 
 def places_in(text: str) -> list[str]:
@@ -30,7 +31,7 @@ def main(checkpoint: str, out: str, segments: int = 7, samples: int = 1024) -> N
     model = RecurrentWrapper.from_pretrained(checkpoint).eval().merge_adapters()
     gen = TaskGenerator(task)
     rows = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), compute_dtype(torch.device("cpu"), "bfloat16"):
         for start in range(0, samples, 64):
             batch = [gen.sample("test", i) for i in range(start, min(samples, start + 64))]
             predicted = model.stream(iter_batch_segments(batch), n_segments=segments).logits.argmax(-1).tolist()

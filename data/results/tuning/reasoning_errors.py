@@ -2,13 +2,16 @@
 
 Usage: python data/results/tuning/reasoning_errors.py CHECKPOINT OUT.parquet [SEGMENTS] [SAMPLES]
 
-Streams SAMPLES test samples of SEGMENTS segments (defaults 7 and 1024; the task settings of the run
-folder holding CHECKPOINT) through the model in bf16 autocast and writes one row per sample: label,
+Streams SAMPLES test samples of `reasoning` with SEGMENTS segments (defaults 7 and 1024; the other task
+settings of the run folder holding CHECKPOINT) through the model in bf16 autocast and writes one row per sample: label,
 prediction, the segment of each fact and of the fact the question asks about, and what a wrong answer
-names ("the other fact's place", "the asked place" or "a place not stated").
+names ("the other fact's place", "the asked place" or "a place not stated"), and the two features that
+decide whether naming the right fact is enough: whether the facts' directions are opposite (north and
+south of the same centre: one axis, two signs) and whether the question asks for the centre.
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,16 +21,27 @@ import torch
 from rmt_lab.model import RecurrentWrapper
 from rmt_lab.tasks import TaskConfig, TaskGenerator, iter_batch_segments
 from rmt_lab.tasks.registry import PLACES
+from rmt_lab.tasks.report import OPPOSITE
 from rmt_lab.train.evaluate import compute_dtype
+
+RELATION = re.compile(r"The (\w+) is (\w+) of the (\w+)\.")
 
 
 def places_in(text: str) -> list[str]:
     return [p for p in PLACES if p in text]
 
 
+def directions_from_centre(facts: list[str]) -> tuple[str, list[str]]:
+    """The centre both facts relate to, and each fact's direction read as "place is d of centre"."""
+    (a1, d1, b1), (a2, d2, b2) = (RELATION.fullmatch(f).groups() for f in facts)
+    centre = ({a1, b1} & {a2, b2}).pop()
+    return centre, [d if b == centre else OPPOSITE[d] for a, d, b in ((a1, d1, b1), (a2, d2, b2))]
+
+
 def main(checkpoint: str, out: str, segments: int = 7, samples: int = 1024) -> None:
     run = Path(checkpoint).parent.parent
-    task = TaskConfig(**{**json.loads((run / "config.json").read_text())["task"], "length": segments})
+    settings = json.loads((run / "config.json").read_text())["task"]
+    task = TaskConfig(**{**settings, "task": "reasoning", "length": segments})
     model = RecurrentWrapper.from_pretrained(checkpoint).eval().merge_adapters()
     gen = TaskGenerator(task)
     rows = []
@@ -41,11 +55,14 @@ def main(checkpoint: str, out: str, segments: int = 7, samples: int = 1024) -> N
                 asked = next(k for k, f in enumerate(s.facts) if asked_place in f.text and s.answer in f.text)
                 stated = set(places_in(s.facts[0].text) + places_in(s.facts[1].text))
                 wrong = PLACES[p]
+                centre, (d1, d2) = directions_from_centre([f.text for f in s.facts])
                 rows.append({
                     "index": s.index, "label": s.label, "predicted": p, "correct": p == s.label,
                     "fact_segments": [f.segments[0] for f in s.facts], "asked_fact": asked,
                     "asked_fact_segment": s.facts[asked].segments[0],
                     "other_fact_segment": s.facts[1 - asked].segments[0],
+                    "opposite_directions": d2 == OPPOSITE[d1], "asks_centre": s.answer == centre,
+                    "asked_fact_flipped": not s.facts[asked].text.endswith(f"the {centre}."),
                     "wrong_answer": None if p == s.label else
                     "the asked place" if wrong == asked_place else
                     "the other fact's place" if wrong in stated else "a place not stated",
@@ -54,6 +71,7 @@ def main(checkpoint: str, out: str, segments: int = 7, samples: int = 1024) -> N
     frame.to_parquet(out)
     print(f"{frame['correct'].sum()} of {len(frame)} right; wrong answers: "
           f"{frame['wrong_answer'].value_counts().to_dict()}")
+    print(frame.groupby(["opposite_directions", "asks_centre"])["correct"].agg(["mean", "count"]))
 
 
 if __name__ == "__main__":

@@ -33,9 +33,15 @@ class TaskConfig:
     # refuses an object, since a saved config must say which tokenizer made its samples and an object built in
     # memory has no name to load it by again: save it and pass its folder.
     tokenizer: Any = None
+    # None: every episode; else one of the task's named subsets (`TaskSpec.subsets`), e.g. the reasoning
+    # samples whose facts lie on one axis, to teach or measure one sort of sample on its own.
+    subset: str | None = None
 
     def __post_init__(self) -> None:
-        get_task(self.task)  # unknown names fail listing the available tasks
+        spec = get_task(self.task)  # unknown names fail listing the available tasks
+        if self.subset is not None and self.subset not in spec.subsets:
+            raise ConfigError(f"TaskConfig.subset={self.subset!r} is not a subset of task {self.task!r}; allowed "
+                              f"values: {[None, *sorted(spec.subsets)]}")
         if isinstance(self.tokenizer, os.PathLike):
             object.__setattr__(self, "tokenizer", os.fspath(self.tokenizer))  # a path is saved as its text
         tok = self.tokenizer

@@ -29,6 +29,7 @@ class Episode:
     facts: tuple[str, ...]
     question: str
     answer: str
+    kinds: frozenset[str] = frozenset()  # what sort of episode this is, for TaskSpec.subsets
 
     @property
     def label(self) -> int:
@@ -43,6 +44,9 @@ class TaskSpec:
     # "first": the fact opens the input (memorize); "random": each fact opens an independently
     # chosen segment (detect & memorize, reasoning).
     fact_segment: ClassVar[Literal["first", "random"]]
+    # Named subsets of the task's episodes (name -> the kinds an episode must all have), so that a run can
+    # train or be measured on one sort of sample: `TaskConfig.subset`.
+    subsets: ClassVar[dict[str, frozenset[str]]] = {}
 
     def episode(self, rng: np.random.Generator) -> Episode:
         raise NotImplementedError

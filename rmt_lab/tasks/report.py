@@ -57,28 +57,45 @@ class Reasoning(TaskSpec):
     Each fact is stated either way round ("The P0 is opposite(d) of the P1." says the same). The
     question targets one fact and asks for one of its places in one of four phrasings; d1 != d2
     keeps every answer unique (two places both north of P0 would make "What is north of P0?" moot).
+
+    When d2 is opposite(d1) and the question asks for P1 or P2 (1 sample in 6), the facts lie on one
+    axis and the answer is a parity of three bits: whether the question's direction word is the
+    fact's, whether the fact is stated from P0 or from its place, and which question form asks. No
+    bit or pair of bits says anything about the answer, so gradient descent on the whole task gets no
+    foothold there (the base models answer it at chance). The subsets give the bits one at a time:
+    `match` (one bit: the word), `flips` (two: the word and the order a fact is stated in), `hard` (all
+    three) and `opposite` (those plus the opposite-direction questions for P0).
     """
 
     n_facts = 2
     fact_segment = "random"
+    subsets = {
+        "opposite": frozenset({"opposite"}),
+        "hard": frozenset({"opposite", "asks_place"}),
+        "flips": frozenset({"opposite", "asks_place", "direction_question"}),
+        "match": frozenset({"opposite", "asks_place", "direction_question", "stated_from_centre"}),
+    }
 
     def episode(self, rng: np.random.Generator) -> Episode:
         center, *others = (PLACES[i] for i in rng.permutation(len(PLACES))[:3])
         d1 = int(rng.integers(4))
         d2 = (d1 + 1 + int(rng.integers(3))) % 4  # any direction but d1
-        facts = []
+        facts, flips = [], []
         for place, d in zip(others, (DIRECTIONS[d1], DIRECTIONS[d2])):
-            flip = bool(rng.integers(2))
-            facts.append(_relation(center, OPPOSITE[d], place) if flip else _relation(place, d, center))
+            flips.append(bool(rng.integers(2)))
+            facts.append(_relation(center, OPPOSITE[d], place) if flips[-1] else _relation(place, d, center))
         target = int(rng.integers(2))
         place, d = others[target], DIRECTIONS[(d1, d2)[target]]  # "place is d of center"
+        form = int(rng.integers(4))
         question, answer = [
             (f"What is {d} of the {center}?", place),
             (f"What is the {center} {OPPOSITE[d]} of?", place),
             (f"What is {OPPOSITE[d]} of the {place}?", center),
             (f"What is the {place} {d} of?", center),
-        ][int(rng.integers(4))]
-        return Episode(tuple(facts), question, answer)
+        ][form]
+        kinds = {"opposite": (d2 - d1) % 4 == 2, "asks_place": answer != center,
+                 "direction_question": form in (0, 2), "stated_from_centre": not any(flips)}
+        return Episode(tuple(facts), question, answer, frozenset(k for k, v in kinds.items() if v))
 
     def fact_texts(self) -> tuple[str, ...]:
         return tuple(

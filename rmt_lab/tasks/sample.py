@@ -231,6 +231,9 @@ class TaskGenerator:
         plan_seed, noise_seed = np.random.SeedSequence(c.seed, spawn_key=(SPLIT_CODES[split], int(index))).spawn(2)
         rng = np.random.Generator(np.random.PCG64(plan_seed))
         episode = self.spec.episode(rng)
+        if c.subset is not None:  # rejection sampling keeps each subset's episodes phrased as the whole task's
+            while not self.spec.subsets[c.subset] <= episode.kinds:
+                episode = self.spec.episode(rng)
         fact_ids = [self._ids[f] for f in episode.facts]
         question_ids = self._ids[episode.question]
         noise_len = c.n_tokens - len(question_ids) - sum(len(f) for f in fact_ids)

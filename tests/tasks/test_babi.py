@@ -88,3 +88,43 @@ def test_reasoning_uses_all_phrasings_and_the_report_example_is_solvable():
     assert questions == {"What is D of the P?", "What is the P D of?"}
     facts = ["The hallway is east of the bathroom.", "The bedroom is west of the bathroom."]
     assert solve(facts, "What is the bathroom east of?") == "bedroom"
+
+
+def reasoning_traits(facts, question, answer):
+    """What makes a reasoning sample hard, read from its text apart from the generator's own kinds."""
+    (a1, d1, b1), (a2, d2, b2) = (RELATION.match(f).groups() for f in facts)
+    centre = ({a1, b1} & {a2, b2}).pop()
+    from_centre = [d if b == centre else OPPOSITE[d] for a, d, b in ((a1, d1, b1), (a2, d2, b2))]
+    return {"opposite": from_centre[1] == OPPOSITE[from_centre[0]], "asks_place": answer != centre,
+            "direction_question": bool(ASK_WHAT_IS_D_OF_X.match(question)),
+            "stated_from_centre": b1 == b2 == centre}
+
+
+def test_reasoning_subsets_hold_only_their_kind_and_the_whole_task_is_unchanged(make_generator):
+    wanted = {"opposite": {"opposite"}, "hard": {"opposite", "asks_place"},
+              "flips": {"opposite", "asks_place", "direction_question"},
+              "match": {"opposite", "asks_place", "direction_question", "stated_from_centre"}}
+    whole = make_generator(task="reasoning", segment_size=48, length=1)
+    seen = collections.Counter()
+    for index in range(600):
+        s = whole.sample("train", index)
+        traits = reasoning_traits([f.text for f in s.facts], s.question.text, s.answer)
+        seen.update(name for name, need in wanted.items() if all(traits[t] for t in need))
+    # Shares in the whole task: 1/3 opposite, half of those ask for a place, half of those by direction,
+    # a quarter of those with both facts stated from the centre.
+    assert 170 < seen["opposite"] < 230 and 70 < seen["hard"] < 130 and 30 < seen["flips"] < 70, seen
+    for name, need in wanted.items():
+        gen = make_generator(task="reasoning", segment_size=48, length=1, subset=name)
+        samples = [gen.sample("train", i) for i in range(200)]
+        for s in samples:
+            traits = reasoning_traits([f.text for f in s.facts], s.question.text, s.answer)
+            assert all(traits[t] for t in need), (name, s.facts, s.question.text)
+            assert solve([f.text for f in s.facts], s.question.text) == s.answer
+        if name != "match":  # the subsets above it keep some of each trait they do not fix
+            assert {reasoning_traits([f.text for f in s.facts], s.question.text, s.answer)["stated_from_centre"]
+                    for s in samples} == {True, False}
+    # The whole task's samples are those every committed result was made from.
+    first = whole.sample("test", 0)
+    assert ([f.text for f in first.facts], first.question.text, first.answer) == (
+        ["The bedroom is south of the kitchen.", "The bathroom is south of the bedroom."],
+        "What is north of the bathroom?", "bedroom")

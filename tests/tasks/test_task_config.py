@@ -34,6 +34,11 @@ def test_round_trips_through_a_dict():
         ({"segment_size": True}, r"segment_size=True must be a positive integer"),
         ({"seed": -1}, r"seed=-1 must be a non-negative integer"),
         ({"task": "memorize", "placement": "sentence"}, r"does not apply to task 'memorize'.*detect_memorize"),
+        ({"task": "memorize", "subset": "hard"}, r"subset='hard' is not a subset of task 'memorize'; allowed values: "
+                                                 r"\[None\]"),
+        ({"task": "reasoning", "subset": "easy"},
+         r"subset='easy' is not a subset of task 'reasoning'; allowed values: \[None, 'flips', 'hard', 'match', "
+         r"'opposite'\]"),
     ],
 )
 def test_bad_values_name_the_value_and_the_allowed_ones(kwargs, message):

@@ -2,12 +2,13 @@
 
 Usage: python data/results/tuning/reasoning_errors.py CHECKPOINT OUT.parquet [SEGMENTS] [SAMPLES]
 
-Streams SAMPLES test samples of `reasoning` with SEGMENTS segments (defaults 7 and 1024; the other task
-settings of the run folder holding CHECKPOINT) through the model in bf16 autocast and writes one row per sample: label,
-prediction, the segment of each fact and of the fact the question asks about, and what a wrong answer
-names ("the other fact's place", "the asked place" or "a place not stated"), and the two features that
-decide whether naming the right fact is enough: whether the facts' directions are opposite (north and
-south of the same centre: one axis, two signs) and whether the question asks for the centre.
+Streams SAMPLES test samples of the whole `reasoning` task with SEGMENTS segments (defaults 7 and 1024;
+the other task settings of the run folder holding CHECKPOINT) through the model in bf16 autocast and
+writes one row per sample: label, prediction, the segment of each fact and of the fact the question asks
+about, what a wrong answer names ("the other fact's place", "the asked place" or "a place not stated"),
+and the two features that decide whether naming the right fact is enough: whether the facts' directions
+are opposite (north and south of the same centre: one axis, two signs) and whether the question asks for
+the centre.
 """
 
 import json
@@ -41,7 +42,7 @@ def directions_from_centre(facts: list[str]) -> tuple[str, list[str]]:
 def main(checkpoint: str, out: str, segments: int = 7, samples: int = 1024) -> None:
     run = Path(checkpoint).parent.parent
     settings = json.loads((run / "config.json").read_text())["task"]
-    task = TaskConfig(**{**settings, "task": "reasoning", "length": segments})
+    task = TaskConfig(**{**settings, "task": "reasoning", "subset": None, "length": segments})
     model = RecurrentWrapper.from_pretrained(checkpoint).eval().merge_adapters()
     gen = TaskGenerator(task)
     rows = []

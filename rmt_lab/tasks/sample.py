@@ -90,6 +90,7 @@ class Sample:
     question: Span  # always the last tokens of the sample
     answer: str  # text answer, for decoder models
     label: int  # index of `answer` in PLACES, for classification
+    kinds: frozenset[str]  # the episode's kinds (TaskSpec.subsets), for analyses by sort of sample
     n_tokens: int
     segment_size: int
     _layout: _Layout = field(repr=False)
@@ -256,6 +257,7 @@ class TaskGenerator:
             question=Span(episode.question, tuple(map(int, question_ids)), c.n_tokens - len(question_ids), size),
             answer=episode.answer,
             label=PLACES.index(episode.answer),
+            kinds=episode.kinds,
             n_tokens=c.n_tokens,
             segment_size=size,
             _layout=layout,

@@ -12,7 +12,6 @@ the centre.
 """
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -22,21 +21,11 @@ import torch
 from rmt_lab.model import RecurrentWrapper
 from rmt_lab.tasks import TaskConfig, TaskGenerator, iter_batch_segments
 from rmt_lab.tasks.registry import PLACES
-from rmt_lab.tasks.report import OPPOSITE
 from rmt_lab.train.evaluate import compute_dtype
-
-RELATION = re.compile(r"The (\w+) is (\w+) of the (\w+)\.")
 
 
 def places_in(text: str) -> list[str]:
     return [p for p in PLACES if p in text]
-
-
-def directions_from_centre(facts: list[str]) -> tuple[str, list[str]]:
-    """The centre both facts relate to, and each fact's direction read as "place is d of centre"."""
-    (a1, d1, b1), (a2, d2, b2) = (RELATION.fullmatch(f).groups() for f in facts)
-    centre = ({a1, b1} & {a2, b2}).pop()
-    return centre, [d if b == centre else OPPOSITE[d] for a, d, b in ((a1, d1, b1), (a2, d2, b2))]
 
 
 def main(checkpoint: str, out: str, segments: int = 7, samples: int = 1024) -> None:
@@ -54,15 +43,15 @@ def main(checkpoint: str, out: str, segments: int = 7, samples: int = 1024) -> N
                 asked_place = places_in(s.question.text)[0]
                 # the question is about the fact naming both the place it asks about and the answer
                 asked = next(k for k, f in enumerate(s.facts) if asked_place in f.text and s.answer in f.text)
-                stated = set(places_in(s.facts[0].text) + places_in(s.facts[1].text))
+                first, second = (set(places_in(f.text)) for f in s.facts)
+                stated, centre = first | second, (first & second).pop()  # the centre is in both facts
                 wrong = PLACES[p]
-                centre, (d1, d2) = directions_from_centre([f.text for f in s.facts])
                 rows.append({
                     "index": s.index, "label": s.label, "predicted": p, "correct": p == s.label,
                     "fact_segments": [f.segments[0] for f in s.facts], "asked_fact": asked,
                     "asked_fact_segment": s.facts[asked].segments[0],
                     "other_fact_segment": s.facts[1 - asked].segments[0],
-                    "opposite_directions": d2 == OPPOSITE[d1], "asks_centre": s.answer == centre,
+                    "opposite_directions": "opposite" in s.kinds, "asks_centre": "asks_place" not in s.kinds,
                     "asked_fact_flipped": not s.facts[asked].text.endswith(f"the {centre}."),
                     "wrong_answer": None if p == s.label else
                     "the asked place" if wrong == asked_place else

@@ -36,6 +36,15 @@ class Episode:
         return PLACES.index(self.answer)
 
 
+# A sample's kind from its layout, not its episode: every fact lies in a segment before the question's, so
+# the answer can only be read from memory.
+IN_MEMORY = "in_memory"
+
+# Draws of a sample of a subset before giving up: a subset's share of the samples is at least 1 in 100 at
+# the lengths it is meant for, so 10,000 draws fail only where it has no samples (facts in memory on 1 segment).
+SUBSET_DRAWS = 10_000
+
+
 class TaskSpec:
     """Base of registered tasks. Subclasses set the class attributes and implement `episode`."""
 
@@ -44,8 +53,9 @@ class TaskSpec:
     # "first": the fact opens the input (memorize); "random": each fact opens an independently
     # chosen segment (detect & memorize, reasoning).
     fact_segment: ClassVar[Literal["first", "random"]]
-    # Named subsets of the task's episodes (name -> the kinds an episode must all have), so that a run can
-    # train or be measured on one sort of sample: `TaskConfig.subset`.
+    # Named subsets of the task's samples (name -> the kinds a sample must all have: its episode's, and
+    # `IN_MEMORY` from where the facts lie), so that a run can train or be measured on one sort of sample:
+    # `TaskConfig.subset`.
     subsets: ClassVar[dict[str, frozenset[str]]] = {}
 
     def episode(self, rng: np.random.Generator) -> Episode:

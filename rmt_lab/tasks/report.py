@@ -16,7 +16,9 @@ import itertools
 
 import numpy as np
 
-from rmt_lab.tasks.registry import ACTIONS, DIRECTIONS, NAMES, PLACES, Episode, TaskSpec, register_task
+from rmt_lab.tasks.registry import (
+    ACTIONS, DIRECTIONS, IN_MEMORY, NAMES, PLACES, Episode, TaskSpec, register_task,
+)
 
 OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
 
@@ -65,6 +67,11 @@ class Reasoning(TaskSpec):
     foothold there (the base models answer it at chance). The subsets give the bits one at a time:
     `match` (one bit: the word), `flips` (two: the word and the order a fact is stated in), `hard` (all
     three) and `opposite` (those plus the opposite-direction questions for P0).
+
+    A question for P1 or P2 is the one that needs a fact's direction. If one of the facts shares the
+    question's segment, the other place is the answer by elimination; only when both lie in earlier
+    segments must memory have kept which direction goes with which place. That is `recall` (1 sample in
+    8 on 2 segments, more on longer inputs), where a model that stores only the places is at chance.
     """
 
     n_facts = 2
@@ -74,6 +81,7 @@ class Reasoning(TaskSpec):
         "hard": frozenset({"opposite", "asks_place"}),
         "flips": frozenset({"opposite", "asks_place", "direction_question"}),
         "match": frozenset({"opposite", "asks_place", "direction_question", "stated_from_centre"}),
+        "recall": frozenset({"asks_place", IN_MEMORY}),
     }
 
     def episode(self, rng: np.random.Generator) -> Episode:

@@ -22,7 +22,7 @@ import torch
 from rmt_lab.config import ConfigError
 from rmt_lab.tasks.config import TaskConfig
 from rmt_lab.tasks.noise import SPLITS, NoiseBank, NoiseStream, load_noise
-from rmt_lab.tasks.registry import PLACES, get_task
+from rmt_lab.tasks.registry import IN_MEMORY, PLACES, SUBSET_DRAWS, get_task
 
 SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}  # enters the seed; never reorder
 # Segments are cut from blocks of about this many tokens: few numpy calls, flat memory (~2 MB).
@@ -90,7 +90,7 @@ class Sample:
     question: Span  # always the last tokens of the sample
     answer: str  # text answer, for decoder models
     label: int  # index of `answer` in PLACES, for classification
-    kinds: frozenset[str]  # the episode's kinds (TaskSpec.subsets), for analyses by sort of sample
+    kinds: frozenset[str]  # the episode's kinds and IN_MEMORY (TaskSpec.subsets), for analyses by sort of sample
     n_tokens: int
     segment_size: int
     _layout: _Layout = field(repr=False)
@@ -231,17 +231,29 @@ class TaskGenerator:
         # SeedSequence mixes (seed, split, index) the same way on every machine (Python's hash() does not).
         plan_seed, noise_seed = np.random.SeedSequence(c.seed, spawn_key=(SPLIT_CODES[split], int(index))).spawn(2)
         rng = np.random.Generator(np.random.PCG64(plan_seed))
-        episode = self.spec.episode(rng)
-        if c.subset is not None:  # rejection sampling keeps each subset's episodes phrased as the whole task's
-            while not self.spec.subsets[c.subset] <= episode.kinds:
-                episode = self.spec.episode(rng)
-        fact_ids = [self._ids[f] for f in episode.facts]
-        question_ids = self._ids[episode.question]
-        noise_len = c.n_tokens - len(question_ids) - sum(len(f) for f in fact_ids)
-        if c.placement == "segment":
-            starts = self._segment_starts(rng, fact_ids)
+        wanted = self.spec.subsets[c.subset] if c.subset is not None else frozenset()
+        # Rejection sampling keeps each subset's samples phrased and placed as the whole task's. The episode
+        # is checked before its facts are placed, so a subset of episode kinds draws what it always drew.
+        for _ in range(SUBSET_DRAWS):
+            episode = self.spec.episode(rng)
+            if not wanted - {IN_MEMORY} <= episode.kinds:
+                continue
+            fact_ids = [self._ids[f] for f in episode.facts]
+            question_ids = self._ids[episode.question]
+            noise_len = c.n_tokens - len(question_ids) - sum(len(f) for f in fact_ids)
+            if c.placement == "segment":
+                starts = self._segment_starts(rng, fact_ids)
+            else:
+                starts = self._sentence_starts(rng, fact_ids, noise_len, split, noise_seed)
+            question_segment = (c.n_tokens - len(question_ids)) // c.segment_size
+            in_memory = all(start // c.segment_size < question_segment for start in starts)
+            kinds = episode.kinds | ({IN_MEMORY} if in_memory else set())
+            if wanted <= kinds:
+                break
         else:
-            starts = self._sentence_starts(rng, fact_ids, noise_len, split, noise_seed)
+            raise ConfigError(f"TaskConfig.subset={c.subset!r} drew no sample of task {c.task!r} with kinds "
+                              f"{sorted(wanted)} in {SUBSET_DRAWS} tries at length={c.length} {c.unit}: "
+                              f"{IN_MEMORY!r} needs a segment before the question's")
         order = sorted(range(len(fact_ids)), key=lambda i: starts[i])
         inserts, before = [], 0
         for i in order:  # a fact's noise offset = its start minus the fact tokens ahead of it
@@ -257,7 +269,7 @@ class TaskGenerator:
             question=Span(episode.question, tuple(map(int, question_ids)), c.n_tokens - len(question_ids), size),
             answer=episode.answer,
             label=PLACES.index(episode.answer),
-            kinds=episode.kinds,
+            kinds=frozenset(kinds),
             n_tokens=c.n_tokens,
             segment_size=size,
             _layout=layout,

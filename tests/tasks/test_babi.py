@@ -128,3 +128,23 @@ def test_reasoning_subsets_hold_only_their_kind_and_the_whole_task_is_unchanged(
     assert ([f.text for f in first.facts], first.question.text, first.answer) == (
         ["The bedroom is south of the kitchen.", "The bathroom is south of the bedroom."],
         "What is north of the bathroom?", "bedroom")
+
+
+def test_recall_holds_questions_whose_facts_both_lie_before_the_question(make_generator):
+    gen = make_generator(task="reasoning", segment_size=48, length=2, subset="recall")
+    for index in range(100):
+        s = gen.sample("train", index)
+        assert {"asks_place", "in_memory"} <= s.kinds
+        assert all(f.segments[-1] < s.question.segments[0] for f in s.facts), [f.segments for f in s.facts]
+        assert reasoning_traits([f.text for f in s.facts], s.question.text, s.answer)["asks_place"]
+    # In the whole task the kind follows the layout: both facts in segment 0 of 2 is 1 sample in 4.
+    whole = make_generator(task="reasoning", segment_size=48, length=2)
+    samples = [whole.sample("train", i) for i in range(400)]
+    for s in samples:
+        assert ("in_memory" in s.kinds) == all(f.segments[-1] < s.question.segments[0] for f in s.facts)
+    assert 70 < sum("in_memory" in s.kinds for s in samples) < 130
+    # On one segment no fact can lie before the question's segment: a clear error, not an endless draw.
+    one = make_generator(task="reasoning", segment_size=48, length=1, subset="recall")
+    with pytest.raises(ConfigError, match=r"subset='recall' drew no sample of task 'reasoning' with kinds "
+                                          r"\['asks_place', 'in_memory'\] in 10000 tries at length=1 segments"):
+        one.sample("train", 0)

@@ -71,7 +71,8 @@ class Reasoning(TaskSpec):
     A question for P1 or P2 is the one that needs a fact's direction. If one of the facts shares the
     question's segment, the other place is the answer by elimination; only when both lie in earlier
     segments must memory have kept which direction goes with which place. That is `recall` (1 sample in
-    8 on 2 segments, more on longer inputs), where a model that stores only the places is at chance.
+    8 on 2 segments, more on longer inputs), where a model that stores only the places is at chance;
+    `recall_match` keeps its samples whose answer is the place stated with the question's direction word.
     """
 
     n_facts = 2
@@ -82,6 +83,7 @@ class Reasoning(TaskSpec):
         "flips": frozenset({"opposite", "asks_place", "direction_question"}),
         "match": frozenset({"opposite", "asks_place", "direction_question", "stated_from_centre"}),
         "recall": frozenset({"asks_place", IN_MEMORY}),
+        "recall_match": frozenset({"asks_place", IN_MEMORY, "direction_question", "stated_from_centre"}),
     }
 
     def episode(self, rng: np.random.Generator) -> Episode:

@@ -38,7 +38,7 @@ def test_round_trips_through_a_dict():
                                                  r"\[None\]"),
         ({"task": "reasoning", "subset": "easy"},
          r"subset='easy' is not a subset of task 'reasoning'; allowed values: \[None, 'flips', 'hard', 'match', "
-         r"'opposite', 'recall'\]"),
+         r"'opposite', 'recall', 'recall_match'\]"),
     ],
 )
 def test_bad_values_name_the_value_and_the_allowed_ones(kwargs, message):

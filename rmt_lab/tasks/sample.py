@@ -231,29 +231,7 @@ class TaskGenerator:
         # SeedSequence mixes (seed, split, index) the same way on every machine (Python's hash() does not).
         plan_seed, noise_seed = np.random.SeedSequence(c.seed, spawn_key=(SPLIT_CODES[split], int(index))).spawn(2)
         rng = np.random.Generator(np.random.PCG64(plan_seed))
-        wanted = self.spec.subsets[c.subset] if c.subset is not None else frozenset()
-        # Rejection sampling keeps each subset's samples phrased and placed as the whole task's. The episode
-        # is checked before its facts are placed, so a subset of episode kinds draws what it always drew.
-        for _ in range(SUBSET_DRAWS):
-            episode = self.spec.episode(rng)
-            if not wanted - {IN_MEMORY} <= episode.kinds:
-                continue
-            fact_ids = [self._ids[f] for f in episode.facts]
-            question_ids = self._ids[episode.question]
-            noise_len = c.n_tokens - len(question_ids) - sum(len(f) for f in fact_ids)
-            if c.placement == "segment":
-                starts = self._segment_starts(rng, fact_ids)
-            else:
-                starts = self._sentence_starts(rng, fact_ids, noise_len, split, noise_seed)
-            question_segment = (c.n_tokens - len(question_ids)) // c.segment_size
-            in_memory = all(start // c.segment_size < question_segment for start in starts)
-            kinds = episode.kinds | ({IN_MEMORY} if in_memory else set())
-            if wanted <= kinds:
-                break
-        else:
-            raise ConfigError(f"TaskConfig.subset={c.subset!r} drew no sample of task {c.task!r} with kinds "
-                              f"{sorted(wanted)} in {SUBSET_DRAWS} tries at length={c.length} {c.unit}: "
-                              f"{IN_MEMORY!r} needs a segment before the question's")
+        episode, fact_ids, question_ids, noise_len, starts, kinds = self._draw(rng, split, noise_seed)
         order = sorted(range(len(fact_ids)), key=lambda i: starts[i])
         inserts, before = [], 0
         for i in order:  # a fact's noise offset = its start minus the fact tokens ahead of it
@@ -269,11 +247,41 @@ class TaskGenerator:
             question=Span(episode.question, tuple(map(int, question_ids)), c.n_tokens - len(question_ids), size),
             answer=episode.answer,
             label=PLACES.index(episode.answer),
-            kinds=frozenset(kinds),
+            kinds=kinds,
             n_tokens=c.n_tokens,
             segment_size=size,
             _layout=layout,
         )
+
+    def _draw(self, rng: np.random.Generator, split: str, noise_seed: np.random.SeedSequence):
+        """An episode and where its facts go: (episode, fact ids, question ids, noise length, fact starts, kinds).
+
+        With `TaskConfig.subset`, drawn again until the sample has the subset's kinds (rejection sampling,
+        so that each subset's samples are phrased and placed as the whole task's). The episode is checked
+        before its facts are placed: a subset of episode kinds then places only the episode it keeps.
+        """
+        c = self.config
+        wanted = self.spec.subsets[c.subset] if c.subset is not None else frozenset()
+        for _ in range(SUBSET_DRAWS):
+            episode = self.spec.episode(rng)
+            if not wanted - {IN_MEMORY} <= episode.kinds:
+                continue
+            fact_ids = [self._ids[f] for f in episode.facts]
+            question_ids = self._ids[episode.question]
+            noise_len = c.n_tokens - len(question_ids) - sum(len(f) for f in fact_ids)
+            if c.placement == "segment":
+                starts = self._segment_starts(rng, fact_ids)
+            else:
+                starts = self._sentence_starts(rng, fact_ids, noise_len, split, noise_seed)
+            question_segment = (c.n_tokens - len(question_ids)) // c.segment_size
+            in_memory = all((start + len(ids) - 1) // c.segment_size < question_segment
+                            for start, ids in zip(starts, fact_ids))
+            kinds = episode.kinds | ({IN_MEMORY} if in_memory else frozenset())
+            if wanted <= kinds:
+                return episode, fact_ids, question_ids, noise_len, starts, kinds
+        raise ConfigError(f"TaskConfig.subset={c.subset!r} drew no sample of task {c.task!r} with kinds "
+                          f"{sorted(wanted)} in {SUBSET_DRAWS} tries at length={c.length} {c.unit}: "
+                          f"{IN_MEMORY!r} needs a segment before the question's")
 
     def _segment_starts(self, rng: np.random.Generator, fact_ids: list[np.ndarray]) -> list[int]:
         """Report placement: each fact opens a segment; facts sharing one follow each other."""

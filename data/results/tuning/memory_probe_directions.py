@@ -28,11 +28,11 @@ import torch
 from rmt_lab.model import RecurrentWrapper
 from rmt_lab.tasks import TaskConfig, TaskGenerator
 from rmt_lab.tasks.registry import DIRECTIONS, PLACES
+from rmt_lab.tasks.report import OPPOSITE
 from rmt_lab.trace.probe import collect_memory_states, probe_memory
 from rmt_lab.train.evaluate import compute_dtype
 
 RELATION = re.compile(r"The (\w+) is (\w+) of the (\w+)\.")
-REVERSED = {"north": "south", "south": "north", "east": "west", "west": "east"}
 
 
 def targets(sample) -> dict[str, int]:
@@ -40,7 +40,7 @@ def targets(sample) -> dict[str, int]:
     centre = ({a1, b1} & {a2, b2}).pop()
     # each fact's place other than the centre, and its direction from the centre
     places = [a if b == centre else b for a, _, b in ((a1, d1, b1), (a2, d2, b2))]
-    from_centre = [d if b == centre else REVERSED[d] for _, d, b in ((a1, d1, b1), (a2, d2, b2))]
+    from_centre = [d if b == centre else OPPOSITE[d] for _, d, b in ((a1, d1, b1), (a2, d2, b2))]
     first = min(range(2), key=lambda k: DIRECTIONS.index(from_centre[k]))
     return {
         "centre": PLACES.index(centre),

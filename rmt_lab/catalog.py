@@ -10,6 +10,7 @@ Paths are templates under the results folder (default data/results/); `{config}-
     {run}/long_eval.parquet                  eval_long              Figure 1, memory-size sweep, training length
     {run}/long_eval_samples.parquet          eval_long              accuracy by fact position
     {run}/long_eval_stage{stage}.parquet     eval_long --stage N    training length (an earlier stage's model)
+    {run}/long_eval_beyond.parquet           eval_long --out        Figure 1 (lengths past the main evaluation's)
     {run}/no_recurrence.parquet              eval_ablation          the control without recurrence
     sweeps/memory/{config}-{task}-m{memory}/ a run with `memory` memory tokens, evaluated at one length
     continued/{config}-{task}/               a run carrying a finished curriculum on to longer stages
@@ -52,6 +53,9 @@ CATALOG: dict[str, ResultFile] = {r.key: r for r in (
                ("fig1_accuracy_vs_length", "memory_size_sweep", "training_length")),
     ResultFile("long_eval_stage", "{run}/long_eval_stage{stage}.parquet", "eval_long", ("training_length",)),
     ResultFile("long_eval_samples", "{run}/long_eval_samples.parquet", "eval_long", ("fact_position",)),
+    # Lengths past the main evaluation's, few samples each (hours a sample on a CPU), in their own table so that
+    # redoing one evaluation never deletes the other.
+    ResultFile("long_eval_beyond", "{run}/long_eval_beyond.parquet", "eval_long", ("fig1_accuracy_vs_length",)),
     ResultFile("no_recurrence", "{run}/no_recurrence.parquet", "eval_ablation",
                ("ablation_no_recurrence",)),
     ResultFile("sweep_run", "sweeps/memory/{config}-{task}-m{memory}", "train", ("memory_size_sweep",)),

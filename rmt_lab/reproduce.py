@@ -15,9 +15,10 @@ Three plans:
          a trace and a memory probe, the FLOPs table, and the figures: about 20 minutes on 2 cores.
   base   the `base` config (pretrained MiniLM with adapters, 64-token segments) on the three tasks,
          generalization on 1..15 segments at 128 samples a cell, long evaluation of every task to
-         2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there), the
-         no-recurrence control on 1..7 segments, a memory-size sweep (memorize trained with 1, 2, 5
-         and 20 memory tokens besides 10, each evaluated at 128,000 tokens), detect_memorize and
+         2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there) and of memorize
+         at 10,240,000 tokens (4 samples), the no-recurrence control on 1..7 segments, a memory-size
+         sweep (memorize trained with 1, 2, 5 and 20 memory tokens besides 10, each evaluated at
+         128,000 tokens), detect_memorize and
          reasoning carried on to longer stages (to 64 and 32 segments) and evaluated again,
          evaluations in bf16 autocast, trace, probe, figures: many hours on 2 CPU cores; every step
          resumes where it stopped.
@@ -134,6 +135,8 @@ class PlanSettings:
     sweep_task: str = SWEEP_TASK
     sweep_tokens: int = SWEEP_TOKENS  # the one long length each memory size is evaluated at (a length of the main runs)
     long_samples_from: tuple[int, int] | None = None  # (tokens, samples): fewer samples at this length and above
+    # Per task, one length past the main long evaluation: (tokens, samples, batch size), in its own table.
+    long_beyond: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     # Curricula carried on past the last stage from the final model (ExperimentConfig.init), per task: the
     # stages, each `continued_steps` steps of `continued_batch` samples at a peak lr of `continued_lr`: the
     # model has learned the task, and half the curriculum's batch at reasoning's lr of 1e-3 risks a drop like
@@ -159,6 +162,8 @@ SETTINGS = {
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
         eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
         memory_sweep=(1, 2, 5, 20), trace_maps={"layers": [5], "map_dtype": "float16"},
+        # 160,000 segments: an hour and a half for 4 samples on 2 CPU cores in bf16.
+        long_beyond={"memorize": (10_240_000, 4, 2)},
         # Their stage-7 models do not hold a fact over hundreds of noise segments: longer stages.
         continued={"detect_memorize": (8, 16, 32, 64), "reasoning": (8, 16, 32)},
     ),
@@ -214,6 +219,11 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
     for task in sorted(TASKS, key=lambda t: -s.long_max_tokens[t]):
         steps.append(Step(f"long evaluation {task}", "eval_long", long_evaluation(run_of(task), task),
                           [run_file("long_eval", run_of(task))], [final(task)], group="evaluate"))
+    for task, (tokens, samples, batch) in s.long_beyond.items():
+        steps.append(Step(f"long evaluation {task} at {tokens:,} tokens", "eval_long",
+                          {"run_dir": str(run_of(task)), "min_tokens": tokens, "max_tokens": tokens, "samples": samples,
+                           "batch_size": batch, "out": str(run_file("long_eval_beyond", run_of(task))), **evaluation},
+                          [run_file("long_eval_beyond", run_of(task))], [final(task)], group="evaluate"))
     for task in TASKS:
         steps.append(Step(f"generalization {task}", "eval_generalization",
                           {"run_dir": str(run_of(task)), "samples": s.gen_samples, "max_segments": s.gen_max_segments,

@@ -206,6 +206,10 @@ def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
         assert gen["max_segments"] == 15 and gen["samples"] == 128
         assert f"no-recurrence control {task}" in steps
         assert steps[f"train {task}"].arguments["config"] == "base"
+    beyond = steps["long evaluation memorize at 10,240,000 tokens"]
+    assert beyond.arguments["min_tokens"] == beyond.arguments["max_tokens"] == 10_240_000
+    assert beyond.outputs[0].name == "long_eval_beyond.parquet" == Path(beyond.arguments["out"]).name
+    assert beyond.inputs == steps["long evaluation memorize"].inputs  # the same model, its own table
     sweep = [name for name in steps if "memory tokens" in name]
     assert len(sweep) == 8 and "train memorize with 1 memory tokens" in sweep
     train1 = steps["train memorize with 1 memory tokens"].arguments

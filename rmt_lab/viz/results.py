@@ -146,11 +146,13 @@ def _continued_runs(results: Path, config: str) -> dict[str, Path]:
 
 
 def _long_eval_inputs(results: Path, config: str) -> tuple[pd.DataFrame | None, list[Missing]]:
-    """The runs' long evaluations, with those of runs carried on to longer stages (continued/) beside them."""
+    """The runs' long evaluations with their lengths beyond (`long_eval_beyond`, where evaluated), and those of
+    runs carried on to longer stages (continued/) beside them."""
     table, missing = _per_task_table(results, config, "long_eval")
     runs = _continued_runs(results, config).values()
     continued = [pd.read_parquet(p) for p in (CATALOG["long_eval"].at(run=run) for run in runs) if p.is_file()]
-    frames = ([table] if table is not None else []) + continued
+    beyond = [CATALOG["long_eval_beyond"].at(run=run) for run in run_folders(results, config).values()]
+    frames = ([table] if table is not None else []) + [pd.read_parquet(p) for p in beyond if p.is_file()] + continued
     return (pd.concat(frames, ignore_index=True) if frames else None), missing
 
 

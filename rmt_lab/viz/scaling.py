@@ -135,17 +135,23 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     acc_ax, mem_ax = axes[:, 0]
     curves = _long_context_curves(long_eval)
     several = {task for task in tasks if sum(c[0] == task for c in curves) > 1}
-    sources = {}  # per curve label: what its peak memory measured, its longest length's row, its task
+    sources = {}  # per (curve label, memory source): that source, its longest length's row, the task
     for task, trained, d in curves:
         first = trained is None or trained == min(c[1] for c in curves if c[0] == task and c[1] is not None)
         label = task_title(task) + (f", trained on {int(trained)} segments" if task in several else "")
         style = dict(marker=markers[task], color=palette[task], linestyle="-" if first else "-.",
                      markerfacecolor=None if first else "white", label=label)
-        sources[label] = (_memory_source(d), d.iloc[-1], task)
         lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
         acc_ax.fill_between(d["tokens"], lo, hi, color=palette[task], alpha=0.15 if first else 0.08, linewidth=0)
         acc_ax.plot(d["tokens"], d["accuracy"], **style)
-        mem_ax.plot(d["tokens"], d["peak_mib"], **style)
+        # A model's lengths measured on different devices (CUDA allocations, a process's RSS) are not one
+        # quantity: a memory line per source, never one line joining them.
+        columns = [c for c in ("memory_source", "device") if c in d]
+        by_source = d[columns].astype(str).agg(" ".join, axis=1) if columns else pd.Series("", index=d.index)
+        for _, part in d.groupby(by_source, sort=False):
+            source = _memory_source(part)
+            sources[label, source] = (source, part.iloc[-1], task)
+            mem_ax.plot(part["tokens"], part["peak_mib"], **style)
     if {"trained_segments", "n_segments"} <= set(long_eval.columns):
         per_segment = (long_eval["tokens"] / long_eval["n_segments"]).median()
         for i, trained in enumerate(sorted(long_eval["trained_segments"].dropna().unique())):

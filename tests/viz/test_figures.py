@@ -86,6 +86,18 @@ def test_long_context_names_each_tasks_memory_measure_when_they_differ():
                                                        "peak RSS (fresh process), cpu"]  # once for the two CPU tasks
 
 
+def test_long_context_draws_a_memory_line_per_source_of_one_model():
+    table = helpers.long_eval_table()
+    gpu = (table["task"] == "memorize") & (table["tokens"] < table["tokens"].max())  # its longest length on a CPU
+    table.loc[gpu, ["device", "memory_source", "peak_mib"]] = "cuda:0", "cuda max_memory_allocated", 195.0
+    acc, mem = data_axes(plot_long_context(table))
+    memorize = table[table["task"] == "memorize"]
+    curve = next(line for line in acc.get_lines() if line.get_label() == "Memorize")
+    assert list(curve.get_xdata()) == list(memorize["tokens"])  # accuracy: one curve over both devices
+    memory = [list(line.get_ydata()) for line in mem.get_lines() if line.get_color() == curve.get_color()]
+    assert sorted(memory) == [[195.0] * (len(memorize) - 1), [560.0]]  # never a line from GPU to CPU memory
+
+
 def test_wilson_interval_contains_estimate_and_stays_in_range():
     lo, hi = wilson_interval([0.0, 0.5, 1.0], [16, 16, 16])
     assert (lo <= [0.0, 0.5, 1.0]).all() and (hi >= [0.0, 0.5, 1.0]).all()

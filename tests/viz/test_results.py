@@ -143,6 +143,11 @@ def test_figure_1_draws_runs_carried_on_to_longer_stages_beside_their_runs(tmp_p
                       "trained_segments": trained, "peak_mib": 600.0}).to_parquet(folder / "long_eval.parquet")
     table, _ = _long_eval_inputs(results, "quick")
     assert sorted(table["trained_segments"].unique()) == [7, 32] and len(table) == 4
+    pd.DataFrame({"task": "detect_memorize", "tokens": [10_240_000], "accuracy": 1.0, "n_samples": 4,
+                  "trained_segments": 7, "peak_mib": 640.0}).to_parquet(
+        results / "runs" / "quick-detect_memorize" / "long_eval_beyond.parquet")
+    table, _ = _long_eval_inputs(results, "quick")  # a length past the main evaluation joins its model's curve
+    assert sorted(table.loc[table["trained_segments"] == 7, "tokens"]) == [16_000, 32_000, 10_240_000]
 
 
 def test_fact_positions_read_runs_carried_on_to_longer_stages_with_their_training_length(tmp_path):

@@ -1,0 +1,89 @@
+"""Whether a reasoning model's memory holds what a question for a place needs, read part by part.
+
+Usage: python data/results/tuning/memory_probe_binding.py CHECKPOINT OUT.parquet [SAMPLES]
+
+`memory_probe_directions.py` finds each fact's places and direction word in the memory after segment 0 of 2
+(both facts of a `recall` sample in segment 0), but not, by a linear read, the place lying in a given
+direction from the centre. That place is a selection: the fact whose direction from the centre is the asked
+one, where a fact's direction from the centre is its word, reversed when the centre is its subject. So this
+script decodes the parts of each fact ("The S is w of the O.": subject S, word w, object O) with one linear
+probe each (`rmt_lab.trace.probe`, trained on half of SAMPLES, default 4,000), and composes them on the
+other half: for a direction d drawn per sample among the two facts' directions from the centre, the place
+named by the decoded parts. That accuracy is what a read of this memory could reach by taking the parts
+one at a time; a memory keeping only the set of places reaches 0.5.
+
+Writes one row per target: target, accuracy, n (test samples), n_train, checkpoint.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from memory_probe_directions import RELATION
+
+from rmt_lab.model import RecurrentWrapper
+from rmt_lab.tasks import TaskConfig, TaskGenerator
+from rmt_lab.tasks.registry import DIRECTIONS, PLACES
+from rmt_lab.tasks.report import OPPOSITE
+from rmt_lab.trace.probe import _fit_predict, collect_memory_states
+from rmt_lab.train.evaluate import compute_dtype
+
+PARTS = ("subject", "word", "object")
+
+
+def parts(sample) -> dict[str, str]:
+    """{"subject of fact 1": "garden", "word of fact 1": "north", ...} as the facts are written."""
+    return {f"{part} of fact {k + 1}": value for k, fact in enumerate(sample.facts)
+            for part, value in zip(PARTS, RELATION.match(fact.text).groups())}
+
+
+def placed(facts: dict[str, str]) -> list[tuple[str, str]]:
+    """Per fact, (its place other than the centre, that place's direction from the centre), by the parts."""
+    stated = [[facts[f"{part} of fact {k}"] for part in PARTS] for k in (1, 2)]
+    (s1, _, o1), (s2, _, o2) = stated
+    common = {s1, o1} & {s2, o2}
+    centre = common.pop() if common else o1  # parts decoded wrongly may share no place
+    return [(s, w) if o == centre else (o, OPPOSITE[w]) for s, w, o in stated]
+
+
+def answer(facts: dict[str, str], direction: str) -> str:
+    """The place `direction` of the centre by the facts' parts; the first fact's place if none lies there."""
+    places = placed(facts)
+    return next((p for p, w in places if w == direction), places[0][0])
+
+
+def main(checkpoint: str, out: str, samples: int = 4000) -> None:
+    run = Path(checkpoint).parent.parent
+    settings = json.loads((run / "config.json").read_text())["task"]
+    generator = TaskGenerator(TaskConfig(**{**settings, "task": "reasoning", "subset": "recall", "length": 2}))
+    drawn = [generator.sample("test", i) for i in range(samples)]
+    model = RecurrentWrapper.from_pretrained(checkpoint).eval().merge_adapters()
+    with compute_dtype(torch.device("cpu"), "bfloat16"):
+        memory = collect_memory_states(model, drawn, batch_size=64)["states"][:, 0].reshape(samples, -1)
+    truth = pd.DataFrame([parts(s) for s in drawn])
+    order = torch.randperm(samples, generator=torch.Generator().manual_seed(0))
+    train, test = order[: samples // 2], order[samples // 2 :]
+    decoded, rows = {}, []
+    for target in truth.columns:
+        names = PLACES if target.startswith(("subject", "object")) else DIRECTIONS
+        labels = torch.tensor([names.index(v) for v in truth[target]])
+        predicted = _fit_predict(memory[train], labels[train], memory[test], len(names), l2=1e-3, steps=100)
+        decoded[target] = [names[i] for i in predicted]
+        rows.append({"target": target, "accuracy": float((predicted == labels[test]).float().mean())})
+    rng = np.random.default_rng(0)
+    right = []
+    for j, i in enumerate(test.tolist()):
+        true = truth.iloc[i].to_dict()
+        direction = placed(true)[int(rng.integers(2))][1]
+        right.append(answer({t: decoded[t][j] for t in truth.columns}, direction) == answer(true, direction))
+    rows.append({"target": "place d of the centre, composed from the decoded parts", "accuracy": float(np.mean(right))})
+    frame = pd.DataFrame(rows).assign(n=len(test), n_train=len(train), checkpoint=checkpoint)
+    frame.to_parquet(out)
+    print(frame[["target", "accuracy", "n"]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:]))

@@ -15,21 +15,16 @@ one at a time; a memory keeping only the set of places reaches 0.5.
 Writes one row per target: target, accuracy, n (test samples), n_train, checkpoint.
 """
 
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from memory_probe_directions import RELATION
+from memory_probe_directions import RELATION, recall_memory
 
-from rmt_lab.model import RecurrentWrapper
-from rmt_lab.tasks import TaskConfig, TaskGenerator
 from rmt_lab.tasks.registry import DIRECTIONS, PLACES
 from rmt_lab.tasks.report import OPPOSITE
-from rmt_lab.trace.probe import _fit_predict, collect_memory_states
-from rmt_lab.train.evaluate import compute_dtype
+from rmt_lab.trace.probe import _fit_predict
 
 PARTS = ("subject", "word", "object")
 
@@ -56,13 +51,8 @@ def answer(facts: dict[str, str], direction: str) -> str:
 
 
 def main(checkpoint: str, out: str, samples: int = 4000) -> None:
-    run = Path(checkpoint).parent.parent
-    settings = json.loads((run / "config.json").read_text())["task"]
-    generator = TaskGenerator(TaskConfig(**{**settings, "task": "reasoning", "subset": "recall", "length": 2}))
-    drawn = [generator.sample("test", i) for i in range(samples)]
-    model = RecurrentWrapper.from_pretrained(checkpoint).eval().merge_adapters()
-    with compute_dtype(torch.device("cpu"), "bfloat16"):
-        memory = collect_memory_states(model, drawn, batch_size=64)["states"][:, 0].reshape(samples, -1)
+    drawn, memory = recall_memory(checkpoint, samples)
+    memory = memory.reshape(samples, -1)
     truth = pd.DataFrame([parts(s) for s in drawn])
     order = torch.randperm(samples, generator=torch.Generator().manual_seed(0))
     train, test = order[: samples // 2], order[samples // 2 :]

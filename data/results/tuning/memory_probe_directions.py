@@ -53,14 +53,20 @@ def targets(sample) -> dict[str, int]:
     }
 
 
-def main(checkpoint: str, out: str, samples: int = 2000) -> None:
+def recall_memory(checkpoint: str, samples: int) -> tuple[list, torch.Tensor]:
+    """Test samples 0..samples-1 of `recall` on 2 segments (the other task settings of the run folder holding
+    `checkpoint`) and the memory after their segment 0, (samples, 1, M, d), computed in bf16 autocast."""
     run = Path(checkpoint).parent.parent
     settings = json.loads((run / "config.json").read_text())["task"]
     generator = TaskGenerator(TaskConfig(**{**settings, "task": "reasoning", "subset": "recall", "length": 2}))
     drawn = [generator.sample("test", i) for i in range(samples)]
     model = RecurrentWrapper.from_pretrained(checkpoint).eval().merge_adapters()
     with compute_dtype(torch.device("cpu"), "bfloat16"):
-        memory = collect_memory_states(model, drawn, batch_size=64)["states"][:, :1]  # after segment 0
+        return drawn, collect_memory_states(model, drawn, batch_size=64)["states"][:, :1]
+
+
+def main(checkpoint: str, out: str, samples: int = 2000) -> None:
+    drawn, memory = recall_memory(checkpoint, samples)
     labels = pd.DataFrame([targets(s) for s in drawn])
     rows = []
     for target in labels.columns:

@@ -10,9 +10,12 @@ script decodes the parts of each fact ("The S is w of the O.": subject S, word w
 probe each (`rmt_lab.trace.probe`, trained on half of SAMPLES, default 4,000), and composes them on the
 other half: for a direction d drawn per sample among the two facts' directions from the centre, the place
 named by the decoded parts. That accuracy is what a read of this memory could reach by taking the parts
-one at a time; a memory keeping only the set of places reaches 0.5.
+one at a time; a memory keeping only the set of places reaches 0.5. Each part is also decoded from each
+memory token alone, which tells whether the tokens divide the facts between them (what a read by
+attention could select from) or each hold both.
 
-Writes one row per target: target, accuracy, n (test samples), n_train, checkpoint.
+Writes one row per target and memory token (token -1: all tokens side by side): target, token, accuracy,
+n (test samples), n_train, checkpoint.
 """
 
 import sys
@@ -52,7 +55,7 @@ def answer(facts: dict[str, str], direction: str) -> str:
 
 def main(checkpoint: str, out: str, samples: int = 4000) -> None:
     drawn, memory = recall_memory(checkpoint, samples)
-    memory = memory.reshape(samples, -1)
+    tokens = memory[:, 0]  # (samples, M, d)
     truth = pd.DataFrame([parts(s) for s in drawn])
     order = torch.randperm(samples, generator=torch.Generator().manual_seed(0))
     train, test = order[: samples // 2], order[samples // 2 :]
@@ -60,19 +63,24 @@ def main(checkpoint: str, out: str, samples: int = 4000) -> None:
     for target in truth.columns:
         names = PLACES if target.startswith(("subject", "object")) else DIRECTIONS
         labels = torch.tensor([names.index(v) for v in truth[target]])
-        predicted = _fit_predict(memory[train], labels[train], memory[test], len(names), l2=1e-3, steps=100)
-        decoded[target] = [names[i] for i in predicted]
-        rows.append({"target": target, "accuracy": float((predicted == labels[test]).float().mean())})
+        for token in range(-1, tokens.shape[1]):
+            x = tokens.reshape(samples, -1) if token < 0 else tokens[:, token]
+            predicted = _fit_predict(x[train], labels[train], x[test], len(names), l2=1e-3, steps=100)
+            rows.append({"target": target, "token": token,
+                         "accuracy": float((predicted == labels[test]).float().mean())})
+            if token < 0:
+                decoded[target] = [names[i] for i in predicted]
     rng = np.random.default_rng(0)
     right = []
     for j, i in enumerate(test.tolist()):
         true = truth.iloc[i].to_dict()
         direction = placed(true)[int(rng.integers(2))][1]
         right.append(answer({t: decoded[t][j] for t in truth.columns}, direction) == answer(true, direction))
-    rows.append({"target": "place d of the centre, composed from the decoded parts", "accuracy": float(np.mean(right))})
+    rows.append({"target": "place d of the centre, composed from the decoded parts", "token": -1,
+                 "accuracy": float(np.mean(right))})
     frame = pd.DataFrame(rows).assign(n=len(test), n_train=len(train), checkpoint=checkpoint)
     frame.to_parquet(out)
-    print(frame[["target", "accuracy", "n"]].to_string(index=False))
+    print(frame.pivot(index="target", columns="token", values="accuracy").round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -18,10 +18,9 @@ Three plans:
          2,048,000 tokens (64 samples a length below 512,000 tokens, 16 from there) and of memorize
          at 10,240,000 tokens (4 samples), the no-recurrence control on 1..7 segments, a memory-size
          sweep (memorize trained with 1, 2, 5 and 20 memory tokens besides 10, each evaluated at
-         128,000 tokens), detect_memorize and
-         reasoning carried on to longer stages (to 64 and 32 segments) and evaluated again,
-         evaluations in bf16 autocast, trace, probe, figures: many hours on 2 CPU cores; every step
-         resumes where it stopped.
+         128,000 tokens), detect_memorize and reasoning carried on to longer stages (to 64 and 32
+         segments) and evaluated again, evaluations in bf16 autocast, trace, probe, figures: many
+         hours on 2 CPU cores; every step resumes where it stopped.
   paper  the report's setup (`paper` config on the pretrained MiniLM, 3000 steps per stage,
          256 samples per point, long evaluation to 2,043,904 tokens on every task); meant for a GPU.
 The seconds each step took are written to <results>/reproduce.json.
@@ -162,7 +161,7 @@ SETTINGS = {
         long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
         eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
         memory_sweep=(1, 2, 5, 20), trace_maps={"layers": [5], "map_dtype": "float16"},
-        # 160,000 segments: an hour and a half for 4 samples on 2 CPU cores in bf16.
+        # 160,000 segments: about an hour for 4 samples on 2 CPU cores in bf16.
         long_beyond={"memorize": (10_240_000, 4, 2)},
         # Their stage-7 models do not hold a fact over hundreds of noise segments: longer stages.
         continued={"detect_memorize": (8, 16, 32, 64), "reasoning": (8, 16, 32)},

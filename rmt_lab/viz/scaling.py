@@ -124,7 +124,8 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
 
     A task evaluated with models trained on different lengths (`trained_segments`, e.g. a curriculum
     carried on to longer stages) gets a curve per model, the longer-trained ones dash-dotted with open
-    markers; a dashed vertical line marks each training length.
+    markers; a dashed vertical line marks each training length. A model's lengths measured on different
+    devices get a memory line per device, each named by what it measured.
     """
     require_columns(long_eval, ["task", "tokens", "accuracy", "n_samples", "peak_mib"],
                     "long evaluation table (rmt-lab eval long)")

@@ -219,10 +219,11 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
         steps.append(Step(f"long evaluation {task}", "eval_long", long_evaluation(run_of(task), task),
                           [run_file("long_eval", run_of(task))], [final(task)], group="evaluate"))
     for task, (tokens, samples, batch) in s.long_beyond.items():
+        table = run_file("long_eval_beyond", run_of(task))
         steps.append(Step(f"long evaluation {task} at {tokens:,} tokens", "eval_long",
                           {"run_dir": str(run_of(task)), "min_tokens": tokens, "max_tokens": tokens, "samples": samples,
-                           "batch_size": batch, "out": str(run_file("long_eval_beyond", run_of(task))), **evaluation},
-                          [run_file("long_eval_beyond", run_of(task))], [final(task)], group="evaluate"))
+                           "batch_size": batch, "out": str(table), **evaluation},
+                          [table], [final(task)], group="evaluate"))
     for task in TASKS:
         steps.append(Step(f"generalization {task}", "eval_generalization",
                           {"run_dir": str(run_of(task)), "samples": s.gen_samples, "max_segments": s.gen_max_segments,

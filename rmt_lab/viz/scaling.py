@@ -148,8 +148,7 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
         # A model's lengths measured on different devices (CUDA allocations, a process's RSS) are not one
         # quantity: a memory line per source, never one line joining them.
         columns = [c for c in ("memory_source", "device") if c in d]
-        by_source = d[columns].astype(str).agg(" ".join, axis=1) if columns else pd.Series("", index=d.index)
-        for _, part in d.groupby(by_source, sort=False):
+        for _, part in d.groupby(columns, sort=False, dropna=False) if columns else [(None, d)]:
             source = _memory_source(part)
             sources[label, source] = (source, part.iloc[-1], task)
             mem_ax.plot(part["tokens"], part["peak_mib"], **style)

@@ -23,10 +23,9 @@ import sys
 import numpy as np
 import pandas as pd
 import torch
-from memory_probe_directions import RELATION, recall_memory
+from memory_probe_directions import RELATION, from_centre, recall_memory
 
 from rmt_lab.tasks.registry import DIRECTIONS, PLACES
-from rmt_lab.tasks.report import OPPOSITE
 from rmt_lab.trace.probe import _fit_predict
 
 PARTS = ("subject", "word", "object")
@@ -40,11 +39,7 @@ def parts(sample) -> dict[str, str]:
 
 def placed(facts: dict[str, str]) -> list[tuple[str, str]]:
     """Per fact, (its place other than the centre, that place's direction from the centre), by the parts."""
-    stated = [[facts[f"{part} of fact {k}"] for part in PARTS] for k in (1, 2)]
-    (s1, _, o1), (s2, _, o2) = stated
-    common = {s1, o1} & {s2, o2}
-    centre = common.pop() if common else o1  # parts decoded wrongly may share no place
-    return [(s, w) if o == centre else (o, OPPOSITE[w]) for s, w, o in stated]
+    return from_centre([tuple(facts[f"{part} of fact {k}"] for part in PARTS) for k in (1, 2)])[1]
 
 
 def answer(facts: dict[str, str], direction: str) -> str:

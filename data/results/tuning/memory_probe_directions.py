@@ -35,20 +35,29 @@ from rmt_lab.train.evaluate import compute_dtype
 RELATION = re.compile(r"The (\w+) is (\w+) of the (\w+)\.")
 
 
+def from_centre(stated: list[tuple[str, str, str]]) -> tuple[str, list[tuple[str, str]]]:
+    """The centre of two facts (subject, word, object), the place both name (the first fact's object if
+    none is shared, as wrongly decoded parts may be), and per fact its place other than the centre with
+    that place's direction from the centre (the word, reversed when the centre is the subject)."""
+    (s1, _, o1), (s2, _, o2) = stated
+    common = {s1, o1} & {s2, o2}
+    centre = common.pop() if common else o1
+    return centre, [(s, w) if o == centre else (o, OPPOSITE[w]) for s, w, o in stated]
+
+
 def targets(sample) -> dict[str, int]:
-    (a1, d1, b1), (a2, d2, b2) = (RELATION.match(f.text).groups() for f in sample.facts)
-    centre = ({a1, b1} & {a2, b2}).pop()
-    # each fact's place other than the centre, and its direction from the centre
-    places = [a if b == centre else b for a, _, b in ((a1, d1, b1), (a2, d2, b2))]
-    from_centre = [d if b == centre else OPPOSITE[d] for _, d, b in ((a1, d1, b1), (a2, d2, b2))]
-    first = min(range(2), key=lambda k: DIRECTIONS.index(from_centre[k]))
+    stated = [RELATION.match(f.text).groups() for f in sample.facts]
+    (_, d1, _), (_, d2, _) = stated
+    centre, placed = from_centre(stated)
+    places, directions = [p for p, _ in placed], [w for _, w in placed]
+    first = min(range(2), key=lambda k: DIRECTIONS.index(directions[k]))
     return {
         "centre": PLACES.index(centre),
         "place of fact 1": PLACES.index(places[0]),
         "place of fact 2": PLACES.index(places[1]),
         "direction word of fact 1": DIRECTIONS.index(d1),
         "direction word of fact 2": DIRECTIONS.index(d2),
-        "direction of fact 1's place from the centre": DIRECTIONS.index(from_centre[0]),
+        "direction of fact 1's place from the centre": DIRECTIONS.index(directions[0]),
         "place in the first direction from the centre": PLACES.index(places[first]),
     }
 

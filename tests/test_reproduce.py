@@ -215,12 +215,12 @@ def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
     train1 = steps["train memorize with 1 memory tokens"].arguments
     assert train1["overrides"] == ["rmt.num_mem_tokens=1", "name=base-memorize-m1"]
     assert train1["run_dir"].endswith("sweeps/memory/base-memorize-m1")
-    continued = steps["train detect_memorize on to 128 segments"]
+    continued = steps["train detect_memorize on to 64 segments"]
     assert continued.inputs == steps["train detect_memorize"].outputs  # starts from the finished curriculum
     assert f"init={continued.inputs[0]}" in continued.arguments["overrides"]
-    assert continued.outputs[0].name == "stage-128" and continued.arguments["run_dir"].endswith(
+    assert continued.outputs[0].name == "stage-64" and continued.arguments["run_dir"].endswith(
         "continued/base-detect_memorize")
-    assert steps["long evaluation detect_memorize trained on to 128 segments"].inputs == continued.outputs
+    assert steps["long evaluation detect_memorize trained on to 64 segments"].inputs == continued.outputs
     reasoning = steps["train reasoning on to 32 segments"]
     assert reasoning.inputs == steps["train reasoning"].outputs and "optim.lr=0.0003" in reasoning.arguments["overrides"]
 

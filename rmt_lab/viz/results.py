@@ -166,7 +166,9 @@ def _training_length_inputs(results: Path, config: str) -> tuple[pd.DataFrame | 
         for path in [CATALOG["long_eval"].at(run=run), CATALOG["long_eval"].at(run=continued), *stages]:
             if path.is_file():
                 frames.append(pd.read_parquet(path).assign(task=task))
-    if not frames:
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    # The figure compares a task's models by training length: it needs a task with a second model.
+    if "trained_segments" not in table or table.groupby("task")["trained_segments"].nunique().max() < 2:
         # Named as the two commands that make a second model of a task: its curriculum carried on further.
         run, continued = (run_folder(results, config, "<task>"),
                           CATALOG["continued_run"].at(results, config=config, task="<task>"))
@@ -175,7 +177,6 @@ def _training_length_inputs(results: Path, config: str) -> tuple[pd.DataFrame | 
                                                      "curriculum.stages=[<longer stages>]"]})
                 + " && " + command_line("eval long", {"run_dir": str(continued)}))
         return None, [Missing(str(CATALOG["long_eval"].at(run=continued)), make)]
-    table = pd.concat(frames, ignore_index=True)
     return table.drop_duplicates(["task", "trained_segments", "tokens"]), []
 
 

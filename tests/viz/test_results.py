@@ -181,10 +181,16 @@ def test_training_length_reads_every_model_of_a_task(tmp_path):
     for folder in (run, continued):
         folder.mkdir(parents=True)
     assert _training_length_inputs(results, "quick")[0] is None  # nothing evaluated: the command that makes it
-    for path, trained in ((run / "long_eval.parquet", 7), (continued / "long_eval.parquet", 32),
-                          (continued / "long_eval_stage16.parquet", 16)):
+
+    def evaluated(path, trained):
         pd.DataFrame({"tokens": [16_000], "n_segments": 250, "accuracy": 0.5, "n_samples": 8,
                       "trained_segments": trained}).to_parquet(path)
+
+    evaluated(run / "long_eval.parquet", 7)
+    table, missing = _training_length_inputs(results, "quick")  # one model of the task: nothing to compare yet
+    assert table is None and missing[0].path.endswith("continued/quick-<task>/long_eval.parquet")
+    evaluated(continued / "long_eval.parquet", 32)
+    evaluated(continued / "long_eval_stage16.parquet", 16)
     pd.DataFrame({"index": [0]}).to_parquet(continued / "long_eval_stage16_samples.parquet")  # not a table of lengths
     table, missing = _training_length_inputs(results, "quick")
     assert not missing and sorted(table["trained_segments"]) == [7, 16, 32]

@@ -340,7 +340,22 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
             width = min(jobs, len(group))
             lock = threading.Lock()
             budgets: dict[str, Path] = {}  # running step -> the file its process takes its thread count from
+            shares: dict[str, int] = {}  # running step -> the thread count last given to it
             waiting = [len(group)]
+
+            def share_out() -> None:
+                """Once no step of the group waits to start, split the cores among the steps running (called
+                under the lock whenever a step starts or ends: a step that starts after a sibling has already
+                ended gets the freed cores too)."""
+                if waiting[0]:
+                    return
+                for k, name in enumerate(sorted(budgets)):
+                    share = max(1, cores // len(budgets) + (k < cores % len(budgets)))
+                    if shares.get(name) != share:
+                        if name in shares:
+                            echo(f"  {name}: now {share} thread(s)")
+                        shares[name] = share
+                        write_thread_budget(budgets[name], share)
 
             def one(item):
                 i, step, forced = item
@@ -359,8 +374,9 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                 if output is not None:
                     output.parent.mkdir(parents=True, exist_ok=True)
                     with lock:
-                        budgets[step.name] = output.with_suffix(".threads")
+                        budgets[step.name], shares[step.name] = output.with_suffix(".threads"), threads
                         write_thread_budget(budgets[step.name], threads)
+                        share_out()
                 where = f"  (log: {output}, {threads} thread{'s' * (threads > 1)})" if output else ""
                 echo(f"{head}: {step.command(again)}{where}")
                 board.start(step.name)
@@ -371,11 +387,8 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                 echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
                 with lock:
                     budgets.pop(step.name, None)
-                    if not waiting[0] and budgets:  # nothing left to start: share the freed cores
-                        for k, (name, path) in enumerate(sorted(budgets.items())):
-                            share = cores // len(budgets) + (k < cores % len(budgets))
-                            write_thread_budget(path, max(1, share))
-                            echo(f"  {name}: now {max(1, share)} thread(s)")
+                    shares.pop(step.name, None)
+                    share_out()
                 if code == 0 and step.inputs:
                     with lock:
                         records[step.key(results)] = step.input_digests(results)

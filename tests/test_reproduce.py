@@ -270,6 +270,36 @@ def test_a_finished_step_s_cores_go_to_the_step_still_running(tmp_path, monkeypa
     assert any("now 4 thread(s)" in line for line in echoed)
 
 
+def test_a_step_starting_after_its_sibling_ended_gets_the_freed_cores(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from rmt_lab.reproduce import Step
+
+    results = tmp_path / "results"
+    steps = [s for s in plan("quick", results, tmp_path / "figures") if s.name.startswith("train")][:2]
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    stale = Step.stale
+
+    def late(self, *args):  # the second step starts well after the first has ended
+        if self.arguments["task"] != "memorize":
+            time.sleep(0.5)
+        return stale(self, *args)
+
+    monkeypatch.setattr(Step, "stale", late)
+    budgets = []
+
+    def fake(recipe, arguments, threads, output):
+        if arguments["task"] != "memorize":
+            budgets.append((threads, output.with_suffix(".threads").read_text()))
+        return 0
+
+    echoed = []
+    assert reproduce(steps, results=results, jobs=2, run=fake, echo=echoed.append) == 0
+    assert budgets == [(2, "4")]  # started on its half, and at once given the half its sibling left
+    assert any("now 4 thread(s)" in line for line in echoed)
+
+
 def test_one_status_line_counts_steps_and_estimates_from_the_last_run(tmp_path):
     import time
 

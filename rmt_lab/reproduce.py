@@ -339,8 +339,8 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                 continue
             width = min(jobs, len(group))
             lock = threading.Lock()
-            budgets: dict[str, Path] = {}  # running step -> the file its process takes its thread count from
-            shares: dict[str, int] = {}  # running step -> the thread count last given to it
+            # running step -> the file its process takes its thread count from, and the count last written there
+            budgets: dict[str, tuple[Path, int]] = {}
             waiting = [len(group)]
 
             def share_out() -> None:
@@ -349,13 +349,12 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                 ended gets the freed cores too)."""
                 if waiting[0]:
                     return
-                for k, name in enumerate(sorted(budgets)):
+                for k, (name, (path, given)) in enumerate(sorted(budgets.items())):
                     share = max(1, cores // len(budgets) + (k < cores % len(budgets)))
-                    if shares.get(name) != share:
-                        if name in shares:
-                            echo(f"  {name}: now {share} thread(s)")
-                        shares[name] = share
-                        write_thread_budget(budgets[name], share)
+                    if share != given:
+                        echo(f"  {name}: now {share} thread(s)")
+                        budgets[name] = (path, share)
+                        write_thread_budget(path, share)
 
             def one(item):
                 i, step, forced = item
@@ -374,8 +373,8 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                 if output is not None:
                     output.parent.mkdir(parents=True, exist_ok=True)
                     with lock:
-                        budgets[step.name], shares[step.name] = output.with_suffix(".threads"), threads
-                        write_thread_budget(budgets[step.name], threads)
+                        budgets[step.name] = (output.with_suffix(".threads"), threads)
+                        write_thread_budget(budgets[step.name][0], threads)
                         share_out()
                 where = f"  (log: {output}, {threads} thread{'s' * (threads > 1)})" if output else ""
                 echo(f"{head}: {step.command(again)}{where}")
@@ -387,7 +386,6 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                 echo(f"{head}: {'finished' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
                 with lock:
                     budgets.pop(step.name, None)
-                    shares.pop(step.name, None)
                     share_out()
                 if code == 0 and step.inputs:
                     with lock:

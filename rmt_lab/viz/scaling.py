@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -117,6 +118,24 @@ def _long_context_curves(long_eval: pd.DataFrame) -> list[tuple[str, float | Non
     return curves
 
 
+def _interval(ax, d: pd.DataFrame, color, alpha: float) -> None:
+    """95% Wilson intervals of a curve's points (`tokens`, `accuracy`, `n_samples`, sorted by tokens): a band
+    over each run of lengths in the curve's usual steps, a bar at a length standing alone past a step more
+    than twice the usual ratio, so that no band is drawn across lengths that were never measured (doubling to
+    2,048,000 tokens, then 10,240,000)."""
+    lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
+    tokens = d["tokens"].to_numpy(dtype=float)
+    ratios = tokens[1:] / tokens[:-1]
+    gaps = ratios > 2 * np.median(ratios) if len(ratios) else ratios.astype(bool)
+    run = np.concatenate([[0], np.cumsum(gaps)])
+    for r in np.unique(run):
+        at = run == r
+        if at.sum() > 1:
+            ax.fill_between(tokens[at], lo[at], hi[at], color=color, alpha=alpha, linewidth=0)
+        else:
+            ax.vlines(tokens[at], lo[at], hi[at], color=color, alpha=min(1.0, 3 * alpha), linewidth=3)
+
+
 @styled
 def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     """Report Figure 1 from the runs' long evaluations: accuracy versus input length for each task
@@ -142,8 +161,7 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
         label = task_title(task) + (f", trained on {int(trained)} segments" if task in several else "")
         style = dict(marker=markers[task], color=palette[task], linestyle="-" if first else "-.",
                      markerfacecolor=None if first else "white", label=label)
-        lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
-        acc_ax.fill_between(d["tokens"], lo, hi, color=palette[task], alpha=0.15 if first else 0.08, linewidth=0)
+        _interval(acc_ax, d, palette[task], alpha=0.15 if first else 0.08)
         acc_ax.plot(d["tokens"], d["accuracy"], **style)
         # A model's lengths measured on different devices (CUDA allocations, a process's RSS) are not one
         # quantity: a memory line per source, never one line joining them.
@@ -154,16 +172,10 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
             mem_ax.plot(part["tokens"], part["peak_mib"], **style)
     if {"trained_segments", "n_segments"} <= set(long_eval.columns):
         per_segment = (long_eval["tokens"] / long_eval["n_segments"]).median()
-        for i, trained in enumerate(sorted(long_eval["trained_segments"].dropna().unique())):
-            x = trained * per_segment
+        trained = sorted(long_eval["trained_segments"].dropna().unique())
+        for x in trained:
             for ax in (acc_ax, mem_ax):
-                ax.axvline(x, color="0.3", linestyle="--", linewidth=1)
-            acc_ax.annotate(f"trained on {int(trained)} segments\n({x:,.0f} tokens)", (x, 0.03 + 0.2 * i),
-                            xycoords=("data", "axes fraction"), xytext=(4, 0), textcoords="offset points",
-                            fontsize="small", color="0.3",
-                            # on a light box under the curves: legible where no curve crosses, hiding no point
-                            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none",
-                                  "alpha": 0.8}, zorder=1.5)
+                ax.axvline(x * per_segment, color="0.3", linestyle="--", linewidth=1)
     acc_ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
     acc_ax.set_ylim(0, 1.04)
     acc_ax.set_ylabel("accuracy")
@@ -182,12 +194,20 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
             last = max((row for _, row, _ in sharing), key=lambda row: row["tokens"])
             shared_by = {task for _, _, task in sharing}
             color = palette[shared_by.pop()] if len(shared_by) == 1 else "0.35"
+            # below its line's last point: the memory lines of other sources lie above or far below it
             mem_ax.annotate(source or "source not recorded", (last["tokens"], last["peak_mib"]),
-                            xytext=(0, 5), textcoords="offset points", ha="right", va="bottom", fontsize="x-small",
+                            xytext=(0, -6), textcoords="offset points", ha="right", va="top", fontsize="x-small",
                             color=color)
     mem_ax.set_ylim(0, long_eval["peak_mib"].max() * 1.25)
     log_tokens_axis(mem_ax)
     mem_ax.set_xlabel("input length (tokens, log scale)")
+    if {"trained_segments", "n_segments"} <= set(long_eval.columns):
+        # Named on an axis of their own above the panel, where no curve or interval runs under the text; made
+        # after the log scale, which a secondary axis does not follow once made.
+        top = acc_ax.secondary_xaxis("top")
+        top.set_xticks([x * per_segment for x in trained],
+                       [f"trained on\n{int(x)} segments\n({x * per_segment:,.0f} tokens)" for x in trained])
+        top.tick_params(which="both", labelsize="x-small", labelcolor="0.3", length=0)
     return fig
 
 
@@ -214,11 +234,7 @@ def plot_accuracy_by_training_length(long_eval: pd.DataFrame) -> Figure:
         for trained in sorted(rows["trained_segments"].unique()):
             color = color_of[trained]
             d = rows[rows["trained_segments"] == trained].sort_values("tokens")
-            lo, hi = wilson_interval(d["accuracy"], d["n_samples"])
-            if len(d) > 1:
-                ax.fill_between(d["tokens"], lo, hi, color=color, alpha=0.15, linewidth=0)
-            else:  # a band needs two lengths: the interval of a single one as a bar
-                ax.vlines(d["tokens"], lo, hi, color=color, alpha=0.5, linewidth=3)
+            _interval(ax, d, color, alpha=0.15)
             least, most = int(d["n_samples"].min()), int(d["n_samples"].max())
             samples = f"{least}" if least == most else f"{least}-{most}"
             ax.plot(d["tokens"], d["accuracy"], marker="o", color=color,

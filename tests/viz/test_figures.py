@@ -1,8 +1,10 @@
 """Each figure function draws what its table says: axes, scales, labels and the plotted data."""
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 
 from rmt_lab.viz import (
@@ -74,6 +76,22 @@ def test_long_context_draws_a_curve_per_training_length_of_a_task():
     assert curves[legend[1]].get_linestyle() == "-"
     trained = [line.get_xdata()[0] for line in acc.get_lines() if line.get_linestyle() == "--"]
     assert trained == pytest.approx([7 * 499, 32 * 499])
+
+
+def test_long_context_draws_no_interval_across_unmeasured_lengths_and_names_training_lengths_above():
+    table = helpers.long_eval_table()
+    memorize = table["task"] == "memorize"
+    beyond = table[memorize].iloc[[-1]].assign(tokens=table["tokens"].max() * 10, n_samples=4)  # 4x steps, then 10x
+    acc, _ = data_axes(plot_long_context(pd.concat([table, beyond], ignore_index=True)))
+    color = next(line.get_color() for line in acc.get_lines() if line.get_label() == "Memorize")
+    rgb = matplotlib.colors.to_rgb(color)
+    bands = [c for c in acc.collections if isinstance(c, PolyCollection) and np.allclose(c.get_facecolor()[0][:3], rgb)]
+    assert len(bands) == 1 and bands[0].get_paths()[0].vertices[:, 0].max() == table.loc[memorize, "tokens"].max()
+    bars = [c for c in acc.collections if isinstance(c, LineCollection) and np.allclose(c.get_edgecolor()[0][:3], rgb)]
+    assert len(bars) == 1 and bars[0].get_segments()[0][0, 0] == beyond["tokens"].iloc[0]
+    assert sorted(bars[0].get_segments()[0][:, 1]) == pytest.approx(np.ravel(wilson_interval([0.9], [4])))
+    top = acc.child_axes[0]
+    assert [t.get_text() for t in top.xaxis.get_ticklabels()] == ["trained on\n7 segments\n(3,493 tokens)"]
 
 
 def test_long_context_names_each_tasks_memory_measure_when_they_differ():

@@ -15,7 +15,7 @@ Paths are templates under the results folder (default data/results/); `{config}-
     sweeps/memory/{config}-{task}-m{memory}/ a run with `memory` memory tokens, evaluated at one length
     continued/{config}-{task}/               a run carrying a finished curriculum on to longer stages
     traces/{config}-reasoning/trace.json     trace                  Figure 6, read/write profile, ...
-    traces/{config}-detect_memorize-probe/probe.parquet   probe     probe accuracy
+    traces/{config}-{task}-probe/probe.parquet   probe              probe accuracy
     bench/flops.parquet, memory.parquet, speed.parquet    bench     Figure 3, measured memory, speed table
 """
 
@@ -62,7 +62,7 @@ CATALOG: dict[str, ResultFile] = {r.key: r for r in (
     ResultFile("continued_run", "continued/{config}-{task}", "train"),
     ResultFile("trace", "traces/{config}-reasoning/trace.json", "trace",
                ("fig6_memory_operations", "read_write_profile", "write_precision", "memory_trajectory")),
-    ResultFile("probe", "traces/{config}-detect_memorize-probe/probe.parquet", "probe",
+    ResultFile("probe", "traces/{config}-{task}-probe/probe.parquet", "probe",
                ("probe_accuracy",)),
     ResultFile("flops", "bench/flops.parquet", "bench_flops", ("fig3_flops",)),
     ResultFile("memory", "bench/memory.parquet", "bench_memory", ("memory_vs_length",)),

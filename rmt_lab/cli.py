@@ -284,7 +284,8 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
 def _run_probe(args: argparse.Namespace) -> None:
     frame = _call(recipes.probe, args)
     print(f"linear probe on the memory state, {args.task}, {args.samples} samples of {args.segments} segments "
-          "(half train, half test); accuracy by distance from the fact segment (chance 0.167):")
+          "(half train, half test); accuracy by distance from the fact segment (chance: 0.167 for a place, "
+          "0.25 for a direction):")
     print(recipes.probe_by_distance(frame).round(3).to_string())
     print(f"wrote {args.out}")
 

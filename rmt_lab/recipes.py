@@ -380,7 +380,8 @@ def trace(out: str | Path, checkpoint: str | Path | None = None, backbone: str =
 def probe(checkpoint: str | Path, out: str | Path, task: str = "detect_memorize", segments: int = 7,
           samples: int = 256, split: str = "test", seed: int = 0) -> pd.DataFrame:
     """Linear probes on the memory state after every segment: how well the answer decodes at each distance
-    from the fact segment.
+    from the fact segment, and for reasoning each part of each fact from that fact's segment
+    (`rmt_lab.trace.probe_targets`: one row per target, segment and distance).
 
     Args:
         checkpoint: an RMT saved with save_pretrained (a stage checkpoint)
@@ -391,25 +392,29 @@ def probe(checkpoint: str | Path, out: str | Path, task: str = "detect_memorize"
         out: parquet file to write (e.g. <trace folder>/probe.parquet)
     """
     from rmt_lab.model import RecurrentWrapper
-    from rmt_lab.tasks import NUM_CLASSES, TaskConfig, TaskGenerator
-    from rmt_lab.trace import collect_memory_states, probe_memory
+    from rmt_lab.tasks import TaskConfig, TaskGenerator
+    from rmt_lab.trace import collect_memory_states, probe_targets
 
     model = RecurrentWrapper.from_pretrained(checkpoint).eval()
     config = TaskConfig(task=task, segment_size=model.config.segment_size, length=segments, unit="segments",
                         seed=seed)
     generator = TaskGenerator(config)
     collected = collect_memory_states(model, [generator.sample(split, i) for i in range(samples)])
-    frame = probe_memory(collected["states"], collected["labels"], collected["fact_segment"],
-                         n_classes=NUM_CLASSES)
+    frame = probe_targets(collected["states"], collected["targets"])
     frame["task"], frame["checkpoint"] = task, str(checkpoint)
     write_parquet(out, frame)
     return frame
 
 
-def probe_by_distance(frame: pd.DataFrame) -> pd.Series:
-    """A probe table's accuracy by distance from the fact segment, pooled over segments."""
-    pooled = frame.assign(hits=frame["accuracy"] * frame["n"]).groupby("distance")[["hits", "n"]].sum()
-    return pooled["hits"] / pooled["n"]
+def probe_by_distance(frame: pd.DataFrame) -> pd.DataFrame:
+    """A probe table's accuracy by distance from the fact segment (rows), pooled over segments, a column per
+    target (tables without one: the answer)."""
+    from rmt_lab.trace.probe import ANSWER
+
+    frame = frame if "target" in frame else frame.assign(target=ANSWER)
+    pooled = frame.assign(hits=frame["accuracy"] * frame["n"]).groupby(["distance", "target"], sort=False)[
+        ["hits", "n"]].sum()
+    return (pooled["hits"] / pooled["n"]).unstack("target")
 
 
 # --------------------------------------------------------------------------------------- benchmarks

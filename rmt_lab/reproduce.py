@@ -158,7 +158,7 @@ SETTINGS = {
     "base": PlanSettings(
         config="base", stages=7, gen_samples=128, gen_max_segments=15,
         long_max_tokens={task: 2_048_000 for task in TASKS},
-        long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=512,
+        long_samples=64, long_samples_from=(512_000, 16), long_batch=16, probe_samples=4096,
         eval_dtype="bfloat16", long_compile="default", ablation_samples=128,
         memory_sweep=(1, 2, 5, 20), trace_maps={"layers": [5], "map_dtype": "float16"},
         # 160,000 segments: about an hour for 4 samples on 2 CPU cores in bf16.
@@ -269,11 +269,12 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                        "samples": 8, "split": "test", "maps": "all", **s.trace_maps, "keep_memory": True,
                        "overwrite": True},
                       [trace], [reasoning], group="evaluate"))
-    detect, probe = final("detect_memorize"), path("probe", results, config=s.config)
-    steps.append(Step("probe detect_memorize", "probe",
-                      {"checkpoint": str(detect), "out": str(probe), "task": "detect_memorize",
-                       "segments": s.stages, "samples": s.probe_samples},
-                      [probe], [detect], group="evaluate"))
+    for task in ("detect_memorize", "reasoning"):
+        probe = path("probe", results, config=s.config, task=task)
+        steps.append(Step(f"probe {task}", "probe",
+                          {"checkpoint": str(final(task)), "out": str(probe), "task": task, "segments": s.stages,
+                           "samples": s.probe_samples},
+                          [probe], [final(task)], group="evaluate"))
     bench = results / "bench"
     if s.bench_all:
         for kind in ("flops", "memory", "speed"):

@@ -69,6 +69,11 @@ class TaskSpec:
         """Every question this task can ask."""
         raise NotImplementedError
 
+    def fact_parts(self, facts: tuple[str, ...]) -> list[dict[str, tuple[int, int]]]:
+        """What a probe of the memory may decode of each of a sample's facts, in the order given: per fact,
+        {part: (class, number of classes)}. Empty for a task whose one fact is its answer."""
+        return [{} for _ in facts]
+
 
 _TASKS: dict[str, TaskSpec] = {}
 

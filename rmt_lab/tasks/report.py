@@ -13,6 +13,7 @@ Facts are generated here from the templates, never copied from a dataset.
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 
@@ -50,6 +51,9 @@ class DetectMemorize(Memorize):
 
 def _relation(a: str, direction: str, b: str) -> str:
     return f"The {a} is {direction} of the {b}."
+
+
+_RELATION = re.compile(r"The (\w+) is (\w+) of the (\w+)\.")
 
 
 @register_task("reasoning")
@@ -111,6 +115,18 @@ class Reasoning(TaskSpec):
         return tuple(
             _relation(a, d, b) for a, b in itertools.permutations(PLACES, 2) for d in DIRECTIONS
         )
+
+    def fact_parts(self, facts: tuple[str, ...]) -> list[dict[str, tuple[int, int]]]:
+        """Per fact, its words as stated: subject place, direction word, object place. Each is one fact's own,
+        so a memory that keeps the fact keeps them from its segment on; which direction goes with which place
+        around the centre is then a function of both facts and the order each is stated in."""
+        parts = []
+        for fact in facts:
+            subject, direction, obj = _RELATION.fullmatch(fact).groups()
+            parts.append({"subject": (PLACES.index(subject), len(PLACES)),
+                          "direction": (DIRECTIONS.index(direction), len(DIRECTIONS)),
+                          "object": (PLACES.index(obj), len(PLACES))})
+        return parts
 
     def question_texts(self) -> tuple[str, ...]:
         pairs = itertools.product(PLACES, DIRECTIONS)

@@ -21,7 +21,7 @@ from rmt_lab.trace.config import SegmentSelection, TraceConfig
 from rmt_lab.trace.interop import run_with_cache, to_bertviz
 from rmt_lab.trace.index import SegmentIndex, build_index
 from rmt_lab.trace.names import hook_name, parse_name
-from rmt_lab.trace.probe import collect_memory_states, probe_memory
+from rmt_lab.trace.probe import collect_memory_states, memory_targets, probe_memory, probe_targets
 from rmt_lab.trace.recorder import Recorder, fact_positions, record
 from rmt_lab.trace.store import Trace, TraceBudgetError, TraceMismatchError, model_fingerprint
 from rmt_lab.trace.summaries import ALL_METRICS, ATTENTION_METRICS, MEMORY_METRICS, fact_alignment, where_written
@@ -30,5 +30,5 @@ __all__ = [
     "ALL_METRICS", "ATTENTION_METRICS", "MEMORY_METRICS", "METRICS", "TRACE_IMPL",
     "Recorder", "SegmentIndex", "SegmentSelection", "Trace", "TraceBudgetError", "TraceConfig", "TraceMismatchError",
     "build_index", "collect_memory_states", "fact_alignment", "fact_positions", "hook_name", "model_fingerprint",
-    "parse_name", "probe_memory", "record", "run_with_cache", "summaries_from_maps", "to_bertviz", "where_written",
+    "memory_targets", "parse_name", "probe_memory", "probe_targets", "record", "run_with_cache", "summaries_from_maps", "to_bertviz", "where_written",
 ]

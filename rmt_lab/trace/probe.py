@@ -2,7 +2,9 @@
 
 A linear probe (multinomial logistic regression) is trained, for each segment, on the memory state
 after that segment to decode the answer. Accuracy well above chance after the fact segment, and how
-it decays with distance from the fact, says where and for how long the information is held.
+it decays with distance from the fact, says where and for how long the information is held. Where a
+task's facts have parts (reasoning: each fact's place and its direction from the centre), each part of
+each fact is probed too, by distance from that fact's own segment (`probe_targets`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ def collect_memory_states(model, samples: Sequence, batch_size: int = 16) -> dic
     """Memory after every segment for task samples (objects with segments(), facts, label, n_segments).
 
     Returns states (N, S, M, d) float32, labels (N,), fact_segment (N,): the segment of each sample's
-    last fact token (where the memory must have stored everything it needs).
+    last fact token (where the memory must have stored everything it needs), and targets
+    (`memory_targets`).
     """
     if not samples:
         raise ValueError("collect_memory_states needs at least one sample")
@@ -35,7 +38,36 @@ def collect_memory_states(model, samples: Sequence, batch_size: int = 16) -> dic
         "states": torch.cat(states),
         "labels": torch.tensor([s.label for s in samples]),
         "fact_segment": torch.tensor(fact_segment),
+        "targets": memory_targets(samples),
     }
+
+
+ANSWER = "answer"
+
+
+def memory_targets(samples: Sequence) -> dict[str, dict]:
+    """What a probe decodes from the memory of task samples, each from its own fact's segment on: name ->
+    labels (N,), fact_segment (N,), n_classes. "answer" comes from the last fact; a task whose facts have
+    parts (`TaskSpec.fact_parts`) adds "fact <k> <part>" for its k-th fact in text order."""
+    from rmt_lab.tasks import NUM_CLASSES, get_task
+
+    columns: dict[str, dict[str, list]] = {}
+
+    def add(name: str, label: int, segment: int, n_classes: int) -> None:
+        target = columns.setdefault(name, {"labels": [], "fact_segment": [], "n_classes": n_classes})
+        target["labels"].append(label)
+        target["fact_segment"].append(segment)
+
+    for s in samples:
+        add(ANSWER, s.label, max(seg for span in s.facts for seg in span.segments), NUM_CLASSES)
+        in_text = sorted(s.facts, key=lambda span: span.start)
+        for k, (span, parts) in enumerate(zip(in_text, get_task(s.task).fact_parts(tuple(f.text for f in in_text))), 1):
+            for part, (label, n_classes) in parts.items():
+                add(f"fact {k} {part}", label, span.segments[-1], n_classes)
+    if any(len(t["labels"]) != len(samples) for t in columns.values()):
+        raise ValueError("the samples' facts do not all have the same parts: probe one task at a time")
+    return {name: {"labels": torch.tensor(t["labels"]), "fact_segment": torch.tensor(t["fact_segment"]),
+                   "n_classes": t["n_classes"]} for name, t in columns.items()}
 
 
 def _fit_predict(x_train: Tensor, y_train: Tensor, x_test: Tensor, n_classes: int, l2: float, steps: int) -> Tensor:
@@ -90,3 +122,10 @@ def probe_memory(states: Tensor, labels: Tensor, fact_segment: Tensor | None = N
             rows.append({"segment": s, "distance": int(d), "accuracy": float(hit.mean()), "n": int(hit.size),
                          "chance": 1.0 / n_classes, "n_train": n_train})
     return pd.DataFrame(rows)
+
+
+def probe_targets(states: Tensor, targets: dict[str, dict], **kwargs) -> pd.DataFrame:
+    """`probe_memory` for each of `targets` (`memory_targets`), in one table with a `target` column;
+    `kwargs` go to `probe_memory`."""
+    return pd.concat([probe_memory(states, t["labels"], t["fact_segment"], n_classes=t["n_classes"], **kwargs)
+                      .assign(target=name) for name, t in targets.items()], ignore_index=True)

@@ -6,7 +6,8 @@ Inputs are the trace's tidy tables (`rmt_lab.trace`):
     retain, write_content, write_span, write_fact, retain_diag, write_precision;
     memory-state metrics with layer = head = -1: mem_norm, mem_delta_l2, mem_delta_cos (per slot, and
     the slot mean at slot = -1), mem_eff_rank.
-  probe results (`rmt_lab.trace.probe_memory`): segment, distance, accuracy, n, chance, n_train.
+  probe results (`rmt_lab.trace.probe_targets`): segment, distance, accuracy, n, chance, n_train, and
+    target and task where several are probed.
 Memory states (segments, batch, M, d) become a tidy 2-D projection with `memory_projection`.
 """
 
@@ -216,29 +217,64 @@ def plot_memory_trajectory(projection: pd.DataFrame, max_samples: int = 8) -> Fi
     return fig
 
 
+def _probe_panels(probe: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(task, fact, rows) per panel of the probe figure: a panel per task, and per fact of a task whose
+    facts' parts are probed ("fact <k> <part>" targets); the answer, read from the last fact on, shares the
+    last fact's panel."""
+    from rmt_lab.viz.tables import ordered_tasks
+
+    fact = probe["target"].str.extract(r"^(fact \d+) ", expand=False)
+    last = fact.groupby(probe["task"]).transform(lambda f: f.dropna().max() if f.notna().any() else "")
+    probe = probe.assign(fact=fact.fillna(last))
+    tasks = ordered_tasks(probe["task"]) if probe["task"].ne("").all() else [""]
+    return [(task, f, rows) for task in tasks for f, rows in probe[probe["task"] == task].groupby("fact", sort=True)]
+
+
 @styled
 def plot_probe_accuracy(probe: pd.DataFrame) -> Figure:
-    """Linear-probe accuracy of decoding the answer from the memory, versus distance (in segments) from the
-    segment holding the fact; negative distances are before the fact (the probe can only guess there).
-    Error bars: standard error over the test samples at each distance."""
+    """Linear-probe accuracy of decoding from the memory, versus distance (in segments) from the segment
+    holding the fact; negative distances are before the fact (the probe can only guess there). A line per
+    probe target (`target`: the answer, from the last fact's segment; for reasoning each stated word of each
+    fact, from that fact's segment), a panel per task (`task`) and per fact whose words are probed. Error
+    bars: standard error over the test samples at each distance."""
     require_columns(probe, ["distance", "accuracy", "n"], "probe results (rmt_lab.trace.probe_memory)")
-    d = probe.assign(hits=probe["accuracy"] * probe["n"]).groupby("distance", as_index=False)[["hits", "n"]].sum()
-    d["accuracy"] = d["hits"] / d["n"]
-    d["se"] = np.sqrt(d["accuracy"] * (1 - d["accuracy"]) / d["n"].clip(lower=1))
-    fig, axes = new_figure(1, 1, figsize=(7, 4.2))
-    ax = axes[0, 0]
-    ax.errorbar(d["distance"], d["accuracy"], yerr=d["se"], marker="o", capsize=3, color=colors(1)[0],
-                label="linear probe on the memory state")
-    if "chance" in probe:
-        ax.axhline(float(probe["chance"].iloc[0]), **CHANCE_STYLE, label="chance")
-    ax.axvline(0, color="#d55e00", linestyle="--", linewidth=1, label="segment with the (last) fact")
-    ax.set_ylim(0, 1.04)
-    ax.set_xlabel("distance from the fact segment (segments)")
-    ax.set_ylabel("probe accuracy (held-out samples)")
-    if "n_train" in probe:
-        ax.set_title(f"trained on {int(probe['n_train'].iloc[0])} samples per segment", fontsize="medium")
-    ax.legend(fontsize="small", loc="best")
-    fig.suptitle("How long does the answer survive in memory?")
-    if d.empty:
-        empty_axes(ax, "no probe results")
+    from rmt_lab.trace.probe import ANSWER
+    from rmt_lab.viz.tables import task_title
+
+    # tables written before targets were probed hold the answer's rows only
+    probe = probe.assign(**{c: probe[c].fillna(v) if c in probe else v for c, v in (("target", ANSWER), ("task", ""))})
+    parts = list(dict.fromkeys(probe["target"].str.replace(r"^fact \d+ ", "", regex=True)))
+    palette = dict(zip(parts, colors(len(parts))))
+    several = len(parts) > 1
+    panels = _probe_panels(probe)
+    fig, axes = new_figure(1, len(panels), figsize=(max(7.0, 5.2 * len(panels)), 4.4), sharey=True)
+    for ax, (task, fact, rows) in zip(axes[0], panels):
+        for target in dict.fromkeys(rows["target"]):
+            part = target.removeprefix(f"{fact} ") if fact else target
+            t = rows[rows["target"] == target]
+            d = t.assign(hits=t["accuracy"] * t["n"]).groupby("distance", as_index=False)[["hits", "n"]].sum()
+            d["accuracy"] = d["hits"] / d["n"]
+            d["se"] = np.sqrt(d["accuracy"] * (1 - d["accuracy"]) / d["n"].clip(lower=1))
+            label = {ANSWER: "the answer" if several else "linear probe on the memory state",
+                     "subject": "subject place", "direction": "direction word", "object": "object place"}.get(part, part)
+            ax.errorbar(d["distance"], d["accuracy"], yerr=d["se"], marker="o", markersize=4, capsize=3,
+                        color=palette[part], label=label)
+        for chance in sorted(rows["chance"].unique()) if "chance" in rows else []:
+            ax.axhline(float(chance), **CHANCE_STYLE, label=f"chance (1/{round(1 / chance)})")
+        ax.axvline(0, color="#d55e00", linestyle="--", linewidth=1,
+                   label=f"segment with {fact}" if fact.startswith("fact") else "segment with the (last) fact")
+        ax.set_ylim(0, 1.04)
+        ax.set_xlabel(f"distance from the segment with {fact} (segments)" if fact.startswith("fact")
+                      else "distance from the fact segment (segments)")
+        title = ": ".join(x for x in (task_title(task) if task else "", fact if fact.startswith("fact") else "") if x)
+        ax.set_title(title, fontsize="medium")
+        ax.legend(fontsize="x-small" if several else "small", loc="best")
+    axes[0, 0].set_ylabel("probe accuracy (held-out samples)")
+    trained = sorted(probe["n_train"].unique()) if "n_train" in probe else []
+    fig.suptitle(("How long does each fact survive in memory?" if several else
+                  "How long does the answer survive in memory?")
+                 + (f" (probes fit on {' or '.join(f'{int(n):,}' for n in trained)} samples a segment)" if trained
+                    else ""))
+    if probe.empty:
+        empty_axes(axes[0, 0], "no probe results")
     return fig

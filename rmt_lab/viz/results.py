@@ -39,7 +39,7 @@ def _command(key: str, results: Path, config: str, task: str | None = None, run:
                                       "run_dir": str(run_folder(results, config, task))})
     if entry.recipe.startswith("bench_"):
         return command_line(COMMANDS[entry.recipe], {})
-    step = {"trace": "trace reasoning", "probe": "probe detect_memorize"}.get(key, key)
+    step = {"trace": "trace reasoning"}.get(key, key)  # "probe": every probe step
     return command_line("reproduce", {config: True, "results": str(results), "force": [step]})
 
 
@@ -285,7 +285,7 @@ def _probe_inputs(results: Path, config: str):
     if not paths:
         return None, [Missing(f"{results}/traces/{config}-<name>/probe.parquet",
                               _command("probe", results, config))]
-    return pd.read_parquet(paths[0]), []
+    return pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True), []
 
 
 # ------------------------------------------------------------------ the figures

@@ -61,3 +61,24 @@ def test_collect_memory_states_from_task_samples():
     assert got["states"].shape == (5, 4, 4, 64)
     assert got["labels"].tolist() == [s.label for s in samples]
     assert got["fact_segment"].tolist() == [s.facts[0].segments[-1] for s in samples]
+
+
+def test_memory_targets_name_each_facts_words_in_text_order_each_from_its_own_segment():
+    from rmt_lab.tasks import DIRECTIONS, PLACES, TaskConfig, TaskGenerator
+    from rmt_lab.trace import memory_targets
+
+    gen = TaskGenerator(TaskConfig(task="reasoning", segment_size=16, length=6))
+    samples = [gen.sample("test", i) for i in range(40)]
+    targets = memory_targets(samples)
+    parts = ("subject", "direction", "object")
+    assert list(targets) == ["answer"] + [f"fact {k} {part}" for k in (1, 2) for part in parts]
+    assert targets["answer"]["labels"].tolist() == [s.label for s in samples]
+    assert targets["fact 2 direction"]["n_classes"] == 4 and targets["fact 1 object"]["n_classes"] == 6
+    for i, s in enumerate(samples):
+        for k, span in enumerate(sorted(s.facts, key=lambda span: span.start), 1):
+            assert all(targets[f"fact {k} {part}"]["fact_segment"][i] == span.segments[-1] for part in parts)
+            subject, direction, obj = (targets[f"fact {k} {part}"]["labels"][i] for part in parts)
+            assert span.text == f"The {PLACES[subject]} is {DIRECTIONS[direction]} of the {PLACES[obj]}."
+        assert targets["answer"]["fact_segment"][i] == max(f.segments[-1] for f in s.facts)
+    assert list(memory_targets([TaskGenerator(TaskConfig(task="memorize", segment_size=16, length=2))
+                                .sample("test", 0)])) == ["answer"]

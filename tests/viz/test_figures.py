@@ -282,6 +282,19 @@ def test_probe_accuracy_by_distance():
     assert "distance" in ax.get_xlabel()
 
 
+def test_probe_accuracy_draws_a_panel_per_task_and_per_fact_whose_words_are_probed():
+    detect = helpers.probe_table().assign(task="detect_memorize")  # written before targets: the answer's rows
+    reasoning = pd.concat([helpers.probe_table().assign(task="reasoning", target=target, accuracy=value)
+                           for target, value in (("answer", 0.3), ("fact 1 subject", 0.9), ("fact 1 direction", 0.5),
+                                                 ("fact 2 subject", 0.8), ("fact 2 direction", 0.4))])
+    panels = data_axes(plot_probe_accuracy(pd.concat([reasoning, detect], ignore_index=True)))
+    assert [ax.get_title() for ax in panels] == ["Detect & Memorize", "Reasoning: fact 1", "Reasoning: fact 2"]
+    drawn = [{c.get_label(): float(np.mean(c.lines[0].get_ydata())) for c in ax.containers} for ax in panels]
+    assert drawn == [{"the answer": pytest.approx(0.65)}, {"subject place": 0.9, "direction word": 0.5},
+                     {"the answer": 0.3, "subject place": 0.8, "direction word": 0.4}]
+    assert "segment with fact 2" in panels[2].get_xlabel()
+
+
 @pytest.mark.parametrize("fn, table, missing", [
     (plot_flops, helpers.flops_table().drop(columns="relative_flops"), "relative_flops"),
     (plot_generalization, helpers.generalization_table().drop(columns="eval_segments"), "eval_segments"),

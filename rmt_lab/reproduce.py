@@ -566,15 +566,23 @@ def recompute(results: str | Path = "data/results", figures: str | Path = "figur
 
 
 def _groups(numbered: list) -> list[list]:
-    """(index, step) pairs cut into runs: neighbouring steps of one group together, others alone."""
+    """(index, step) pairs cut into runs: neighbouring steps of one group together, others alone. A step that
+    reads what a step of the run before it makes (an evaluation of the model a training there ends with)
+    opens a new run, so that it starts once that step is over."""
     out: list[list] = []
     for item in numbered:
-        group = item[1].group
-        if out and group and out[-1][0][1].group == group:
+        step = item[1]
+        if out and step.group and out[-1][0][1].group == step.group and not _reads(step, [s for _, s in out[-1]]):
             out[-1].append(item)
         else:
             out.append([item])
     return out
+
+
+def _reads(step: Step, others: Sequence[Step]) -> bool:
+    """Whether `step` reads an output of one of `others` (the output itself or a file inside it)."""
+    made = [path for other in others for path in other.outputs]
+    return any(path == out or out in path.parents for path in step.inputs for out in made)
 
 
 def _run_process(recipe: str, arguments: dict, threads: int, output: Path | None) -> int:

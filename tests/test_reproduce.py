@@ -169,6 +169,32 @@ def test_steps_of_a_group_run_side_by_side_with_their_own_logs(tmp_path):
     assert solo[0][1] is None  # alone: all threads, output to the terminal
 
 
+def test_a_step_starts_only_after_the_step_of_its_group_that_makes_its_model(tmp_path):
+    import threading
+
+    results = tmp_path / "results"
+    steps = [s for s in plan("base", results, tmp_path / "figures") if s.group == "continue"]
+    assert [s.name.split(" ")[0] for s in steps] == ["train", "long", "train", "long"]
+    running, overlaps, lock = set(), [], threading.Lock()
+
+    def fake(recipe, arguments, threads, output):
+        step = next(s for s in steps if s.recipe == recipe and s.arguments == arguments)
+        with lock:
+            overlaps.extend((step.name, other) for other in running)
+            running.add(step.name)
+        threading.Event().wait(0.2)
+        for path in step.outputs:  # what the step makes, for the steps reading it
+            path.mkdir(parents=True, exist_ok=True) if recipe == "train" else path.touch()
+        with lock:
+            running.discard(step.name)
+        return 0
+
+    assert reproduce(steps, results=results, jobs=2, run=fake, echo=lambda s: None) == 0
+    # the detect_memorize model's evaluation runs beside reasoning's training, never beside its own model's
+    assert {frozenset(pair) for pair in overlaps} == {
+        frozenset({"train reasoning on to 32 segments", "long evaluation detect_memorize trained on to 64 segments"})}
+
+
 def test_figures_recompute_reruns_every_experiment_first(tmp_path, monkeypatch):
     import rmt_lab.reproduce as reproduce_module
 

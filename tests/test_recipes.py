@@ -86,7 +86,7 @@ def test_train_then_every_evaluation_from_python(run, tmp_path):
     assert list(long["n_segments"]) == [2, 4] and list(long["n_samples"]) == [2, 1]
     checkpoint = run.run_dir / "checkpoints" / "stage-2"
     probe = recipes.probe(checkpoint, tmp_path / "probe.parquet", task="memorize", segments=2, samples=8)
-    assert 0.0 <= recipes.probe_by_distance(probe).min() <= 1.0
+    assert recipes.probe_by_distance(probe).stack().between(0.0, 1.0).all()
     traced = recipes.trace(tmp_path / "trace", checkpoint=checkpoint, segments=2, samples=2)
     assert traced.trace.n_segments == 2 and 0 <= traced.correct <= 2 and len(traced.profile()) >= 2
 

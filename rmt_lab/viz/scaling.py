@@ -205,9 +205,10 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
         # Named on an axis of their own above the panel, where no curve or interval runs under the text; made
         # after the log scale, which a secondary axis does not follow once made.
         top = acc_ax.secondary_xaxis("top")
-        top.set_xticks([x * per_segment for x in trained],
-                       [f"trained on\n{int(x)} segments\n({x * per_segment:,.0f} tokens)" for x in trained])
+        # short labels: training lengths may lie a doubling apart
+        top.set_xticks([x * per_segment for x in trained], [f"{int(x)}" for x in trained])
         top.tick_params(which="both", labelsize="x-small", labelcolor="0.3", length=0)
+        top.set_xlabel("trained on (segments; dashed lines)", fontsize="x-small", color="0.3")
     return fig
 
 

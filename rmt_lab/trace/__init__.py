@@ -30,5 +30,6 @@ __all__ = [
     "ALL_METRICS", "ATTENTION_METRICS", "MEMORY_METRICS", "METRICS", "TRACE_IMPL",
     "Recorder", "SegmentIndex", "SegmentSelection", "Trace", "TraceBudgetError", "TraceConfig", "TraceMismatchError",
     "build_index", "collect_memory_states", "fact_alignment", "fact_positions", "hook_name", "model_fingerprint",
-    "memory_targets", "parse_name", "probe_memory", "probe_targets", "record", "run_with_cache", "summaries_from_maps", "to_bertviz", "where_written",
+    "memory_targets", "parse_name", "probe_memory", "probe_targets", "record", "run_with_cache",
+    "summaries_from_maps", "to_bertviz", "where_written",
 ]

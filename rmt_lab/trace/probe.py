@@ -3,8 +3,8 @@
 A linear probe (multinomial logistic regression) is trained, for each segment, on the memory state
 after that segment to decode the answer. Accuracy well above chance after the fact segment, and how
 it decays with distance from the fact, says where and for how long the information is held. Where a
-task's facts have parts (reasoning: each fact's place and its direction from the centre), each part of
-each fact is probed too, by distance from that fact's own segment (`probe_targets`).
+task's facts have parts (reasoning: each fact's subject place, direction word and object place), each part
+of each fact is probed too, by distance from that fact's own segment (`probe_targets`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+
+
+ANSWER = "answer"  # the probe target every task has: its answer, from the last fact's segment on
 
 
 def collect_memory_states(model, samples: Sequence, batch_size: int = 16) -> dict:
@@ -33,16 +36,13 @@ def collect_memory_states(model, samples: Sequence, batch_size: int = 16) -> dic
             segments = (torch.stack(seg) for seg in zip(*(s.segments() for s in chunk)))
             out = model.stream(segments, n_segments=chunk[0].n_segments, keep=("memory",))
             states.append(torch.stack([r["memory"].float() for r in out.segments], 1))  # (b, S, M, d)
-    fact_segment = [max(seg for span in s.facts for seg in span.segments) for s in samples]
+    targets = memory_targets(samples)
     return {
         "states": torch.cat(states),
-        "labels": torch.tensor([s.label for s in samples]),
-        "fact_segment": torch.tensor(fact_segment),
-        "targets": memory_targets(samples),
+        "labels": targets[ANSWER]["labels"],
+        "fact_segment": targets[ANSWER]["fact_segment"],
+        "targets": targets,
     }
-
-
-ANSWER = "answer"
 
 
 def memory_targets(samples: Sequence) -> dict[str, dict]:

@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from rmt_lab.viz.style import CHANCE_STYLE, SEQUENTIAL, colors, empty_axes, new_figure, styled
-from rmt_lab.viz.tables import require_columns
+from rmt_lab.viz.tables import ordered_tasks, require_columns, task_title
 
 SUMMARY_COLUMNS = ("segment", "sample", "layer", "head", "metric", "value")
 PROFILE_METRICS = ("read_content", "write_content", "retain")
@@ -221,8 +221,6 @@ def _probe_panels(probe: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """(task, fact, rows) per panel of the probe figure: a panel per task, and per fact of a task whose
     facts' parts are probed ("fact <k> <part>" targets); the answer, read from the last fact on, shares the
     last fact's panel."""
-    from rmt_lab.viz.tables import ordered_tasks
-
     fact = probe["target"].str.extract(r"^(fact \d+) ", expand=False)
     last = fact.groupby(probe["task"]).transform(lambda f: f.dropna().max() if f.notna().any() else "")
     probe = probe.assign(fact=fact.fillna(last))
@@ -239,7 +237,6 @@ def plot_probe_accuracy(probe: pd.DataFrame) -> Figure:
     bars: standard error over the test samples at each distance."""
     require_columns(probe, ["distance", "accuracy", "n"], "probe results (rmt_lab.trace.probe_memory)")
     from rmt_lab.trace.probe import ANSWER
-    from rmt_lab.viz.tables import task_title
 
     # tables written before targets were probed hold the answer's rows only
     probe = probe.assign(**{c: probe[c].fillna(v) if c in probe else v for c, v in (("target", ANSWER), ("task", ""))})

@@ -170,12 +170,13 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
             source = _memory_source(part)
             sources[label, source] = (source, part.iloc[-1], task)
             mem_ax.plot(part["tokens"], part["peak_mib"], **style)
+    trained, per_segment = [], None
     if {"trained_segments", "n_segments"} <= set(long_eval.columns):
         per_segment = (long_eval["tokens"] / long_eval["n_segments"]).median()
         trained = sorted(long_eval["trained_segments"].dropna().unique())
-        for x in trained:
-            for ax in (acc_ax, mem_ax):
-                ax.axvline(x * per_segment, color="0.3", linestyle="--", linewidth=1)
+    for x in trained:
+        for ax in (acc_ax, mem_ax):
+            ax.axvline(x * per_segment, color="0.3", linestyle="--", linewidth=1)
     acc_ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
     acc_ax.set_ylim(0, 1.04)
     acc_ax.set_ylabel("accuracy")
@@ -201,7 +202,7 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     mem_ax.set_ylim(0, long_eval["peak_mib"].max() * 1.25)
     log_tokens_axis(mem_ax)
     mem_ax.set_xlabel("input length (tokens, log scale)")
-    if {"trained_segments", "n_segments"} <= set(long_eval.columns):
+    if trained:
         # Named on an axis of their own above the panel, where no curve or interval runs under the text; made
         # after the log scale, which a secondary axis does not follow once made.
         top = acc_ax.secondary_xaxis("top")

@@ -315,7 +315,8 @@ def _run_reproduce(args: argparse.Namespace) -> int | None:
     elif args.list:
         print("\n".join(reproduce.step_lines(steps, args.results)))
     else:
-        return reproduce.reproduce(steps, args.force, args.results, jobs=args.jobs or reproduce.default_jobs(args.plan))
+        return reproduce.reproduce(steps, args.force, args.results, jobs=args.jobs or reproduce.default_jobs(args.plan),
+                                   plan_name=args.plan)
 
 
 def _add_figures(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,8 @@ Three plans:
          hours on 2 CPU cores; every step resumes where it stopped.
   paper  the report's setup (`paper` config on the pretrained MiniLM, 3000 steps per stage,
          256 samples per point, long evaluation to 2,043,904 tokens on every task); meant for a GPU.
-The seconds each step took are written to <results>/reproduce.json.
+The seconds each step took are written to <results>/reproduce-<plan>.json, one file a plan, so that one
+plan's run does not replace the step times another plan's estimate of the time left reads.
 """
 
 from __future__ import annotations
@@ -286,7 +287,7 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
 
 
 def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | Path = "data/results",
-              jobs: int = 1, run: Callable[[str, dict, int, Path | None], int] | None = None,
+              jobs: int = 1, plan_name: str = "quick", run: Callable[[str, dict, int, Path | None], int] | None = None,
               echo: Callable[[str], None] = print, status: Callable[[str], None] | None = None,
               status_every: float = 30.0) -> int:
     """Run the steps not yet done (and those named in `force`, matched by prefix); stop at the first failure.
@@ -299,7 +300,7 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
     receives one overall line (steps done, running, left; elapsed; an estimate from the step times of
     the last reproduction) every `status_every` seconds; on a terminal (the default) it is redrawn in
     place below the step lines at every change too. Returns 0, or the failing step's exit code. Step timings go to
-    <results>/reproduce.json.
+    <results>/reproduce-<plan_name>.json (`times_path`).
 
     Args:
         force: redo these steps even if their files exist (a prefix: 'train', 'long evaluation memorize')
@@ -311,9 +312,10 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be >= 1")
     results = Path(results)
+    times = times_path(results, plan_name)
     # On a terminal the status line is redrawn in place at every change; elsewhere (a log) it is a line per tick.
     live = status is None and echo is print and sys.stdout.isatty()
-    board = _Board(steps, _last_seconds(results), status or (_live_show if live else echo), live=live)
+    board = _Board(steps, _last_seconds(times), status or (_live_show if live else echo), live=live)
     echo = board.wrap(echo)
     log: list[dict] = []
     failures: list[int] = []  # once a step fails, no new step starts
@@ -402,12 +404,12 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
             with ThreadPoolExecutor(max_workers=width) as pool:
                 outcomes = list(pool.map(one, group))
             log.extend(entry for entry, _ in outcomes)
-            write_json(results / "reproduce.json", {"steps": log, "jobs": jobs})
+            write_json(times, {"steps": log, "jobs": jobs})
             if failures:
                 return failures[0]
     total = board.elapsed()
-    write_json(results / "reproduce.json", {"steps": log, "jobs": jobs, "total_seconds": round(total, 1)})
-    echo(f"reproduced in {total / 60:.1f} min; step times in {results / 'reproduce.json'}")
+    write_json(times, {"steps": log, "jobs": jobs, "total_seconds": round(total, 1)})
+    echo(f"reproduced in {total / 60:.1f} min; step times in {times}")
     return 0
 
 
@@ -486,9 +488,13 @@ def _live_show(text: str) -> None:
     sys.stdout.flush()
 
 
-def _last_seconds(results: Path) -> dict[str, float]:
-    """Each step's seconds in the last reproduction under `results` (steps it ran; skipped ones are 0)."""
-    path = results / "reproduce.json"
+def times_path(results: str | Path, plan_name: str) -> Path:
+    """Where a plan's step times are kept under the results folder."""
+    return Path(results) / f"reproduce-{plan_name}.json"
+
+
+def _last_seconds(path: Path) -> dict[str, float]:
+    """Each step's seconds in the last reproduction logged at `path` (steps it ran; skipped ones are 0)."""
     try:
         return {s["step"]: float(s["seconds"]) for s in json.loads(path.read_text())["steps"]}
     except (OSError, ValueError, KeyError, TypeError):
@@ -562,7 +568,8 @@ def recompute(results: str | Path = "data/results", figures: str | Path = "figur
     """Every experiment of the quick plan behind the figures run again, whatever is in `results` (the figures
     step itself left to the caller). Returns 0, or the failing step's exit code."""
     steps = [step for step in plan("quick", results, figures) if step.name != "figures"]
-    return reproduce(steps, force=[step.name for step in steps], results=results, jobs=default_jobs("quick"))
+    return reproduce(steps, force=[step.name for step in steps], results=results, jobs=default_jobs("quick"),
+                     plan_name="quick")
 
 
 def _groups(numbered: list) -> list[list]:

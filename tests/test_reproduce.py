@@ -83,11 +83,15 @@ def test_runs_what_is_missing_then_skips_everything(tmp_path):
     fake = Recorder(steps)
     assert reproduce(steps, results=results, run=fake, echo=lambda s: None) == 0
     assert len(fake.calls) == len(steps)
-    log = json.loads((results / "reproduce.json").read_text())
+    log = json.loads((results / "reproduce-quick.json").read_text())
     assert [r["step"] for r in log["steps"]] == [s.name for s in steps] and "total_seconds" in log
     again = Recorder(steps)
-    assert reproduce(steps, results=results, run=again, echo=lambda s: None) == 0
+    assert reproduce(steps, results=results, run=again, echo=lambda s: None, plan_name="base") == 0
     assert again.calls == [call(steps[-1])]  # only the figures, which have no files to check
+    # Each plan keeps its own step times: the second run (all but one step skipped) left the first's alone.
+    assert json.loads((results / "reproduce-quick.json").read_text()) == log
+    assert [r["status"] for r in json.loads((results / "reproduce-base.json").read_text())["steps"]][:-1] == \
+        ["skipped"] * (len(steps) - 1)
 
 
 def test_interrupted_training_resumes_and_force_starts_over(tmp_path):
@@ -333,7 +337,7 @@ def test_one_status_line_counts_steps_and_estimates_from_the_last_run(tmp_path):
     results = tmp_path / "results"
     steps = [s for s in plan("quick", results, tmp_path / "figures") if s.name.startswith("train")]
     results.mkdir(parents=True)
-    (results / "reproduce.json").write_text(json.dumps({"steps": [{"step": s.name, "seconds": 600.0} for s in steps]}))
+    (results / "reproduce-quick.json").write_text(json.dumps({"steps": [{"step": s.name, "seconds": 600.0} for s in steps]}))
     lines = []
 
     def slow(recipe, arguments, threads, output):

@@ -23,6 +23,9 @@ class RMTConfig:
     layout: Literal["auto", "encoder", "decoder"] = "auto"  # auto: the backbone adapter's layout
     lora_rank: int = 0  # 0: every backbone weight trains (report); r > 0: backbone frozen, rank-r adapters train
     lora_alpha: float = 16.0  # adapter scale alpha / r (LoRA's convention; 16 with r 8-16 is common)
+    # A linear head per leading memory token, naming one of slot_classes[k] classes: what a training run can
+    # teach memory to hold (`OptimConfig.slot_loss`, `TaskSpec.slot_classes`). Inference never reads them.
+    slot_classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("num_mem_tokens", "num_classes", "lora_rank"):
@@ -43,6 +46,12 @@ class RMTConfig:
             raise ConfigError(f"RMTConfig.lora_alpha={self.lora_alpha!r} must be a number > 0")
         check_keep(tuple(self.keep))
         object.__setattr__(self, "keep", tuple(self.keep))
+        slots = tuple(self.slot_classes)
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 2 for c in slots) \
+                or len(slots) > self.num_mem_tokens:
+            raise ConfigError(f"RMTConfig.slot_classes={list(slots)} must be at most num_mem_tokens="
+                              f"{self.num_mem_tokens} class counts, each an integer >= 2")
+        object.__setattr__(self, "slot_classes", slots)
 
 
 def check_keep(keep: tuple[str, ...]) -> tuple[str, ...]:

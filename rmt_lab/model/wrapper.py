@@ -68,6 +68,8 @@ class RecurrentWrapper(nn.Module):
         self.config = cell.config
         n = self.config.num_classes
         self.classifier = nn.Linear(cell.d_model, n) if n else None
+        slots = self.config.slot_classes
+        self.slot_heads = nn.ModuleList(nn.Linear(cell.d_model, c) for c in slots) if slots else None
         # Recompute each segment's forward during backward instead of storing its activations:
         # training memory then holds one segment's activations plus the memory states between segments.
         self.checkpoint_segments = False
@@ -313,6 +315,12 @@ class RecurrentWrapper(nn.Module):
         elif lm_loss_sum is not None:
             loss = lm_loss_sum / max(lm_count, 1)
         return RMTOutput(memory=memory, summary=summary, logits=logits, loss=loss, n_segments=seen, segments=kept)
+
+    def slot_logits(self, memory: Tensor) -> list[Tensor]:
+        """Each slot head's logits (batch, slot_classes[k]) from memory token k of `memory` (batch, n_mem, d)."""
+        if self.slot_heads is None:
+            raise ValueError("slot logits need slot heads: set RMTConfig.slot_classes")
+        return [head(memory[:, k]) for k, head in enumerate(self.slot_heads)]
 
     def _classify(self, summary: Tensor) -> Tensor:
         if self.classifier is None:

@@ -57,6 +57,9 @@ class TaskSpec:
     # `IN_MEMORY` from where the facts lie), so that a run can train or be measured on one sort of sample:
     # `TaskConfig.subset`.
     subsets: ClassVar[dict[str, frozenset[str]]] = {}
+    # A layout the memory can be taught (`OptimConfig.slot_loss`): once every fact has been read, memory token
+    # k names one of slot_classes[k] classes, the one `slot_targets` gives. () = the task has none.
+    slot_classes: ClassVar[tuple[int, ...]] = ()
 
     def episode(self, rng: np.random.Generator) -> Episode:
         raise NotImplementedError
@@ -73,6 +76,11 @@ class TaskSpec:
         """What a probe of the memory may decode of each of a sample's facts, in the order given: per fact,
         {part: (class, number of classes)}. Empty for a task whose one fact is its answer."""
         return [{} for _ in facts]
+
+    def slot_targets(self, facts: tuple[str, ...]) -> tuple[int, ...]:
+        """For a sample stating `facts` (in episode order): the class each of the first len(slot_classes) memory
+        tokens should name once all of them are read."""
+        raise NotImplementedError(f"task {self.name!r} has no memory layout to teach (slot_classes is empty)")
 
 
 _TASKS: dict[str, TaskSpec] = {}

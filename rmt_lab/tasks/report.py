@@ -77,6 +77,11 @@ class Reasoning(TaskSpec):
     segments must memory have kept which direction goes with which place. That is `recall` (1 sample in
     8 on 2 segments, more on longer inputs), where a model that stores only the places is at chance;
     `recall_match` keeps its samples whose answer is the place stated with the question's direction word.
+
+    Its memory layout (`slot_classes`, taught by `OptimConfig.slot_loss`) is a map by direction: memory
+    token d (DIRECTIONS order) names the place that lies in direction d from the centre, or "none" (class
+    len(PLACES)). Memory that holds the facts as stated keeps no key a question's word can match, since
+    every token holds both facts; in this map, the question reads the token of its direction.
     """
 
     n_facts = 2
@@ -89,6 +94,7 @@ class Reasoning(TaskSpec):
         "recall": frozenset({"asks_place", IN_MEMORY}),
         "recall_match": frozenset({"asks_place", IN_MEMORY, "direction_question", "stated_from_centre"}),
     }
+    slot_classes = (len(PLACES) + 1,) * len(DIRECTIONS)
 
     def episode(self, rng: np.random.Generator) -> Episode:
         center, *others = (PLACES[i] for i in rng.permutation(len(PLACES))[:3])
@@ -127,6 +133,15 @@ class Reasoning(TaskSpec):
                           "direction": (DIRECTIONS.index(direction), len(DIRECTIONS)),
                           "object": (PLACES.index(obj), len(PLACES))})
         return parts
+
+    def slot_targets(self, facts: tuple[str, ...]) -> tuple[int, ...]:
+        triples = [_RELATION.fullmatch(fact).groups() for fact in facts]
+        (center,) = {triples[0][0], triples[0][2]} & {triples[1][0], triples[1][2]}
+        slots = [len(PLACES)] * len(DIRECTIONS)  # none
+        for subject, direction, obj in triples:  # "subject is direction of obj": the non-centre place's direction
+            place, way = (subject, direction) if obj == center else (obj, OPPOSITE[direction])
+            slots[DIRECTIONS.index(way)] = PLACES.index(place)
+        return tuple(slots)
 
     def question_texts(self) -> tuple[str, ...]:
         pairs = itertools.product(PLACES, DIRECTIONS)

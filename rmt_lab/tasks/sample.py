@@ -99,6 +99,12 @@ class Sample:
     def n_segments(self) -> int:
         return -(-self.n_tokens // self.segment_size)
 
+    @property
+    def carried_segments(self) -> range:
+        """The segments whose memory carries every fact on towards the question: from the one holding the last
+        fact's end to the one before the question's (empty when a fact reaches the question's segment)."""
+        return range(max(f.segments[-1] for f in self.facts), self.question.segments[0])
+
     def _pieces(self) -> Iterator[np.ndarray]:
         """The sample's tokens in order, as pieces of noise, facts and the question."""
         lay = self._layout

@@ -112,7 +112,9 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_weights(folder: Path, model: RecurrentWrapper) -> None:
-    """Load the RMT saved in `folder` into `model`, which must have the same backbone and rmt settings."""
+    """Load the RMT saved in `folder` into `model`, which must have the same backbone and rmt settings, but for
+    the slot heads: only training reads them, so a model without them (or with others) may start a run that
+    teaches them, its heads starting fresh."""
     folder = Path(folder)
     try:
         theirs = json.loads((folder / "rmt_config.json").read_text())
@@ -120,10 +122,21 @@ def load_weights(folder: Path, model: RecurrentWrapper) -> None:
         raise CheckpointError(f"checkpoint {folder} has no readable rmt_config.json: {err!r}") from err
     mine = model.describe()
     for key in ("backbone", "backbone_config", "rmt"):
-        if mine[key] != theirs.get(key):
-            diff = first_difference(mine[key], theirs.get(key))
-            raise CheckpointError(f"checkpoint {folder} was made with another {key}: {diff}")
-    model.load_state_dict(RecurrentWrapper.from_pretrained(folder).state_dict())
+        a, b = mine[key], theirs.get(key)
+        if key == "rmt" and isinstance(b, dict):
+            a, b = _without_slots(a), _without_slots(b)
+        if a != b:
+            raise CheckpointError(f"checkpoint {folder} was made with another {key}: {first_difference(a, b)}")
+    state = RecurrentWrapper.from_pretrained(folder).state_dict()
+    if list(theirs["rmt"].get("slot_classes", [])) == list(mine["rmt"]["slot_classes"]):
+        model.load_state_dict(state)
+    else:
+        result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith("slot_heads.")}, strict=False)
+        assert all(k.startswith("slot_heads.") for k in result.missing_keys) and not result.unexpected_keys, result
+
+
+def _without_slots(rmt: dict) -> dict:
+    return {k: v for k, v in rmt.items() if k != "slot_classes"}
 
 
 def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.optim.Optimizer) -> dict:

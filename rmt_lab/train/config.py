@@ -68,8 +68,15 @@ class OptimConfig:
     # Target mass spread over the other classes. Above 0 the loss has a floor and the logits a bounded optimum,
     # so a solved task keeps gradients of a useful size instead of Adam rescaling noise at loss ~1e-6.
     label_smoothing: float = 0.0
+    # Weight of an auxiliary loss that teaches memory the task's layout (`TaskSpec.slot_classes`): after every
+    # segment that carries all the facts on to the question's, slot head k must name `slot_targets`' class k.
+    # Not in the report: a 6-layer adapter-tuned MiniLM learns reasoning's questions that read both facts from
+    # memory only with it (`data/results/tuning/README.md`). 0 = the report's loss alone.
+    slot_loss: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.slot_loss < 0:
+            raise ConfigError(f"OptimConfig.slot_loss={self.slot_loss} must be >= 0")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.clip_value < 0:
             raise ConfigError(f"OptimConfig values out of range: {self}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -125,9 +132,35 @@ class ExperimentConfig:
             )
         if self.rmt.num_classes < 1:
             raise ConfigError(f"rmt.num_classes must be the number of answer classes ({NUM_CLASSES} places), got 0")
+        self._check_slots()
         if self.init is not None and not (Path(self.init).expanduser() / "rmt_config.json").is_file():
             raise ConfigError(f"init={self.init!r} is not a saved RMT: the folder must hold the rmt_config.json and "
                               "model.safetensors that save_pretrained writes (e.g. a run's checkpoints/stage-N)")
+
+    def _check_slots(self) -> None:
+        """A slot loss needs a task with a memory layout; the model's slot heads follow from it (set here when
+        not given), and heads without the loss would never train."""
+        from rmt_lab.tasks import get_task
+
+        slots, wanted = self.rmt.slot_classes, get_task(self.task.task).slot_classes
+        if self.optim.slot_loss == 0:
+            if slots:
+                raise ConfigError(f"rmt.slot_classes={list(slots)} gives slot heads that nothing trains: set "
+                                  "optim.slot_loss > 0, or leave rmt.slot_classes empty")
+            return
+        if not wanted:
+            from rmt_lab.tasks import available_tasks
+
+            with_layout = [t for t in available_tasks() if get_task(t).slot_classes]
+            raise ConfigError(f"optim.slot_loss={self.optim.slot_loss} needs a task with a memory layout; task "
+                              f"{self.task.task!r} has none; tasks with one: {with_layout}")
+        if slots and slots != wanted:
+            raise ConfigError(f"rmt.slot_classes={list(slots)} does not match task {self.task.task!r}'s memory layout "
+                              f"{list(wanted)}; leave it empty to take the task's")
+        if len(wanted) > self.rmt.num_mem_tokens:
+            raise ConfigError(f"task {self.task.task!r}'s memory layout needs {len(wanted)} memory tokens; "
+                              f"rmt.num_mem_tokens={self.rmt.num_mem_tokens}")
+        object.__setattr__(self, "rmt", dataclasses.replace(self.rmt, slot_classes=wanted))
 
     @property
     def backbone_is_ready(self) -> bool:

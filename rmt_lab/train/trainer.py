@@ -219,10 +219,14 @@ class Trainer:
         batch = self._batch(gen, "train", self.state["step"] * c.optim.batch_size, c.optim.batch_size)
         memory = self._noise_memory(gen, len(batch["labels"]))
         self.ddp_model.train()
+        slots = c.optim.slot_loss > 0
         with acc.autocast():
-            out = self.ddp_model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], memory=memory)
+            out = self.ddp_model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], memory=memory,
+                                 keep=("memory",) if slots else None)
         smoothing = c.optim.label_smoothing
         loss = F.cross_entropy(out.logits, batch["labels"], label_smoothing=smoothing) if smoothing else out.loss
+        if slots:
+            loss = loss + c.optim.slot_loss * self._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
         if not torch.isfinite(loss.detach()).all():
             self._diverged(float(loss.detach()))
         acc.backward(loss)
@@ -234,6 +238,17 @@ class Trainer:
         stats = acc.reduce(torch.stack([loss.detach().float(), correct]), reduction="mean")
         tokens = int(batch["attention_mask"].sum()) * acc.num_processes
         return float(stats[0]), float(stats[1]), tokens, time.perf_counter() - start
+
+    def _slot_loss(self, segments: list[dict], targets: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the slot heads over every (segment, sample) whose memory carries all the facts
+        on (`carried`: (n_segments, batch) bool) and every slot; 0 (with a graph) for a batch with none."""
+        total, count = self.model.slot_heads[0].bias.sum() * 0.0, 0
+        for carrying, kept in zip(carried, segments):
+            if carrying.any():
+                for k, logits in enumerate(self.model.slot_logits(kept["memory"][carrying])):
+                    total = total + F.cross_entropy(logits.float(), targets[carrying, k], reduction="sum")
+                count += int(carrying.sum()) * targets.shape[1]
+        return total / max(count, 1)
 
     def _noise_memory(self, gen: TaskGenerator, batch_size: int) -> torch.Tensor | None:
         """The memory this step's batch starts from: None (fresh) without a noise prefix, else the memory left by
@@ -262,11 +277,17 @@ class Trainer:
         """Rows rank::world of the global batch [first, first + size) of `split`."""
         acc = self.accelerator
         indices = range(first + acc.process_index, first + size, acc.num_processes)
-        items = []
+        items, samples = [], []
         for i in indices:
             s = gen.sample(split, i)
+            samples.append(s)
             items.append({"input_ids": s.tokens(), "label": s.label, "answer": s.answer, "index": i})
         batch = collate(items)
+        if self.config.optim.slot_loss > 0:  # what each memory token should name, and after which segments
+            batch["slot_targets"] = torch.tensor([gen.spec.slot_targets(tuple(f.text for f in s.facts))
+                                                  for s in samples])  # (batch, slots)
+            batch["carried"] = torch.tensor([[n in s.carried_segments for s in samples]
+                                             for n in range(gen.n_segments)])  # (n_segments, batch)
         return {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _log_train(self, window: list, n_seg: int) -> None:

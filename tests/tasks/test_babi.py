@@ -148,3 +148,34 @@ def test_recall_holds_questions_whose_facts_both_lie_before_the_question(make_ge
     with pytest.raises(ConfigError, match=r"subset='recall' drew no sample of task 'reasoning' with kinds "
                                           r"\['asks_place', 'in_memory'\] in 10000 tries at length=1 segments"):
         one.sample("train", 0)
+
+
+def test_reasonings_memory_layout_maps_each_direction_from_the_centre_to_its_place(make_generator):
+    spec = get_task("reasoning")
+    assert spec.slot_classes == (7, 7, 7, 7) and get_task("memorize").slot_classes == ()
+    # The centre is the kitchen: the bathroom lies west of it (stated the other way round), the garden north.
+    assert spec.slot_targets(("The kitchen is east of the bathroom.", "The kitchen is south of the garden.")) == \
+        (PLACES.index("garden"), 6, 6, PLACES.index("bathroom"))
+    with pytest.raises(NotImplementedError, match="'memorize' has no memory layout"):
+        get_task("memorize").slot_targets(("Mary went to the garden.",))
+    # Read by the reference solver: the slot of a direction names what lies that way from the centre, for
+    # every sample; and a sample's memory carries its facts on exactly when both lie before the question.
+    gen = make_generator(task="reasoning", segment_size=48, length=3)
+    for index in range(200):
+        s = gen.sample("train", index)
+        facts = [f.text for f in s.facts]
+        slots = spec.slot_targets(tuple(facts))
+        centre = collections.Counter(p for f in facts for p in RELATION.match(f).group(1, 3)).most_common(1)[0][0]
+        for d, direction in enumerate(("north", "east", "south", "west")):
+            places = {p for p in PLACES if p != centre and solve_or_none(facts, f"What is {direction} of the {centre}?") == p}
+            assert slots[d] == (PLACES.index(places.pop()) if places else 6), (facts, direction, slots)
+        assert bool(s.carried_segments) == ("in_memory" in s.kinds)
+        assert all(f.segments[-1] <= n < s.question.segments[0] for f in s.facts for n in s.carried_segments)
+
+
+def solve_or_none(facts, question):
+    """`solve`, or None where the facts name nothing in the question's direction."""
+    try:
+        return solve(facts, question)
+    except AssertionError:
+        return None

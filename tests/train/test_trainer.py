@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from rmt_lab.config import ConfigError
 from rmt_lab.model import RecurrentWrapper
 from rmt_lab.train import (
-    Callback, CheckpointError, CurriculumConfig, Trainer, TrainingDiverged, generalization_matrix, run_experiment,
+    Callback, CheckpointError, CurriculumConfig, OptimConfig, Trainer, TrainingDiverged, generalization_matrix, run_experiment,
 )
 from tests.train.helpers import tiny_experiment
 
@@ -232,3 +232,60 @@ def test_noise_prefix_starts_batches_from_the_memory_noise_leaves(tmp_path):
     b = load_file(str(tmp_path / "cut" / "checkpoints" / "stage-2" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole["loss"].equals(resumed["loss"])
+
+
+def _slot_experiment(stages, max_steps, slot_loss=0.5, slot_classes=(), **changes):
+    """Tiny reasoning with its memory layout taught: 4 memory tokens for reasoning's 4 slots."""
+    base = tiny_experiment("reasoning", stages=stages, max_steps=max_steps)
+    rmt = dataclasses.replace(base.rmt, num_mem_tokens=4, segment_size=32, slot_classes=slot_classes)
+    return dataclasses.replace(base, rmt=rmt, task=dataclasses.replace(base.task, segment_size=32),
+                               optim=dataclasses.replace(base.optim, slot_loss=slot_loss), **changes)
+
+
+def test_slot_loss_is_the_heads_cross_entropy_on_memory_that_carries_the_facts(tmp_path):
+    config = _slot_experiment(stages=(3,), max_steps=1)
+    assert config.rmt.slot_classes == (7, 7, 7, 7)  # taken from the task
+    trainer = Trainer(config, tmp_path / "run", callbacks=[])
+    trainer.setup()
+    gen = trainer.generator(3)
+    batch = trainer._batch(gen, "train", 0, 16)
+    samples = [gen.sample("train", i) for i in range(16)]
+    assert batch["carried"].tolist() == [[n in s.carried_segments for s in samples] for n in range(3)]
+    assert batch["carried"].any() and not batch["carried"].all()
+    out = trainer.model(batch["input_ids"], batch["attention_mask"], keep=("memory",))
+    terms = [torch.nn.functional.cross_entropy(head(out.segments[n]["memory"][b, k])[None],
+                                               batch["slot_targets"][b, k][None])
+             for n in range(3) for b in range(16) if batch["carried"][n, b]
+             for k, head in enumerate(trainer.model.slot_heads)]
+    expected = torch.stack(terms).mean()
+    got = trainer._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
+    assert torch.allclose(got, expected, atol=1e-6)
+    none = torch.zeros_like(batch["carried"])
+    assert float(trainer._slot_loss(out.segments, batch["slot_targets"], none).detach()) == 0.0
+
+
+def test_a_run_teaches_slot_heads_and_may_start_from_a_model_without_them(tmp_path):
+    run_experiment(_slot_experiment((1,), 2, slot_loss=0.0), tmp_path / "plain", callbacks=[])
+    plain = tmp_path / "plain" / "checkpoints" / "stage-1"
+    run_experiment(_slot_experiment(stages=(2, 3), max_steps=3, init=str(plain)), tmp_path / "slots", callbacks=[])
+    stage2 = load_file(str(tmp_path / "slots" / "checkpoints" / "stage-2" / "model.safetensors"))
+    stage3 = load_file(str(tmp_path / "slots" / "checkpoints" / "stage-3" / "model.safetensors"))
+    heads = [k for k in stage3 if k.startswith("slot_heads.")]
+    assert len(heads) == 8 and any(not torch.equal(stage2[k], stage3[k]) for k in heads)
+    # Evaluation never reads the heads: the model answers from its classifier, as one without them.
+    model = RecurrentWrapper.from_pretrained(tmp_path / "slots" / "checkpoints" / "stage-3")
+    assert model.config.slot_classes == (7, 7, 7, 7) and model(torch.randint(5, 100, (2, 70))).logits.shape == (2, 6)
+
+
+def test_slot_settings_that_cannot_train_fail_clearly():
+    with pytest.raises(ConfigError, match=r"task 'memorize' has none; tasks with one: \['reasoning'\]"):
+        tiny_experiment(optim=dataclasses.replace(tiny_experiment().optim, slot_loss=1.0))
+    with pytest.raises(ConfigError, match="slot heads that nothing trains"):
+        _slot_experiment((1,), 1, slot_loss=0.0, slot_classes=(7, 7, 7, 7))
+    with pytest.raises(ConfigError, match=r"slot_classes=\[5, 5\] does not match task 'reasoning'"):
+        _slot_experiment((1,), 1, slot_classes=(5, 5))
+    two = dataclasses.replace(_slot_experiment((1,), 1, slot_loss=0.0).rmt, num_mem_tokens=2)
+    with pytest.raises(ConfigError, match="needs 4 memory tokens; rmt.num_mem_tokens=2"):
+        dataclasses.replace(_slot_experiment((1,), 1, slot_loss=0.0), rmt=two, optim=OptimConfig(slot_loss=1.0))
+    with pytest.raises(ConfigError, match="slot_loss=-1"):
+        OptimConfig(slot_loss=-1)

@@ -241,14 +241,21 @@ class Trainer:
 
     def _slot_loss(self, segments: list[dict], targets: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the slot heads over every (segment, sample) whose memory carries all the facts
-        on (`carried`: (n_segments, batch) bool) and every slot; 0 (with a graph) for a batch with none."""
-        total, count = self.model.slot_heads[0].bias.sum() * 0.0, 0
+        on (`carried`: (n_segments, batch) bool) and every slot; 0 for a batch with none.
+
+        The sum starts from every head parameter times 0: each then receives a gradient even in a batch whose
+        memory never carries all the facts, as several processes' gradient reduction waits for all of them."""
+        total, count = sum(p.sum() for p in self.model.slot_heads.parameters()) * 0.0, 0
         for carrying, kept in zip(carried, segments):
             if carrying.any():
                 for k, logits in enumerate(self.model.slot_logits(kept["memory"][carrying])):
                     total = total + F.cross_entropy(logits.float(), targets[carrying, k], reduction="sum")
                 count += int(carrying.sum()) * targets.shape[1]
-        return total / max(count, 1)
+        # The mean is over the whole global batch: each process divides by every process's count, times the
+        # process count that the gradient average divides by, so several processes follow one process's loss.
+        acc = self.accelerator
+        count = acc.reduce(torch.tensor(float(count), device=acc.device), reduction="sum")
+        return total * acc.num_processes / count.clamp(min=1)
 
     def _noise_memory(self, gen: TaskGenerator, batch_size: int) -> torch.Tensor | None:
         """The memory this step's batch starts from: None (fresh) without a noise prefix, else the memory left by

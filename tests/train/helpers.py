@@ -17,3 +17,11 @@ def tiny_experiment(task="memorize", stages=(1,), max_steps=8, **changes) -> Exp
         run=RunConfig(eval_every=4, eval_samples=16, eval_batch_size=16, log_every=2, checkpoint_every=3),
     )
     return dataclasses.replace(config, **changes)
+
+
+def slot_experiment(stages, max_steps, slot_loss=0.5, slot_classes=(), **changes):
+    """Tiny reasoning with its memory layout taught: 4 memory tokens for reasoning's 4 slots."""
+    base = tiny_experiment("reasoning", stages=stages, max_steps=max_steps)
+    rmt = dataclasses.replace(base.rmt, num_mem_tokens=4, segment_size=32, slot_classes=slot_classes)
+    return dataclasses.replace(base, rmt=rmt, task=dataclasses.replace(base.task, segment_size=32),
+                               optim=dataclasses.replace(base.optim, slot_loss=slot_loss), **changes)

@@ -12,20 +12,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(tmp_path: Path, name: str, nproc: int) -> pd.DataFrame:
+def _run(tmp_path: Path, name: str, nproc: int, *extra: str) -> pd.DataFrame:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "tests/train/multiprocess_script.py"),
-           str(tmp_path / name)]
+           str(tmp_path / name), *extra]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return pd.read_parquet(tmp_path / name / "metrics.parquet")
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    one = _run(tmp_path, "one", 1)
-    two = _run(tmp_path, "two", 2)
+@pytest.mark.parametrize("extra", [(), ("slots",)], ids=["plain", "slot loss"])
+def test_two_processes_match_one(tmp_path, extra):
+    one = _run(tmp_path, "one", 1, *extra)
+    two = _run(tmp_path, "two", 2, *extra)
     assert set(one["processes"]) == {1} and set(two["processes"]) == {2}
     train_one, train_two = one[one["kind"] == "train"], two[two["kind"] == "train"]
     assert len(train_one) == len(train_two) == 12

@@ -12,7 +12,7 @@ from rmt_lab.model import RecurrentWrapper
 from rmt_lab.train import (
     Callback, CheckpointError, CurriculumConfig, OptimConfig, Trainer, TrainingDiverged, generalization_matrix, run_experiment,
 )
-from tests.train.helpers import tiny_experiment
+from tests.train.helpers import slot_experiment, tiny_experiment
 
 
 def test_tiny_run_learns_memorize_above_chance(tmp_path):
@@ -234,16 +234,8 @@ def test_noise_prefix_starts_batches_from_the_memory_noise_leaves(tmp_path):
     assert whole["loss"].equals(resumed["loss"])
 
 
-def _slot_experiment(stages, max_steps, slot_loss=0.5, slot_classes=(), **changes):
-    """Tiny reasoning with its memory layout taught: 4 memory tokens for reasoning's 4 slots."""
-    base = tiny_experiment("reasoning", stages=stages, max_steps=max_steps)
-    rmt = dataclasses.replace(base.rmt, num_mem_tokens=4, segment_size=32, slot_classes=slot_classes)
-    return dataclasses.replace(base, rmt=rmt, task=dataclasses.replace(base.task, segment_size=32),
-                               optim=dataclasses.replace(base.optim, slot_loss=slot_loss), **changes)
-
-
 def test_slot_loss_is_the_heads_cross_entropy_on_memory_that_carries_the_facts(tmp_path):
-    config = _slot_experiment(stages=(3,), max_steps=1)
+    config = slot_experiment(stages=(3,), max_steps=1)
     assert config.rmt.slot_classes == (7, 7, 7, 7)  # taken from the task
     trainer = Trainer(config, tmp_path / "run", callbacks=[])
     trainer.setup()
@@ -265,9 +257,9 @@ def test_slot_loss_is_the_heads_cross_entropy_on_memory_that_carries_the_facts(t
 
 
 def test_a_run_teaches_slot_heads_and_may_start_from_a_model_without_them(tmp_path):
-    run_experiment(_slot_experiment((1,), 2, slot_loss=0.0), tmp_path / "plain", callbacks=[])
+    run_experiment(slot_experiment((1,), 2, slot_loss=0.0), tmp_path / "plain", callbacks=[])
     plain = tmp_path / "plain" / "checkpoints" / "stage-1"
-    run_experiment(_slot_experiment(stages=(2, 3), max_steps=3, init=str(plain)), tmp_path / "slots", callbacks=[])
+    run_experiment(slot_experiment(stages=(2, 3), max_steps=3, init=str(plain)), tmp_path / "slots", callbacks=[])
     stage2 = load_file(str(tmp_path / "slots" / "checkpoints" / "stage-2" / "model.safetensors"))
     stage3 = load_file(str(tmp_path / "slots" / "checkpoints" / "stage-3" / "model.safetensors"))
     heads = [k for k in stage3 if k.startswith("slot_heads.")]
@@ -281,11 +273,11 @@ def test_slot_settings_that_cannot_train_fail_clearly():
     with pytest.raises(ConfigError, match=r"task 'memorize' has none; tasks with one: \['reasoning'\]"):
         tiny_experiment(optim=dataclasses.replace(tiny_experiment().optim, slot_loss=1.0))
     with pytest.raises(ConfigError, match="slot heads that nothing trains"):
-        _slot_experiment((1,), 1, slot_loss=0.0, slot_classes=(7, 7, 7, 7))
+        slot_experiment((1,), 1, slot_loss=0.0, slot_classes=(7, 7, 7, 7))
     with pytest.raises(ConfigError, match=r"slot_classes=\[5, 5\] does not match task 'reasoning'"):
-        _slot_experiment((1,), 1, slot_classes=(5, 5))
-    two = dataclasses.replace(_slot_experiment((1,), 1, slot_loss=0.0).rmt, num_mem_tokens=2)
+        slot_experiment((1,), 1, slot_classes=(5, 5))
+    two = dataclasses.replace(slot_experiment((1,), 1, slot_loss=0.0).rmt, num_mem_tokens=2)
     with pytest.raises(ConfigError, match="needs 4 memory tokens; rmt.num_mem_tokens=2"):
-        dataclasses.replace(_slot_experiment((1,), 1, slot_loss=0.0), rmt=two, optim=OptimConfig(slot_loss=1.0))
+        dataclasses.replace(slot_experiment((1,), 1, slot_loss=0.0), rmt=two, optim=OptimConfig(slot_loss=1.0))
     with pytest.raises(ConfigError, match="slot_loss=-1"):
         OptimConfig(slot_loss=-1)

@@ -35,7 +35,7 @@ class ResultFile:
     figures: tuple[str, ...] = ()  # names in rmt_lab.viz.figure_names()
 
     def at(self, results: str | Path = "data/results", **fields: Any) -> Path:
-        """The file's path; fields fill the template (config, task, run, memory)."""
+        """The file's path; fields fill the template (config, task, run, memory, part)."""
         if "{run}" in self.path:
             run = fields.pop("run", None) or run_folder(results, fields["config"], fields["task"])
             return Path(self.path.replace("{run}", str(run)).format(**fields))
@@ -60,6 +60,7 @@ CATALOG: dict[str, ResultFile] = {r.key: r for r in (
                ("ablation_no_recurrence",)),
     ResultFile("sweep_run", "sweeps/memory/{config}-{task}-m{memory}", "train", ("memory_size_sweep",)),
     ResultFile("continued_run", "continued/{config}-{task}", "train"),
+    ResultFile("slot_run", "slots/{config}-reasoning-{part}", "train"),
     ResultFile("trace", "traces/{config}-reasoning/trace.json", "trace",
                ("fig6_memory_operations", "read_write_profile", "write_precision", "memory_trajectory")),
     ResultFile("probe", "traces/{config}-{task}-probe/probe.parquet", "probe",

@@ -254,6 +254,15 @@ def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
     assert steps["long evaluation detect_memorize trained on to 64 segments"].inputs == continued.outputs
     reasoning = steps["train reasoning on to 32 segments"]
     assert reasoning.inputs == steps["train reasoning"].outputs and "optim.lr=0.0003" in reasoning.arguments["overrides"]
+    first, recall, whole = (steps[f"train reasoning's memory map: {part}"] for part in ("recall-match", "recall", "whole"))
+    assert first.inputs == [tmp_path / "results" / "tuning/base-reasoning-phrasing/checkpoints/stage-1"]
+    assert "task.subset=\"recall_match\"" in first.arguments["overrides"] and "optim.slot_loss=1.0" in first.arguments[
+        "overrides"]
+    assert recall.inputs == first.outputs and whole.inputs == recall.outputs  # each part from the one before
+    assert "task.subset=null" in whole.arguments["overrides"] and whole.outputs[0].name == "stage-7"
+    assert whole.arguments["run_dir"].endswith("slots/base-reasoning-whole")
+    mapped = steps["long evaluation of reasoning with its memory map"]
+    assert mapped.inputs == whole.outputs and mapped.arguments["max_tokens"] == 2_048_000
 
 
 def test_adopting_hand_made_results_records_their_models(tmp_path, capsys):

@@ -147,10 +147,10 @@ class PlanSettings:
     continued_lr: float = 3e-4
     # Reasoning with its memory taught a map by direction (`optim.slot_loss`), started from `slot_init` (a model
     # under the results folder that solves 1-segment reasoning, its parity slice included): parts in order, each
-    # (name, task subset or None for the whole task, segments, steps, peak lr), each from the one before. The
-    # question's segment learns the map's lookup on 2 segments; without the map it stays at chance there.
+    # (name, curriculum stages, config overrides), each from the one before. The question's segment learns the
+    # map's lookup on 2 segments; without the map it stays at chance there.
     slot_init: str = ""
-    slot_chain: tuple[tuple[str, str | None, int, int, float], ...] = ()
+    slot_chain: tuple[tuple[str, tuple[int, ...], tuple[str, ...]], ...] = ()
     # Full maps the reasoning trace keeps ({} = every layer, float32). A 6-layer, 12-head model's maps of 8 samples
     # are 55 MB in float32: its last layer (where memory writes facts and the answer reads) in float16 is 4.5 MB.
     trace_maps: dict[str, Any] = field(default_factory=dict)
@@ -174,8 +174,16 @@ SETTINGS = {
         # stage after detect_memorize's 64 held no longer at 1-2M tokens (README), so the plan stops at 64.
         continued={"detect_memorize": (8, 16, 32, 64), "reasoning": (8, 16, 32)},
         slot_init="tuning/base-reasoning-phrasing/checkpoints/stage-1",
-        slot_chain=(("recall-match", "recall_match", 2, 600, 5e-4), ("recall", "recall", 2, 300, 5e-4),
-                    ("whole", None, 7, 300, 3e-4)),
+        slot_chain=(
+            ("recall-match", (2,), ('task.subset="recall_match"', "curriculum.min_steps=600",
+                                    "curriculum.max_steps=600", "optim.lr=0.0005")),
+            ("recall", (2,), ('task.subset="recall"', "curriculum.min_steps=300", "curriculum.max_steps=300",
+                              "optim.lr=0.0005")),
+            # The map learned on 2 segments does not survive a noise segment: 300 steps straight on 7 segments
+            # stayed at 0.25-0.29 validation, so the whole task climbs the lengths again.
+            ("whole", (2, 4, 7), ("curriculum.min_steps=100", "curriculum.max_steps=150",
+                                  "curriculum.advance_accuracy=0.95", "optim.lr=0.0003", "run.eval_every=50")),
+        ),
     ),
     "paper": PlanSettings(
         config="paper", stages=7, gen_samples=256,
@@ -274,16 +282,13 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
         steps.append(Step(f"long evaluation {task} trained on to {stages[-1]} segments", "eval_long",
                           long_evaluation(run, task), [run_file("long_eval", run)], [stage], group="continue"))
     init = results / s.slot_init
-    for part, subset, segments, steps_of_part, lr in s.slot_chain:
+    for part, stages, overrides in s.slot_chain:
         run = path("slot_run", results, config=s.config, part=part)
-        stage = run / "checkpoints" / f"stage-{segments}"
+        stage = run / "checkpoints" / f"stage-{stages[-1]}"
         steps.append(Step(f"train reasoning's memory map: {part}", "train",
                           {"config": s.config, "task": "reasoning", "run_dir": str(run),
-                           "overrides": [f"init={init}", f"curriculum.stages=[{segments}]",
-                                         f"curriculum.min_steps={steps_of_part}",
-                                         f"curriculum.max_steps={steps_of_part}", f"optim.lr={lr}",
-                                         "optim.slot_loss=1.0", f"task.subset={json.dumps(subset)}",
-                                         "run.mixed_precision=bf16", f"name={run.name}"]},
+                           "overrides": [f"init={init}", f"curriculum.stages={list(stages)}", *overrides,
+                                         "optim.slot_loss=1.0", "run.mixed_precision=bf16", f"name={run.name}"]},
                           [stage], [init], resume={"resume": True}, resume_from=run / "checkpoints",
                           clean=run / "checkpoints", group="slots"))
         init = stage

@@ -259,7 +259,7 @@ def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
     assert "task.subset=\"recall_match\"" in first.arguments["overrides"] and "optim.slot_loss=1.0" in first.arguments[
         "overrides"]
     assert recall.inputs == first.outputs and whole.inputs == recall.outputs  # each part from the one before
-    assert "task.subset=null" in whole.arguments["overrides"] and whole.outputs[0].name == "stage-7"
+    assert "curriculum.stages=[2, 4, 7]" in whole.arguments["overrides"] and whole.outputs[0].name == "stage-7"
     assert whole.arguments["run_dir"].endswith("slots/base-reasoning-whole")
     mapped = steps["long evaluation of reasoning with its memory map"]
     assert mapped.inputs == whole.outputs and mapped.arguments["max_tokens"] == 2_048_000

@@ -53,9 +53,10 @@ def main(checkpoint: str, out: str, segments: int, samples: int = 64) -> None:
     edges = [0, 1, 4, 16, 64, 256, 1024, 4096, 16384]
     frame["distance"] = pd.cut(frame["since_facts"], [e - 0.5 for e in edges] + [np.inf],
                                labels=[f">={e}" for e in edges])
+    frame["all_right"] = frame["tokens_right"] == frame["tokens"]
     table = frame.groupby("distance", observed=True).agg(
         rows=("tokens_right", "size"), tokens_right=("tokens_right", "sum"), tokens=("tokens", "sum"),
-        all_right=("tokens_right", lambda t: float((t == frame.loc[t.index, "tokens"]).mean())))
+        all_right=("all_right", "mean"))
     table["share"] = table["tokens_right"] / table["tokens"]
     print(table[["rows", "share", "all_right"]])
     answers = frame.drop_duplicates("index")["answer_right"]

@@ -53,7 +53,8 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per stage (notebook-friendly via tqdm.auto) with loss, accuracy, stage and tokens/s."""
+    """A tqdm bar per stage (notebook-friendly via tqdm.auto) with loss, accuracy (and the slot heads', when
+    taught), stage and tokens/s."""
 
     def __init__(self) -> None:
         self.bar = None
@@ -71,7 +72,8 @@ class ProgressBar(Callback):
     def on_log(self, trainer: Trainer, row: dict) -> None:
         if self.bar is not None:
             self.bar.n = row["step"]
-            self.bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}",
+            slots = {} if math.isnan(row["slot_accuracy"]) else {"slot_acc": f"{row['slot_accuracy']:.2f}"}
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}", **slots,
                                  tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
             self.bar.refresh()
 
@@ -186,11 +188,11 @@ class Trainer:
                 cb.on_stage_start(self, n_seg)
             while True:
                 started = time.perf_counter()
-                loss, accuracy, tokens, seconds = self._train_step(gen)
+                step_stats = self._train_step(gen)
                 self.state["step"] += 1
                 self.state["global_step"] += 1
                 # steps since the last metric row; in the state so that a resumed run logs the same rows
-                self.state["window"].append((loss, accuracy, tokens, seconds))
+                self.state["window"].append(step_stats)
                 step = self.state["step"]
                 if step % self.config.run.log_every == 0:
                     self._log_train(self.state["window"], n_seg)
@@ -209,7 +211,7 @@ class Trainer:
         acc.wait_for_everyone()
         return self.metrics()
 
-    def _train_step(self, gen: TaskGenerator) -> tuple[float, float, int, float]:
+    def _train_step(self, gen: TaskGenerator) -> tuple[float, float, int, float, float, float]:
         acc, c = self.accelerator, self.config
         follow_thread_budget()
         start = time.perf_counter()
@@ -225,8 +227,11 @@ class Trainer:
                                  keep=("memory",) if slots else None)
         smoothing = c.optim.label_smoothing
         loss = F.cross_entropy(out.logits, batch["labels"], label_smoothing=smoothing) if smoothing else out.loss
+        slot_loss, slot_accuracy = math.nan, math.nan
         if slots:
-            loss = loss + c.optim.slot_loss * self._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
+            term, slot_accuracy = self._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
+            loss = loss + c.optim.slot_loss * term
+            slot_loss = float(term.detach())
         if not torch.isfinite(loss.detach()).all():
             self._diverged(float(loss.detach()))
         acc.backward(loss)
@@ -237,25 +242,30 @@ class Trainer:
         correct = (out.logits.argmax(-1) == batch["labels"]).float().mean()
         stats = acc.reduce(torch.stack([loss.detach().float(), correct]), reduction="mean")
         tokens = int(batch["attention_mask"].sum()) * acc.num_processes
-        return float(stats[0]), float(stats[1]), tokens, time.perf_counter() - start
+        return float(stats[0]), float(stats[1]), tokens, time.perf_counter() - start, slot_loss, slot_accuracy
 
-    def _slot_loss(self, segments: list[dict], targets: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
+    def _slot_loss(self, segments: list[dict], targets: torch.Tensor, carried: torch.Tensor
+                   ) -> tuple[torch.Tensor, float]:
         """Mean cross-entropy of the slot heads over every (segment, sample) whose memory carries all the facts
-        on (`carried`: (n_segments, batch) bool) and every slot; 0 for a batch with none.
+        on (`carried`: (n_segments, batch) bool) and every slot, 0 for a batch with none; and the share of those
+        heads' answers that are right over the global batch (NaN for none), which the loss alone hides: a head
+        that always names the commonest class has a low loss and reads nothing.
 
         The sum starts from every head parameter times 0: each then receives a gradient even in a batch whose
         memory never carries all the facts, as several processes' gradient reduction waits for all of them."""
-        total, count = sum(p.sum() for p in self.model.slot_heads.parameters()) * 0.0, 0
+        total, count, right = sum(p.sum() for p in self.model.slot_heads.parameters()) * 0.0, 0, 0
         for carrying, kept in zip(carried, segments):
             if carrying.any():
                 for k, logits in enumerate(self.model.slot_logits(kept["memory"][carrying])):
                     total = total + F.cross_entropy(logits.float(), targets[carrying, k], reduction="sum")
+                    right += int((logits.argmax(-1) == targets[carrying, k]).sum())
                 count += int(carrying.sum()) * targets.shape[1]
         # The mean is over the whole global batch: each process divides by every process's count, times the
         # process count that the gradient average divides by, so several processes follow one process's loss.
         acc = self.accelerator
-        count = acc.reduce(torch.tensor(float(count), device=acc.device), reduction="sum")
-        return total * acc.num_processes / count.clamp(min=1)
+        right, count = acc.reduce(torch.tensor([float(right), float(count)], device=acc.device), reduction="sum")
+        accuracy = float(right / count) if count > 0 else math.nan
+        return total * acc.num_processes / count.clamp(min=1), accuracy
 
     def _noise_memory(self, gen: TaskGenerator, batch_size: int) -> torch.Tensor | None:
         """The memory this step's batch starts from: None (fresh) without a noise prefix, else the memory left by
@@ -301,7 +311,12 @@ class Trainer:
         loss = sum(w[0] for w in window) / len(window)
         accuracy = sum(w[1] for w in window) / len(window)
         tokens_per_s = sum(w[2] for w in window) / max(sum(w[3] for w in window), 1e-9)
-        row = self._row("train", n_seg, loss=loss, accuracy=accuracy, tokens_per_s=tokens_per_s)
+        # steps whose batch had no memory to read count in neither mean
+        slot_loss = [w[4] for w in window if not math.isnan(w[5])]
+        slot_accuracy = [w[5] for w in window if not math.isnan(w[5])]
+        row = self._row("train", n_seg, loss=loss, accuracy=accuracy, tokens_per_s=tokens_per_s,
+                        slot_loss=sum(slot_loss) / len(slot_loss) if slot_loss else math.nan,
+                        slot_accuracy=sum(slot_accuracy) / len(slot_accuracy) if slot_accuracy else math.nan)
         for cb in self.callbacks:
             cb.on_log(self, row)
 
@@ -316,6 +331,8 @@ class Trainer:
             "accuracy": math.nan,
             "lr": lr_at(max(self.state["step"] - 1, 0), self.config),
             "tokens_per_s": math.nan,
+            "slot_loss": math.nan,  # the slot heads' cross-entropy and accuracy (train rows with optim.slot_loss)
+            "slot_accuracy": math.nan,
             "wall_time": self.state["wall"],
             "processes": self.accelerator.num_processes,
             "mixed_precision": self.config.run.mixed_precision,

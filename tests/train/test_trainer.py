@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -250,16 +251,27 @@ def test_slot_loss_is_the_heads_cross_entropy_on_memory_that_carries_the_facts(t
              for n in range(3) for b in range(16) if batch["carried"][n, b]
              for k, head in enumerate(trainer.model.slot_heads)]
     expected = torch.stack(terms).mean()
-    got = trainer._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
+    named = [head(out.segments[n]["memory"][b, k]).argmax() == batch["slot_targets"][b, k]
+             for n in range(3) for b in range(16) if batch["carried"][n, b]
+             for k, head in enumerate(trainer.model.slot_heads)]
+    got, accuracy = trainer._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
     assert torch.allclose(got, expected, atol=1e-6)
+    assert accuracy == pytest.approx(float(torch.stack(named).float().mean()))
     none = torch.zeros_like(batch["carried"])
-    assert float(trainer._slot_loss(out.segments, batch["slot_targets"], none).detach()) == 0.0
+    loss, accuracy = trainer._slot_loss(out.segments, batch["slot_targets"], none)
+    assert float(loss.detach()) == 0.0 and math.isnan(accuracy)
 
 
 def test_a_run_teaches_slot_heads_and_may_start_from_a_model_without_them(tmp_path):
-    run_experiment(slot_experiment((1,), 2, slot_loss=0.0), tmp_path / "plain", callbacks=[])
+    plain_rows = run_experiment(slot_experiment((1,), 2, slot_loss=0.0), tmp_path / "plain", callbacks=[])
+    assert plain_rows[["slot_loss", "slot_accuracy"]].isna().all().all()
     plain = tmp_path / "plain" / "checkpoints" / "stage-1"
-    run_experiment(slot_experiment(stages=(2, 3), max_steps=3, init=str(plain)), tmp_path / "slots", callbacks=[])
+    rows = run_experiment(slot_experiment(stages=(2, 3), max_steps=3, init=str(plain)), tmp_path / "slots",
+                          callbacks=[])
+    # training rows log the heads' own loss and accuracy; evaluation rows have none
+    train = rows[rows["kind"] == "train"]
+    assert len(train) and train["slot_loss"].gt(0).all() and train["slot_accuracy"].between(0, 1).all()
+    assert rows.loc[rows["kind"] != "train", "slot_accuracy"].isna().all()
     stage2 = load_file(str(tmp_path / "slots" / "checkpoints" / "stage-2" / "model.safetensors"))
     stage3 = load_file(str(tmp_path / "slots" / "checkpoints" / "stage-3" / "model.safetensors"))
     heads = [k for k in stage3 if k.startswith("slot_heads.")]

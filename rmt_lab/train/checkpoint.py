@@ -113,8 +113,9 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def load_weights(folder: Path, model: RecurrentWrapper) -> None:
     """Load the RMT saved in `folder` into `model`, which must have the same backbone and rmt settings, but for
-    the slot heads: only training reads them, so a model without them (or with others) may start a run that
-    teaches them, its heads starting fresh."""
+    the slot heads and the settings that shape no weight (`TRAINING_ONLY`): only training reads the heads, so
+    a model without them (or with others) may start a run that teaches them, its heads starting fresh; and a
+    model trained with full BPTT may go on with truncated BPTT."""
     folder = Path(folder)
     try:
         theirs = json.loads((folder / "rmt_config.json").read_text())
@@ -124,7 +125,7 @@ def load_weights(folder: Path, model: RecurrentWrapper) -> None:
     for key in ("backbone", "backbone_config", "rmt"):
         a, b = mine[key], theirs.get(key)
         if key == "rmt" and isinstance(b, dict):
-            a, b = _without_slots(a), _without_slots(b)
+            a, b = _weight_shaping(a), _weight_shaping(b)
         if a != b:
             raise CheckpointError(f"checkpoint {folder} was made with another {key}: {first_difference(a, b)}")
     state = RecurrentWrapper.from_pretrained(folder).state_dict()
@@ -135,8 +136,13 @@ def load_weights(folder: Path, model: RecurrentWrapper) -> None:
         assert all(k.startswith("slot_heads.") for k in result.missing_keys) and not result.unexpected_keys, result
 
 
-def _without_slots(rmt: dict) -> dict:
-    return {k: v for k, v in rmt.items() if k != "slot_classes"}
+# Settings free to differ between a checkpoint and a run it starts: the slot heads (read by training only),
+# how far gradients flow and what a forward returns; the other weights mean the same under any of them.
+TRAINING_ONLY = ("slot_classes", "bptt_depth", "keep")
+
+
+def _weight_shaping(rmt: dict) -> dict:
+    return {k: v for k, v in rmt.items() if k not in TRAINING_ONLY}
 
 
 def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.optim.Optimizer) -> dict:

@@ -281,6 +281,20 @@ def test_a_run_teaches_slot_heads_and_may_start_from_a_model_without_them(tmp_pa
     assert model.config.slot_classes == (7, 7, 7, 7) and model(torch.randint(5, 100, (2, 70))).logits.shape == (2, 6)
 
 
+def test_a_truncated_bptt_run_may_start_from_a_full_bptt_model(tmp_path):
+    run_experiment(slot_experiment((1,), 2, slot_loss=0.0), tmp_path / "full", callbacks=[])
+    full = tmp_path / "full" / "checkpoints" / "stage-1"
+    config = slot_experiment((2,), 1, slot_loss=0.0, init=str(full))
+    trainer = Trainer(dataclasses.replace(config, rmt=dataclasses.replace(config.rmt, bptt_depth=1)),
+                      tmp_path / "truncated", callbacks=[])
+    trainer.setup()
+    saved = load_file(str(full / "model.safetensors"))
+    assert all(torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items() if k in saved)
+    wider = dataclasses.replace(config.rmt, num_mem_tokens=5)
+    with pytest.raises(CheckpointError, match="num_mem_tokens"):
+        Trainer(dataclasses.replace(config, rmt=wider), tmp_path / "wider", callbacks=[]).setup()
+
+
 def test_slot_settings_that_cannot_train_fail_clearly():
     with pytest.raises(ConfigError, match=r"task 'memorize' has none; tasks with one: \['reasoning'\]"):
         tiny_experiment(optim=dataclasses.replace(tiny_experiment().optim, slot_loss=1.0))

@@ -227,11 +227,10 @@ class Trainer:
                                  keep=("memory",) if slots else None)
         smoothing = c.optim.label_smoothing
         loss = F.cross_entropy(out.logits, batch["labels"], label_smoothing=smoothing) if smoothing else out.loss
-        slot_loss, slot_accuracy = math.nan, math.nan
+        slot_term, slot_accuracy = torch.tensor(math.nan, device=acc.device), math.nan
         if slots:
-            term, slot_accuracy = self._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
-            loss = loss + c.optim.slot_loss * term
-            slot_loss = float(term.detach())
+            slot_term, slot_accuracy = self._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
+            loss = loss + c.optim.slot_loss * slot_term
         if not torch.isfinite(loss.detach()).all():
             self._diverged(float(loss.detach()))
         acc.backward(loss)
@@ -240,9 +239,10 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         correct = (out.logits.argmax(-1) == batch["labels"]).float().mean()
-        stats = acc.reduce(torch.stack([loss.detach().float(), correct]), reduction="mean")
+        # Each process's slot term is its share of the global mean times the process count, so their mean is it.
+        stats = acc.reduce(torch.stack([loss.detach().float(), correct, slot_term.detach().float()]), reduction="mean")
         tokens = int(batch["attention_mask"].sum()) * acc.num_processes
-        return float(stats[0]), float(stats[1]), tokens, time.perf_counter() - start, slot_loss, slot_accuracy
+        return float(stats[0]), float(stats[1]), tokens, time.perf_counter() - start, float(stats[2]), slot_accuracy
 
     def _slot_loss(self, segments: list[dict], targets: torch.Tensor, carried: torch.Tensor
                    ) -> tuple[torch.Tensor, float]:
@@ -253,17 +253,19 @@ class Trainer:
 
         The sum starts from every head parameter times 0: each then receives a gradient even in a batch whose
         memory never carries all the facts, as several processes' gradient reduction waits for all of them."""
-        total, count, right = sum(p.sum() for p in self.model.slot_heads.parameters()) * 0.0, 0, 0
+        acc = self.accelerator
+        total, count = sum(p.sum() for p in self.model.slot_heads.parameters()) * 0.0, 0
+        right = torch.zeros((), device=acc.device)  # summed on the device: no host sync per head
         for carrying, kept in zip(carried, segments):
             if carrying.any():
                 for k, logits in enumerate(self.model.slot_logits(kept["memory"][carrying])):
                     total = total + F.cross_entropy(logits.float(), targets[carrying, k], reduction="sum")
-                    right += int((logits.argmax(-1) == targets[carrying, k]).sum())
+                    right = right + (logits.argmax(-1) == targets[carrying, k]).sum()
                 count += int(carrying.sum()) * targets.shape[1]
         # The mean is over the whole global batch: each process divides by every process's count, times the
         # process count that the gradient average divides by, so several processes follow one process's loss.
-        acc = self.accelerator
-        right, count = acc.reduce(torch.tensor([float(right), float(count)], device=acc.device), reduction="sum")
+        right, count = acc.reduce(torch.stack([right.float(), torch.tensor(float(count), device=acc.device)]),
+                                  reduction="sum")
         accuracy = float(right / count) if count > 0 else math.nan
         return total * acc.num_processes / count.clamp(min=1), accuracy
 
@@ -311,12 +313,10 @@ class Trainer:
         loss = sum(w[0] for w in window) / len(window)
         accuracy = sum(w[1] for w in window) / len(window)
         tokens_per_s = sum(w[2] for w in window) / max(sum(w[3] for w in window), 1e-9)
-        # steps whose batch had no memory to read count in neither mean
-        slot_loss = [w[4] for w in window if not math.isnan(w[5])]
-        slot_accuracy = [w[5] for w in window if not math.isnan(w[5])]
-        row = self._row("train", n_seg, loss=loss, accuracy=accuracy, tokens_per_s=tokens_per_s,
-                        slot_loss=sum(slot_loss) / len(slot_loss) if slot_loss else math.nan,
-                        slot_accuracy=sum(slot_accuracy) / len(slot_accuracy) if slot_accuracy else math.nan)
+        read = [w for w in window if not math.isnan(w[5])]  # steps whose batch had memory for the slot heads
+        slots = {"slot_loss": sum(w[4] for w in read) / len(read),
+                 "slot_accuracy": sum(w[5] for w in read) / len(read)} if read else {}
+        row = self._row("train", n_seg, loss=loss, accuracy=accuracy, tokens_per_s=tokens_per_s, **slots)
         for cb in self.callbacks:
             cb.on_log(self, row)
 

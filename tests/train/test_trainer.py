@@ -246,14 +246,12 @@ def test_slot_loss_is_the_heads_cross_entropy_on_memory_that_carries_the_facts(t
     assert batch["carried"].tolist() == [[n in s.carried_segments for s in samples] for n in range(3)]
     assert batch["carried"].any() and not batch["carried"].all()
     out = trainer.model(batch["input_ids"], batch["attention_mask"], keep=("memory",))
-    terms = [torch.nn.functional.cross_entropy(head(out.segments[n]["memory"][b, k])[None],
-                                               batch["slot_targets"][b, k][None])
-             for n in range(3) for b in range(16) if batch["carried"][n, b]
-             for k, head in enumerate(trainer.model.slot_heads)]
-    expected = torch.stack(terms).mean()
-    named = [head(out.segments[n]["memory"][b, k]).argmax() == batch["slot_targets"][b, k]
-             for n in range(3) for b in range(16) if batch["carried"][n, b]
-             for k, head in enumerate(trainer.model.slot_heads)]
+    read = [(head(out.segments[n]["memory"][b, k]), batch["slot_targets"][b, k])
+            for n in range(3) for b in range(16) if batch["carried"][n, b]
+            for k, head in enumerate(trainer.model.slot_heads)]
+    expected = torch.stack([torch.nn.functional.cross_entropy(logits[None], target[None])
+                            for logits, target in read]).mean()
+    named = [logits.argmax() == target for logits, target in read]
     got, accuracy = trainer._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
     assert torch.allclose(got, expected, atol=1e-6)
     assert accuracy == pytest.approx(float(torch.stack(named).float().mean()))

@@ -73,10 +73,17 @@ class OptimConfig:
     # Not in the report: a 6-layer adapter-tuned MiniLM learns reasoning's questions that read both facts from
     # memory only with it (`data/results/tuning/README.md`). 0 = the report's loss alone.
     slot_loss: float = 0.0
+    # Weight of an auxiliary loss that asks memory to hold still over noise: the squared change of memory across
+    # each segment after the last fact and before the question's (`Sample.carried_segments`), relative to the
+    # memory's own size. A stage of n segments trains holding a fact over at most n segments, where what
+    # fades a fact in an input of thousands is a small drift at every one; this term measures that drift at
+    # every noise segment of the batch without longer inputs. Not in the report. 0 = off.
+    retention_loss: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.slot_loss < 0:
-            raise ConfigError(f"OptimConfig.slot_loss={self.slot_loss} must be >= 0")
+        for name in ("slot_loss", "retention_loss"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"OptimConfig.{name}={getattr(self, name)} must be >= 0")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.clip_value < 0:
             raise ConfigError(f"OptimConfig values out of range: {self}")
         if not 0.0 <= self.label_smoothing < 1.0:

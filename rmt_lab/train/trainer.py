@@ -54,7 +54,7 @@ class Callback:
 
 class ProgressBar(Callback):
     """A tqdm bar per stage (notebook-friendly via tqdm.auto) with loss, accuracy (and the slot heads', when
-    taught), stage and tokens/s."""
+    taught; memory's change per noise segment, when penalized), stage and tokens/s."""
 
     def __init__(self) -> None:
         self.bar = None
@@ -72,8 +72,10 @@ class ProgressBar(Callback):
     def on_log(self, trainer: Trainer, row: dict) -> None:
         if self.bar is not None:
             self.bar.n = row["step"]
-            slots = {} if math.isnan(row["slot_accuracy"]) else {"slot_acc": f"{row['slot_accuracy']:.2f}"}
-            self.bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}", **slots,
+            extra = {} if math.isnan(row["slot_accuracy"]) else {"slot_acc": f"{row['slot_accuracy']:.2f}"}
+            if not math.isnan(row["memory_change"]):
+                extra["mem_change"] = f"{row['memory_change']:.1e}"
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}", **extra,
                                  tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
             self.bar.refresh()
 
@@ -88,6 +90,17 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+# What a training step reports to its log window. A checkpoint's window holds them by name, or, in older
+# checkpoints, as a list in this order that may stop short of the later fields.
+STEP_STATS = ("loss", "accuracy", "tokens", "seconds", "slot_loss", "slot_accuracy", "memory_change")
+
+
+def step_stats(entry: dict | list) -> dict[str, float]:
+    """A log-window entry as a dict of every STEP_STATS field, NaN for those an older checkpoint lacks."""
+    named = entry if isinstance(entry, dict) else dict(zip(STEP_STATS, entry, strict=False))
+    return {name: named.get(name, math.nan) for name in STEP_STATS}
 
 
 def lr_at(step: int, config: ExperimentConfig) -> float:
@@ -188,11 +201,11 @@ class Trainer:
                 cb.on_stage_start(self, n_seg)
             while True:
                 started = time.perf_counter()
-                step_stats = self._train_step(gen)
+                stats = self._train_step(gen)
                 self.state["step"] += 1
                 self.state["global_step"] += 1
                 # steps since the last metric row; in the state so that a resumed run logs the same rows
-                self.state["window"].append(step_stats)
+                self.state["window"].append(stats)
                 step = self.state["step"]
                 if step % self.config.run.log_every == 0:
                     self._log_train(self.state["window"], n_seg)
@@ -211,7 +224,8 @@ class Trainer:
         acc.wait_for_everyone()
         return self.metrics()
 
-    def _train_step(self, gen: TaskGenerator) -> tuple[float, float, int, float, float, float]:
+    def _train_step(self, gen: TaskGenerator) -> dict[str, float]:
+        """One optimizer step; returns its entry of the log window (STEP_STATS)."""
         acc, c = self.accelerator, self.config
         follow_thread_budget()
         start = time.perf_counter()
@@ -221,16 +235,20 @@ class Trainer:
         batch = self._batch(gen, "train", self.state["step"] * c.optim.batch_size, c.optim.batch_size)
         memory = self._noise_memory(gen, len(batch["labels"]))
         self.ddp_model.train()
-        slots = c.optim.slot_loss > 0
+        slots, retention = c.optim.slot_loss > 0, c.optim.retention_loss > 0
         with acc.autocast():
             out = self.ddp_model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], memory=memory,
-                                 keep=("memory",) if slots else None)
+                                 keep=("memory",) if slots or retention else None)
         smoothing = c.optim.label_smoothing
         loss = F.cross_entropy(out.logits, batch["labels"], label_smoothing=smoothing) if smoothing else out.loss
-        slot_term, slot_accuracy = torch.tensor(math.nan, device=acc.device), math.nan
+        nan = torch.tensor(math.nan, device=acc.device)
+        slot_term, slot_accuracy, change, measured = nan, math.nan, nan, False
         if slots:
             slot_term, slot_accuracy = self._slot_loss(out.segments, batch["slot_targets"], batch["carried"])
             loss = loss + c.optim.slot_loss * slot_term
+        if retention:
+            change, measured = self._memory_change(out.segments, batch["carried"])
+            loss = loss + c.optim.retention_loss * change
         if not torch.isfinite(loss.detach()).all():
             self._diverged(float(loss.detach()))
         acc.backward(loss)
@@ -239,10 +257,14 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         correct = (out.logits.argmax(-1) == batch["labels"]).float().mean()
-        # Each process's slot term is its share of the global mean times the process count, so their mean is it.
-        stats = acc.reduce(torch.stack([loss.detach().float(), correct, slot_term.detach().float()]), reduction="mean")
+        # Each process's slot and retention terms are their share of the global mean times the process count,
+        # so the mean over processes is the global one.
+        stats = acc.reduce(torch.stack([loss.detach().float(), correct, slot_term.detach().float(),
+                                        change.detach().float()]), reduction="mean")
         tokens = int(batch["attention_mask"].sum()) * acc.num_processes
-        return float(stats[0]), float(stats[1]), tokens, time.perf_counter() - start, float(stats[2]), slot_accuracy
+        return {"loss": float(stats[0]), "accuracy": float(stats[1]), "tokens": tokens,
+                "seconds": time.perf_counter() - start, "slot_loss": float(stats[2]), "slot_accuracy": slot_accuracy,
+                "memory_change": float(stats[3]) if measured else math.nan}
 
     def _slot_loss(self, segments: list[dict], targets: torch.Tensor, carried: torch.Tensor
                    ) -> tuple[torch.Tensor, float]:
@@ -268,6 +290,29 @@ class Trainer:
                                   reduction="sum")
         accuracy = float(right / count) if count > 0 else math.nan
         return total * acc.num_processes / count.clamp(min=1), accuracy
+
+    def _memory_change(self, segments: list[dict], carried: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Mean over the noise segments after the facts of |memory after n - memory after n - 1|^2 /
+        |memory after n - 1|^2, over the global batch as `_slot_loss` takes it, and whether the global batch had
+        such a segment (0 if not). `carried`: (n_segments, batch) bool, from the last fact's segment on. The
+        first segment after it is left out: there the write still settles (a trained detect_memorize model's
+        memory moves by 0.056 there, 2e-4 a segment later on), and holding it still would fight the write. The
+        earlier memory is the target, detached: the segment's update should leave it as it is.
+
+        Without such a segment the term is every memory times 0, still in the graph, so that several processes'
+        gradient reduction waits for none of them."""
+        acc = self.accelerator
+        total, count = sum(s["memory"].sum() for s in segments) * 0.0, 0
+        for n in range(2, len(segments)):
+            pair = carried[n - 2] & carried[n - 1] & carried[n]
+            if pair.any():
+                before = segments[n - 1]["memory"][pair].detach().float()
+                after = segments[n]["memory"][pair].float()
+                ratio = (after - before).pow(2).sum((1, 2)) / before.pow(2).sum((1, 2)).clamp(min=1e-12)
+                total = total + ratio.sum()
+                count += int(pair.sum())
+        count = acc.reduce(torch.tensor(float(count), device=acc.device), reduction="sum")
+        return total * acc.num_processes / count.clamp(min=1), bool(count > 0)
 
     def _noise_memory(self, gen: TaskGenerator, batch_size: int) -> torch.Tensor | None:
         """The memory this step's batch starts from: None (fresh) without a noise prefix, else the memory left by
@@ -302,21 +347,26 @@ class Trainer:
             samples.append(s)
             items.append({"input_ids": s.tokens(), "label": s.label, "answer": s.answer, "index": i})
         batch = collate(items)
-        if self.config.optim.slot_loss > 0:  # what each memory token should name, and after which segments
+        optim = self.config.optim
+        if optim.slot_loss > 0:  # what each memory token should name
             batch["slot_targets"] = torch.tensor([gen.spec.slot_targets(tuple(f.text for f in s.facts))
                                                   for s in samples])  # (batch, slots)
+        if optim.slot_loss > 0 or optim.retention_loss > 0:  # the segments whose memory holds every fact
             batch["carried"] = torch.tensor([[n in s.carried_segments for s in samples]
                                              for n in range(gen.n_segments)])  # (n_segments, batch)
         return {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _log_train(self, window: list, n_seg: int) -> None:
-        loss = sum(w[0] for w in window) / len(window)
-        accuracy = sum(w[1] for w in window) / len(window)
-        tokens_per_s = sum(w[2] for w in window) / max(sum(w[3] for w in window), 1e-9)
-        read = [w for w in window if not math.isnan(w[5])]  # steps whose batch had memory for the slot heads
-        slots = {"slot_loss": sum(w[4] for w in read) / len(read),
-                 "slot_accuracy": sum(w[5] for w in read) / len(read)} if read else {}
-        row = self._row("train", n_seg, loss=loss, accuracy=accuracy, tokens_per_s=tokens_per_s, **slots)
+        window = [step_stats(w) for w in window]
+        loss = sum(w["loss"] for w in window) / len(window)
+        accuracy = sum(w["accuracy"] for w in window) / len(window)
+        tokens_per_s = sum(w["tokens"] for w in window) / max(sum(w["seconds"] for w in window), 1e-9)
+        extra = {}
+        for name in ("slot_loss", "slot_accuracy", "memory_change"):  # NaN in steps without them: mean of the rest
+            values = [w[name] for w in window if not math.isnan(w[name])]
+            if values:
+                extra[name] = sum(values) / len(values)
+        row = self._row("train", n_seg, loss=loss, accuracy=accuracy, tokens_per_s=tokens_per_s, **extra)
         for cb in self.callbacks:
             cb.on_log(self, row)
 
@@ -333,6 +383,7 @@ class Trainer:
             "tokens_per_s": math.nan,
             "slot_loss": math.nan,  # the slot heads' cross-entropy and accuracy (train rows with optim.slot_loss)
             "slot_accuracy": math.nan,
+            "memory_change": math.nan,  # relative squared change of memory per noise segment after the facts
             "wall_time": self.state["wall"],
             "processes": self.accelerator.num_processes,
             "mixed_precision": self.config.run.mixed_precision,

@@ -24,7 +24,7 @@ def _run(tmp_path: Path, name: str, nproc: int, *extra: str) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("slots",)], ids=["plain", "slot loss"])
+@pytest.mark.parametrize("extra", [(), ("slots",)], ids=["plain", "slot and retention losses"])
 def test_two_processes_match_one(tmp_path, extra):
     one = _run(tmp_path, "one", 1, *extra)
     two = _run(tmp_path, "two", 2, *extra)
@@ -39,5 +39,7 @@ def test_two_processes_match_one(tmp_path, extra):
         assert train_one["slot_loss"].notna().any()
         np.testing.assert_allclose(train_two["slot_loss"], train_one["slot_loss"], rtol=0, atol=1e-4)
         np.testing.assert_allclose(train_two["slot_accuracy"], train_one["slot_accuracy"], rtol=0, atol=1e-6)
+        assert train_one["memory_change"].notna().any()
+        np.testing.assert_allclose(train_two["memory_change"], train_one["memory_change"], rtol=1e-4, atol=1e-7)
     val_one, val_two = one[one["kind"] == "val"]["accuracy"], two[two["kind"] == "val"]["accuracy"]
     assert val_one.tolist() == val_two.tolist()

@@ -13,6 +13,7 @@ from rmt_lab.model import RecurrentWrapper
 from rmt_lab.train import (
     Callback, CheckpointError, CurriculumConfig, OptimConfig, Trainer, TrainingDiverged, generalization_matrix, run_experiment,
 )
+from rmt_lab.train.trainer import step_stats
 from tests.train.helpers import slot_experiment, tiny_experiment
 
 
@@ -260,6 +261,46 @@ def test_slot_loss_is_the_heads_cross_entropy_on_memory_that_carries_the_facts(t
     assert float(loss.detach()) == 0.0 and math.isnan(accuracy)
 
 
+def test_memory_change_is_the_relative_drift_over_noise_segments_after_the_facts(tmp_path):
+    base = tiny_experiment(stages=(4,), max_steps=1)
+    config = dataclasses.replace(base, optim=dataclasses.replace(base.optim, retention_loss=1.0))
+    trainer = Trainer(config, tmp_path / "run", callbacks=[])
+    trainer.setup()
+    gen = trainer.generator(4)
+    batch = trainer._batch(gen, "train", 0, 16)
+    samples = [gen.sample("train", i) for i in range(16)]
+    assert batch["carried"].tolist() == [[n in s.carried_segments for s in samples] for n in range(4)]
+    out = trainer.model(batch["input_ids"], batch["attention_mask"], keep=("memory",))
+    ratios = []
+    for b, s in enumerate(samples):
+        for n in range(2, 4):
+            if {n - 2, n - 1, n} <= set(s.carried_segments):  # noise after the fact and its settling segment
+                assert all(n not in f.segments for f in s.facts) and n not in s.question.segments
+                before, after = out.segments[n - 1]["memory"][b], out.segments[n]["memory"][b]
+                ratios.append(float(((after - before).pow(2).sum() / before.pow(2).sum()).detach()))
+    assert len(ratios) > 0
+    got, measured = trainer._memory_change(out.segments, batch["carried"])
+    assert measured and float(got) == pytest.approx(sum(ratios) / len(ratios), rel=1e-5)
+    got.backward()  # the earlier memory is the target: gradients reach the weights through the later one only
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
+    none, measured = trainer._memory_change(out.segments, torch.zeros_like(batch["carried"]))
+    assert float(none.detach()) == 0.0 and not measured
+
+
+def test_a_run_with_the_retention_loss_logs_memory_change_and_old_log_windows_still_read(tmp_path):
+    base = tiny_experiment(stages=(5,), max_steps=4)
+    rows = run_experiment(dataclasses.replace(base, optim=dataclasses.replace(base.optim, retention_loss=1.0)),
+                          tmp_path / "held", callbacks=[])
+    train = rows[rows["kind"] == "train"]
+    assert len(train) == 2 and train["memory_change"].gt(0).all() and rows["slot_loss"].isna().all()
+    plain = run_experiment(base, tmp_path / "plain", callbacks=[])
+    assert plain["memory_change"].isna().all()
+    # a checkpoint's window from before the entries were named holds lists, some without the later fields
+    assert step_stats([0.5, 1.0, 64, 2.0]) == pytest.approx(
+        {"loss": 0.5, "accuracy": 1.0, "tokens": 64, "seconds": 2.0, "slot_loss": math.nan,
+         "slot_accuracy": math.nan, "memory_change": math.nan}, nan_ok=True)
+
+
 def test_a_run_teaches_slot_heads_and_may_start_from_a_model_without_them(tmp_path):
     plain_rows = run_experiment(slot_experiment((1,), 2, slot_loss=0.0), tmp_path / "plain", callbacks=[])
     assert plain_rows[["slot_loss", "slot_accuracy"]].isna().all().all()
@@ -294,6 +335,8 @@ def test_a_truncated_bptt_run_may_start_from_a_full_bptt_model(tmp_path):
 
 
 def test_slot_settings_that_cannot_train_fail_clearly():
+    with pytest.raises(ConfigError, match=r"OptimConfig.retention_loss=-1.0 must be >= 0"):
+        OptimConfig(retention_loss=-1.0)
     with pytest.raises(ConfigError, match=r"task 'memorize' has none; tasks with one: \['reasoning'\]"):
         tiny_experiment(optim=dataclasses.replace(tiny_experiment().optim, slot_loss=1.0))
     with pytest.raises(ConfigError, match="slot heads that nothing trains"):

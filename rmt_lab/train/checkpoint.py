@@ -113,9 +113,10 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def load_weights(folder: Path, model: RecurrentWrapper) -> None:
     """Load the RMT saved in `folder` into `model`, which must have the same backbone and rmt settings, but for
-    the slot heads and the settings that shape no weight (`TRAINING_ONLY`): only training reads the heads, so
-    a model without them (or with others) may start a run that teaches them, its heads starting fresh; and a
-    model trained with full BPTT may go on with truncated BPTT."""
+    the slot heads and the settings that shape no weight (`TRAINING_ONLY`, the backbone's dropout): only
+    training reads the heads, so a model without them (or with others) may start a run that teaches them, its
+    heads starting fresh; a model trained with full BPTT may go on with truncated BPTT, and one trained with
+    dropout may go on without it."""
     folder = Path(folder)
     try:
         theirs = json.loads((folder / "rmt_config.json").read_text())
@@ -124,7 +125,7 @@ def load_weights(folder: Path, model: RecurrentWrapper) -> None:
     mine = model.describe()
     for key in ("backbone", "backbone_config", "rmt"):
         a, b = mine[key], theirs.get(key)
-        if key == "rmt" and isinstance(b, dict):
+        if key in ("rmt", "backbone_config") and isinstance(b, dict):
             a, b = _weight_shaping(a), _weight_shaping(b)
         if a != b:
             raise CheckpointError(f"checkpoint {folder} was made with another {key}: {first_difference(a, b)}")
@@ -141,8 +142,11 @@ def load_weights(folder: Path, model: RecurrentWrapper) -> None:
 TRAINING_ONLY = ("slot_classes", "bptt_depth", "keep")
 
 
-def _weight_shaping(rmt: dict) -> dict:
-    return {k: v for k, v in rmt.items() if k not in TRAINING_ONLY}
+def _weight_shaping(settings: dict) -> dict:
+    """`settings` (an rmt or backbone config) without what shapes no weight: TRAINING_ONLY and dropout
+    probabilities (HF names them *dropout* or *pdrop*)."""
+    return {k: v for k, v in settings.items()
+            if k not in TRAINING_ONLY and "dropout" not in k and "pdrop" not in k}
 
 
 def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.optim.Optimizer) -> dict:

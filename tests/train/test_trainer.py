@@ -236,17 +236,24 @@ def test_noise_prefix_starts_batches_from_the_memory_noise_leaves(tmp_path):
     assert whole["loss"].equals(resumed["loss"])
 
 
+def _carried_batch(config, tmp_path, n_segments):
+    """A set-up trainer, its first training batch of 16 at `n_segments`, the samples and the model's memory after
+    each segment; checks the batch's `carried` against the samples."""
+    trainer = Trainer(config, tmp_path / "run", callbacks=[])
+    trainer.setup()
+    gen = trainer.generator(n_segments)
+    batch = trainer._batch(gen, "train", 0, 16)
+    samples = [gen.sample("train", i) for i in range(16)]
+    assert batch["carried"].tolist() == [[n in s.carried_segments for s in samples] for n in range(n_segments)]
+    out = trainer.model(batch["input_ids"], batch["attention_mask"], keep=("memory",))
+    return trainer, batch, samples, out
+
+
 def test_slot_loss_is_the_heads_cross_entropy_on_memory_that_carries_the_facts(tmp_path):
     config = slot_experiment(stages=(3,), max_steps=1)
     assert config.rmt.slot_classes == (7, 7, 7, 7)  # taken from the task
-    trainer = Trainer(config, tmp_path / "run", callbacks=[])
-    trainer.setup()
-    gen = trainer.generator(3)
-    batch = trainer._batch(gen, "train", 0, 16)
-    samples = [gen.sample("train", i) for i in range(16)]
-    assert batch["carried"].tolist() == [[n in s.carried_segments for s in samples] for n in range(3)]
+    trainer, batch, samples, out = _carried_batch(config, tmp_path, 3)
     assert batch["carried"].any() and not batch["carried"].all()
-    out = trainer.model(batch["input_ids"], batch["attention_mask"], keep=("memory",))
     read = [(head(out.segments[n]["memory"][b, k]), batch["slot_targets"][b, k])
             for n in range(3) for b in range(16) if batch["carried"][n, b]
             for k, head in enumerate(trainer.model.slot_heads)]
@@ -264,13 +271,7 @@ def test_slot_loss_is_the_heads_cross_entropy_on_memory_that_carries_the_facts(t
 def test_memory_change_is_the_relative_drift_over_noise_segments_after_the_facts(tmp_path):
     base = tiny_experiment(stages=(4,), max_steps=1)
     config = dataclasses.replace(base, optim=dataclasses.replace(base.optim, retention_loss=1.0))
-    trainer = Trainer(config, tmp_path / "run", callbacks=[])
-    trainer.setup()
-    gen = trainer.generator(4)
-    batch = trainer._batch(gen, "train", 0, 16)
-    samples = [gen.sample("train", i) for i in range(16)]
-    assert batch["carried"].tolist() == [[n in s.carried_segments for s in samples] for n in range(4)]
-    out = trainer.model(batch["input_ids"], batch["attention_mask"], keep=("memory",))
+    trainer, batch, samples, out = _carried_batch(config, tmp_path, 4)
     ratios = []
     for b, s in enumerate(samples):
         for n in range(2, 4):

@@ -207,14 +207,19 @@ def attention_implementation(model: nn.Module, impl: str) -> Iterator[str]:
             model.set_attn_implementation(own)
 
 
+def is_dropout_key(key: str) -> bool:
+    """Whether a HF config field is a dropout probability (HF names them *dropout* or *pdrop*)."""
+    return "dropout" in key or "pdrop" in key
+
+
 def set_dropout(config: PretrainedConfig, dropout: float | None) -> None:
-    """Set every dropout probability of `config` (HF names them *dropout* or *pdrop*) to `dropout`; None keeps them."""
+    """Set every dropout probability of `config` (`is_dropout_key`) to `dropout`; None keeps them."""
     if dropout is None:
         return
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
     for key, value in config.to_dict().items():
-        if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+        if is_dropout_key(key) and isinstance(value, float):
             setattr(config, key, float(dropout))
 
 

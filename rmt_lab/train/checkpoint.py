@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from rmt_lab.io import atomic_path, write_json
 from rmt_lab.model import RecurrentWrapper
+from rmt_lab.model.backbones import is_dropout_key
 
 LATEST = "LATEST"
 
@@ -144,9 +145,8 @@ TRAINING_ONLY = ("slot_classes", "bptt_depth", "keep")
 
 def _weight_shaping(settings: dict) -> dict:
     """`settings` (an rmt or backbone config) without what shapes no weight: TRAINING_ONLY and dropout
-    probabilities (HF names them *dropout* or *pdrop*)."""
-    return {k: v for k, v in settings.items()
-            if k not in TRAINING_ONLY and "dropout" not in k and "pdrop" not in k}
+    probabilities."""
+    return {k: v for k, v in settings.items() if k not in TRAINING_ONLY and not is_dropout_key(k)}
 
 
 def load_checkpoint(folder: Path, model: RecurrentWrapper, optimizer: torch.optim.Optimizer) -> dict:

@@ -98,9 +98,14 @@ STEP_STATS = ("loss", "accuracy", "tokens", "seconds", "slot_loss", "slot_accura
 
 
 def step_stats(entry: dict | list) -> dict[str, float]:
-    """A log-window entry as a dict of every STEP_STATS field, NaN for those an older checkpoint lacks."""
+    """A log-window entry as a dict of every STEP_STATS field, NaN for those an older checkpoint lacks. A step
+    whose batch had no memory for the slot heads (slot accuracy NaN) has no slot loss either: its term is a
+    0 that would pull the window's mean down."""
     named = entry if isinstance(entry, dict) else dict(zip(STEP_STATS, entry, strict=False))
-    return {name: named.get(name, math.nan) for name in STEP_STATS}
+    stats = {name: named.get(name, math.nan) for name in STEP_STATS}
+    if math.isnan(stats["slot_accuracy"]):
+        stats["slot_loss"] = math.nan
+    return stats
 
 
 def lr_at(step: int, config: ExperimentConfig) -> float:

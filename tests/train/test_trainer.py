@@ -300,6 +300,9 @@ def test_a_run_with_the_retention_loss_logs_memory_change_and_old_log_windows_st
     assert step_stats([0.5, 1.0, 64, 2.0]) == pytest.approx(
         {"loss": 0.5, "accuracy": 1.0, "tokens": 64, "seconds": 2.0, "slot_loss": math.nan,
          "slot_accuracy": math.nan, "memory_change": math.nan}, nan_ok=True)
+    # a step whose batch had no memory for the slot heads counts in neither slot mean
+    assert math.isnan(step_stats({"loss": 0.5, "slot_loss": 0.0, "slot_accuracy": math.nan})["slot_loss"])
+    assert step_stats([0.5, 1.0, 64, 2.0, 0.3, 0.5])["slot_loss"] == 0.3
 
 
 def test_a_run_teaches_slot_heads_and_may_start_from_a_model_without_them(tmp_path):

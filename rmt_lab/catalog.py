@@ -60,6 +60,7 @@ CATALOG: dict[str, ResultFile] = {r.key: r for r in (
                ("ablation_no_recurrence",)),
     ResultFile("sweep_run", "sweeps/memory/{config}-{task}-m{memory}", "train", ("memory_size_sweep",)),
     ResultFile("continued_run", "continued/{config}-{task}", "train"),
+    ResultFile("retention_run", "continued/{config}-{task}-retention", "train"),
     ResultFile("slot_run", "slots/{config}-reasoning-{part}", "train"),
     ResultFile("trace", "traces/{config}-reasoning/trace.json", "trace",
                ("fig6_memory_operations", "read_write_profile", "write_precision", "memory_trajectory")),

@@ -130,6 +130,11 @@ def _run_folder(run_dir: str | Path) -> Path:
     return run
 
 
+def _run_config(run: Path) -> dict:
+    """The experiment configuration a run folder was trained with (its config.json, as JSON)."""
+    return json.loads((run / "config.json").read_text())
+
+
 def eval_generalization(run_dir: str | Path, max_segments: int | None = None, samples: int = 256,
                         dtype: str = "float32", out: str | Path | None = None) -> pd.DataFrame:
     """Every stage's model of the run in `run_dir` on 1..M segments, with 95% Wilson intervals (report
@@ -210,8 +215,9 @@ def eval_long(run_dir: str | Path, stage: int | None = None, min_tokens: int = 1
     if stage not in checkpoints:
         raise ValueError(f"no stage-{stage} checkpoint in {run}; available stages: {sorted(checkpoints)}")
     task, counts = _long_counts(run, min_tokens, max_tokens, samples, samples_from)
+    retention = _run_config(run)["optim"].get("retention_loss", 0.0)
     return long_evaluation(checkpoints[stage], task, list(counts), Path(out or run_file("long_eval", run)), counts,
-                           batch_size, compile=compile, trained_segments=stage, dtype=dtype)
+                           batch_size, compile=compile, trained_segments=stage, retention_loss=retention, dtype=dtype)
 
 
 def _long_counts(run: Path, min_tokens: int, max_tokens: int, samples: int,
@@ -219,7 +225,7 @@ def _long_counts(run: Path, min_tokens: int, max_tokens: int, samples: int,
     """The run's task and {segments: samples} of each length a long evaluation with these arguments runs."""
     from rmt_lab.tasks import TaskConfig
 
-    task = TaskConfig.from_dict(json.loads((run / "config.json").read_text())["task"])
+    task = TaskConfig.from_dict(_run_config(run)["task"])
     tokens_from, samples_from_there = samples_from or (math.inf, samples)
     return task, {n: samples if n * task.segment_size < tokens_from else samples_from_there
                   for n in long_lengths(min_tokens, max_tokens, task.segment_size)}

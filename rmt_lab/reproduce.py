@@ -145,6 +145,14 @@ class PlanSettings:
     continued_steps: int = 100
     continued_batch: int = 16
     continued_lr: float = 3e-4
+    # Per task of `continued`, the weight of a loss that holds memory still over the noise after the facts
+    # (`optim.retention_loss`), trained on from its last stage at that length: `retention_steps` steps at a peak
+    # lr of `retention_lr`, without dropout (which moves memory a thousand times the drift the loss measures).
+    # A 64-segment detect_memorize model drifts 2e-4 a noise segment and loses 2 of 16 facts at 2,048,000
+    # tokens; 60 such steps cut the drift to 3e-5 and lose none (README).
+    retention: dict[str, float] = field(default_factory=dict)
+    retention_steps: int = 60
+    retention_lr: float = 1e-4
     # Reasoning with its memory taught a map by direction (`optim.slot_loss`), started from `slot_init` (a model
     # under the results folder that solves 1-segment reasoning, its parity slice included): parts in order, each
     # (name, curriculum stages, config overrides), each from the one before. The question's segment learns the
@@ -174,6 +182,7 @@ SETTINGS = {
         # Their stage-7 models do not hold a fact over hundreds of noise segments: longer stages. A 128-segment
         # stage after detect_memorize's 64 held no longer at 1-2M tokens (README), so the plan stops at 64.
         continued={"detect_memorize": (8, 16, 32, 64), "reasoning": (8, 16, 32)},
+        retention={"detect_memorize": 100.0},
         slot_init="tuning/base-reasoning-phrasing/checkpoints/stage-1",
         slot_chain=(
             ("recall-match", (2,), ('task.subset="recall_match"', "curriculum.min_steps=600",
@@ -266,22 +275,38 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                           {"run_dir": str(run), "min_tokens": s.sweep_tokens, "max_tokens": s.sweep_tokens,
                            "samples": s.long_samples, "batch_size": s.long_batch, **evaluation},
                           [run_file("long_eval", run)], [stage], group="sweep evaluate"))
+    def trained_on(name: str, task: str, run: Path, init: Path, stages: Sequence[int], steps_each: int, lr: float,
+                   overrides: Sequence[str]) -> Step:
+        """Training that starts from the model `init` and runs `steps_each` steps of `continued_batch` samples
+        a stage at a peak lr of `lr`: a model that has learned the task, carried on."""
+        return Step(name, "train",
+                    {"config": s.config, "task": task, "run_dir": str(run),
+                     "overrides": [f"init={init}", f"curriculum.stages={list(stages)}",
+                                   f"curriculum.min_steps={steps_each}", f"curriculum.max_steps={steps_each}",
+                                   f"optim.batch_size={s.continued_batch}", f"optim.lr={lr}",
+                                   # a step of 16 samples through 32 segments holds 18 GB without it
+                                   "run.gradient_checkpointing=true", *overrides]},
+                    [run / "checkpoints" / f"stage-{stages[-1]}"], [init], resume={"resume": True},
+                    resume_from=run / "checkpoints", clean=run / "checkpoints", group="continue")
+
     for task, stages in s.continued.items():
         run = path("continued_run", results, config=s.config, task=task)
-        stage = run / "checkpoints" / f"stage-{stages[-1]}"
-        steps.append(Step(f"train {task} on to {stages[-1]} segments", "train",
-                          {"config": s.config, "task": task, "run_dir": str(run),
-                           "overrides": [f"init={final(task)}", f"curriculum.stages={list(stages)}",
-                                         f"curriculum.min_steps={s.continued_steps}",
-                                         f"curriculum.max_steps={s.continued_steps}",
-                                         f"optim.batch_size={s.continued_batch}", f"optim.lr={s.continued_lr}",
-                                         "run.eval_every=50",
-                                         # a step of 16 samples through 32 segments holds 18 GB without it
-                                         "run.gradient_checkpointing=true", f"name={run.name}-continued"]},
-                          [stage], [final(task)], resume={"resume": True}, resume_from=run / "checkpoints",
-                          clean=run / "checkpoints", group="continue"))
-        steps.append(Step(f"long evaluation {task} trained on to {stages[-1]} segments", "eval_long",
-                          long_evaluation(run, task), [run_file("long_eval", run)], [stage], group="continue"))
+        longer = trained_on(f"train {task} on to {stages[-1]} segments", task, run, final(task), stages,
+                            s.continued_steps, s.continued_lr, ["run.eval_every=50", f"name={run.name}-continued"])
+        steps += [longer, Step(f"long evaluation {task} trained on to {stages[-1]} segments", "eval_long",
+                               long_evaluation(run, task), [run_file("long_eval", run)], longer.outputs,
+                               group="continue")]
+        if task in s.retention:
+            run = path("retention_run", results, config=s.config, task=task)
+            held = trained_on(f"train {task} to hold its memory over noise", task, run, longer.outputs[0],
+                              stages[-1:], s.retention_steps, s.retention_lr,
+                              [f"optim.retention_loss={s.retention[task]}", "dropout=0.0", "optim.warmup_steps=5",
+                               "run.eval_every=30", "run.eval_samples=128",
+                               # 30 s a step on 2 CPU cores: a resume point every few minutes
+                               "run.checkpoint_every=5", f"name={run.name}"])
+            steps += [held, Step(f"long evaluation {task} holding its memory over noise", "eval_long",
+                                 long_evaluation(run, task), [run_file("long_eval", run)], held.outputs,
+                                 group="continue")]
     init = results / s.slot_init
     for part, stages, overrides in s.slot_chain:
         run = path("slot_run", results, config=s.config, part=part)

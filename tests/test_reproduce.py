@@ -178,7 +178,7 @@ def test_a_step_starts_only_after_the_step_of_its_group_that_makes_its_model(tmp
 
     results = tmp_path / "results"
     steps = [s for s in plan("base", results, tmp_path / "figures") if s.group == "continue"]
-    assert [s.name.split(" ")[0] for s in steps] == ["train", "long", "train", "long"]
+    assert [s.name.split(" ")[0] for s in steps] == ["train", "long", "train", "long", "train", "long"]
     running, overlaps, lock = set(), [], threading.Lock()
 
     def fake(recipe, arguments, threads, output):
@@ -194,9 +194,11 @@ def test_a_step_starts_only_after_the_step_of_its_group_that_makes_its_model(tmp
         return 0
 
     assert reproduce(steps, results=results, jobs=2, run=fake, echo=lambda s: None) == 0
-    # the detect_memorize model's evaluation runs beside reasoning's training, never beside its own model's
+    # an evaluation runs beside the next training, never beside its own model's
     assert {frozenset(pair) for pair in overlaps} == {
-        frozenset({"train reasoning on to 32 segments", "long evaluation detect_memorize trained on to 64 segments"})}
+        frozenset({"train detect_memorize to hold its memory over noise",
+                   "long evaluation detect_memorize trained on to 64 segments"}),
+        frozenset({"train reasoning on to 32 segments", "long evaluation detect_memorize holding its memory over noise"})}
 
 
 def test_figures_recompute_reruns_every_experiment_first(tmp_path, monkeypatch):
@@ -252,6 +254,15 @@ def test_base_plan_evaluates_every_task_at_the_issue_s_sample_counts(tmp_path):
     assert continued.outputs[0].name == "stage-64" and continued.arguments["run_dir"].endswith(
         "continued/base-detect_memorize")
     assert steps["long evaluation detect_memorize trained on to 64 segments"].inputs == continued.outputs
+    held = steps["train detect_memorize to hold its memory over noise"]
+    assert held.inputs == continued.outputs and held.arguments["run_dir"].endswith(
+        "continued/base-detect_memorize-retention")
+    assert {f"init={continued.outputs[0]}", "curriculum.stages=[64]", "optim.retention_loss=100.0", "dropout=0.0",
+            "curriculum.max_steps=60"} <= set(held.arguments["overrides"])
+    assert held.outputs[0].name == "stage-64"
+    held_long = steps["long evaluation detect_memorize holding its memory over noise"]
+    assert held_long.inputs == held.outputs and held_long.arguments["max_tokens"] == 2_048_000
+    assert "train reasoning to hold its memory over noise" not in steps  # only where the plan asks for it
     reasoning = steps["train reasoning on to 32 segments"]
     assert reasoning.inputs == steps["train reasoning"].outputs and "optim.lr=0.0003" in reasoning.arguments["overrides"]
     first, recall, whole = (steps[f"train reasoning's memory map: {part}"] for part in ("recall-match", "recall", "whole"))

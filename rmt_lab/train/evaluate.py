@@ -230,6 +230,7 @@ def long_evaluation(
     split: str = "test",
     compile: str = "",
     trained_segments: int | None = None,
+    retention_loss: float = 0.0,
     accelerator=None,
     dtype: str = "float32",
 ) -> pd.DataFrame:
@@ -242,8 +243,10 @@ def long_evaluation(
     in `parts_dir(out, n)` until all its samples are done, and samples already in the table are not run
     again (raising `n_samples` runs only the new ones). Under several processes (`torchrun`,
     `accelerate launch`), each takes samples rank::world of those left, as in training, and the main
-    process merges the batches: the same accuracies as one process. `trained_segments`: the curriculum
-    stage of `checkpoint`, recorded in each row. `dtype`: a key of EVAL_DTYPES.
+    process merges the batches: the same accuracies as one process. `trained_segments` (the curriculum
+    stage of `checkpoint`) and `retention_loss` (the weight of the loss that held its memory still over
+    noise in training, `OptimConfig.retention_loss`) tell models apart and are recorded in each row.
+    `dtype`: a key of EVAL_DTYPES.
     """
     from accelerate import PartialState
 
@@ -269,7 +272,8 @@ def long_evaluation(
         if state.is_main_process:
             _merge(out, t, parts, state.num_processes)
         state.wait_for_everyone()
-    rows = [_summary_row(out, task.at_segments(n), trained_segments) for n in lengths]
+    rows = [{**_summary_row(out, task.at_segments(n), trained_segments), "retention_loss": retention_loss}
+            for n in lengths]
     frame = pd.DataFrame(rows)
     if state.is_main_process:
         table = pd.read_parquet(out) if out.exists() else pd.DataFrame({"n_segments": []})

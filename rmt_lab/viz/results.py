@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from rmt_lab.catalog import CATALOG, COMMANDS, SWEEP_TASK, SWEEP_TOKENS, command_line, run_folder
-from rmt_lab.viz.tables import TASK_ORDER
+from rmt_lab.viz.tables import MODEL_COLUMNS, TASK_ORDER
 
 
 
@@ -145,11 +145,18 @@ def _continued_runs(results: Path, config: str) -> dict[str, Path]:
     return {task: CATALOG["continued_run"].at(results, config=config, task=task) for task in TASK_ORDER}
 
 
+def _later_runs(results: Path, config: str) -> list[Path]:
+    """The folders of the models trained on from each task's run, whether they exist or not: carried on to
+    longer stages, then trained to hold memory still over noise."""
+    return [*_continued_runs(results, config).values(),
+            *(CATALOG["retention_run"].at(results, config=config, task=task) for task in TASK_ORDER)]
+
+
 def _long_eval_inputs(results: Path, config: str) -> tuple[pd.DataFrame | None, list[Missing]]:
     """The runs' long evaluations with their lengths beyond (`long_eval_beyond`, where evaluated), and those of
-    runs carried on to longer stages (continued/) beside them."""
+    the models trained on from them (continued/) beside them."""
     table, missing = _per_task_table(results, config, "long_eval")
-    runs = _continued_runs(results, config).values()
+    runs = _later_runs(results, config)
     continued = [pd.read_parquet(p) for p in (CATALOG["long_eval"].at(run=run) for run in runs) if p.is_file()]
     beyond = [CATALOG["long_eval_beyond"].at(run=run) for run in run_folders(results, config).values()]
     frames = ([table] if table is not None else []) + [pd.read_parquet(p) for p in beyond if p.is_file()] + continued
@@ -191,7 +198,7 @@ def _ablation_inputs(results: Path, config: str):
 def _fact_position_inputs(results: Path, config: str):
     """Each run's per-sample long evaluation, with where each sample's facts sit (regenerated from its config)
     and the training length of the model (from the run's table of lengths); runs carried on to longer stages
-    (continued/) beside the others."""
+    and trained to hold memory (continued/) beside the others."""
     from rmt_lab.train import ExperimentConfig
     from rmt_lab.train.evaluate import with_fact_positions
 
@@ -199,15 +206,16 @@ def _fact_position_inputs(results: Path, config: str):
     missing = [Missing(str(CATALOG["long_eval_samples"].at(run=run)), _command("long_eval", results, config, run=run))
                for run in runs.values() if not CATALOG["long_eval_samples"].at(run=run).is_file()]
     frames = []
-    for run in [*runs.values(), *_continued_runs(results, config).values()]:
+    for run in [*runs.values(), *_later_runs(results, config)]:
         path, lengths = CATALOG["long_eval_samples"].at(run=run), CATALOG["long_eval"].at(run=run)
         if not path.is_file():
             continue
         experiment = ExperimentConfig.from_dict(json.loads((run / "config.json").read_text()))
         samples = with_fact_positions(pd.read_parquet(path).assign(task=experiment.task.task), experiment.task)
         if lengths.is_file() and "trained_segments" in (table := pd.read_parquet(lengths)):
-            # only the lengths whose evaluation finished, as Figure 1 draws them
-            samples = samples.merge(table[["tokens", "trained_segments"]], on="tokens", how="inner")
+            # only the lengths whose evaluation finished, as Figure 1 draws them, with the model they measured
+            model = [c for c in MODEL_COLUMNS if c in table]
+            samples = samples.merge(table[["tokens", *model]], on="tokens", how="inner")
         frames.append(samples)
     return (pd.concat(frames, ignore_index=True) if frames else None), missing
 

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 
 from rmt_lab.stats import wilson_interval
 from rmt_lab.viz.style import CHANCE_STYLE, colors, log_tokens_axis, new_figure, ordered_colors, plain_log_axis, styled
-from rmt_lab.viz.tables import N_CLASSES, ordered_tasks, require_columns, task_title
+from rmt_lab.viz.tables import MODEL_COLUMNS, N_CLASSES, ordered_tasks, require_columns, task_title
 
 # The models the report draws in Figure 3.
 REPORT_OPT_MODELS = ("opt-125m", "opt-1.3b", "opt-6.7b", "opt-30b", "opt-175b")
@@ -106,15 +106,30 @@ def _memory_source(rows: pd.DataFrame) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def _long_context_curves(long_eval: pd.DataFrame) -> list[tuple[str, float | None, pd.DataFrame]]:
-    """(task, trained segments or None, rows) per curve of Figure 1: one per task and training length, so a
-    model carried on to longer stages is drawn beside the one its curriculum ended with."""
+def _models(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each row's model: its training length (NaN where unrecorded) and the weight of the loss that held its
+    memory still over noise (0 where unrecorded: tables from before the loss existed)."""
+    return pd.DataFrame({"trained_segments": rows.get("trained_segments", pd.Series(np.nan, rows.index)),
+                         "retention_loss": rows.get("retention_loss", pd.Series(0.0, rows.index)).fillna(0.0)})
+
+
+def model_label(trained: float | None, retention: float) -> str:
+    """'trained on 64 segments', with ', memory held over noise (retention loss 100)' for such a model."""
+    label = "" if trained is None or pd.isna(trained) else f"trained on {int(trained)} segments"
+    held = f"memory held over noise (retention loss {retention:g})" if retention else ""
+    return ", ".join(part for part in (label, held) if part)
+
+
+def _long_context_curves(long_eval: pd.DataFrame) -> list[tuple[str, float | None, float, pd.DataFrame]]:
+    """(task, trained segments or None, retention loss, rows) per curve of Figure 1: one per task and model,
+    so a model carried on to longer stages, or trained on to hold its memory still, is drawn beside the one
+    its curriculum ended with."""
     curves = []
     for task in ordered_tasks(long_eval["task"]):
         rows = long_eval[long_eval["task"] == task]
-        groups = rows.groupby("trained_segments", dropna=False) if "trained_segments" in rows else [(None, rows)]
-        for trained, d in groups:
-            curves.append((task, None if pd.isna(trained) else float(trained), d.sort_values("tokens")))
+        for (trained, retention), d in rows.assign(**_models(rows)).groupby(list(MODEL_COLUMNS), dropna=False):
+            curves.append((task, None if pd.isna(trained) else float(trained), float(retention),
+                           d.sort_values("tokens")))
     return curves
 
 
@@ -156,10 +171,11 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     curves = _long_context_curves(long_eval)
     several = {task for task in tasks if sum(c[0] == task for c in curves) > 1}
     sources = {}  # per (curve label, memory source): that source, its longest length's row, the task
-    for task, trained, d in curves:
-        first = trained is None or trained == min(c[1] for c in curves if c[0] == task and c[1] is not None)
-        label = task_title(task) + (f", trained on {int(trained)} segments" if task in several else "")
-        style = dict(marker=markers[task], color=palette[task], linestyle="-" if first else "-.",
+    for task, trained, retention, d in curves:
+        first = not retention and (
+            trained is None or trained == min(c[1] for c in curves if c[0] == task and c[1] is not None))
+        label = task_title(task) + (f", {model_label(trained, retention)}" if task in several else "")
+        style = dict(marker=markers[task], color=palette[task], linestyle="-" if first else ":" if retention else "-.",
                      markerfacecolor=None if first else "white", label=label)
         _interval(acc_ax, d, palette[task], alpha=0.15 if first else 0.08)
         acc_ax.plot(d["tokens"], d["accuracy"], **style)
@@ -364,7 +380,7 @@ FACT_QUARTERS = ("first quarter", "second quarter", "third quarter", "last quart
 def plot_accuracy_by_fact_position(samples: pd.DataFrame) -> Figure:
     """Long-input accuracy versus input length, one line per quarter of the input in which the sample's
     last fact sits (95% Wilson intervals), a panel per task whose facts move (`with_fact_positions` rows),
-    and per training length (`trained_segments`) where a task has models trained on several.
+    and per model (training length `trained_segments`, `retention_loss`) where a task has several.
 
     A model that forgets loses the early facts first; one whose memory drifts out of the states it was
     trained from over long noise fails on the late facts, however close to the question."""
@@ -373,18 +389,18 @@ def plot_accuracy_by_fact_position(samples: pd.DataFrame) -> Figure:
     moving = [t for t in ordered_tasks(samples["task"]) if samples.loc[samples["task"] == t, "last_fact_segment"].any()]
     if not moving:
         raise ValueError("every fact sits in the first segment (memorize): there is no position to split by")
-    trained = samples["trained_segments"] if "trained_segments" in samples else pd.Series(float("nan"), samples.index)
-    panels = []
-    for task in moving:
-        lengths = trained[samples["task"] == task]
-        panels += [(task, n) for n in sorted(lengths.dropna().unique())]
-        panels += [(task, None)] if lengths.isna().any() else []
+    models = _models(samples)
+    # a panel per task and model, as Figure 1 draws a curve per model
+    panels = [(task, trained, retention) for (task, trained, retention), _ in
+              samples.assign(**models)[samples["task"].isin(moving)].groupby(["task", *MODEL_COLUMNS], dropna=False)]
+    panels.sort(key=lambda p: (moving.index(p[0]), pd.isna(p[1]), 0 if pd.isna(p[1]) else p[1], p[2]))
     several = {task for task in moving if sum(p[0] == task for p in panels) > 1}
     fig, axes = new_figure(1, len(panels), figsize=(5.2 * len(panels), 4.2), sharex=True, sharey=True)
     quarter = (4 * samples["last_fact_segment"] // samples["n_segments"]).clip(0, 3)
     palette = colors(4)
-    for ax, (task, n) in zip(axes[0], panels):
-        chosen = (samples["task"] == task) & (trained.isna() if n is None else trained == n)
+    for ax, (task, trained, retention) in zip(axes[0], panels):
+        same_length = models["trained_segments"].isna() if pd.isna(trained) else models["trained_segments"] == trained
+        chosen = (samples["task"] == task) & same_length & (models["retention_loss"] == retention)
         d = samples[chosen].assign(quarter=quarter)
         table = d.groupby(["quarter", "tokens"])["correct"].agg(["mean", "size"]).reset_index()
         for q, rows in table.groupby("quarter"):
@@ -394,7 +410,7 @@ def plot_accuracy_by_fact_position(samples: pd.DataFrame) -> Figure:
                     label=f"fact in the {FACT_QUARTERS[q]}")
         ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
         per_point = table["size"]
-        model = f", trained on {int(n)} segments" if task in several else ""
+        model = f", {model_label(trained, retention)}" if task in several else ""
         ax.set_title(f"{task_title(task)}{model}\n({int(per_point.min())}-{int(per_point.max())} samples a point)",
                      fontsize="medium")
         log_tokens_axis(ax)

@@ -11,6 +11,9 @@ from rmt_lab.tasks.registry import NUM_CLASSES as N_CLASSES  # the answer is one
 # The report's three tasks, in its order; other task names follow alphabetically.
 TASK_ORDER = ("memorize", "detect_memorize", "reasoning")
 TASK_TITLES = {"memorize": "Memorize", "detect_memorize": "Detect & Memorize", "reasoning": "Reasoning"}
+# What tells a task's models apart in long evaluations: the training length, and the weight of the loss that
+# held memory still over noise (OptimConfig.retention_loss).
+MODEL_COLUMNS = ("trained_segments", "retention_loss")
 
 
 class TableError(ValueError):

@@ -1,5 +1,6 @@
 """Long evaluation: intervals stored, resumable at batch grain, split over processes like training."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -98,6 +99,18 @@ def test_fewer_samples_at_the_longest_lengths(run, tmp_path):
     table = pd.read_parquet(out)
     assert table["tokens"].tolist() == [64, 128, 256] and table["n_samples"].tolist() == [3, 3, 2]
     assert table["trained_segments"].tolist() == [2, 2, 2]
+    assert (table["retention_loss"] == 0.0).all()  # the run's optim.retention_loss: none
+
+
+def test_each_row_names_the_retention_loss_its_model_was_trained_with(run, tmp_path):
+    held = tmp_path / "held"
+    shutil.copytree(run, held)
+    config = json.loads((held / "config.json").read_text())
+    config["optim"]["retention_loss"] = 100.0
+    (held / "config.json").write_text(json.dumps(config))
+    assert main(["eval", "long", "--run-dir", str(held), "--min-tokens", "64", "--max-tokens", "64", "--samples", "1",
+                 "--batch-size", "1"]) == 0
+    assert pd.read_parquet(held / "long_eval.parquet")["retention_loss"].tolist() == [100.0]
 
 
 def test_samples_that_predate_the_hardware_column_still_summarize(run, tmp_path):

@@ -78,6 +78,19 @@ def test_long_context_draws_a_curve_per_training_length_of_a_task():
     assert trained == pytest.approx([7 * 499, 32 * 499])
 
 
+def test_long_context_draws_a_model_trained_to_hold_memory_beside_the_one_it_started_from():
+    table = helpers.long_eval_table()
+    detect = table[table["task"] == "detect_memorize"]
+    longer = detect.assign(trained_segments=32, accuracy=0.8)  # a table from before the loss: no column
+    held = detect.assign(trained_segments=32, accuracy=1.0, retention_loss=100.0)
+    acc, _ = data_axes(plot_long_context(pd.concat([table, longer, held], ignore_index=True)))
+    curves = {line.get_label(): line for line in acc.get_lines()}
+    plain = curves["Detect & Memorize, trained on 32 segments"]
+    kept = curves["Detect & Memorize, trained on 32 segments, memory held over noise (retention loss 100)"]
+    assert np.allclose(plain.get_ydata(), 0.8) and np.allclose(kept.get_ydata(), 1.0)
+    assert plain.get_linestyle() == "-." and kept.get_linestyle() == ":"
+
+
 def test_long_context_draws_no_interval_across_unmeasured_lengths_and_names_training_lengths_above():
     table = helpers.long_eval_table()
     memorize = table["task"] == "memorize"
@@ -196,6 +209,11 @@ def test_accuracy_by_fact_position_a_panel_per_training_length():
         "Detect & Memorize, trained on 7 segments", "Detect & Memorize, trained on 32 segments", "Reasoning"]
     early = [[line.get_ydata()[0] for line in ax.get_lines() if line.get_marker() == "o"][0] for ax in axes[:2]]
     assert early == [0, 1]  # the 7-segment model lost the facts of the first quarter, the 32-segment one kept them
+    held = [{**row, "retention_loss": 100.0} for row in rows if row.get("trained_segments") == 32]
+    axes = data_axes(plot_accuracy_by_fact_position(pd.DataFrame(rows + held)))
+    assert [ax.get_title().split("\n")[0] for ax in axes][1:3] == [
+        "Detect & Memorize, trained on 32 segments",
+        "Detect & Memorize, trained on 32 segments, memory held over noise (retention loss 100)"]
 
 
 def test_accuracy_by_training_length_a_curve_per_model_of_tasks_with_several():

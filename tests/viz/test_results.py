@@ -136,13 +136,16 @@ def test_figure_1_draws_runs_carried_on_to_longer_stages_beside_their_runs(tmp_p
 
     results = tmp_path / "results"
     for folder, trained in ((results / "runs" / "quick-detect_memorize", 7),
-                            (results / "continued" / "quick-detect_memorize", 32)):
+                            (results / "continued" / "quick-detect_memorize", 32),
+                            (results / "continued" / "quick-detect_memorize-retention", 32)):
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps({"task": {"task": "detect_memorize"}}))
         pd.DataFrame({"task": "detect_memorize", "tokens": [16_000, 32_000], "accuracy": 0.5, "n_samples": 8,
-                      "trained_segments": trained, "peak_mib": 600.0}).to_parquet(folder / "long_eval.parquet")
+                      "trained_segments": trained, "retention_loss": 100.0 * folder.name.endswith("retention"),
+                      "peak_mib": 600.0}).to_parquet(folder / "long_eval.parquet")
     table, _ = _long_eval_inputs(results, "quick")
-    assert sorted(table["trained_segments"].unique()) == [7, 32] and len(table) == 4
+    models = table.groupby(["trained_segments", "retention_loss"]).size().to_dict()
+    assert models == {(7, 0.0): 2, (32, 0.0): 2, (32, 100.0): 2}
     pd.DataFrame({"task": "detect_memorize", "tokens": [10_240_000], "accuracy": 1.0, "n_samples": 4,
                   "trained_segments": 7, "peak_mib": 640.0}).to_parquet(
         results / "runs" / "quick-detect_memorize" / "long_eval_beyond.parquet")

@@ -46,6 +46,10 @@ from rmt_lab.model.config import RMTConfig
 from rmt_lab.model.lora import attach_lora
 
 
+# The memory gate's initial logit: sigmoid(6) = 0.998 of the cell's output becomes the new memory.
+GATE_OPEN = 6.0
+
+
 @dataclass
 class CellOutput:
     memory: Tensor  # (batch, n_mem, d_model) new memory; unchanged for samples with no tokens
@@ -121,6 +125,10 @@ class MemoryCell(nn.Module):
         # Initial memory: learned, drawn like the token embeddings (the report adds memory tokens to the vocab).
         std = float(self.embeddings.weight.detach().float().std())
         self.memory = nn.Parameter(torch.randn(config.num_mem_tokens, self.d_model) * std)
+        self.memory_gate = nn.Linear(self.d_model, 1) if config.memory_gate and config.num_mem_tokens else None
+        if self.memory_gate is not None:  # open: the plain RMT's update (config.py)
+            nn.init.zeros_(self.memory_gate.weight)
+            nn.init.constant_(self.memory_gate.bias, GATE_OPEN)
         # The ids of [CLS] and [SEP] (encoder), embedded together once per segment; not saved (config facts).
         if self.layout == "encoder":
             self.register_buffer("special_ids", torch.tensor([[self.special.cls, self.special.sep]]), persistent=False)
@@ -274,6 +282,8 @@ class MemoryCell(nn.Module):
             new_memory = hidden[rows[:, None], write_pos]  # (batch, n_mem, d_model)
             new_memory = torch.where(active[:, None, None], new_memory, memory)
             summary = hidden[rows, summary_pos]  # (batch, d_model)
+        if self.memory_gate is not None:  # an inactive row's output is its memory already: unchanged either way
+            new_memory = memory + torch.sigmoid(self.memory_gate(new_memory)) * (new_memory - memory)
         return CellOutput(memory=new_memory, summary=summary, hidden=hidden[:, p : p + seg_len], active=active)
 
     def _embed(self, input_ids: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:

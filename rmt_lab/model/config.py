@@ -26,6 +26,11 @@ class RMTConfig:
     # A linear head per leading memory token, naming one of slot_classes[k] classes: what a training run can
     # teach memory to hold (`OptimConfig.slot_loss`, `TaskSpec.slot_classes`). Inference never reads them.
     slot_classes: tuple[int, ...] = ()
+    # Gated memory update: new memory = memory + g (cell output - memory), with g = sigmoid(w . output + b) per
+    # memory token, starting open (g = 0.998: the plain RMT's replacement). A segment that brings nothing to
+    # keep can then leave memory as it found it by closing g, which the plain update must learn as an identity
+    # through every backbone layer. Not in the report. A model may add it to one trained without it.
+    memory_gate: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_mem_tokens", "num_classes", "lora_rank"):
@@ -44,6 +49,8 @@ class RMTConfig:
             )
         if not isinstance(self.lora_alpha, (int, float)) or isinstance(self.lora_alpha, bool) or self.lora_alpha <= 0:
             raise ConfigError(f"RMTConfig.lora_alpha={self.lora_alpha!r} must be a number > 0")
+        if not isinstance(self.memory_gate, bool):
+            raise ConfigError(f"RMTConfig.memory_gate={self.memory_gate!r} must be true or false")
         check_keep(tuple(self.keep))
         object.__setattr__(self, "keep", tuple(self.keep))
         slots = tuple(self.slot_classes)

@@ -19,8 +19,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rmt_lab.config import from_dict, to_dict
 from rmt_lab.io import atomic_path, write_json
-from rmt_lab.model import RecurrentWrapper
+from rmt_lab.model import RecurrentWrapper, RMTConfig
 from rmt_lab.model.backbones import is_dropout_key
 
 LATEST = "LATEST"
@@ -114,28 +115,35 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def load_weights(folder: Path, model: RecurrentWrapper) -> None:
     """Load the RMT saved in `folder` into `model`, which must have the same backbone and rmt settings, but for
-    the slot heads and the settings that shape no weight (`TRAINING_ONLY`, the backbone's dropout): only
-    training reads the heads, so a model without them (or with others) may start a run that teaches them, its
-    heads starting fresh; a model trained with full BPTT may go on with truncated BPTT, and one trained with
-    dropout may go on without it."""
+    the slot heads, the memory gate and the settings that shape no weight (`TRAINING_ONLY`, the backbone's
+    dropout): only training reads the heads, so a model without them (or with others) may start a run that
+    teaches them, its heads starting fresh; a model without a memory gate may start a run with one, the gate
+    starting open (the update it was trained with); a model trained with full BPTT may go on with truncated
+    BPTT, and one trained with dropout may go on without it."""
     folder = Path(folder)
     try:
         theirs = json.loads((folder / "rmt_config.json").read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {folder} has no readable rmt_config.json: {err!r}") from err
     mine = model.describe()
+    fresh = []  # the state-dict prefixes of weights this model adds to the checkpoint's, starting as initialized
     for key in ("backbone", "backbone_config", "rmt"):
         a, b = mine[key], theirs.get(key)
+        if key == "rmt" and isinstance(b, dict):
+            b = to_dict(from_dict(RMTConfig, b))  # settings added since it was saved read as their defaults
+            if b["slot_classes"] != a["slot_classes"]:
+                fresh.append("slot_heads.")
+            if a["memory_gate"] and not b["memory_gate"]:
+                fresh.append("cell.memory_gate.")
+                b = {**b, "memory_gate": True}
         if key in ("rmt", "backbone_config") and isinstance(b, dict):
             a, b = _weight_shaping(a), _weight_shaping(b)
         if a != b:
             raise CheckpointError(f"checkpoint {folder} was made with another {key}: {first_difference(a, b)}")
     state = RecurrentWrapper.from_pretrained(folder).state_dict()
-    if list(theirs["rmt"].get("slot_classes", [])) == list(mine["rmt"]["slot_classes"]):
-        model.load_state_dict(state)
-    else:
-        result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith("slot_heads.")}, strict=False)
-        assert all(k.startswith("slot_heads.") for k in result.missing_keys) and not result.unexpected_keys, result
+    result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith("slot_heads.")
+                                    or "slot_heads." not in fresh}, strict=not fresh)
+    assert all(k.startswith(tuple(fresh)) for k in result.missing_keys) and not result.unexpected_keys, result
 
 
 # Settings free to differ between a checkpoint and a run it starts: the slot heads (read by training only),

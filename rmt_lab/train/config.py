@@ -79,8 +79,14 @@ class OptimConfig:
     # fades a fact in an input of thousands is a small drift at every one; this term measures that drift at
     # every noise segment of the batch without longer inputs. Not in the report. 0 = off.
     retention_loss: float = 0.0
+    # The memory gate's weights (RMTConfig.memory_gate) train at this multiple of lr. Adam moves a weight about
+    # lr a step whatever its gradient, so at an adapter's lr of 1e-4 a gate starting open would need thousands
+    # of steps to close; 100 closes it within tens.
+    gate_lr_scale: float = 100.0
 
     def __post_init__(self) -> None:
+        if not self.gate_lr_scale > 0:
+            raise ConfigError(f"OptimConfig.gate_lr_scale={self.gate_lr_scale} must be > 0")
         for name in ("slot_loss", "retention_loss"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"OptimConfig.{name}={getattr(self, name)} must be >= 0")

@@ -182,8 +182,14 @@ class Trainer:
 
     def _new_stage_optimizer(self) -> None:
         c = self.config.optim
-        trained = [p for p in self.model.parameters() if p.requires_grad]  # a frozen backbone keeps no moments
-        self.optimizer = torch.optim.AdamW(trained, lr=c.lr, weight_decay=c.weight_decay)
+        gate = self.model.cell.memory_gate
+        gated = {id(p) for p in gate.parameters()} if gate is not None else set()
+        # a frozen backbone keeps no moments
+        trained = [p for p in self.model.parameters() if p.requires_grad and id(p) not in gated]
+        groups = [{"params": trained, "lr_scale": 1.0}]
+        if gate is not None:
+            groups.append({"params": list(gate.parameters()), "lr_scale": c.gate_lr_scale, "lr": c.lr * c.gate_lr_scale})
+        self.optimizer = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
 
     def _load_metrics(self, upto: int) -> None:
         path = self.run_dir / METRICS_FILE
@@ -235,8 +241,8 @@ class Trainer:
         follow_thread_budget()
         start = time.perf_counter()
         lr = lr_at(self.state["step"], c)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # a group restored from a checkpoint without the key: scale 1
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         batch = self._batch(gen, "train", self.state["step"] * c.optim.batch_size, c.optim.batch_size)
         memory = self._noise_memory(gen, len(batch["labels"]))
         self.ddp_model.train()

@@ -189,3 +189,22 @@ def test_segment_too_long_for_backbone_names_the_numbers():
 
     with pytest.raises(ValueError, match=r"needs 515 positions.*512 positions.*segment_size <= 499"):
         MemoryCell(load_backbone("tiny-bert"), RMTConfig(num_mem_tokens=10, segment_size=502))
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2"])
+def test_memory_gate_starts_as_the_plain_update_and_closed_keeps_memory(name):
+    from rmt_lab.model.cell import GATE_OPEN
+
+    plain, gated = tiny(name, num_mem_tokens=3), tiny(name, num_mem_tokens=3, memory_gate=True)
+    gated.load_state_dict(plain.state_dict(), strict=False)  # the same weights, the gate as initialized
+    ids, memory = tokens(2, 8), torch.randn(2, 3, plain.cell.d_model)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 5:] = False  # a padded row takes the gathering path
+    with torch.no_grad():
+        for m in (None, mask):
+            new, opened = plain.cell(ids, m, memory).memory, gated.cell(ids, m, memory).memory
+            g = torch.sigmoid(torch.tensor(GATE_OPEN))
+            assert torch.allclose(opened, memory + g * (new - memory), atol=1e-6)
+            gated.cell.memory_gate.bias.fill_(-1e4)  # closed: the segment leaves memory as it was
+            assert torch.equal(gated.cell(ids, m, memory).memory, memory)
+            gated.cell.memory_gate.bias.fill_(GATE_OPEN)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from rmt_lab.config import ConfigError
-from rmt_lab.model import RecurrentWrapper
+from rmt_lab.model import RecurrentWrapper, RMTConfig
 from rmt_lab.train import (
     Callback, CheckpointError, CurriculumConfig, OptimConfig, Trainer, TrainingDiverged, generalization_matrix, run_experiment,
 )
@@ -341,9 +341,36 @@ def test_a_run_may_start_from_a_model_trained_with_other_bptt_depth_or_dropout(t
         Trainer(dataclasses.replace(config, rmt=wider), tmp_path / "wider", callbacks=[]).setup()
 
 
+def test_a_memory_gate_starts_open_on_a_model_without_one_and_trains_at_its_own_lr(tmp_path):
+    run_experiment(slot_experiment((1,), 2, slot_loss=0.0), tmp_path / "plain", callbacks=[])
+    plain = tmp_path / "plain" / "checkpoints" / "stage-1"
+    config = slot_experiment((2,), 2, slot_loss=0.0, init=str(plain))
+    config = dataclasses.replace(config, rmt=dataclasses.replace(config.rmt, memory_gate=True),
+                                 optim=dataclasses.replace(config.optim, retention_loss=1.0, gate_lr_scale=50.0))
+    trainer = Trainer(config, tmp_path / "gated", callbacks=[])
+    trainer.setup()
+    saved = load_file(str(plain / "model.safetensors"))
+    assert all(torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items() if k in saved)
+    gate = trainer.model.cell.memory_gate
+    assert torch.all(gate.weight == 0) and gate.bias.item() == 6.0  # open
+    trainer._train_step(trainer.generator(2))
+    base, gate_group = trainer.optimizer.param_groups
+    assert gate_group["lr"] == pytest.approx(50.0 * base["lr"]) and base["lr"] > 0
+    trainer.train()
+    gated = tmp_path / "gated" / "checkpoints" / "stage-2"
+    assert not torch.equal(load_file(str(gated / "model.safetensors"))["cell.memory_gate.bias"], torch.tensor([6.0]))
+    # a gate shapes what memory holds: a model that has one does not load into one without it
+    with pytest.raises(CheckpointError, match="memory_gate"):
+        Trainer(slot_experiment((2,), 1, slot_loss=0.0, init=str(gated)), tmp_path / "ungated", callbacks=[]).setup()
+
+
 def test_slot_settings_that_cannot_train_fail_clearly():
     with pytest.raises(ConfigError, match=r"OptimConfig.retention_loss=-1.0 must be >= 0"):
         OptimConfig(retention_loss=-1.0)
+    with pytest.raises(ConfigError, match=r"OptimConfig.gate_lr_scale=0.0 must be > 0"):
+        OptimConfig(gate_lr_scale=0.0)
+    with pytest.raises(ConfigError, match="RMTConfig.memory_gate='yes' must be true or false"):
+        RMTConfig(memory_gate="yes")
     with pytest.raises(ConfigError, match=r"task 'memorize' has none; tasks with one: \['reasoning'\]"):
         tiny_experiment(optim=dataclasses.replace(tiny_experiment().optim, slot_loss=1.0))
     with pytest.raises(ConfigError, match="slot heads that nothing trains"):

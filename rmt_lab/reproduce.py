@@ -301,7 +301,7 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
             held = trained_on(f"train {task} to hold its memory over noise", task, run, longer.outputs[0],
                               stages[-1:], s.retention_steps, s.retention_lr,
                               [f"optim.retention_loss={s.retention[task]}", "dropout=0.0", "optim.warmup_steps=5",
-                               "run.eval_every=30", "run.eval_samples=128",
+                               "run.eval_every=30", "run.eval_samples=128", "run.mixed_precision=bf16",
                                # 30 s a step on 2 CPU cores: a resume point every few minutes
                                "run.checkpoint_every=5", f"name={run.name}"])
             steps += [held, Step(f"long evaluation {task} holding its memory over noise", "eval_long",

@@ -114,10 +114,10 @@ def _models(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_label(trained: float | None, retention: float) -> str:
-    """'trained on 64 segments', with ', memory held over noise (retention loss 100)' for such a model."""
+    """'trained on 64 segments', with ' + retention loss 100' for a model trained to hold memory still."""
     label = "" if trained is None or pd.isna(trained) else f"trained on {int(trained)} segments"
-    held = f"memory held over noise (retention loss {retention:g})" if retention else ""
-    return ", ".join(part for part in (label, held) if part)
+    held = f"retention loss {retention:g}" if retention else ""
+    return " + ".join(part for part in (label, held) if part)
 
 
 def _long_context_curves(long_eval: pd.DataFrame) -> list[tuple[str, float | None, float, pd.DataFrame]]:
@@ -175,8 +175,12 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
         first = not retention and (
             trained is None or trained == min(c[1] for c in curves if c[0] == task and c[1] is not None))
         label = task_title(task) + (f", {model_label(trained, retention)}" if task in several else "")
-        style = dict(marker=markers[task], color=palette[task], linestyle="-" if first else ":" if retention else "-.",
+        # a model held still over noise: a thin cross, seen inside the open marker of the model it came from
+        style = dict(marker="x" if retention else markers[task], color=palette[task],
+                     linestyle="-" if first else ":" if retention else "-.",
                      markerfacecolor=None if first else "white", label=label)
+        if retention:
+            style.update(markeredgewidth=2, markersize=10)
         _interval(acc_ax, d, palette[task], alpha=0.15 if first else 0.08)
         acc_ax.plot(d["tokens"], d["accuracy"], **style)
         # A model's lengths measured on different devices (CUDA allocations, a process's RSS) are not one
@@ -196,7 +200,8 @@ def plot_long_context(long_eval: pd.DataFrame) -> Figure:
     acc_ax.axhline(1 / N_CLASSES, **CHANCE_STYLE, label=f"chance (1/{N_CLASSES})")
     acc_ax.set_ylim(0, 1.04)
     acc_ax.set_ylabel("accuracy")
-    acc_ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    # below both panels, where long model names take the figure's width and leave the axes theirs
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
     acc_ax.set_title("Accuracy versus input length: each model evaluated far past its training length",
                      fontsize="medium")
     mem_ax.set_ylabel("peak memory (MiB)")

@@ -58,7 +58,7 @@ def test_long_context_accuracy_and_memory_panels():
     reasoning = table[table["task"] == "reasoning"]
     assert np.allclose(lines[2].get_ydata(), reasoning["accuracy"])
     assert np.allclose([line for line in mem.get_lines() if len(line.get_xdata()) == 4][0].get_ydata(), 560.0)
-    legend = {t.get_text() for t in acc.get_legend().get_texts()}
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}  # below the panels
     assert {"Memorize", "Detect & Memorize", "Reasoning", "chance (1/6)"} <= legend
     trained = [line for line in acc.get_lines() if line.get_linestyle() == "--"]
     assert trained and trained[0].get_xdata()[0] == pytest.approx(7 * 499)
@@ -67,8 +67,9 @@ def test_long_context_accuracy_and_memory_panels():
 def test_long_context_draws_a_curve_per_training_length_of_a_task():
     table = helpers.long_eval_table()
     longer = table[table["task"] == "detect_memorize"].assign(trained_segments=32, accuracy=0.95)
-    acc, _ = data_axes(plot_long_context(pd.concat([table, longer], ignore_index=True)))
-    legend = [t.get_text() for t in acc.get_legend().get_texts()]
+    fig = plot_long_context(pd.concat([table, longer], ignore_index=True))
+    acc, _ = data_axes(fig)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[1:3] == ["Detect & Memorize, trained on 7 segments", "Detect & Memorize, trained on 32 segments"]
     assert "Memorize" in legend  # a task with one model keeps its plain name
     curves = {line.get_label(): line for line in acc.get_lines()}
@@ -86,7 +87,7 @@ def test_long_context_draws_a_model_trained_to_hold_memory_beside_the_one_it_sta
     acc, _ = data_axes(plot_long_context(pd.concat([table, longer, held], ignore_index=True)))
     curves = {line.get_label(): line for line in acc.get_lines()}
     plain = curves["Detect & Memorize, trained on 32 segments"]
-    kept = curves["Detect & Memorize, trained on 32 segments, memory held over noise (retention loss 100)"]
+    kept = curves["Detect & Memorize, trained on 32 segments + retention loss 100"]
     assert np.allclose(plain.get_ydata(), 0.8) and np.allclose(kept.get_ydata(), 1.0)
     assert plain.get_linestyle() == "-." and kept.get_linestyle() == ":"
 
@@ -213,7 +214,7 @@ def test_accuracy_by_fact_position_a_panel_per_training_length():
     axes = data_axes(plot_accuracy_by_fact_position(pd.DataFrame(rows + held)))
     assert [ax.get_title().split("\n")[0] for ax in axes][1:3] == [
         "Detect & Memorize, trained on 32 segments",
-        "Detect & Memorize, trained on 32 segments, memory held over noise (retention loss 100)"]
+        "Detect & Memorize, trained on 32 segments + retention loss 100"]
 
 
 def test_accuracy_by_training_length_a_curve_per_model_of_tasks_with_several():

@@ -275,6 +275,7 @@ def plan(name: str, results: str | Path = "data/results", figures: str | Path = 
                           {"run_dir": str(run), "min_tokens": s.sweep_tokens, "max_tokens": s.sweep_tokens,
                            "samples": s.long_samples, "batch_size": s.long_batch, **evaluation},
                           [run_file("long_eval", run)], [stage], group="sweep evaluate"))
+
     def trained_on(name: str, task: str, run: Path, init: Path, stages: Sequence[int], steps_each: int, lr: float,
                    overrides: Sequence[str]) -> Step:
         """Training that starts from the model `init` and runs `steps_each` steps of `continued_batch` samples

@@ -198,7 +198,8 @@ def test_a_step_starts_only_after_the_step_of_its_group_that_makes_its_model(tmp
     assert {frozenset(pair) for pair in overlaps} == {
         frozenset({"train detect_memorize to hold its memory over noise",
                    "long evaluation detect_memorize trained on to 64 segments"}),
-        frozenset({"train reasoning on to 32 segments", "long evaluation detect_memorize holding its memory over noise"})}
+        frozenset({"train reasoning on to 32 segments",
+                   "long evaluation detect_memorize holding its memory over noise"})}
 
 
 def test_figures_recompute_reruns_every_experiment_first(tmp_path, monkeypatch):

@@ -141,8 +141,8 @@ def load_weights(folder: Path, model: RecurrentWrapper) -> None:
         if a != b:
             raise CheckpointError(f"checkpoint {folder} was made with another {key}: {first_difference(a, b)}")
     state = RecurrentWrapper.from_pretrained(folder).state_dict()
-    result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith("slot_heads.")
-                                    or "slot_heads." not in fresh}, strict=not fresh)
+    result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith(tuple(fresh))},
+                                   strict=not fresh)
     assert all(k.startswith(tuple(fresh)) for k in result.missing_keys) and not result.unexpected_keys, result
 
 

@@ -188,7 +188,8 @@ class Trainer:
         trained = [p for p in self.model.parameters() if p.requires_grad and id(p) not in gated]
         groups = [{"params": trained, "lr_scale": 1.0}]
         if gate is not None:
-            groups.append({"params": list(gate.parameters()), "lr_scale": c.gate_lr_scale, "lr": c.lr * c.gate_lr_scale})
+            groups.append({"params": list(gate.parameters()), "lr_scale": c.gate_lr_scale,
+                           "lr": c.lr * c.gate_lr_scale})
         self.optimizer = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
 
     def _load_metrics(self, upto: int) -> None:

@@ -422,7 +422,7 @@ def reproduce(steps: Sequence[Step], force: Sequence[str] = (), results: str | P
                 if failures:
                     return {"step": step.name, "status": "not run", "seconds": 0.0}, 0
                 if forced or step.stale(records, results):  # start over: nothing old may be resumed or kept
-                    for path in [*step.outputs, *([step.clean] if forced and step.clean else [])]:
+                    for path in [*_left_by(step), *([step.clean] if forced and step.clean else [])]:
                         _remove(path)
                 again = step.resume_from is not None and step.resume_from.exists() and not forced
                 arguments = {**step.arguments, **(step.resume if again else {})}
@@ -656,6 +656,17 @@ def _run_process(recipe: str, arguments: dict, threads: int, output: Path | None
     result = run_in_process("rmt_lab.recipes:run_step", {"recipe": recipe, "arguments": arguments}, log=output,
                             inherit_output=output is None, env=env)
     return 0 if result["status"] == "ok" else 1
+
+
+def _left_by(step: Step) -> list[Path]:
+    """Everything an earlier run of `step` leaves: its outputs and, for a long evaluation, its per-sample table
+    and the batches of a length in progress, which a new run would take as done (samples already there are
+    not run again) and so report another model's answers."""
+    if step.recipe != "eval_long":
+        return list(step.outputs)
+    from rmt_lab.train.evaluate import parts_dir, samples_path
+
+    return [*step.outputs, *(p for out in step.outputs for p in (samples_path(out), parts_dir(out, 0).parent))]
 
 
 def _remove(path: Path) -> None:

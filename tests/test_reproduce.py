@@ -151,6 +151,30 @@ def test_a_retrained_model_makes_its_evaluations_stale(tmp_path):
     assert call(next(s for s in steps if s.name == "train memorize")) not in again.calls
 
 
+
+def test_a_long_evaluation_of_a_retrained_model_keeps_none_of_the_old_model_s_samples(tmp_path):
+    from rmt_lab.train.evaluate import parts_dir, samples_path
+
+    results = tmp_path / "results"
+    steps = plan("quick", results, tmp_path / "figures")
+    reproduce(steps, results=results, run=Recorder(steps), echo=lambda s: None)
+    long = next(s for s in steps if s.name == "long evaluation memorize")
+    old = [samples_path(long.outputs[0]), parts_dir(long.outputs[0], 250) / "b0000000.parquet"]
+    for path in old:  # what the evaluation of the model before left: its answers, a length in progress
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the old model's")
+    long.inputs[0].write_bytes(b"retrained")
+    seen = []
+
+    def run(recipe, arguments, threads, output):
+        if recipe == "eval_long":
+            seen.extend(path.exists() for path in old)
+        return Recorder(steps)(recipe, arguments, threads, output)
+
+    reproduce(steps, results=results, run=run, echo=lambda s: None)
+    assert seen == [False, False]  # an evaluation that would have reused them started from nothing
+
+
 def test_steps_of_a_group_run_side_by_side_with_their_own_logs(tmp_path):
     import threading
 
